@@ -1,0 +1,1 @@
+"""hoptrace's engine: knows OpenTelemetry and header carriers, and no client library."""

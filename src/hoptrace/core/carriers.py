@@ -1,0 +1,191 @@
+"""Reading and writing header carriers of every shape the brokers use.
+
+Supported carriers:
+
+* mappings (AMQP / Celery / kombu headers, confluent-kafka dict headers) whose values may be
+  ``str``, ``bytes``, ``int``, ``None`` or nested tables;
+* lists of ``(key, value)`` pairs (aiokafka, kafka-python, confluent-kafka list headers);
+* tuples of pairs, which are immutable: writing returns a new list.
+
+Writing replaces entries that already exist and never appends duplicates. Reading never
+raises: a value that is not text comes back as a :class:`Rejected` reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from typing import Any, Final, Union
+
+from opentelemetry.propagators.textmap import Getter, Setter
+
+#: Every carrier shape hoptrace accepts.
+Carrier = Union[
+    MutableMapping[str, Any],
+    Mapping[str, Any],
+    list[tuple[str, Any]],
+    tuple[tuple[str, Any], ...],
+    None,
+]
+
+#: A header appeared more than once in a list carrier.
+DUPLICATE: Final = object()
+
+
+class Rejected(str):
+    """The reason a header value could not be used (``type``, ``encoding``, ``size`` …)."""
+
+    __slots__ = ()
+
+
+REJECT_TYPE: Final = Rejected("type")
+REJECT_ENCODING: Final = Rejected("encoding")
+REJECT_SIZE: Final = Rejected("size")
+REJECT_DUPLICATE: Final = Rejected("duplicate")
+
+
+def read_headers(carrier: object, names: Sequence[str]) -> dict[str, Any]:
+    """Return the raw values of ``names`` present in ``carrier``.
+
+    In a list carrier a name seen twice maps to a list of every raw value, in order.
+    Unknown carrier types read as empty. Never raises.
+    """
+    found: dict[str, Any] = {}
+    if carrier is None:
+        return found
+    try:
+        if isinstance(carrier, Mapping):
+            get = carrier.get
+            for name in names:
+                value = get(name, DUPLICATE)
+                if value is not DUPLICATE:
+                    found[name] = value
+            return found
+        if isinstance(carrier, (list, tuple)):
+            wanted = set(names)
+            for item in carrier:
+                try:
+                    key, value = item
+                except (TypeError, ValueError):
+                    continue
+                if isinstance(key, (bytes, bytearray)):
+                    try:
+                        key = bytes(key).decode("ascii")
+                    except UnicodeDecodeError:
+                        continue
+                if key in wanted:
+                    if key in found:
+                        previous = found[key]
+                        if isinstance(previous, _Many):
+                            previous.append(value)
+                        else:
+                            found[key] = _Many((previous, value))
+                    else:
+                        found[key] = value
+    except Exception:  # noqa: BLE001 - a hostile carrier reads as empty
+        return {}
+    return found
+
+
+class _Many(list[Any]):
+    """Every value of a header that a list carrier holds more than once."""
+
+    __slots__ = ()
+
+
+def is_many(value: object) -> bool:
+    """Return whether ``value`` is the set of values of a header seen more than once."""
+    return isinstance(value, _Many)
+
+
+def as_text(value: object, max_len: int) -> str | Rejected:
+    """Return ``value`` as text, or the reason it cannot be used. Never raises."""
+    if type(value) is str:
+        return value if len(value) <= max_len else REJECT_SIZE
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        if len(value) > max_len:
+            return REJECT_SIZE
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return REJECT_ENCODING
+    if isinstance(value, str):  # a str subclass: normalise it
+        text = str(value)
+        return text if len(text) <= max_len else REJECT_SIZE
+    return REJECT_TYPE
+
+
+def write_headers(
+    carrier: object, values: Mapping[str, str], *, copy: bool = False
+) -> MutableMapping[str, Any] | list[tuple[str, Any]]:
+    """Write ``values`` into ``carrier``, replacing existing entries; return the carrier.
+
+    Mappings get ``str`` values, pair lists get ``bytes`` values. A tuple, an immutable
+    mapping, ``None`` or ``copy=True`` gives a new carrier and leaves the original untouched.
+    """
+    if carrier is None:
+        return dict(values)
+    if isinstance(carrier, MutableMapping) and not copy:
+        carrier.update(values)
+        return carrier
+    if isinstance(carrier, Mapping):
+        out = dict(carrier)
+        out.update(values)
+        return out
+    if isinstance(carrier, (list, tuple)):
+        kept = [item for item in carrier if _pair_key(item) not in values]
+        kept.extend((k, v.encode("utf-8")) for k, v in values.items())
+        if isinstance(carrier, list) and not copy:
+            carrier[:] = kept
+            return carrier
+        return kept
+    raise TypeError(
+        f"unsupported carrier type {type(carrier).__name__}: use a dict of headers, "
+        "a list of (key, value) pairs, or a tuple of pairs"
+    )
+
+
+def _pair_key(item: object) -> object:
+    try:
+        key = item[0]  # type: ignore[index]
+    except Exception:  # noqa: BLE001
+        return None
+    if isinstance(key, (bytes, bytearray)):
+        try:
+            return bytes(key).decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    return key
+
+
+class HeadersGetter(Getter[Any]):
+    """An OTel ``Getter`` over any hoptrace carrier, for use with OTel's own propagators."""
+
+    def get(self, carrier: Any, key: str) -> list[str] | None:
+        """Return the text values of ``key``, skipping values that are not valid text."""
+        raw = read_headers(carrier, (key,))
+        if key not in raw:
+            return None
+        values = raw[key] if is_many(raw[key]) else [raw[key]]
+        texts = [t for t in (as_text(v, 65536) for v in values) if not isinstance(t, Rejected)]
+        return texts or None
+
+    def keys(self, carrier: Any) -> list[str]:
+        """Return every header name in ``carrier``."""
+        if isinstance(carrier, Mapping):
+            return [str(k) for k in carrier]
+        if isinstance(carrier, (list, tuple)):
+            return [str(_pair_key(item)) for item in carrier]
+        return []
+
+
+class HeadersSetter(Setter[Any]):
+    """An OTel ``Setter`` for mutable hoptrace carriers (dicts and pair lists), replace-not-append."""
+
+    def set(self, carrier: Any, key: str, value: str) -> None:
+        """Set ``key`` to ``value`` in ``carrier``, replacing any earlier entry."""
+        write_headers(carrier, {key: value})
+
+
+def header_names(items: Iterable[str]) -> tuple[str, ...]:
+    """Return ``items`` as a tuple with duplicates removed, order kept."""
+    return tuple(dict.fromkeys(items))

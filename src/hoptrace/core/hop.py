@@ -1,0 +1,431 @@
+"""The two halves of a hop, shared by every integration.
+
+* :class:`produce_scope` — a ``send {destination}`` PRODUCER span that injects into the carrier.
+* :class:`consume_scope` — a ``process {destination}`` CONSUMER scope that keeps the extracted
+  context attached for the handler's whole run (parent or link mode).
+* :class:`receive_scope` — a ``receive {destination}`` CLIENT span for a batch pull, with one
+  link per message.
+
+Each scope is a context manager (sync and async) and also has ``open()`` / ``close()`` for
+integrations whose handler runs between two calls they wrap (``async for``, ``poll``).
+Errors inside hoptrace are counted and logged; the user's own exceptions propagate unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Final, NamedTuple, cast
+
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+)
+from opentelemetry.util.types import AttributeValue
+
+from .._config import get_settings
+from . import diagnostics, semconv
+from .carriers import Carrier, write_headers
+from .context import (
+    BAGGAGE_KEY,
+    HOP_KEY,
+    SPAN_KEY,
+    TRANSACTION_KEY,
+    generate_transaction_id,
+    mint_span_context,
+    sdk_installed,
+    tracer,
+)
+from .propagation import Incoming, read, render
+
+Attributes = Mapping[str, AttributeValue]
+
+
+class HopInfo(NamedTuple):
+    """The messaging system, destination and message ID of the consume scope in force."""
+
+    system: str
+    destination: str
+    message_id: str | None
+
+
+def current_hop(context: Context | None = None) -> HopInfo | None:
+    """Return the messaging details of the active consume scope, or None outside one."""
+    ctx = context if context is not None else otel_context.get_current()
+    hop = ctx.get(HOP_KEY)
+    return hop if isinstance(hop, HopInfo) else None
+
+
+def _end_span(span: Span, exc: BaseException | None) -> None:
+    if exc is not None and span.is_recording():
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+    span.end()
+
+
+class _Scope:
+    """Shared open/close plumbing: a span, an attached context token, a closed flag."""
+
+    __slots__ = ("_closed", "_token", "span")
+
+    def __init__(self) -> None:
+        self.span: Span | None = None
+        self._token: object | None = None
+        self._closed = False
+
+    def open(self) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """End the span (recording ``exc`` as its error, if given) and detach the context."""
+        if self._closed:
+            return
+        self._closed = True
+        span, self.span = self.span, None
+        token, self._token = self._token, None
+        if span is not None:
+            try:
+                _end_span(span, exc)
+            except Exception as err:  # noqa: BLE001
+                diagnostics.internal_error(type(self).__name__ + ".close", err)
+        if token is not None:
+            otel_context.detach(cast(Any, token))
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        """Add an attribute to the scope's span, if it records."""
+        span = self.span
+        if span is not None and span.is_recording():
+            span.set_attribute(key, value)
+
+    def __enter__(self) -> Any:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(exc)
+
+    async def __aenter__(self) -> Any:
+        return self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(exc)
+
+
+class produce_scope(_Scope):  # noqa: N801 - a scope, used like a function
+    """A ``send {destination}`` PRODUCER span, current while open, injected into the carrier.
+
+    After ``open()`` (or entering the ``with``), :attr:`carrier` holds the headers to send:
+    the caller's object updated in place, or a new one for ``None``, a tuple, or ``copy=True``.
+    """
+
+    __slots__ = ("_attributes", "_carrier", "_copy", "_destination", "_message_id", "_system",
+                 "carrier", "transaction_id")
+
+    def __init__(
+        self,
+        carrier: Carrier,
+        destination: str,
+        system: str,
+        *,
+        message_id: str | None = None,
+        attributes: Attributes | None = None,
+        copy: bool = False,
+    ) -> None:
+        super().__init__()
+        self._carrier = carrier
+        self._destination = destination
+        self._system = system
+        self._message_id = message_id
+        self._attributes = attributes
+        self._copy = copy
+        self.carrier: Any = carrier
+        self.transaction_id: str | None = None
+
+    def open(self) -> produce_scope:
+        """Start the span, attach it, and inject into the carrier."""
+        settings = get_settings()
+        if not settings.enabled:
+            if self.carrier is None:
+                self.carrier = {}
+            return self
+        try:
+            parent = otel_context.get_current()
+            tx = parent.get(TRANSACTION_KEY)
+            if tx is None:
+                tx = generate_transaction_id()
+            self.transaction_id = cast(str, tx)
+            span: Span | None = None
+            if not settings.propagation_only and sdk_installed():
+                attrs: dict[str, AttributeValue] = {
+                    semconv.MESSAGING_SYSTEM: self._system,
+                    semconv.MESSAGING_OPERATION_NAME: semconv.OP_SEND,
+                    semconv.MESSAGING_OPERATION_TYPE: semconv.OP_SEND,
+                    semconv.MESSAGING_DESTINATION_NAME: self._destination,
+                    semconv.TRANSACTION_ID: cast(str, tx),
+                }
+                if self._message_id is not None:
+                    attrs[semconv.MESSAGING_MESSAGE_ID] = self._message_id
+                if self._attributes:
+                    attrs.update(self._attributes)
+                try:
+                    span = tracer().start_span(
+                        semconv.send_span_name(self._destination),
+                        context=parent,
+                        kind=SpanKind.PRODUCER,
+                        attributes=attrs,
+                    )
+                except Exception as exc:  # noqa: BLE001 - propagate without a span
+                    diagnostics.internal_error("produce_scope.span", exc)
+                self.span = span
+            if span is not None:
+                ctx = Context({**parent, SPAN_KEY: span, TRANSACTION_KEY: tx})
+                self._token = otel_context.attach(ctx)
+            elif tx is not parent.get(TRANSACTION_KEY):
+                ctx = Context({**parent, TRANSACTION_KEY: tx})
+            else:
+                ctx = parent
+            values = render(ctx, settings)
+            self.carrier = write_headers(self._carrier, values, copy=self._copy)
+        except TypeError:
+            self.close()
+            raise
+        except Exception as exc:  # noqa: BLE001
+            diagnostics.internal_error("produce_scope.open", exc)
+            if self.carrier is None:
+                self.carrier = {}
+        return self
+
+
+class consume_scope(_Scope):  # noqa: N801 - a scope, used like a function
+    """A ``process {destination}`` CONSUMER scope: the message's context, current while open.
+
+    The transaction ID and baggage always come back. The trace follows the settings:
+    ``link_mode="parent"`` (default) makes the span a child of the producer; ``"link"`` or
+    ``trust_incoming=False`` starts a new trace that links to it; an ambient span already
+    active stays the parent and the producer becomes a link. A message without usable context
+    gets a fresh trace and a fresh transaction ID.
+
+    ``sent_ns`` is a broker timestamp (ns since the epoch) used for queue wait when the message
+    carries no hoptrace send time. ``links`` adds span contexts to link, such as an earlier
+    delivery attempt of the same message.
+    """
+
+    __slots__ = ("_attributes", "_carrier", "_destination", "_kind", "_links", "_message_id",
+                 "_active", "_name", "_operation", "_sent_ns", "_system", "incoming", "queue_wait_ms",
+                 "transaction_id")
+
+    def __init__(
+        self,
+        carrier: Carrier | object,
+        destination: str,
+        system: str,
+        *,
+        message_id: str | None = None,
+        attributes: Attributes | None = None,
+        sent_ns: int | None = None,
+        links: Sequence[SpanContext | Link] | None = None,
+        operation: str = semconv.OP_PROCESS,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        self._carrier = carrier
+        self._destination = destination
+        self._system = system
+        self._message_id = message_id
+        self._attributes = attributes
+        self._sent_ns = sent_ns
+        self._links = links
+        self._operation = operation
+        self._name = name
+        self.incoming: Incoming | None = None
+        self.transaction_id: str | None = None
+        self.queue_wait_ms: float | None = None
+        self._active: SpanContext | None = None
+
+    def open(self) -> consume_scope:
+        """Extract the message's context, start the span and attach both."""
+        settings = get_settings()
+        if not settings.enabled:
+            return self
+        try:
+            self._open(settings)
+        except Exception as exc:  # noqa: BLE001
+            diagnostics.internal_error("consume_scope.open", exc)
+        return self
+
+    def _open(self, settings: Any) -> None:
+        now_ns = time.time_ns()
+        incoming = read(self._carrier, settings)
+        self.incoming = incoming
+        ambient = otel_context.get_current()
+        tx = incoming.transaction_id or generate_transaction_id()
+        self.transaction_id = tx
+        remote = incoming.span_context
+        baggage = incoming.baggage
+        links: list[Link] = []
+        ambient_span = ambient.get(SPAN_KEY)
+        ambient_sc = ambient_span.get_span_context() if ambient_span is not None else None  # type: ignore[attr-defined]
+        ambient_valid = ambient_sc is not None and ambient_sc.is_valid
+
+        # Parent: the producer (parent mode), an ambient span already active, or none (new trace).
+        parent_span: Any = ambient_span if ambient_valid else None
+        if remote is not None:
+            if not settings.trust_incoming:
+                links.append(Link(remote, {semconv.LINK_REASON: "untrusted"}))
+                baggage = None
+            elif settings.link_mode == "link":
+                links.append(Link(remote, {semconv.LINK_REASON: "link_mode"}))
+            elif ambient_valid:
+                links.append(Link(remote, {semconv.LINK_REASON: "ambient_parent"}))
+            else:
+                parent_span = NonRecordingSpan(remote)
+        if self._links:
+            for item in self._links:
+                links.append(item if isinstance(item, Link) else Link(item))
+
+        sent = incoming.sent_ns if incoming.sent_ns is not None else self._sent_ns
+        skew = False
+        if sent is not None:
+            wait = (now_ns - sent) / 1e6
+            if wait < 0:
+                wait = 0.0
+                skew = True
+                diagnostics.count("clock_skew")
+            self.queue_wait_ms = wait
+
+        span: Any
+        if settings.propagation_only or not sdk_installed():
+            span = parent_span if parent_span is not None else NonRecordingSpan(mint_span_context())
+        else:
+            attrs: dict[str, AttributeValue] = {
+                semconv.MESSAGING_SYSTEM: self._system,
+                semconv.MESSAGING_OPERATION_NAME: self._operation,
+                semconv.MESSAGING_OPERATION_TYPE: semconv.OP_PROCESS,
+                semconv.MESSAGING_DESTINATION_NAME: self._destination,
+                semconv.TRANSACTION_ID: tx,
+            }
+            if self._message_id is not None:
+                attrs[semconv.MESSAGING_MESSAGE_ID] = self._message_id
+            if self.queue_wait_ms is not None:
+                attrs[semconv.QUEUE_WAIT_MS] = self.queue_wait_ms
+                if skew:
+                    attrs[semconv.CLOCK_SKEW] = True
+            if incoming.rejected:
+                attrs[semconv.CONTEXT_REJECTED] = list(incoming.rejected)
+            if self._attributes:
+                attrs.update(self._attributes)
+            parent_ctx = Context({SPAN_KEY: parent_span}) if parent_span is not None else Context()
+            try:
+                span = tracer().start_span(
+                    self._name or semconv.process_span_name(self._destination),
+                    context=parent_ctx,
+                    kind=SpanKind.CONSUMER,
+                    attributes=attrs,
+                    links=links or None,
+                )
+                self.span = span
+            except Exception as exc:  # noqa: BLE001 - keep the context without a span
+                diagnostics.internal_error("consume_scope.span", exc)
+                span = parent_span or NonRecordingSpan(mint_span_context())
+        values: dict[str, object] = {
+            **ambient,
+            SPAN_KEY: span,
+            TRANSACTION_KEY: tx,
+            HOP_KEY: HopInfo(self._system, self._destination, self._message_id),
+        }
+        if baggage is not None:
+            values[BAGGAGE_KEY] = baggage
+        self._active = span.get_span_context()
+        self._token = otel_context.attach(Context(values))
+
+    @property
+    def span_context(self) -> SpanContext | None:
+        """The span context the handler runs in (to link a later attempt to), or None."""
+        return self._active
+
+
+class receive_scope(_Scope):  # noqa: N801 - a scope, used like a function
+    """A ``receive {destination}`` CLIENT span for a batch pull, linking to every message.
+
+    ``messages`` holds ``(carrier, message_id)`` pairs. The span is not made current; each
+    message later gets its own :class:`consume_scope`. No span is made in propagation-only
+    mode or without an SDK.
+    """
+
+    __slots__ = ("_attributes", "_destination", "_messages", "_start_ns", "_system")
+
+    def __init__(
+        self,
+        messages: Iterable[tuple[Carrier | object, str | None]],
+        destination: str,
+        system: str,
+        *,
+        attributes: Attributes | None = None,
+        start_time_ns: int | None = None,
+    ) -> None:
+        super().__init__()
+        self._messages = messages
+        self._destination = destination
+        self._system = system
+        self._attributes = attributes
+        self._start_ns = start_time_ns
+
+    def open(self) -> receive_scope:
+        """Start the receive span with one link per message that carries a valid context."""
+        settings = get_settings()
+        if not settings.enabled or settings.propagation_only or not sdk_installed():
+            return self
+        try:
+            links = []
+            count = 0
+            for carrier, message_id in self._messages:
+                count += 1
+                sc = read(carrier, settings).span_context
+                if sc is not None:
+                    link_attrs = {semconv.MESSAGING_MESSAGE_ID: message_id} if message_id else None
+                    links.append(Link(sc, link_attrs))
+            attrs: dict[str, AttributeValue] = {
+                semconv.MESSAGING_SYSTEM: self._system,
+                semconv.MESSAGING_OPERATION_NAME: semconv.OP_RECEIVE,
+                semconv.MESSAGING_OPERATION_TYPE: semconv.OP_RECEIVE,
+                semconv.MESSAGING_DESTINATION_NAME: self._destination,
+                semconv.MESSAGING_BATCH_MESSAGE_COUNT: count,
+            }
+            if self._attributes:
+                attrs.update(self._attributes)
+            self.span = tracer().start_span(
+                semconv.receive_span_name(self._destination),
+                kind=SpanKind.CLIENT,
+                attributes=attrs,
+                links=links,
+                start_time=self._start_ns,
+            )
+        except Exception as exc:  # noqa: BLE001
+            diagnostics.internal_error("receive_scope.open", exc)
+        return self
+
+
+__all__: Final = [
+    "HopInfo",
+    "consume_scope",
+    "current_hop",
+    "produce_scope",
+    "receive_scope",
+]

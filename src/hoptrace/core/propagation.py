@@ -1,0 +1,501 @@
+"""``inject`` and ``extract``: W3C trace context, baggage, transaction ID and send time.
+
+``inject`` writes, replacing what is there:
+
+* ``traceparent`` / ``tracestate`` from the active span (minted, unsampled, when no OTel SDK
+  is installed and no trace is active, so every hop still shares a trace ID);
+* ``baggage`` from the context, plus ``transaction.id`` when mirroring is on;
+* the transaction header (``x-transaction-id``), generating an ID outside any transaction;
+* the send time in nanoseconds since the epoch (``x-hoptrace-sent-ns``).
+
+``extract`` never raises. Each malformed value is rejected, counted and warned about (at most
+once per interval); what is valid is kept.
+"""
+
+from __future__ import annotations
+
+import re
+from time import time_ns
+from collections.abc import Mapping
+from typing import Any, Final
+from urllib.parse import quote, unquote
+
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    DEFAULT_TRACE_STATE,
+    NonRecordingSpan,
+    SpanContext,
+    TraceFlags,
+    TraceState,
+)
+
+from .._config import TRANSACTION_ID_PATTERN, Settings, get_settings, on_change
+from . import diagnostics, semconv
+from .carriers import Carrier, Rejected, as_text, is_many, read_headers, write_headers
+from .context import (
+    BAGGAGE_KEY,
+    SENT_NS_KEY,
+    SPAN_KEY,
+    TRANSACTION_KEY,
+    generate_transaction_id,
+    mint_span_context,
+    sdk_installed,
+)
+
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_TRACESTATE_KEY = re.compile(
+    r"[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13}"
+)
+_TRACESTATE_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+_BAGGAGE_KEY_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~\-]+")
+_BAGGAGE_VALUE_RE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
+_TRACEPARENT_00 = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}").fullmatch
+_TRANSACTION_ID = TRANSACTION_ID_PATTERN.fullmatch
+_MISSING: Final = object()
+_dict_set = dict.__setitem__
+_get_current = otel_context.get_current
+_ODD: Final = frozenset("13579bdf")  # last hex digit of trace-flags with the sampled bit set
+_DEFAULT_STATE: Final = DEFAULT_TRACE_STATE
+
+
+def _checked_span_context(
+    trace_id: int, span_id: int, flags: TraceFlags, state: TraceState
+) -> SpanContext:
+    return SpanContext(trace_id, span_id, True, flags, state)
+
+
+def _fast_span_context(
+    trace_id: int, span_id: int, flags: TraceFlags, state: TraceState
+) -> SpanContext:
+    # The IDs were validated (non-zero, 128/64-bit hex), so SpanContext's own checks would
+    # only repeat them. Used only when the layout check below holds for this OTel version.
+    return _tuple_new(SpanContext, (trace_id, span_id, True, flags, state, True))  # type: ignore[no-any-return]
+
+
+_tuple_new = tuple.__new__
+_probe = _checked_span_context(1, 2, TraceFlags(1), DEFAULT_TRACE_STATE)
+_span_context = (
+    _fast_span_context
+    if _fast_span_context(1, 2, TraceFlags(1), DEFAULT_TRACE_STATE) == _probe
+    and _probe.is_valid
+    and _fast_span_context(1, 2, TraceFlags(1), DEFAULT_TRACE_STATE).is_remote
+    else _checked_span_context
+)
+_MAX_TRACEPARENT = 512
+_MAX_SENT = 20
+_MAX_TRANSACTION = 128
+
+_SAMPLED: Final = TraceFlags(1)
+_NOT_SAMPLED: Final = TraceFlags(0)
+
+
+class Incoming:
+    """What :func:`read` found in a carrier: the valid parts and the rejection reasons."""
+
+    # Class-level defaults: most messages set two or three of these, so an instance only
+    # stores what was found.
+    span_context: SpanContext | None = None
+    baggage: dict[str, str] | None = None
+    transaction_id: str | None = None
+    sent_ns: int | None = None
+    rejected: tuple[str, ...] = ()
+
+
+class _Names:
+    """Header names for the settings in force, rebuilt when the settings change."""
+
+    __slots__ = ("all", "baggage_key", "mirror_prefix", "sent", "transaction")
+
+    def __init__(self, settings: Settings) -> None:
+        self.transaction = settings.transaction_header
+        self.sent = settings.sent_time_header
+        self.baggage_key = settings.baggage_key
+        self.mirror_prefix = settings.baggage_key + "="
+        self.all = (
+            semconv.TRACEPARENT,
+            semconv.TRACESTATE,
+            semconv.BAGGAGE,
+            self.transaction,
+            self.sent,
+        )
+
+
+_names = _Names(get_settings())
+
+
+def _refresh(settings: Settings) -> None:
+    global _names
+    _names = _Names(settings)
+
+
+on_change(_refresh)
+
+
+def _reject(incoming: Incoming, header: str, reason: str, value: object = None) -> None:
+    incoming.rejected = (*incoming.rejected, f"{header}.{reason}")
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    diagnostics.warn(
+        f"rejected.{header}.{reason}",
+        "hoptrace: ignored incoming %s (%s): %s",
+        header,
+        reason,
+        shown,
+    )
+
+
+def _single_text(incoming: Incoming, header: str, raw: object, max_len: int) -> str | None:
+    """Return one header's value as text, or None after rejecting it."""
+    if is_many(raw):
+        values = [as_text(v, max_len) for v in raw]  # type: ignore[attr-defined]
+        first = values[0]
+        if isinstance(first, Rejected) or any(v != first for v in values[1:]):
+            _reject(incoming, header, "duplicate", raw)
+            return None
+        return first
+    text = as_text(raw, max_len)
+    if isinstance(text, Rejected):
+        _reject(incoming, header, text, raw)
+        return None
+    return text
+
+
+def _joined_text(incoming: Incoming, header: str, raw: object, max_len: int) -> str | None:
+    """Return a list-valued header (tracestate, baggage) as text; repeats join with commas."""
+    if is_many(raw):
+        parts = []
+        for value in raw:  # type: ignore[attr-defined]
+            text = as_text(value, max_len)
+            if isinstance(text, Rejected):
+                _reject(incoming, header, text, value)
+                return None
+            parts.append(text)
+        joined = ",".join(parts)
+        if len(joined) > max_len:
+            _reject(incoming, header, "size", joined)
+            return None
+        return joined
+    text = as_text(raw, max_len)
+    if isinstance(text, Rejected):
+        _reject(incoming, header, text, raw)
+        return None
+    return text
+
+
+def _parse_traceparent(incoming: Incoming, text: str) -> tuple[int, int, bool] | None:
+    if len(text) == 55 and _TRACEPARENT_00(text):
+        trace_id = int(text[3:35], 16)
+        span_id = int(text[36:52], 16)
+        if trace_id and span_id:
+            return trace_id, span_id, text[54] in _ODD
+        _reject(incoming, semconv.TRACEPARENT, "zero_id", text)
+        return None
+    match = _TRACEPARENT.match(text)
+    if match is None:
+        _reject(incoming, semconv.TRACEPARENT, "format", text)
+        return None
+    version = match.group(1)
+    if version == "ff" or (version == "00" and len(text) != 55):
+        _reject(incoming, semconv.TRACEPARENT, "format", text)
+        return None
+    if len(text) > 55 and text[55] != "-":
+        _reject(incoming, semconv.TRACEPARENT, "format", text)
+        return None
+    trace_id = int(match.group(2), 16)
+    span_id = int(match.group(3), 16)
+    if trace_id == 0 or span_id == 0:
+        _reject(incoming, semconv.TRACEPARENT, "zero_id", text)
+        return None
+    return trace_id, span_id, bool(int(match.group(4), 16) & 1)
+
+
+def _parse_tracestate(incoming: Incoming, text: str) -> TraceState | None:
+    pairs = []
+    seen = set()
+    for member in text.split(","):
+        member = member.strip(" \t")
+        if not member:
+            continue
+        key, sep, value = member.partition("=")
+        if (
+            not sep
+            or not _TRACESTATE_KEY.fullmatch(key)
+            or not _TRACESTATE_VALUE.fullmatch(value)
+            or key in seen
+        ):
+            _reject(incoming, semconv.TRACESTATE, "format", text)
+            return None
+        seen.add(key)
+        pairs.append((key, value))
+    if len(pairs) > 32:
+        _reject(incoming, semconv.TRACESTATE, "members", text)
+        return None
+    return TraceState(pairs) if pairs else None
+
+
+def _parse_baggage(incoming: Incoming, text: str, settings: Settings) -> dict[str, str]:
+    entries: dict[str, str] = {}
+    allow = settings.baggage_allowlist
+    mirror = settings.baggage_key
+    members = 0
+    bad = False
+    for member in text.split(","):
+        member = member.strip(" \t")
+        if not member:
+            continue
+        members += 1
+        if members > settings.max_baggage_members:
+            _reject(incoming, semconv.BAGGAGE, "members", text)
+            break
+        pair = member.split(";", 1)[0]
+        key, sep, value = pair.partition("=")
+        key = key.strip(" \t")
+        value = value.strip(" \t")
+        if not sep or not _BAGGAGE_KEY_RE.fullmatch(key) or not _BAGGAGE_VALUE_RE.fullmatch(value):
+            bad = True
+            continue
+        if allow is not None and key not in allow and key != mirror:
+            diagnostics.count("baggage.filtered")
+            continue
+        entries[key] = unquote(value) if "%" in value else value
+    if bad:
+        _reject(incoming, semconv.BAGGAGE, "format", text)
+    return entries
+
+
+def _text(incoming: Incoming, header: str, raw: object, max_len: int, joined: bool) -> str | None:
+    """Return a header value as text (fast path for plain str and bytes), or None if rejected."""
+    kind = type(raw)
+    if kind is str:
+        if len(raw) <= max_len:  # type: ignore[arg-type]
+            return raw  # type: ignore[return-value]
+        _reject(incoming, header, "size", raw)
+        return None
+    if kind is bytes:
+        if len(raw) <= max_len:  # type: ignore[arg-type]
+            try:
+                return raw.decode("utf-8")  # type: ignore[attr-defined, no-any-return]
+            except UnicodeDecodeError:
+                _reject(incoming, header, "encoding", raw)
+                return None
+        _reject(incoming, header, "size", raw)
+        return None
+    if joined:
+        return _joined_text(incoming, header, raw, max_len)
+    return _single_text(incoming, header, raw, max_len)
+
+
+def read(carrier: Carrier | object, settings: Settings) -> Incoming:
+    """Read and validate everything hoptrace propagates from ``carrier``. Never raises."""
+    incoming = Incoming()
+    try:
+        _read_into(incoming, carrier, settings)
+    except Exception as exc:  # noqa: BLE001
+        diagnostics.internal_error("extract", exc)
+    return incoming
+
+
+def _read_into(incoming: Incoming, carrier: object, settings: Settings) -> None:
+    names = _names
+    if type(carrier) is dict:
+        get = carrier.get
+        tp_raw = get(semconv.TRACEPARENT, _MISSING)
+        ts_raw = get(semconv.TRACESTATE, _MISSING)
+        bag_raw = get(semconv.BAGGAGE, _MISSING)
+        tx_raw = get(names.transaction, _MISSING)
+        sent_raw = get(names.sent, _MISSING)
+    else:
+        raw = read_headers(carrier, names.all)
+        if not raw:
+            return
+        tp_raw = raw.get(semconv.TRACEPARENT, _MISSING)
+        ts_raw = raw.get(semconv.TRACESTATE, _MISSING)
+        bag_raw = raw.get(semconv.BAGGAGE, _MISSING)
+        tx_raw = raw.get(names.transaction, _MISSING)
+        sent_raw = raw.get(names.sent, _MISSING)
+
+    if tp_raw is not _MISSING:
+        if type(tp_raw) is str and len(tp_raw) == 55 and _TRACEPARENT_00(tp_raw):
+            # The common case, inlined: a well-formed version-00 traceparent.
+            trace_id = int(tp_raw[3:35], 16)
+            span_id = int(tp_raw[36:52], 16)
+            parsed = (trace_id, span_id, tp_raw[54] in _ODD) if trace_id and span_id else None
+            if parsed is None:
+                _reject(incoming, semconv.TRACEPARENT, "zero_id", tp_raw)
+        else:
+            text = _text(incoming, semconv.TRACEPARENT, tp_raw, _MAX_TRACEPARENT, False)
+            parsed = _parse_traceparent(incoming, text) if text is not None else None
+        if parsed is not None:
+            state = _DEFAULT_STATE
+            if ts_raw is not _MISSING:
+                ts_text = _text(
+                    incoming, semconv.TRACESTATE, ts_raw, settings.max_tracestate_bytes, True
+                )
+                if ts_text:
+                    state = _parse_tracestate(incoming, ts_text) or _DEFAULT_STATE
+            incoming.span_context = _span_context(
+                parsed[0], parsed[1], _SAMPLED if parsed[2] else _NOT_SAMPLED, state
+            )
+
+    if tx_raw is not _MISSING:
+        if type(tx_raw) is str and _TRANSACTION_ID(tx_raw):
+            incoming.transaction_id = tx_raw
+        else:
+            tx = _text(incoming, "transaction_id", tx_raw, _MAX_TRANSACTION, False)
+            if tx is not None:
+                if _TRANSACTION_ID(tx):
+                    incoming.transaction_id = tx
+                else:
+                    _reject(incoming, "transaction_id", "format", tx)
+
+    if bag_raw is not _MISSING:
+        bag_text = _text(incoming, semconv.BAGGAGE, bag_raw, settings.max_baggage_bytes, True)
+        if bag_text is not None:
+            tx = incoming.transaction_id
+            if tx is not None and bag_text == names.mirror_prefix + tx:
+                incoming.baggage = {names.baggage_key: tx}  # the common case: only the mirror
+            else:
+                incoming.baggage = _parse_baggage(incoming, bag_text, settings)
+                if tx is None:
+                    mirrored = incoming.baggage.get(names.baggage_key)
+                    if mirrored is not None:
+                        if _TRANSACTION_ID(mirrored):
+                            incoming.transaction_id = mirrored
+                        else:
+                            _reject(incoming, "transaction_id", "format", mirrored)
+
+    if sent_raw is not _MISSING:
+        sent = sent_raw if type(sent_raw) is str and len(sent_raw) <= _MAX_SENT else _text(
+            incoming, "sent_time", sent_raw, _MAX_SENT, False
+        )
+        if sent is not None:
+            if sent.isdigit() and sent.isascii():
+                incoming.sent_ns = int(sent)
+            else:
+                _reject(incoming, "sent_time", "format", sent)
+
+
+def extract(carrier: Carrier | object, context: Context | None = None) -> Context:
+    """Return a Context holding the trace, baggage and transaction ID found in ``carrier``.
+
+    Built on ``context`` (or an empty Context). Never raises: malformed values are dropped,
+    counted and warned about.
+    """
+    settings = get_settings()
+    if not settings.enabled:
+        return context if context is not None else Context()
+    incoming = read(carrier, settings)
+    ctx = Context() if context is None else Context(context)
+    # A fresh Context is ours until returned: fill it in place rather than copying it again.
+    if incoming.span_context is not None:
+        _dict_set(ctx, SPAN_KEY, NonRecordingSpan(incoming.span_context))
+    if incoming.baggage is not None:
+        _dict_set(ctx, BAGGAGE_KEY, incoming.baggage)
+    if incoming.transaction_id is not None:
+        _dict_set(ctx, TRANSACTION_KEY, incoming.transaction_id)
+    if incoming.sent_ns is not None:
+        _dict_set(ctx, SENT_NS_KEY, incoming.sent_ns)
+    return ctx
+
+
+def _encode_baggage(
+    entries: Mapping[str, object], transaction_id: str | None, settings: Settings
+) -> str:
+    mirror = settings.baggage_key
+    parts = []
+    for key, value in entries.items():
+        if key == mirror:
+            continue
+        text = value if isinstance(value, str) else str(value)
+        if not _BAGGAGE_VALUE_RE.fullmatch(text):
+            text = quote(text, safe="")
+        parts.append(f"{key}={text}")
+    if transaction_id is not None:
+        parts.append(f"{mirror}={transaction_id}")
+    header = ",".join(parts)
+    if len(parts) > settings.max_baggage_members or len(header) > settings.max_baggage_bytes:
+        kept: list[str] = []
+        size = 0
+        for part in reversed(parts):  # keep the mirror (last) first
+            if len(kept) >= settings.max_baggage_members:
+                break
+            if size + len(part) + (1 if kept else 0) > settings.max_baggage_bytes:
+                continue
+            size += len(part) + (1 if kept else 0)
+            kept.append(part)
+        diagnostics.warn(
+            "dropped.baggage.outgoing",
+            "hoptrace: outgoing baggage over the W3C limits; dropped %d entries",
+            len(parts) - len(kept),
+        )
+        header = ",".join(reversed(kept))
+    return header
+
+
+def inject(
+    carrier: Carrier = None, *, context: Context | None = None, copy: bool = False
+) -> Any:
+    """Write the current trace context, baggage, transaction ID and send time into ``carrier``.
+
+    Returns the carrier: the same object for a dict or list, a new one for ``None``, a tuple
+    or an immutable mapping, or for any carrier when ``copy=True``. Existing entries are
+    replaced, never duplicated. Raises TypeError for a carrier type it cannot write.
+    """
+    settings = get_settings()
+    if not settings.enabled:
+        return {} if carrier is None else carrier
+    kind = type(carrier)
+    if (
+        kind is not dict
+        and kind is not list
+        and carrier is not None
+        and not isinstance(carrier, (Mapping, list, tuple))
+    ):
+        raise TypeError(
+            f"unsupported carrier type {type(carrier).__name__}: use a dict of headers, "
+            "a list of (key, value) pairs, or a tuple of pairs"
+        )
+    ctx = context if context is not None else _get_current()
+    try:
+        if kind is dict and not copy:
+            # Write straight into the caller's dict; on error it holds only whole values.
+            return render(ctx, settings, carrier)  # type: ignore[arg-type]
+        values = render(ctx, settings)
+    except Exception as exc:  # noqa: BLE001
+        diagnostics.internal_error("inject", exc)
+        return {} if carrier is None else carrier
+    return write_headers(carrier, values, copy=copy)
+
+
+def render(ctx: Context, settings: Settings, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the header values that carry ``ctx`` into ``values`` (a new dict if None)."""
+    names = _names
+    if values is None:
+        values = {}
+    span = ctx.get(SPAN_KEY)
+    sc = span.get_span_context() if span is not None else None  # type: ignore[attr-defined]
+    if sc is None or not sc.is_valid:
+        sc = None if sdk_installed() else mint_span_context()
+    tx = ctx.get(TRANSACTION_KEY)
+    if tx is None:
+        tx = generate_transaction_id()
+    if sc is not None:
+        values[semconv.TRACEPARENT] = (
+            f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{'01' if sc.trace_flags & 1 else '00'}"
+        )
+        if sc.trace_state:
+            values[semconv.TRACESTATE] = sc.trace_state.to_header()
+    values[names.transaction] = tx
+    entries = ctx.get(BAGGAGE_KEY)
+    if entries:
+        values[semconv.BAGGAGE] = _encode_baggage(
+            entries,  # type: ignore[arg-type]
+            tx if settings.baggage_mirror else None,  # type: ignore[arg-type]
+            settings,
+        )
+    elif settings.baggage_mirror:
+        values[semconv.BAGGAGE] = names.mirror_prefix + tx  # type: ignore[operator]
+    values[names.sent] = str(time_ns())
+    return values
