@@ -1,0 +1,137 @@
+"""docker-compose.yml publishes the brokers on the ports the integration tests expect."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+BROKERS_FILE = ROOT / "tests" / "integration" / "brokers.py"
+KAFKA_POM = ROOT / "scripts" / "kafka" / "pom.xml"
+
+# compose service -> key in brokers.DEFAULTS
+SERVICE_FOR_KIND = {"amqp": "rabbitmq", "redis": "redis", "kafka": "kafka"}
+
+
+def _load_brokers_module() -> ModuleType:
+    """Import tests/integration/brokers.py by path (tests/ is not a package)."""
+    name = "_hoptrace_test_brokers"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BROKERS_FILE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look the module up while building
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def brokers() -> ModuleType:
+    return _load_brokers_module()
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict) and isinstance(data.get("services"), dict)
+    services: dict[str, Any] = data["services"]
+    return services
+
+
+def _port_of(url: str) -> int:
+    parts = urlsplit(url if "://" in url else f"tcp://{url}")
+    assert parts.port is not None, f"no port in {url!r}"
+    return parts.port
+
+
+def published_ports(service: dict[str, Any]) -> dict[int, int]:
+    """Map published host port -> container port, for short and long port syntax."""
+    result: dict[int, int] = {}
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):
+            published, target = entry.get("published"), entry["target"]
+            if published is None:
+                continue
+            result[int(str(published))] = int(target)
+            continue
+        spec = str(entry).split("/", 1)[0]  # drop "/tcp"
+        pieces = spec.rsplit(":", 2)  # [host_ip:]published:target, or target alone
+        if len(pieces) == 1:
+            continue  # container port only: published on a random host port
+        result[int(pieces[-2])] = int(pieces[-1])
+    return result
+
+
+def test_published_ports_parser() -> None:
+    service = {
+        "ports": [
+            "127.0.0.1:5672:5672",
+            "15672:15672",
+            "4317/tcp",
+            {"target": 9092, "published": "19092"},
+        ]
+    }
+    assert published_ports(service) == {5672: 5672, 15672: 15672, 19092: 9092}
+
+
+def test_defaults_cover_every_broker(brokers: ModuleType) -> None:
+    assert set(brokers.DEFAULTS) == set(SERVICE_FOR_KIND)
+    assert brokers.ENV_VARS == {
+        "amqp": "HOPTRACE_TEST_AMQP_URL",
+        "redis": "HOPTRACE_TEST_REDIS_URL",
+        "kafka": "HOPTRACE_TEST_KAFKA_BOOTSTRAP",
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(SERVICE_FOR_KIND))
+def test_broker_port_matches_test_default(
+    kind: str, brokers: ModuleType, services: dict[str, Any]
+) -> None:
+    port = _port_of(brokers.DEFAULTS[kind])
+    service = services[SERVICE_FOR_KIND[kind]]
+    ports = published_ports(service)
+    assert port in ports, f"{SERVICE_FOR_KIND[kind]} does not publish {port}: {ports}"
+    assert ports[port] == port, f"{SERVICE_FOR_KIND[kind]} maps {port} to {ports[port]}"
+
+
+def test_rabbitmq_has_management_ui(services: dict[str, Any]) -> None:
+    assert "management" in services["rabbitmq"]["image"]
+    assert 15672 in published_ports(services["rabbitmq"])
+
+
+def test_kafka_is_single_node_kraft_advertised_on_default_port(
+    brokers: ModuleType, services: dict[str, Any]
+) -> None:
+    env = {k: str(v) for k, v in services["kafka"]["environment"].items()}
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    port = _port_of(brokers.DEFAULTS["kafka"])
+    assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://localhost:{port}"
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+
+
+def test_kafka_image_matches_scripts_brokers_version(services: dict[str, Any]) -> None:
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    version = ET.parse(KAFKA_POM).getroot().findtext("m:properties/m:kafka.version", namespaces=ns)
+    assert version, "kafka.version missing from scripts/kafka/pom.xml"
+    image = services["kafka"]["image"]
+    assert image.startswith("apache/kafka:")
+    assert image.split(":", 1)[1] == version
+
+
+def test_jaeger_exposes_otlp_and_ui(services: dict[str, Any]) -> None:
+    jaeger = services["jaeger"]
+    assert jaeger["image"].startswith("jaegertracing/all-in-one")
+    assert str(jaeger["environment"]["COLLECTOR_OTLP_ENABLED"]).lower() == "true"
+    ports = published_ports(jaeger)
+    for port in (4317, 4318, 16686):
+        assert ports.get(port) == port, f"jaeger does not publish {port}: {ports}"
