@@ -1,0 +1,241 @@
+"""inject/extract over every carrier type: round trips, replace-not-append, no mutation."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry import baggage, context, trace
+
+import hoptrace
+
+HEADERS = ("traceparent", "tracestate", "baggage", "x-transaction-id", "x-hoptrace-sent-ns")
+
+
+def carriers() -> list[Any]:
+    return [
+        None,
+        {},
+        {"other": "kept"},
+        [],
+        [("other", b"kept")],
+        (),
+        (("other", b"kept"),),
+        MappingProxyType({"other": "kept"}),
+    ]
+
+
+def keys_of(carrier: Any) -> list[str]:
+    if isinstance(carrier, (list, tuple)):
+        return [k for k, _ in carrier]
+    return list(carrier)
+
+
+@pytest.mark.parametrize("carrier", carriers(), ids=repr)
+def test_round_trip_in_a_transaction(carrier: Any, spans: Any) -> None:
+    had_other = carrier is not None and "other" in keys_of(carrier)
+    with hoptrace.transaction("edge") as tx:
+        trace_id = hoptrace.current_trace_id()
+        out = hoptrace.inject(carrier)
+    ctx = hoptrace.extract(out)
+    assert hoptrace.current_transaction_id(ctx) == tx.transaction_id
+    assert hoptrace.current_trace_id(ctx) == trace_id
+    assert dict(baggage.get_all(ctx)) == {"transaction.id": tx.transaction_id}
+    assert ("other" in keys_of(out)) is had_other
+
+
+@pytest.mark.parametrize("carrier", [(), (("other", b"kept"),), MappingProxyType({"a": "b"})])
+def test_immutable_carriers_get_a_new_carrier(carrier: Any) -> None:
+    snapshot = list(carrier.items()) if isinstance(carrier, MappingProxyType) else list(carrier)
+    out = hoptrace.inject(carrier)
+    assert out is not carrier
+    after = list(carrier.items()) if isinstance(carrier, MappingProxyType) else list(carrier)
+    assert after == snapshot
+
+
+@pytest.mark.parametrize("carrier", [{"a": "b"}, [("a", b"b")]])
+def test_copy_leaves_the_callers_carrier_alone(carrier: Any) -> None:
+    before = dict(carrier) if isinstance(carrier, dict) else list(carrier)
+    out = hoptrace.inject(carrier, copy=True)
+    assert out is not carrier
+    assert carrier == before
+    assert "traceparent" in keys_of(out)
+
+
+@pytest.mark.parametrize("carrier", [{}, []])
+def test_mutable_carriers_are_updated_in_place(carrier: Any) -> None:
+    assert hoptrace.inject(carrier) is carrier
+    assert set(HEADERS) - {"tracestate"} <= set(keys_of(carrier))
+
+
+def test_list_carriers_get_bytes_and_dicts_get_str() -> None:
+    assert all(isinstance(v, bytes) for _, v in hoptrace.inject([]))
+    assert all(isinstance(v, str) for v in hoptrace.inject({}).values())
+
+
+def test_unsupported_carrier_is_a_clear_error() -> None:
+    with pytest.raises(TypeError, match="unsupported carrier type"):
+        hoptrace.inject("traceparent=1")  # type: ignore[arg-type]
+
+
+def test_publish_outside_a_transaction_gets_a_fresh_transaction_id(no_sdk: None) -> None:
+    first = hoptrace.extract(hoptrace.inject({}))
+    second = hoptrace.extract(hoptrace.inject({}))
+    tx1, tx2 = hoptrace.current_transaction_id(first), hoptrace.current_transaction_id(second)
+    assert tx1 and tx2 and tx1 != tx2
+    assert len(tx1) == 32 and int(tx1, 16) >= 0
+
+
+def test_custom_transaction_id_generator() -> None:
+    counter = iter(range(1, 100))
+    hoptrace.configure(transaction_id_generator=lambda: f"order-{next(counter)}")
+    headers = hoptrace.inject({})
+    assert headers["x-transaction-id"].startswith("order-")
+
+
+def test_header_wins_over_baggage_mirror() -> None:
+    ctx = hoptrace.extract({"x-transaction-id": "from-header", "baggage": "transaction.id=old"})
+    assert hoptrace.current_transaction_id(ctx) == "from-header"
+
+
+def test_baggage_round_trips_with_percent_encoding(spans: Any) -> None:
+    ctx = baggage.set_baggage("tenant", "ac me,;=%")
+    token = context.attach(ctx)
+    try:
+        with hoptrace.transaction():
+            headers = hoptrace.inject({})
+    finally:
+        context.detach(token)
+    restored = hoptrace.extract(headers)
+    assert baggage.get_baggage("tenant", restored) == "ac me,;=%"
+
+
+def test_tracestate_round_trips(spans: Any) -> None:
+    headers = {"traceparent": f"00-{'a' * 32}-{'b' * 16}-01", "tracestate": "vendor=x1,other@t=y"}
+    ctx = hoptrace.extract(headers)
+    out = hoptrace.inject({}, context=ctx)
+    assert out["tracestate"] == "vendor=x1,other@t=y"
+    assert out["traceparent"] == headers["traceparent"]
+
+
+def test_unsampled_flag_survives(no_sdk: None) -> None:
+    tp = f"00-{'a' * 32}-{'b' * 16}-00"
+    out = hoptrace.inject({}, context=hoptrace.extract({"traceparent": tp}))
+    assert out["traceparent"].endswith("-00")
+
+
+def test_future_version_traceparent_is_accepted() -> None:
+    tp = f"01-{'a' * 32}-{'b' * 16}-01-future-field"
+    assert hoptrace.current_trace_id(hoptrace.extract({"traceparent": tp})) == "a" * 32
+
+
+def test_disabled_is_a_no_op() -> None:
+    hoptrace.configure(enabled=False)
+    carrier = {"a": "b"}
+    assert hoptrace.inject(carrier) == {"a": "b"}
+    assert hoptrace.current_transaction_id(hoptrace.extract({"x-transaction-id": "t"})) is None
+
+
+def test_no_sdk_mints_a_trace_so_hops_share_one(no_sdk: None) -> None:
+    headers = hoptrace.inject({})
+    ctx = hoptrace.extract(headers)
+    trace_id = hoptrace.current_trace_id(ctx)
+    assert trace_id is not None
+    assert trace.get_current_span(ctx).get_span_context().trace_flags.sampled is False
+    again = hoptrace.inject({}, context=ctx)
+    assert hoptrace.current_trace_id(hoptrace.extract(again)) == trace_id
+
+
+def test_with_sdk_and_no_span_inject_leaves_the_sampling_decision_downstream(spans: Any) -> None:
+    headers = hoptrace.inject({})
+    assert "traceparent" not in headers
+    assert "x-transaction-id" in headers
+
+
+def test_otel_getter_and_setter_work_with_otel_propagators() -> None:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    tp = f"00-{'c' * 32}-{'d' * 16}-01"
+    carrier: list[tuple[str, Any]] = [("traceparent", tp.encode())]
+    ctx = TraceContextTextMapPropagator().extract(carrier, getter=hoptrace.HeadersGetter())
+    assert hoptrace.current_trace_id(ctx) == "c" * 32
+    out: list[tuple[str, Any]] = [("traceparent", b"old")]
+    TraceContextTextMapPropagator().inject(out, context=ctx, setter=hoptrace.HeadersSetter())
+    assert out == [("traceparent", tp.encode())]
+
+
+# --- property tests -------------------------------------------------------------------------
+
+header_values = st.one_of(
+    st.none(),
+    st.integers(),
+    st.text(max_size=80),
+    st.binary(max_size=80),
+    st.lists(st.text(max_size=5), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+)
+header_keys = st.one_of(st.sampled_from(HEADERS), st.text(max_size=12))
+dict_carriers = st.dictionaries(header_keys, header_values, max_size=8)
+list_carriers = st.lists(
+    st.one_of(st.tuples(header_keys, header_values), st.tuples(st.binary(max_size=12), header_values),
+              header_values),
+    max_size=8,
+)
+any_carrier = st.one_of(dict_carriers, list_carriers, list_carriers.map(tuple), header_values)
+
+
+@settings(max_examples=400, deadline=None)
+@given(any_carrier)
+def test_extract_never_raises(carrier: Any) -> None:
+    ctx = hoptrace.extract(carrier)
+    tx = hoptrace.current_transaction_id(ctx)
+    assert tx is None or (1 <= len(tx) <= 128 and "\n" not in tx and "\r" not in tx)
+    with hoptrace.consume_scope(carrier, "fuzz", "kafka"):
+        assert hoptrace.current_transaction_id() is not None
+        assert hoptrace.current_trace_id() is not None
+
+
+transaction_ids = st.from_regex(r"[A-Za-z0-9._:\-]{1,128}", fullmatch=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["dict", "list", "tuple", "none"]),
+    transaction_ids,
+    st.dictionaries(
+        st.from_regex(r"[a-z][a-z0-9_.]{0,15}", fullmatch=True), st.text(max_size=20), max_size=5
+    ),
+)
+def test_inject_then_extract_round_trips(shape: str, tx: str, entries: dict[str, str]) -> None:
+    ctx = context.get_current()
+    for key, value in entries.items():
+        ctx = baggage.set_baggage(key, value, ctx)
+    carrier: Any = {"dict": {}, "list": [], "tuple": (), "none": None}[shape]
+    token = context.attach(ctx)
+    try:
+        with hoptrace.transaction(transaction_id=tx):
+            trace_id = hoptrace.current_trace_id()
+            out = hoptrace.inject(carrier)
+    finally:
+        context.detach(token)
+    restored = hoptrace.extract(out)
+    assert hoptrace.current_transaction_id(restored) == tx
+    assert hoptrace.current_trace_id(restored) == trace_id
+    got = dict(baggage.get_all(restored))
+    assert got.pop("transaction.id") == tx
+    entries.pop("transaction.id", None)
+    assert got == entries
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["dict", "list"]), st.integers(min_value=1, max_value=5), list_carriers)
+def test_repeated_inject_never_duplicates(shape: str, times: int, noise: list[Any]) -> None:
+    carrier: Any = {} if shape == "dict" else [item for item in noise if isinstance(item, tuple)]
+    for _ in range(times):
+        carrier = hoptrace.inject(carrier)
+    keys = keys_of(carrier)
+    for header in ("traceparent", "baggage", "x-transaction-id", "x-hoptrace-sent-ns"):
+        assert keys.count(header) == 1
