@@ -72,7 +72,9 @@ def run_variant_subprocess(script: str, variant: str, extra: Sequence[str] = ())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def write_results(name: str, rows: list[dict[str, Any]], notes: dict[str, Any] | None = None) -> Path:
+def write_results(
+    name: str, rows: list[dict[str, Any]], notes: dict[str, Any] | None = None
+) -> Path:
     """Write ``rows`` (one per case and variant) to ``bench/results/<name>.json``.
 
     A row: ``{"case": "pika publish", "variant": "plain", "median_us": …, "min_us": …,

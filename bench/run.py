@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def fmt(value: object, spec: str = ".1f") -> str:
-    return format(value, spec) if isinstance(value, (int, float)) else "–"
+    return format(value, spec) if isinstance(value, (int, float)) else "-"
 
 
 def main() -> int:
@@ -36,8 +36,9 @@ def main() -> int:
         if subprocess.run(cmd, cwd=HERE).returncode != 0:
             failed.append(script.stem)
     lines = [
-        "| case | plain µs/msg | hoptrace propagation-only overhead µs | hoptrace spans overhead µs "
-        "| OTel contrib overhead µs | hoptrace spans / OTel overhead | throughput hoptrace spans / plain |",
+        "| case | plain µs/msg | hoptrace propagation-only overhead µs "
+        "| hoptrace spans overhead µs | OTel contrib overhead µs "
+        "| hoptrace spans / OTel overhead | throughput hoptrace spans / plain |",
         "|---|---|---|---|---|---|---|",
     ]
     for path in sorted(RESULTS.glob("*.json")):

@@ -122,7 +122,9 @@ def _validate(s: Settings) -> None:
     for name in ("transaction_header", "sent_time_header"):
         value = getattr(s, name)
         if not isinstance(value, str) or not _HEADER_NAME.fullmatch(value):
-            raise ConfigurationError(f"{name} must be a header name (1-64 token chars), got {value!r}")
+            raise ConfigurationError(
+                f"{name} must be a header name (1-64 token chars), got {value!r}"
+            )
         if value.lower() in ("traceparent", "tracestate", "baggage"):
             raise ConfigurationError(f"{name} must not reuse the W3C header {value!r}")
     if s.transaction_header.lower() == s.sent_time_header.lower():

@@ -17,9 +17,7 @@ import threading
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from opentelemetry import context as otel_context
-
-from .core.context import HOP_KEY, SPAN_KEY, TRANSACTION_KEY
+from .core.context import HOP_KEY, SPAN_KEY, TRANSACTION_KEY, get_current
 
 #: Record attributes hoptrace sets.
 FIELDS = (
@@ -37,7 +35,7 @@ _previous: Callable[..., logging.LogRecord] | None = None
 
 
 def _ids() -> tuple[Any, Any, Any, Any, Any, Any]:
-    ctx = otel_context.get_current()
+    ctx = get_current()
     tx = ctx.get(TRANSACTION_KEY)
     span = ctx.get(SPAN_KEY)
     trace_id = span_id = None
@@ -63,7 +61,7 @@ def annotate(record: logging.LogRecord) -> logging.LogRecord:
             record.messaging_destination,
             record.messaging_message_id,
         ) = _ids()
-    except Exception:  # noqa: BLE001 - logging must never fail because of hoptrace
+    except Exception:
         for name in FIELDS:
             if not hasattr(record, name):
                 setattr(record, name, None)
@@ -113,10 +111,10 @@ def structlog_processor(
 ) -> MutableMapping[str, Any]:
     """A structlog processor that adds hoptrace's fields that are set (keeps existing keys)."""
     try:
-        for name, value in zip(FIELDS, _ids()):
+        for name, value in zip(FIELDS, _ids(), strict=True):
             if value is not None:
                 event_dict.setdefault(name, value)
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     return event_dict
 

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import brokers  # noqa: E402
+import brokers
 
 
 @pytest.fixture(scope="session")

@@ -218,9 +218,8 @@ def test_internal_error_never_reaches_the_handler(spans: Any, monkeypatch: Any) 
 
     monkeypatch.setattr(hop, "tracer", broken)
     ran = []
-    with hoptrace.transaction() as tx:
-        with hoptrace.produce_scope({}, "orders", "rabbitmq") as send:
-            ran.append(True)
+    with hoptrace.transaction() as tx, hoptrace.produce_scope({}, "orders", "rabbitmq") as send:
+        ran.append(True)
     with hoptrace.consume_scope(send.carrier, "orders", "rabbitmq"):
         ran.append(hoptrace.current_transaction_id())
     assert ran == [True, tx.transaction_id]

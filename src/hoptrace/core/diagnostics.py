@@ -42,7 +42,7 @@ def warn(event: str, message: str, *args: object) -> None:
     if due:
         try:
             logger.warning(message + " [%s, seen %d time(s)]", *args, event, seen)
-        except Exception:  # noqa: BLE001 - logging must never break a hop
+        except Exception:
             pass
 
 
@@ -59,7 +59,7 @@ def internal_error(where: str, exc: BaseException) -> None:
                 exc,
                 exc_info=exc,
             )
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
 

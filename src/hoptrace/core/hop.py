@@ -18,7 +18,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, NamedTuple, cast
 
-from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.trace import (
     Link,
@@ -39,7 +38,10 @@ from .context import (
     HOP_KEY,
     SPAN_KEY,
     TRANSACTION_KEY,
+    attach,
+    detach,
     generate_transaction_id,
+    get_current,
     mint_span_context,
     sdk_installed,
     tracer,
@@ -59,7 +61,7 @@ class HopInfo(NamedTuple):
 
 def current_hop(context: Context | None = None) -> HopInfo | None:
     """Return the messaging details of the active consume scope, or None outside one."""
-    ctx = context if context is not None else otel_context.get_current()
+    ctx = context if context is not None else get_current()
     hop = ctx.get(HOP_KEY)
     return hop if isinstance(hop, HopInfo) else None
 
@@ -94,10 +96,10 @@ class _Scope:
         if span is not None:
             try:
                 _end_span(span, exc)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 diagnostics.internal_error(type(self).__name__ + ".close", err)
         if token is not None:
-            otel_context.detach(cast(Any, token))
+            detach(token)
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
         """Add an attribute to the scope's span, if it records."""
@@ -128,7 +130,7 @@ class _Scope:
         self.close(exc)
 
 
-class produce_scope(_Scope):  # noqa: N801 - a scope, used like a function
+class produce_scope(_Scope):
     """A ``send {destination}`` PRODUCER span, current while open, injected into the carrier.
 
     After ``open()`` (or entering the ``with``), :attr:`carrier` holds the headers to send:
@@ -166,7 +168,7 @@ class produce_scope(_Scope):  # noqa: N801 - a scope, used like a function
                 self.carrier = {}
             return self
         try:
-            parent = otel_context.get_current()
+            parent = get_current()
             tx = parent.get(TRANSACTION_KEY)
             if tx is None:
                 tx = generate_transaction_id()
@@ -191,12 +193,12 @@ class produce_scope(_Scope):  # noqa: N801 - a scope, used like a function
                         kind=SpanKind.PRODUCER,
                         attributes=attrs,
                     )
-                except Exception as exc:  # noqa: BLE001 - propagate without a span
+                except Exception as exc:
                     diagnostics.internal_error("produce_scope.span", exc)
                 self.span = span
             if span is not None:
                 ctx = Context({**parent, SPAN_KEY: span, TRANSACTION_KEY: tx})
-                self._token = otel_context.attach(ctx)
+                self._token = attach(ctx)
             elif tx is not parent.get(TRANSACTION_KEY):
                 ctx = Context({**parent, TRANSACTION_KEY: tx})
             else:
@@ -206,14 +208,14 @@ class produce_scope(_Scope):  # noqa: N801 - a scope, used like a function
         except TypeError:
             self.close()
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             diagnostics.internal_error("produce_scope.open", exc)
             if self.carrier is None:
                 self.carrier = {}
         return self
 
 
-class consume_scope(_Scope):  # noqa: N801 - a scope, used like a function
+class consume_scope(_Scope):
     """A ``process {destination}`` CONSUMER scope: the message's context, current while open.
 
     The transaction ID and baggage always come back. The trace follows the settings:
@@ -227,9 +229,22 @@ class consume_scope(_Scope):  # noqa: N801 - a scope, used like a function
     delivery attempt of the same message.
     """
 
-    __slots__ = ("_attributes", "_carrier", "_destination", "_kind", "_links", "_message_id",
-                 "_active", "_name", "_operation", "_sent_ns", "_system", "incoming", "queue_wait_ms",
-                 "transaction_id")
+    __slots__ = (
+        "_active",
+        "_attributes",
+        "_carrier",
+        "_destination",
+        "_kind",
+        "_links",
+        "_message_id",
+        "_name",
+        "_operation",
+        "_sent_ns",
+        "_system",
+        "incoming",
+        "queue_wait_ms",
+        "transaction_id",
+    )
 
     def __init__(
         self,
@@ -266,7 +281,7 @@ class consume_scope(_Scope):  # noqa: N801 - a scope, used like a function
             return self
         try:
             self._open(settings)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             diagnostics.internal_error("consume_scope.open", exc)
         return self
 
@@ -274,7 +289,7 @@ class consume_scope(_Scope):  # noqa: N801 - a scope, used like a function
         now_ns = time.time_ns()
         incoming = read(self._carrier, settings)
         self.incoming = incoming
-        ambient = otel_context.get_current()
+        ambient = get_current()
         tx = incoming.transaction_id or generate_transaction_id()
         self.transaction_id = tx
         remote = incoming.span_context
@@ -341,7 +356,7 @@ class consume_scope(_Scope):  # noqa: N801 - a scope, used like a function
                     links=links or None,
                 )
                 self.span = span
-            except Exception as exc:  # noqa: BLE001 - keep the context without a span
+            except Exception as exc:
                 diagnostics.internal_error("consume_scope.span", exc)
                 span = parent_span or NonRecordingSpan(mint_span_context())
         values: dict[str, object] = {
@@ -353,7 +368,7 @@ class consume_scope(_Scope):  # noqa: N801 - a scope, used like a function
         if baggage is not None:
             values[BAGGAGE_KEY] = baggage
         self._active = span.get_span_context()
-        self._token = otel_context.attach(Context(values))
+        self._token = attach(Context(values))
 
     @property
     def span_context(self) -> SpanContext | None:
@@ -361,7 +376,7 @@ class consume_scope(_Scope):  # noqa: N801 - a scope, used like a function
         return self._active
 
 
-class receive_scope(_Scope):  # noqa: N801 - a scope, used like a function
+class receive_scope(_Scope):
     """A ``receive {destination}`` CLIENT span for a batch pull, linking to every message.
 
     ``messages`` holds ``(carrier, message_id)`` pairs. The span is not made current; each
@@ -417,7 +432,7 @@ class receive_scope(_Scope):  # noqa: N801 - a scope, used like a function
                 links=links,
                 start_time=self._start_ns,
             )
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             diagnostics.internal_error("receive_scope.open", exc)
         return self
 

@@ -15,12 +15,11 @@ once per interval); what is valid is kept.
 from __future__ import annotations
 
 import re
-from time import time_ns
 from collections.abc import Mapping
+from time import time_ns
 from typing import Any, Final
 from urllib.parse import quote, unquote
 
-from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.trace import (
     DEFAULT_TRACE_STATE,
@@ -39,6 +38,7 @@ from .context import (
     SPAN_KEY,
     TRANSACTION_KEY,
     generate_transaction_id,
+    get_current,
     mint_span_context,
     sdk_installed,
 )
@@ -54,7 +54,6 @@ _TRACEPARENT_00 = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}").fullma
 _TRANSACTION_ID = TRANSACTION_ID_PATTERN.fullmatch
 _MISSING: Final = object()
 _dict_set = dict.__setitem__
-_get_current = otel_context.get_current
 _ODD: Final = frozenset("13579bdf")  # last hex digit of trace-flags with the sampled bit set
 _DEFAULT_STATE: Final = DEFAULT_TRACE_STATE
 
@@ -70,18 +69,19 @@ def _fast_span_context(
 ) -> SpanContext:
     # The IDs were validated (non-zero, 128/64-bit hex), so SpanContext's own checks would
     # only repeat them. Used only when the layout check below holds for this OTel version.
-    return _tuple_new(SpanContext, (trace_id, span_id, True, flags, state, True))  # type: ignore[no-any-return]
+    return _tuple_new(SpanContext, (trace_id, span_id, True, flags, state, True))
 
 
 _tuple_new = tuple.__new__
 _probe = _checked_span_context(1, 2, TraceFlags(1), DEFAULT_TRACE_STATE)
-_span_context = (
-    _fast_span_context
-    if _fast_span_context(1, 2, TraceFlags(1), DEFAULT_TRACE_STATE) == _probe
-    and _probe.is_valid
+#: SpanContext is the 6-tuple (trace_id, span_id, is_remote, flags, state, is_valid).
+_TUPLE_LAYOUT: Final = (
+    isinstance(_probe, tuple)
+    and tuple(_probe) == (1, 2, True, 1, DEFAULT_TRACE_STATE, True)
+    and _fast_span_context(1, 2, TraceFlags(1), DEFAULT_TRACE_STATE) == _probe
     and _fast_span_context(1, 2, TraceFlags(1), DEFAULT_TRACE_STATE).is_remote
-    else _checked_span_context
 )
+_span_context = _fast_span_context if _TUPLE_LAYOUT else _checked_span_context
 _MAX_TRACEPARENT = 512
 _MAX_SENT = 20
 _MAX_TRANSACTION = 128
@@ -292,7 +292,7 @@ def read(carrier: Carrier | object, settings: Settings) -> Incoming:
     incoming = Incoming()
     try:
         _read_into(incoming, carrier, settings)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         diagnostics.internal_error("extract", exc)
     return incoming
 
@@ -351,7 +351,11 @@ def _read_into(incoming: Incoming, carrier: object, settings: Settings) -> None:
                     _reject(incoming, "transaction_id", "format", tx)
 
     if bag_raw is not _MISSING:
-        bag_text = _text(incoming, semconv.BAGGAGE, bag_raw, settings.max_baggage_bytes, True)
+        bag_text = (
+            bag_raw
+            if type(bag_raw) is str and len(bag_raw) <= settings.max_baggage_bytes
+            else _text(incoming, semconv.BAGGAGE, bag_raw, settings.max_baggage_bytes, True)
+        )
         if bag_text is not None:
             tx = incoming.transaction_id
             if tx is not None and bag_text == names.mirror_prefix + tx:
@@ -457,19 +461,21 @@ def inject(
             f"unsupported carrier type {type(carrier).__name__}: use a dict of headers, "
             "a list of (key, value) pairs, or a tuple of pairs"
         )
-    ctx = context if context is not None else _get_current()
+    ctx = context if context is not None else get_current()
     try:
         if kind is dict and not copy:
             # Write straight into the caller's dict; on error it holds only whole values.
             return render(ctx, settings, carrier)  # type: ignore[arg-type]
         values = render(ctx, settings)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         diagnostics.internal_error("inject", exc)
         return {} if carrier is None else carrier
     return write_headers(carrier, values, copy=copy)
 
 
-def render(ctx: Context, settings: Settings, values: dict[str, Any] | None = None) -> dict[str, Any]:
+def render(
+    ctx: Context, settings: Settings, values: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Write the header values that carry ``ctx`` into ``values`` (a new dict if None)."""
     names = _names
     if values is None:
@@ -482,11 +488,16 @@ def render(ctx: Context, settings: Settings, values: dict[str, Any] | None = Non
     if tx is None:
         tx = generate_transaction_id()
     if sc is not None:
+        if _TUPLE_LAYOUT:
+            # One C-level unpack instead of five property calls (layout checked at import).
+            trace_id, span_id, _, flags, state, _ = sc
+        else:  # pragma: no cover - another OTel layout
+            trace_id, span_id, flags, state = sc.trace_id, sc.span_id, sc.trace_flags, sc.trace_state
         values[semconv.TRACEPARENT] = (
-            f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{'01' if sc.trace_flags & 1 else '00'}"
+            f"00-{trace_id:032x}-{span_id:016x}-{'01' if flags & 1 else '00'}"
         )
-        if sc.trace_state:
-            values[semconv.TRACESTATE] = sc.trace_state.to_header()
+        if state is not _DEFAULT_STATE and state:
+            values[semconv.TRACESTATE] = state.to_header()
     values[names.transaction] = tx
     entries = ctx.get(BAGGAGE_KEY)
     if entries:

@@ -51,6 +51,13 @@ CLOCK_SKEW: Final = "hoptrace.clock_skew"
 CONTEXT_REJECTED: Final = "hoptrace.context.rejected"
 LINK_REASON: Final = "hoptrace.link.reason"
 
+# HTTP server spans made by the ASGI / WSGI edge middlewares (OTel HTTP semconv).
+HTTP_REQUEST_METHOD: Final = "http.request.method"
+HTTP_ROUTE: Final = "http.route"
+HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"
+URL_PATH: Final = "url.path"
+URL_SCHEME: Final = "url.scheme"
+
 # Default destination for RabbitMQ's nameless exchange.
 RABBITMQ_DEFAULT_EXCHANGE: Final = "amq.default"
 
