@@ -254,3 +254,11 @@ def test_bad_carrier_to_produce_scope_is_a_clear_error(spans: Any) -> None:
     ):
         pass
     assert hoptrace.current_trace_id() is None
+
+
+def test_without_sdk_the_send_block_and_the_message_share_a_trace(no_sdk: None) -> None:
+    with hoptrace.produce_scope({}, "orders", "rabbitmq") as send:
+        in_block = hoptrace.current_trace_id(), hoptrace.current_transaction_id()
+    assert in_block[0] == send.carrier["traceparent"][3:35]
+    assert in_block[1] == send.carrier["x-transaction-id"] == send.transaction_id
+    assert hoptrace.current_trace_id() is None

@@ -44,6 +44,7 @@ from .context import (
     get_current,
     mint_span_context,
     sdk_installed,
+    span_in,
     tracer,
 )
 from .propagation import Incoming, read, render
@@ -162,6 +163,12 @@ class produce_scope(_Scope):
 
     def open(self) -> produce_scope:
         """Start the span, attach it, and inject into the carrier."""
+        carrier = self._carrier
+        if carrier is not None and not isinstance(carrier, (Mapping, list, tuple)):
+            raise TypeError(
+                f"unsupported carrier type {type(carrier).__name__}: use a dict of headers, "
+                "a list of (key, value) pairs, or a tuple of pairs"
+            )
         settings = get_settings()
         if not settings.enabled:
             if self.carrier is None:
@@ -196,18 +203,24 @@ class produce_scope(_Scope):
                 except Exception as exc:
                     diagnostics.internal_error("produce_scope.span", exc)
                 self.span = span
+            if span is None:
+                active = span_in(parent)
+                if (active is None or not active.get_span_context().is_valid) and (
+                    not sdk_installed()
+                ):
+                    # No tracing backend: mint the trace here, so the caller's log lines in
+                    # this block and the message share one trace ID.
+                    span = NonRecordingSpan(mint_span_context())
             if span is not None:
                 ctx = Context({**parent, SPAN_KEY: span, TRANSACTION_KEY: tx})
                 self._token = attach(ctx)
             elif tx is not parent.get(TRANSACTION_KEY):
                 ctx = Context({**parent, TRANSACTION_KEY: tx})
+                self._token = attach(ctx)
             else:
                 ctx = parent
             values = render(ctx, settings)
             self.carrier = write_headers(self._carrier, values, copy=self._copy)
-        except TypeError:
-            self.close()
-            raise
         except Exception as exc:
             diagnostics.internal_error("produce_scope.open", exc)
             if self.carrier is None:
