@@ -262,3 +262,17 @@ def test_without_sdk_the_send_block_and_the_message_share_a_trace(no_sdk: None) 
     assert in_block[0] == send.carrier["traceparent"][3:35]
     assert in_block[1] == send.carrier["x-transaction-id"] == send.transaction_id
     assert hoptrace.current_trace_id() is None
+
+
+def test_detach_now_end_later_for_acknowledged_sends(spans: Any) -> None:
+    import threading
+
+    scope = hoptrace.produce_scope([], "t", "kafka").open()
+    scope.detach()
+    assert hoptrace.current_trace_id() is None  # context gone, span still open
+    assert spans.named("send t") == []
+    ack = threading.Thread(target=lambda: (scope.set_attribute("messaging.kafka.offset", 7), scope.close()))
+    ack.start()
+    ack.join()
+    send = spans.one("send t")
+    assert send.attributes["messaging.kafka.offset"] == 7

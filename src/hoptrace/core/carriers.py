@@ -27,6 +27,9 @@ Carrier = (
     | None
 )
 
+#: Longest header value decoded while scanning a pair list (the W3C baggage limit).
+_DECODE_LIMIT: Final = 8192
+
 #: A header appeared more than once in a list carrier.
 DUPLICATE: Final = object()
 
@@ -43,47 +46,70 @@ REJECT_SIZE: Final = Rejected("size")
 REJECT_DUPLICATE: Final = Rejected("duplicate")
 
 
-def read_headers(carrier: object, names: Sequence[str]) -> dict[str, Any]:
+def read_headers(carrier: object, names: Sequence[str] | frozenset[str]) -> dict[str, Any]:
     """Return the raw values of ``names`` present in ``carrier``.
 
-    In a list carrier a name seen twice maps to a list of every raw value, in order.
-    Unknown carrier types read as empty. Never raises.
+    In a list carrier a name seen twice maps to a list of every raw value, in order; short
+    ``bytes`` values are decoded to text when they are valid UTF-8. Unknown carrier types
+    read as empty. Never raises.
     """
     found: dict[str, Any] = {}
     if carrier is None:
         return found
     try:
-        if isinstance(carrier, Mapping):
+        kind = type(carrier)
+        if kind is list or kind is tuple or (
+            not isinstance(carrier, Mapping) and isinstance(carrier, (list, tuple))
+        ):
+            _scan_pairs(carrier, names, found)  # type: ignore[arg-type]
+        elif isinstance(carrier, Mapping):
             get = carrier.get
             for name in names:
                 value = get(name, DUPLICATE)
                 if value is not DUPLICATE:
                     found[name] = value
-            return found
-        if isinstance(carrier, (list, tuple)):
-            wanted = set(names)
-            for item in carrier:
-                try:
-                    key, value = item
-                except (TypeError, ValueError):
-                    continue
-                if isinstance(key, (bytes, bytearray)):
-                    try:
-                        key = bytes(key).decode("ascii")
-                    except UnicodeDecodeError:
-                        continue
-                if key in wanted:
-                    if key in found:
-                        previous = found[key]
-                        if isinstance(previous, _Many):
-                            previous.append(value)
-                        else:
-                            found[key] = _Many((previous, value))
-                    else:
-                        found[key] = value
     except Exception:
         return {}
     return found
+
+
+def _scan_pairs(
+    carrier: list[Any] | tuple[Any, ...],
+    wanted: Sequence[str] | frozenset[str],
+    found: dict[str, Any],
+) -> None:
+    for item in carrier:
+        if type(item) is tuple and len(item) == 2:
+            key, value = item
+        else:
+            try:
+                key, value = item
+            except (TypeError, ValueError):
+                continue
+        if type(key) is not str:
+            if not isinstance(key, (bytes, bytearray)):
+                continue
+            try:
+                key = bytes(key).decode("ascii")
+            except UnicodeDecodeError:
+                continue
+        if key not in wanted:
+            continue
+        if type(value) is bytes and len(value) <= _DECODE_LIMIT:
+            # Kafka headers are bytes: decode here, once, so the reader takes its text fast
+            # path. Invalid UTF-8 stays bytes and is rejected there, with its reason.
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        if key in found:
+            previous = found[key]
+            if isinstance(previous, _Many):
+                previous.append(value)
+            else:
+                found[key] = _Many((previous, value))
+        else:
+            found[key] = value
 
 
 class _Many(list[Any]):

@@ -102,6 +102,16 @@ class _Scope:
         if token is not None:
             detach(token)
 
+    def detach(self) -> None:
+        """Detach the context now but keep the span open until :meth:`close`.
+
+        For sends acknowledged later, in another context (a delivery callback): detach where
+        the context was attached, then ``close(exc)`` from the callback to end the span.
+        """
+        token, self._token = self._token, None
+        if token is not None:
+            detach(token)
+
     def set_attribute(self, key: str, value: AttributeValue) -> None:
         """Add an attribute to the scope's span, if it records."""
         span = self.span

@@ -105,7 +105,7 @@ class Incoming:
 class _Names:
     """Header names for the settings in force, rebuilt when the settings change."""
 
-    __slots__ = ("all", "baggage_key", "mirror_prefix", "sent", "transaction")
+    __slots__ = ("all", "baggage_key", "mirror_prefix", "sent", "transaction", "wanted")
 
     def __init__(self, settings: Settings) -> None:
         self.transaction = settings.transaction_header
@@ -119,6 +119,7 @@ class _Names:
             self.transaction,
             self.sent,
         )
+        self.wanted = frozenset(self.all)
 
 
 _names = _Names(get_settings())
@@ -307,7 +308,7 @@ def _read_into(incoming: Incoming, carrier: object, settings: Settings) -> None:
         tx_raw = get(names.transaction, _MISSING)
         sent_raw = get(names.sent, _MISSING)
     else:
-        raw = read_headers(carrier, names.all)
+        raw = read_headers(carrier, names.wanted)
         if not raw:
             return
         tp_raw = raw.get(semconv.TRACEPARENT, _MISSING)
@@ -492,7 +493,8 @@ def render(
             # One C-level unpack instead of five property calls (layout checked at import).
             trace_id, span_id, _, flags, state, _ = sc
         else:  # pragma: no cover - another OTel layout
-            trace_id, span_id, flags, state = sc.trace_id, sc.span_id, sc.trace_flags, sc.trace_state
+            trace_id, span_id = sc.trace_id, sc.span_id
+            flags, state = sc.trace_flags, sc.trace_state
         values[semconv.TRACEPARENT] = (
             f"00-{trace_id:032x}-{span_id:016x}-{'01' if flags & 1 else '00'}"
         )
