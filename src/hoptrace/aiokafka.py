@@ -1,0 +1,376 @@
+"""hoptrace for aiokafka: the handler of every record runs inside the record's trace.
+
+Patch every producer and consumer::
+
+    import hoptrace.aiokafka
+    hoptrace.aiokafka.instrument()
+
+or wrap chosen ones without patching anything::
+
+    producer = hoptrace.aiokafka.TracedProducer(AIOKafkaProducer(...))
+    consumer = hoptrace.aiokafka.TracedConsumer(AIOKafkaConsumer("orders", ...))
+
+Then:
+
+* ``send()`` / ``send_and_wait()`` make a ``send {topic}`` span that lasts until the broker
+  acknowledges the record (partition and offset added) or the send fails. The context goes
+  into a new header list; the caller's headers are never changed.
+* ``async for msg in consumer`` and ``await consumer.getone()`` return each record with its
+  ``process {topic}`` scope open: the loop body (the handler) runs in the producer's trace and
+  transaction. The scope closes when the next record is requested, when the loop ends or
+  breaks, at ``consumer.stop()``, or at :func:`close_scope`.
+* ``getmany()`` records one ``receive {topic}`` span linking to every record; handle each
+  record inside :func:`processing` or iterate with :func:`iterate`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from . import _kafka
+from .core import diagnostics
+from .core.hop import consume_scope
+from .core.patching import Patcher, original_of
+
+__all__ = [
+    "TracedConsumer",
+    "TracedProducer",
+    "close_scope",
+    "instrument",
+    "instrumented",
+    "iterate",
+    "processing",
+    "uninstrument",
+]
+
+_patcher = Patcher("hoptrace.aiokafka")
+
+
+# ----------------------------------------------------------------- records ---
+
+
+def processing(record: Any, group: str | None = None) -> consume_scope:
+    """Return the ``process {topic}`` scope of a consumed record (``with`` or ``async with``)."""
+    return _kafka.record_scope(
+        record.topic,
+        record.partition,
+        record.offset,
+        record.key,
+        record.headers,
+        record.timestamp if record.timestamp_type == 0 else None,
+        group,
+    )
+
+
+def iterate(
+    batch: Mapping[Any, Iterable[Any]] | Iterable[Any], group: str | None = None
+) -> Iterator[Any]:
+    """Yield the records of a ``getmany()`` result, each inside its own process scope."""
+    return _kafka.scoped_records(
+        _kafka.flatten(batch), functools.partial(processing, group=group)
+    )
+
+
+def close_scope(consumer: Any = None) -> None:
+    """Close the process scope ``getone()``/``async for`` left open in this task.
+
+    With no ``consumer``, close every such scope of the current task.
+    """
+    _kafka.close_pending(_unwrap(consumer) if consumer is not None else None)
+
+
+def _unwrap(consumer: Any) -> Any:
+    return consumer._consumer if isinstance(consumer, TracedConsumer) else consumer
+
+
+def _group(consumer: Any) -> str | None:
+    group = getattr(consumer, "_group_id", None)
+    return group if isinstance(group, str) else None
+
+
+# ---------------------------------------------------------------- producer ---
+
+
+async def _send(
+    original: Callable[..., Awaitable[Any]],
+    producer: Any,
+    topic: str,
+    value: Any,
+    key: Any,
+    partition: Any,
+    timestamp_ms: Any,
+    headers: Any,
+) -> Any:
+    try:
+        scope = _kafka.send_scope(topic, headers, key)
+    except Exception as exc:
+        if not isinstance(exc, TypeError):
+            diagnostics.internal_error("aiokafka.send", exc)
+        return await original(producer, topic, value, key, partition, timestamp_ms, headers)
+    try:
+        future = await original(producer, topic, value, key, partition, timestamp_ms, scope.carrier)
+    except BaseException as exc:
+        scope.close(exc)
+        raise
+    span = _kafka.detach_send(scope)
+    if span is not None:
+        try:
+            future.add_done_callback(functools.partial(_sent, span))
+        except Exception as exc:
+            diagnostics.internal_error("aiokafka.send", exc)
+            _kafka.end_send(span, None, None, None)
+    return future
+
+
+def _sent(span: Any, future: Any) -> None:
+    if future.cancelled():
+        _kafka.end_send(span, None, None, None)
+        return
+    exc = future.exception()
+    if exc is not None:
+        _kafka.end_send(span, None, None, exc)
+        return
+    metadata = future.result()
+    _kafka.end_send(
+        span, getattr(metadata, "partition", None), getattr(metadata, "offset", None), None
+    )
+
+
+class TracedProducer:
+    """Wraps an ``AIOKafkaProducer`` so ``send``/``send_and_wait`` are traced (no patching).
+
+    Every other attribute is the wrapped producer's.
+    """
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    async def send(
+        self,
+        topic: str,
+        value: Any = None,
+        key: Any = None,
+        partition: Any = None,
+        timestamp_ms: Any = None,
+        headers: Any = None,
+    ) -> Any:
+        """Send a record inside a ``send {topic}`` span; return aiokafka's delivery future."""
+        original = original_of(type(self._producer).send)
+        return await _send(
+            original, self._producer, topic, value, key, partition, timestamp_ms, headers
+        )
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: Any = None,
+        key: Any = None,
+        partition: Any = None,
+        timestamp_ms: Any = None,
+        headers: Any = None,
+    ) -> Any:
+        """Send a record and wait for the broker's acknowledgement; return its metadata."""
+        future = await self.send(topic, value, key, partition, timestamp_ms, headers)
+        return await future
+
+    async def __aenter__(self) -> TracedProducer:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._producer.stop()
+
+
+# ---------------------------------------------------------------- consumer ---
+
+
+def _open_record_scope(consumer: Any, record: Any) -> None:
+    try:
+        scope = processing(record, _group(consumer))
+    except Exception as exc:
+        diagnostics.internal_error("aiokafka.consume", exc)
+        return
+    _kafka.open_pending(consumer, scope)
+
+
+async def _getone(
+    original: Callable[..., Awaitable[Any]], consumer: Any, partitions: tuple[Any, ...]
+) -> Any:
+    _kafka.close_pending(consumer)
+    record = await original(consumer, *partitions)
+    _open_record_scope(consumer, record)
+    return record
+
+
+async def _getmany(
+    original: Callable[..., Awaitable[Any]],
+    consumer: Any,
+    partitions: tuple[Any, ...],
+    timeout_ms: int,
+    max_records: int | None,
+) -> Any:
+    _kafka.close_pending(consumer)
+    start = _kafka.now_ns()
+    batch = await original(consumer, *partitions, timeout_ms=timeout_ms, max_records=max_records)
+    if batch:
+        _kafka.receive_spans(
+            (
+                _kafka.BatchEntry(r.topic, r.partition, r.offset, r.headers)
+                for records in batch.values()
+                for r in records
+            ),
+            _group(consumer),
+            start,
+        )
+    return batch
+
+
+class _Iteration:
+    """The iterator ``async for`` gets: it closes the last record's scope when dropped."""
+
+    __slots__ = ("_consumer", "_entry", "_step")
+
+    def __init__(self, consumer: Any, step: Callable[[], Awaitable[Any]]) -> None:
+        self._consumer = consumer
+        self._step = step
+        self._entry: _kafka.Pending | None = None
+
+    def __aiter__(self) -> _Iteration:
+        return self
+
+    async def __anext__(self) -> Any:
+        record = await self._step()
+        self._entry = _kafka.latest_pending(self._consumer)
+        return record
+
+    def __del__(self) -> None:
+        entry = self._entry
+        if entry is not None:
+            self._entry = None
+            try:
+                _kafka.release(entry)
+            except Exception:  # interpreter shutdown: module globals may be gone
+                pass
+
+
+class TracedConsumer:
+    """Wraps an ``AIOKafkaConsumer`` so records are handled in their trace (no patching).
+
+    Every other attribute is the wrapped consumer's.
+    """
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+    async def getone(self, *partitions: Any) -> Any:
+        """Return the next record with its process scope open until the next request."""
+        original = original_of(type(self._consumer).getone)
+        return await _getone(original, self._consumer, partitions)
+
+    async def getmany(
+        self, *partitions: Any, timeout_ms: int = 0, max_records: int | None = None
+    ) -> Any:
+        """Return a batch of records and record a ``receive`` span linking to each one."""
+        original = original_of(type(self._consumer).getmany)
+        return await _getmany(original, self._consumer, partitions, timeout_ms, max_records)
+
+    def __aiter__(self) -> _Iteration:
+        self._consumer.__aiter__()  # raises ConsumerStoppedError once stopped, as aiokafka does
+        return _Iteration(self._consumer, self._next)
+
+    async def _next(self) -> Any:
+        from aiokafka.errors import ConsumerStoppedError  # type: ignore[import-untyped]
+
+        try:
+            return await self.getone()
+        except ConsumerStoppedError:
+            raise StopAsyncIteration from None
+
+    async def stop(self) -> None:
+        """Close this task's pending scope for the consumer, then stop it."""
+        _kafka.close_pending(self._consumer)
+        await original_of(type(self._consumer).stop)(self._consumer)
+
+    async def __aenter__(self) -> TracedConsumer:
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+
+# ---------------------------------------------------------------- patching ---
+
+
+def instrument() -> None:
+    """Patch ``AIOKafkaProducer`` and ``AIOKafkaConsumer`` (idempotent)."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+
+    def wrap_send(original: Callable[..., Any]) -> Callable[..., Any]:
+        async def send(
+            self: Any,
+            topic: str,
+            value: Any = None,
+            key: Any = None,
+            partition: Any = None,
+            timestamp_ms: Any = None,
+            headers: Any = None,
+        ) -> Any:
+            return await _send(original, self, topic, value, key, partition, timestamp_ms, headers)
+
+        return send
+
+    def wrap_getone(original: Callable[..., Any]) -> Callable[..., Any]:
+        async def getone(self: Any, *partitions: Any) -> Any:
+            return await _getone(original, self, partitions)
+
+        return getone
+
+    def wrap_getmany(original: Callable[..., Any]) -> Callable[..., Any]:
+        async def getmany(
+            self: Any, *partitions: Any, timeout_ms: int = 0, max_records: int | None = None
+        ) -> Any:
+            return await _getmany(original, self, partitions, timeout_ms, max_records)
+
+        return getmany
+
+    def wrap_aiter(original: Callable[..., Any]) -> Callable[..., Any]:
+        def __aiter__(self: Any) -> Any:
+            iterator = original(self)
+            if iterator is not self:
+                return iterator
+            return _Iteration(self, self.__anext__)
+
+        return __aiter__
+
+    def wrap_stop(original: Callable[..., Any]) -> Callable[..., Any]:
+        async def stop(self: Any) -> Any:
+            _kafka.close_pending(self)
+            return await original(self)
+
+        return stop
+
+    # send_and_wait calls self.send, so it is covered by the send wrapper.
+    _patcher.wrap(AIOKafkaProducer, "send", wrap_send)
+    _patcher.wrap(AIOKafkaConsumer, "getone", wrap_getone)
+    _patcher.wrap(AIOKafkaConsumer, "getmany", wrap_getmany)
+    _patcher.wrap(AIOKafkaConsumer, "__aiter__", wrap_aiter)
+    _patcher.wrap(AIOKafkaConsumer, "stop", wrap_stop)
+
+
+def uninstrument() -> None:
+    """Put aiokafka's original methods back (idempotent)."""
+    _patcher.restore()
+
+
+def instrumented() -> bool:
+    """Return whether :func:`instrument` is in force."""
+    return _patcher.active

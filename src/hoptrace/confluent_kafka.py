@@ -1,0 +1,300 @@
+"""hoptrace for confluent-kafka: traced ``produce`` and a handler scope from ``poll``.
+
+confluent-kafka's ``Producer`` and ``Consumer`` are C types: their methods cannot be patched
+and their instances take no new attributes. hoptrace therefore offers
+
+* drop-in subclasses, :class:`Producer` and :class:`Consumer`;
+* :func:`instrument`, which makes ``confluent_kafka.Producer`` / ``confluent_kafka.Consumer``
+  name those subclasses, so clients created *afterwards* are traced;
+* :func:`wrap_producer` / :func:`wrap_consumer`, proxies around a client you already have.
+
+Semantics:
+
+* ``produce()`` makes a ``send {topic}`` span, injects into a copy of the headers (dict or
+  list) and ends the span in the delivery report with the partition and offset.
+* ``poll()`` returns a record with its ``process {topic}`` scope open: the handler after it
+  runs in the producer's trace and transaction. The scope closes at the next ``poll()``,
+  ``consume()`` or ``close()`` on that consumer in the same thread, or at :func:`close_scope`.
+* ``consume()`` records one ``receive {topic}`` span linking to every record; handle each
+  record inside :func:`processing` or iterate with :func:`iterate`.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import confluent_kafka
+
+from . import _kafka
+from .core import diagnostics
+from .core.hop import consume_scope
+
+__all__ = [
+    "Consumer",
+    "Producer",
+    "close_scope",
+    "instrument",
+    "instrumented",
+    "iterate",
+    "processing",
+    "uninstrument",
+    "wrap_consumer",
+    "wrap_producer",
+]
+
+_PlainProducer: Any = confluent_kafka.Producer
+_PlainConsumer: Any = confluent_kafka.Consumer
+
+
+# ----------------------------------------------------------------- records ---
+
+
+def processing(message: Any, group: str | None = None) -> consume_scope:
+    """Return the ``process {topic}`` scope of a consumed message (``with`` or ``async with``)."""
+    ts_type, ts = message.timestamp()
+    return _kafka.record_scope(
+        message.topic(),
+        message.partition(),
+        message.offset(),
+        message.key(),
+        message.headers(),
+        ts if ts_type == confluent_kafka.TIMESTAMP_CREATE_TIME else None,
+        group,
+    )
+
+
+def iterate(messages: Iterable[Any], group: str | None = None) -> Iterator[Any]:
+    """Yield the messages of a ``consume()`` result, each inside its own process scope.
+
+    Messages carrying an error are yielded without a scope.
+    """
+    for message in messages:
+        if message.error() is not None:
+            yield message
+            continue
+        with processing(message, group):
+            yield message
+
+
+def close_scope(consumer: Any = None) -> None:
+    """Close the process scope ``poll()`` left open in this thread (all of them if no consumer)."""
+    _kafka.close_pending(_owner(consumer) if consumer is not None else None)
+
+
+def _owner(consumer: Any) -> Any:
+    return consumer._consumer if isinstance(consumer, _ConsumerProxy) else consumer
+
+
+# ---------------------------------------------------------------- producer ---
+
+
+def _delivered(scope: Any, callback: Callable[..., Any] | None, err: Any, msg: Any) -> None:
+    try:
+        if err is not None:
+            _kafka.end_send(scope, None, None, confluent_kafka.KafkaException(err))
+        else:
+            _kafka.end_send(scope, msg.partition(), msg.offset(), None)
+    except Exception as exc:
+        diagnostics.internal_error("confluent_kafka.delivery", exc)
+    if callback is not None:
+        callback(err, msg)
+
+
+def _produce(
+    original: Callable[..., Any],
+    default_callback: Callable[..., Any] | None,
+    topic: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    if len(args) > 3:  # on_delivery/timestamp/headers given by position: leave them alone
+        original(topic, *args, **kwargs)
+        return
+    key = kwargs.get("key", args[1] if len(args) > 1 else None)
+    try:
+        scope = _kafka.send_scope(topic, kwargs.get("headers"), key)
+    except Exception as exc:
+        if not isinstance(exc, TypeError):
+            diagnostics.internal_error("confluent_kafka.produce", exc)
+        original(topic, *args, **kwargs)
+        return
+    kwargs["headers"] = scope.carrier
+    if scope.span is not None:
+        callback = kwargs.pop("on_delivery", None) or kwargs.pop("callback", None)
+        kwargs["on_delivery"] = functools.partial(
+            _delivered, scope, callback or default_callback
+        )
+    try:
+        original(topic, *args, **kwargs)
+    except BaseException as exc:
+        scope.close(exc)
+        raise
+    _kafka.detach_send(scope)
+
+
+class Producer(_PlainProducer):  # type: ignore[misc]
+    """``confluent_kafka.Producer`` whose ``produce()`` is traced."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        conf = args[0] if args and isinstance(args[0], Mapping) else kwargs
+        callback = conf.get("on_delivery")
+        self._hoptrace_on_delivery = callback if callable(callback) else None
+
+    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
+        """Produce a message inside a ``send {topic}`` span ended by its delivery report."""
+        _produce(super().produce, self._hoptrace_on_delivery, topic, args, kwargs)
+
+
+class _ProducerProxy:
+    """A traced view of an existing producer; every other attribute is the producer's."""
+
+    def __init__(self, producer: Any, on_delivery: Callable[..., Any] | None) -> None:
+        self._producer = producer
+        self._on_delivery = on_delivery
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    def __len__(self) -> int:
+        return len(self._producer)
+
+    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
+        """Produce a message inside a ``send {topic}`` span ended by its delivery report."""
+        _produce(self._producer.produce, self._on_delivery, topic, args, kwargs)
+
+
+def wrap_producer(producer: Any, on_delivery: Callable[..., Any] | None = None) -> Any:
+    """Return a traced proxy for an existing producer.
+
+    hoptrace ends the send span in a per-message delivery callback, which librdkafka calls
+    instead of the producer-level ``on_delivery``; pass that callback here so it still runs.
+    """
+    return _ProducerProxy(producer, on_delivery)
+
+
+# ---------------------------------------------------------------- consumer ---
+
+
+def _poll(
+    original: Callable[..., Any], owner: Any, group: str | None, args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    _kafka.close_pending(owner)
+    message = original(*args, **kwargs)
+    if message is not None:
+        try:
+            if message.error() is None:
+                _kafka.open_pending(owner, processing(message, group))
+        except Exception as exc:
+            diagnostics.internal_error("confluent_kafka.poll", exc)
+    return message
+
+
+def _consume(
+    original: Callable[..., Any], owner: Any, group: str | None, args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    _kafka.close_pending(owner)
+    start = _kafka.now_ns()
+    messages = original(*args, **kwargs)
+    if messages:
+        try:
+            _kafka.receive_spans(
+                (
+                    _kafka.BatchEntry(m.topic(), m.partition(), m.offset(), m.headers())
+                    for m in messages
+                    if m.error() is None
+                ),
+                group,
+                start,
+            )
+        except Exception as exc:
+            diagnostics.internal_error("confluent_kafka.consume", exc)
+    return messages
+
+
+def _group_of(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | None:
+    conf = args[0] if args and isinstance(args[0], Mapping) else kwargs
+    group = conf.get("group.id")
+    return group if isinstance(group, str) else None
+
+
+class Consumer(_PlainConsumer):  # type: ignore[misc]
+    """``confluent_kafka.Consumer`` whose ``poll()`` opens the message's process scope."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._hoptrace_group = _group_of(args, kwargs)
+
+    def poll(self, *args: Any, **kwargs: Any) -> Any:
+        """Return the next message with its process scope open until the next poll."""
+        return _poll(super().poll, self, self._hoptrace_group, args, kwargs)
+
+    def consume(self, *args: Any, **kwargs: Any) -> Any:
+        """Return a batch of messages and record a ``receive`` span linking to each one."""
+        return _consume(super().consume, self, self._hoptrace_group, args, kwargs)
+
+    def close(self, *args: Any, **kwargs: Any) -> Any:
+        """Close this thread's pending scope, then the consumer."""
+        _kafka.close_pending(self)
+        return super().close(*args, **kwargs)
+
+
+class _ConsumerProxy:
+    """A traced view of an existing consumer; every other attribute is the consumer's."""
+
+    def __init__(self, consumer: Any, group: str | None) -> None:
+        self._consumer = consumer
+        self._group = group
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+    def poll(self, *args: Any, **kwargs: Any) -> Any:
+        """Return the next message with its process scope open until the next poll."""
+        return _poll(self._consumer.poll, self._consumer, self._group, args, kwargs)
+
+    def consume(self, *args: Any, **kwargs: Any) -> Any:
+        """Return a batch of messages and record a ``receive`` span linking to each one."""
+        return _consume(self._consumer.consume, self._consumer, self._group, args, kwargs)
+
+    def close(self, *args: Any, **kwargs: Any) -> Any:
+        """Close this thread's pending scope, then the consumer."""
+        _kafka.close_pending(self._consumer)
+        return self._consumer.close(*args, **kwargs)
+
+
+def wrap_consumer(consumer: Any, group_id: str | None = None) -> Any:
+    """Return a traced proxy for an existing consumer (``group_id`` names its group on spans)."""
+    return _ConsumerProxy(consumer, group_id)
+
+
+# ---------------------------------------------------------------- patching ---
+
+_lock = threading.Lock()
+
+
+def instrument() -> None:
+    """Make ``confluent_kafka.Producer``/``Consumer`` the traced subclasses (idempotent).
+
+    Only clients created after this call are traced.
+    """
+    with _lock:
+        setattr(confluent_kafka, "Producer", Producer)  # noqa: B010
+        setattr(confluent_kafka, "Consumer", Consumer)  # noqa: B010
+
+
+def uninstrument() -> None:
+    """Put confluent-kafka's own ``Producer``/``Consumer`` back (idempotent)."""
+    with _lock:
+        setattr(confluent_kafka, "Producer", _PlainProducer)  # noqa: B010
+        setattr(confluent_kafka, "Consumer", _PlainConsumer)  # noqa: B010
+
+
+def instrumented() -> bool:
+    """Return whether :func:`instrument` is in force."""
+    return confluent_kafka.Producer is Producer
