@@ -1,0 +1,263 @@
+"""aio-pika: ``send`` spans on ``Exchange.publish``, ``process`` scopes on every consume path.
+
+::
+
+    hoptrace.aio_pika.instrument()
+
+* ``Exchange.publish`` opens ``send {exchange}:{routing_key}`` and publishes a copy of the
+  message whose headers carry the context; the caller's ``Message`` is never changed.
+* ``Queue.consume`` callbacks run inside ``process {exchange}:{routing_key}:{queue}`` for the
+  callback's whole run (its own task, as aio-pika runs it).
+* ``async for message in queue.iterator()``: the scope is open from the moment a message is
+  returned until the loop asks for the next one, or the iterator closes.
+* ``Queue.get``: the scope is open from its return until that message is acked, nacked or
+  rejected in the same task (when the task's context is still the one the get attached), or
+  the next ``Queue.get`` in that task.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+
+from . import _amqp
+from .core import diagnostics, semconv
+from .core.hop import consume_scope, produce_scope
+from .core.patching import Patcher
+
+__all__ = ["instrument", "is_instrumented", "uninstrument"]
+
+_SYSTEM: Final = semconv.SYSTEM_RABBITMQ
+_HELD: Final = "_hoptrace_aio_pika_held"
+_CALLBACK_MARK: Final = "__hoptrace_aio_pika_callback__"
+_patcher: Final = Patcher("hoptrace.aio_pika")
+_publishing: ContextVar[bool] = ContextVar("hoptrace_aio_pika_publishing", default=False)
+
+
+class _Held:
+    """A process scope left open after ``Queue.get`` or ``__anext__`` returned a message."""
+
+    __slots__ = ("context", "message", "scope")
+
+    def __init__(self, scope: consume_scope, message: Any) -> None:
+        self.scope = scope
+        self.message = message
+        self.context = otel_context.get_current()
+
+
+_held_get: ContextVar[_Held | None] = ContextVar("hoptrace_aio_pika_get", default=None)
+
+
+def _exchange_name(exchange: Any) -> str | None:
+    name = getattr(exchange, "name", exchange)
+    return name if type(name) is str and name else None
+
+
+def _wrap_publish(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def publish(self: Any, message: Any, routing_key: str, *args: Any,
+                      **kwargs: Any) -> Any:
+        if _publishing.get() or _amqp.traced_already(getattr(message, "headers", None)):
+            return await original(self, message, routing_key, *args, **kwargs)
+        guard = _publishing.set(True)
+        try:
+            scope = None
+            outgoing = message
+            try:
+                attrs: dict[str, Any] = {}
+                if type(routing_key) is str:
+                    attrs[semconv.RABBITMQ_ROUTING_KEY] = routing_key
+                correlation_id = getattr(message, "correlation_id", None)
+                if type(correlation_id) is str:
+                    attrs[semconv.MESSAGING_CONVERSATION_ID] = correlation_id
+                scope = produce_scope(
+                    getattr(message, "headers", None),
+                    semconv.rabbitmq_destination(_exchange_name(self), str(routing_key)),
+                    _SYSTEM,
+                    message_id=_amqp.message_id_text(getattr(message, "message_id", None)),
+                    attributes=attrs,
+                    copy=True,
+                ).open()
+                outgoing = copy.copy(message)
+                outgoing.headers = scope.carrier
+            except Exception as exc:
+                diagnostics.internal_error("aio_pika.publish", exc)
+                if scope is not None:
+                    scope.close()
+                scope = None
+                outgoing = message
+            if scope is None:
+                return await original(self, outgoing, routing_key, *args, **kwargs)
+            try:
+                result = await original(self, outgoing, routing_key, *args, **kwargs)
+            except BaseException as exc:
+                scope.close(exc)
+                raise
+            scope.close()
+            return result
+        finally:
+            _publishing.reset(guard)
+
+    return publish
+
+
+def _open(queue_name: Any, message: Any) -> consume_scope | None:
+    try:
+        exchange = getattr(message, "exchange", None)
+        routing_key = getattr(message, "routing_key", None)
+        return _amqp.open_delivery(
+            getattr(message, "headers", None),
+            semconv.rabbitmq_destination(
+                exchange if type(exchange) is str else None,
+                routing_key if type(routing_key) is str else "",
+                queue_name if type(queue_name) is str else None,
+            ),
+            _SYSTEM,
+            message_id=_amqp.message_id_text(getattr(message, "message_id", None)),
+            attributes=_amqp.delivery_attributes(
+                routing_key,
+                getattr(message, "delivery_tag", None),
+                getattr(message, "correlation_id", None),
+            ),
+            sent_ns=_amqp.broker_sent_ns(getattr(message, "timestamp", None)),
+            redelivered=getattr(message, "redelivered", True) is not False,
+        )
+    except Exception as exc:
+        diagnostics.internal_error("aio_pika.consume", exc)
+        return None
+
+
+def _wrap_callback(queue_name: Any, callback: Any) -> Any:
+    if not callable(callback) or getattr(callback, _CALLBACK_MARK, False):
+        return callback
+    owner = getattr(callback, "__self__", None)
+    if owner is not None and type(owner).__module__.startswith("aio_pika."):
+        return callback  # aio-pika's own machinery, such as QueueIterator.on_message
+
+    async def on_message(message: Any) -> Any:
+        scope = _open(queue_name, message)
+        if scope is None:
+            return await callback(message)
+        try:
+            result = await callback(message)
+        except BaseException as exc:
+            scope.close(exc)
+            raise
+        scope.close()
+        return result
+
+    setattr(on_message, _CALLBACK_MARK, True)
+    on_message.__wrapped__ = callback  # type: ignore[attr-defined]
+    return on_message
+
+
+def _wrap_consume(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def consume(self: Any, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        return await original(self, _wrap_callback(getattr(self, "name", None), callback),
+                              *args, **kwargs)
+
+    return consume
+
+
+def _close_held(held: _Held | None) -> None:
+    if held is None:
+        return
+    try:
+        held.scope.close()
+    except Exception as exc:
+        diagnostics.internal_error("aio_pika.release", exc)
+
+
+def _release_iterator(iterator: Any) -> None:
+    held = getattr(iterator, _HELD, None)
+    if held is not None:
+        setattr(iterator, _HELD, None)
+        _close_held(held)
+
+
+def _wrap_anext(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def __anext__(self: Any) -> Any:
+        _release_iterator(self)
+        message = await original(self)
+        try:
+            queue = getattr(self, "_amqp_queue", None)
+            scope = _open(getattr(queue, "name", None), message)
+            if scope is not None:
+                setattr(self, _HELD, _Held(scope, message))
+        except Exception as exc:
+            diagnostics.internal_error("aio_pika.iterator", exc)
+        return message
+
+    return __anext__
+
+
+def _wrap_iterator_close(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def close(self: Any, *args: Any, **kwargs: Any) -> Any:
+        _release_iterator(self)
+        return await original(self, *args, **kwargs)
+
+    return close
+
+
+def _release_get(message: Any = None) -> None:
+    held = _held_get.get()
+    if held is None:
+        return
+    if message is not None and (
+        held.message is not message or otel_context.get_current() is not held.context
+    ):
+        return
+    _held_get.set(None)
+    _close_held(held)
+
+
+def _wrap_get(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def get(self: Any, *args: Any, **kwargs: Any) -> Any:
+        _release_get()
+        message = await original(self, *args, **kwargs)
+        if message is not None:
+            scope = _open(getattr(self, "name", None), message)
+            if scope is not None:
+                _held_get.set(_Held(scope, message))
+        return message
+
+    return get
+
+
+def _wrap_settle(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def settle(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            if _held_get.get() is not None:
+                _release_get(self)
+
+    return settle
+
+
+def instrument() -> None:
+    """Trace ``Exchange.publish``, ``Queue.consume``, ``Queue.iterator()`` and ``Queue.get``."""
+    from aio_pika.exchange import Exchange
+    from aio_pika.message import IncomingMessage
+    from aio_pika.queue import Queue, QueueIterator
+
+    _patcher.wrap(Exchange, "publish", _wrap_publish)
+    _patcher.wrap(Queue, "consume", _wrap_consume)
+    _patcher.wrap(Queue, "get", _wrap_get)
+    _patcher.wrap(QueueIterator, "__anext__", _wrap_anext)
+    _patcher.wrap(QueueIterator, "close", _wrap_iterator_close)
+    for name in ("ack", "nack", "reject"):
+        _patcher.wrap(IncomingMessage, name, _wrap_settle)
+
+
+def uninstrument() -> None:
+    """Undo :func:`instrument`."""
+    _patcher.restore()
+
+
+def is_instrumented() -> bool:
+    """Return whether :func:`instrument` is in force."""
+    return _patcher.active

@@ -1,0 +1,187 @@
+"""kombu: ``send`` spans on ``Producer.publish``, ``process`` scopes around consumer callbacks.
+
+::
+
+    hoptrace.kombu.instrument()
+
+* ``Producer.publish`` opens ``send {exchange}:{routing_key}`` and publishes a copy of the
+  ``headers`` it was given, with the context added (the caller's dict is never changed).
+* Every message a ``Consumer`` receives — its ``callbacks``, its ``on_message`` handler, and so
+  every ``ConsumerMixin`` — runs inside ``process {exchange}:{routing_key}:{queue}`` with the
+  message's context, transaction ID and baggage attached.
+
+``messaging.system`` follows the transport: ``rabbitmq`` for amqp, ``redis`` for redis, the
+transport's driver name otherwise.
+
+Celery publishes and consumes through kombu and is traced by ``hoptrace.celery``. So that a
+task message never gets two spans, this module leaves alone every message whose headers carry
+Celery's ``task`` header (task protocol 2, Celery's default since 4.0), and every publish whose
+headers were already written by the span active at that moment (someone traced it already).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from typing import Any, Final
+
+from . import _amqp
+from .core import diagnostics, semconv
+from .core.hop import produce_scope
+from .core.patching import Patcher
+
+__all__ = ["CELERY_TASK_HEADER", "instrument", "is_instrumented", "uninstrument"]
+
+#: Messages whose headers hold this key belong to Celery and are skipped here.
+CELERY_TASK_HEADER: Final = "task"
+
+_patcher: Final = Patcher("hoptrace.kombu")
+_publishing: ContextVar[bool] = ContextVar("hoptrace_kombu_publishing", default=False)
+_SYSTEMS: Final = {"amqp": semconv.SYSTEM_RABBITMQ, "redis": semconv.SYSTEM_REDIS}
+_PUBLISH_DEFAULTS: Final = (
+    "routing_key", "delivery_mode", "mandatory", "immediate", "priority", "content_type",
+    "content_encoding", "serializer", "headers", "compression", "exchange", "retry",
+    "retry_policy", "declare", "expiration", "timeout", "confirm_timeout",
+)
+
+
+def _system(channel: Any) -> str:
+    """Return ``messaging.system`` for the transport ``channel`` belongs to."""
+    try:
+        driver = channel.connection.client.transport.driver_type
+    except Exception:
+        return semconv.SYSTEM_RABBITMQ
+    return _SYSTEMS.get(driver, driver if type(driver) is str else semconv.SYSTEM_RABBITMQ)
+
+
+def _is_celery(headers: object) -> bool:
+    return isinstance(headers, Mapping) and CELERY_TASK_HEADER in headers
+
+
+def _exchange_name(exchange: Any) -> str | None:
+    name = getattr(exchange, "name", exchange)
+    return name if type(name) is str and name else None
+
+
+def _wrap_publish(original: Callable[..., Any]) -> Callable[..., Any]:
+    def publish(self: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            # Positional arguments past the body: name them as Producer.publish does.
+            kwargs = {**dict(zip(_PUBLISH_DEFAULTS, args, strict=False)), **kwargs}
+            args = ()
+        headers = kwargs.get("headers")
+        if _publishing.get() or _is_celery(headers) or _amqp.traced_already(headers):
+            return original(self, body, *args, **kwargs)
+        guard = _publishing.set(True)
+        try:
+            scope = None
+            try:
+                routing_key = kwargs.get("routing_key")
+                if routing_key is None:
+                    routing_key = self.routing_key
+                exchange = _exchange_name(kwargs.get("exchange") or self.exchange)
+                attrs: dict[str, Any] = {}
+                if type(routing_key) is str:
+                    attrs[semconv.RABBITMQ_ROUTING_KEY] = routing_key
+                correlation_id = kwargs.get("correlation_id")
+                if type(correlation_id) is str:
+                    attrs[semconv.MESSAGING_CONVERSATION_ID] = correlation_id
+                scope = produce_scope(
+                    headers,
+                    semconv.rabbitmq_destination(exchange, str(routing_key or "")),
+                    _system(self.channel),
+                    message_id=_amqp.message_id_text(kwargs.get("message_id")),
+                    attributes=attrs,
+                    copy=True,
+                ).open()
+                kwargs["headers"] = scope.carrier
+            except Exception as exc:
+                diagnostics.internal_error("kombu.publish", exc)
+                if scope is not None:
+                    scope.close()
+                scope = None
+            if scope is None:
+                return original(self, body, *args, **kwargs)
+            try:
+                result = original(self, body, *args, **kwargs)
+            except BaseException as exc:
+                scope.close(exc)
+                raise
+            scope.close()
+            return result
+        finally:
+            _publishing.reset(guard)
+
+    return publish
+
+
+def _queue_name(consumer: Any, delivery_info: Mapping[str, Any]) -> str | None:
+    """Return the name of the queue a message came from, when the consumer can tell."""
+    tags = getattr(consumer, "_active_tags", None) or {}
+    tag = delivery_info.get("consumer_tag")
+    if tag is not None:
+        for queue, active in tags.items():
+            if active == tag:
+                return str(queue)
+    queues: Any = getattr(consumer, "queues", None) or ()
+    if len(queues) == 1:
+        return str(queues[0].name)
+    return None
+
+
+def _wrap_receive(original: Callable[..., Any]) -> Callable[..., Any]:
+    def _receive_callback(self: Any, message: Any) -> Any:
+        scope = None
+        try:
+            headers = getattr(message, "headers", None)
+            if not _is_celery(headers):
+                info = getattr(message, "delivery_info", None) or {}
+                properties = getattr(message, "properties", None) or {}
+                exchange = info.get("exchange")
+                routing_key = info.get("routing_key")
+                scope = _amqp.open_delivery(
+                    headers,
+                    semconv.rabbitmq_destination(
+                        exchange if type(exchange) is str else None,
+                        routing_key if type(routing_key) is str else "",
+                        _queue_name(self, info),
+                    ),
+                    _system(self.channel),
+                    message_id=_amqp.message_id_text(properties.get("message_id")),
+                    attributes=_amqp.delivery_attributes(
+                        routing_key, info.get("delivery_tag"), properties.get("correlation_id")
+                    ),
+                    sent_ns=_amqp.broker_sent_ns(properties.get("timestamp")),
+                    redelivered=info.get("redelivered", True) is not False,
+                )
+        except Exception as exc:
+            diagnostics.internal_error("kombu.receive", exc)
+        if scope is None:
+            return original(self, message)
+        try:
+            result = original(self, message)
+        except BaseException as exc:
+            scope.close(exc)
+            raise
+        scope.close()
+        return result
+
+    return _receive_callback
+
+
+def instrument() -> None:
+    """Trace ``Producer.publish`` and every ``Consumer`` (callbacks, on_message, ConsumerMixin)."""
+    from kombu.messaging import Consumer, Producer
+
+    _patcher.wrap(Producer, "publish", _wrap_publish)
+    _patcher.wrap(Consumer, "_receive_callback", _wrap_receive)
+
+
+def uninstrument() -> None:
+    """Undo :func:`instrument`."""
+    _patcher.restore()
+
+
+def is_instrumented() -> bool:
+    """Return whether :func:`instrument` is in force."""
+    return _patcher.active

@@ -1,0 +1,88 @@
+"""hoptrace.pika and the shared AMQP helpers without a broker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry.trace import SpanContext, TraceFlags
+
+import hoptrace
+import hoptrace.pika
+from hoptrace import _amqp
+
+pika = pytest.importorskip("pika")
+
+
+def test_traced_publish_passes_a_copy_positionally_and_by_keyword(spans: Any) -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    @hoptrace.pika.traced_publish
+    def publish(exchange: str, routing_key: str, body: bytes, properties: Any = None,
+                mandatory: bool = False) -> str:
+        calls.append((exchange, routing_key, body, properties, mandatory))
+        return "sent"
+
+    props = pika.BasicProperties(headers={"a": "1"}, message_id="m")
+    with hoptrace.transaction() as tx:
+        assert publish("ex", "rk", b"1", props, True) == "sent"
+        assert publish(exchange="", routing_key="q", body=b"2") == "sent"
+    assert props.headers == {"a": "1"}
+    first, second = calls
+    assert first[3] is not props and first[3].message_id == "m" and first[4] is True
+    assert first[3].headers["a"] == "1"
+    assert first[3].headers["x-transaction-id"] == tx.transaction_id
+    assert second[3].headers["x-transaction-id"] == tx.transaction_id
+    assert [s.name for s in spans.all() if s.name.startswith("send")] == [
+        "send ex:rk", "send amq.default:q"]
+
+
+def test_traced_publish_errors_propagate_unchanged_and_mark_the_span(spans: Any) -> None:
+    @hoptrace.pika.traced_publish
+    def publish(exchange: str, routing_key: str, body: bytes, properties: Any = None) -> None:
+        raise ConnectionError("broker gone")
+
+    with pytest.raises(ConnectionError, match="broker gone"):
+        publish("", "q", b"x")
+    span = spans.one("send amq.default:q")
+    assert not span.status.is_ok
+
+
+def test_non_dict_headers_publish_untouched_and_count_an_internal_error() -> None:
+    sent: list[Any] = []
+    publish = hoptrace.pika.traced_publish(lambda e, r, b, p=None: sent.append(p))
+    props = pika.BasicProperties(headers="not a table")
+    publish("", "q", b"x", props)
+    assert sent == [props]
+    assert any(k.startswith("internal_error.pika") for k in hoptrace.diagnostics())
+
+
+def test_callback_wrapper_closes_the_scope_when_the_handler_raises(spans: Any) -> None:
+    def handler(ch: Any, method: Any, props: Any, body: bytes) -> None:
+        raise ValueError("bad order")
+
+    wrapped = hoptrace.pika._wrap_callback("q", handler)
+    assert hoptrace.pika._wrap_callback("q", wrapped) is wrapped
+    method = pika.spec.Basic.Deliver(delivery_tag=3, exchange="", routing_key="q")
+    with pytest.raises(ValueError, match="bad order"):
+        wrapped(None, method, pika.BasicProperties(headers=None), b"")
+    span = spans.one("process amq.default:q:q")
+    assert span.attributes["messaging.rabbitmq.message.delivery_tag"] == 3
+    assert not span.status.is_ok
+    assert hoptrace.current_transaction_id() is None
+
+
+def test_delivery_memory_is_bounded_and_links_by_message_identity() -> None:
+    memory = _amqp.DeliveryMemory(size=2)
+    contexts = [SpanContext(1, i + 1, False, TraceFlags(1)) for i in range(3)]
+    keys = [_amqp.message_key({"traceparent": f"tp{i}"}, None) for i in range(3)]
+    for key, ctx in zip(keys, contexts, strict=True):
+        memory.remember(key, ctx)
+    assert len(memory) == 2
+    assert memory.links(keys[0], {}) is None
+    assert memory.links(keys[2], {}, redelivered=False) is None
+    links = memory.links(keys[2], {"x-death": [{"queue": "q"}]})
+    assert links is not None and links[0].context == contexts[2]
+    assert links[0].attributes == {"hoptrace.link.reason": "dead_letter"}
+    assert _amqp.message_key({"traceparent": b"raw"}, None) is None
+    assert _amqp.message_key(None, "id-1") == (None, None, "id-1")
