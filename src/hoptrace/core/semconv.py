@@ -38,6 +38,10 @@ KAFKA_MESSAGE_KEY: Final = "messaging.kafka.message.key"
 RABBITMQ_ROUTING_KEY: Final = "messaging.rabbitmq.destination.routing_key"
 RABBITMQ_DELIVERY_TAG: Final = "messaging.rabbitmq.message.delivery_tag"
 
+# Celery.
+CELERY_TASK_NAME: Final = "celery.task.name"
+CELERY_TASK_STATE: Final = "celery.task.state"
+
 # Systems (values of messaging.system).
 SYSTEM_KAFKA: Final = "kafka"
 SYSTEM_RABBITMQ: Final = "rabbitmq"
