@@ -13,10 +13,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(VENV)/bin/hoptrace demo
 
-# Installs everything, starts RabbitMQ, Redis and Kafka, then runs the whole suite.
+# Installs everything (Chromium for the HTML report test too), starts RabbitMQ, Redis and
+# Kafka, then runs the whole suite.
 test: $(STAMP)
+	scripts/chromium
 	scripts/brokers up
 	$(PY) -m pytest $(PYTEST_ARGS)
 

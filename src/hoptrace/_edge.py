@@ -1,0 +1,202 @@
+"""The HTTP edge of a transaction: a SERVER span (or the one already active) plus the ID.
+
+Shared by :mod:`hoptrace.asgi` and :mod:`hoptrace.wsgi`; knows no web framework. An incoming
+``traceparent`` / ``tracestate`` / ``baggage`` / transaction header is validated by the core's
+reader, exactly as for a message. When a span is already active (OpenTelemetry's own ASGI or
+WSGI instrumentation made the server span), that span is reused: no second span is started,
+the transaction ID is attached to the context and set on the span.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, cast
+
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+from ._config import Settings, get_settings
+from .core import diagnostics, semconv
+from .core.context import (
+    BAGGAGE_KEY,
+    SPAN_KEY,
+    TRANSACTION_KEY,
+    generate_transaction_id,
+    mint_span_context,
+    sdk_installed,
+    tracer,
+)
+from .core.propagation import read
+
+
+def propagation_header_names(settings: Settings) -> dict[str, str]:
+    """Map each lowercased header hoptrace reads at an HTTP edge to its configured spelling."""
+    names = (
+        semconv.TRACEPARENT,
+        semconv.TRACESTATE,
+        semconv.BAGGAGE,
+        settings.transaction_header,
+    )
+    return {name.lower(): name for name in names}
+
+
+def header_carrier(
+    pairs: Iterable[tuple[str | bytes, str | bytes]], settings: Settings
+) -> list[tuple[str, str | bytes]]:
+    """Return the propagation headers among ``pairs`` as a carrier the core reader accepts.
+
+    HTTP header names are case-insensitive; the core matches the configured spelling.
+    """
+    wanted = propagation_header_names(settings)
+    carrier: list[tuple[str, str | bytes]] = []
+    for key, value in pairs:
+        text = key.decode("latin-1") if isinstance(key, bytes) else key
+        name = wanted.get(text.lower())
+        if name is not None:
+            carrier.append((name, value))
+    return carrier
+
+
+class server_scope:
+    """The context of one HTTP request, attached from ``open()`` until ``close()``.
+
+    Starts a ``{method}`` SERVER span (renamed ``{method} {route}`` once the route is known),
+    a child of a valid incoming ``traceparent``; or reuses a span already active.
+    """
+
+    __slots__ = (
+        "_method",
+        "_path",
+        "_scheme",
+        "_status",
+        "_token",
+        "carrier",
+        "reused",
+        "span",
+        "transaction_id",
+    )
+
+    def __init__(
+        self, carrier: list[tuple[str, str | bytes]], method: str, path: str, scheme: str
+    ) -> None:
+        self.carrier = carrier
+        self._method = method
+        self._path = path
+        self._scheme = scheme
+        self._status: int | None = None
+        self._token: object | None = None
+        self.span: Span | None = None
+        self.reused = False
+        self.transaction_id: str | None = None
+
+    def open(self) -> server_scope:
+        """Read the request's context, start or reuse the server span, and attach both."""
+        settings = get_settings()
+        if not settings.enabled:
+            return self
+        try:
+            self._open(settings)
+        except Exception as exc:
+            diagnostics.internal_error("server_scope.open", exc)
+        return self
+
+    def _open(self, settings: Settings) -> None:
+        incoming = read(self.carrier, settings)
+        ambient = otel_context.get_current()
+        ambient_tx = ambient.get(TRANSACTION_KEY)
+        tx = incoming.transaction_id or (
+            ambient_tx if isinstance(ambient_tx, str) else generate_transaction_id()
+        )
+        self.transaction_id = tx
+        values: dict[str, object] = {**ambient, TRANSACTION_KEY: tx}
+        active = cast("Span | None", ambient.get(SPAN_KEY))
+        if active is not None and active.get_span_context().is_valid:
+            # An outer instrumentation already made the server span: reuse it.
+            self.reused = True
+            self.span = active
+            if active.is_recording():
+                active.set_attribute(semconv.TRANSACTION_ID, tx)
+            if incoming.baggage is not None and settings.trust_incoming and not ambient.get(
+                BAGGAGE_KEY
+            ):
+                values[BAGGAGE_KEY] = incoming.baggage
+            self._token = otel_context.attach(Context(values))
+            return
+
+        remote = incoming.span_context
+        baggage = incoming.baggage
+        links: list[Link] = []
+        parent: Span | None = None
+        if remote is not None:
+            if settings.trust_incoming:
+                parent = NonRecordingSpan(remote)
+            else:
+                links.append(Link(remote, {semconv.LINK_REASON: "untrusted"}))
+                baggage = None
+        span: Span
+        if settings.propagation_only or not sdk_installed():
+            span = parent if parent is not None else NonRecordingSpan(mint_span_context())
+        else:
+            attrs: dict[str, AttributeValue] = {
+                semconv.HTTP_REQUEST_METHOD: self._method,
+                semconv.URL_PATH: self._path,
+                semconv.URL_SCHEME: self._scheme,
+                semconv.TRANSACTION_ID: tx,
+            }
+            if incoming.rejected:
+                attrs[semconv.CONTEXT_REJECTED] = list(incoming.rejected)
+            parent_ctx = Context({SPAN_KEY: parent}) if parent is not None else Context()
+            span = tracer().start_span(
+                self._method,
+                context=parent_ctx,
+                kind=SpanKind.SERVER,
+                attributes=attrs,
+                links=links or None,
+            )
+            self.span = span
+        values[SPAN_KEY] = span
+        if baggage is not None:
+            values[BAGGAGE_KEY] = baggage
+        self._token = otel_context.attach(Context(values))
+
+    def set_route(self, route: str | None) -> None:
+        """Name the span ``{method} {route}`` (a route template such as ``/items/{id}``)."""
+        span = self.span
+        if route and span is not None and not self.reused and span.is_recording():
+            try:
+                span.update_name(f"{self._method} {route}")
+                span.set_attribute(semconv.HTTP_ROUTE, route)
+            except Exception as exc:
+                diagnostics.internal_error("server_scope.set_route", exc)
+
+    def set_status_code(self, status: int) -> None:
+        """Record the response status code; 5xx marks the span as an error."""
+        self._status = status
+        span = self.span
+        if span is not None and not self.reused and span.is_recording():
+            span.set_attribute(semconv.HTTP_RESPONSE_STATUS_CODE, status)
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """End the span this scope started (recording ``exc``) and detach the context."""
+        token, self._token = self._token, None
+        span, self.span = self.span, None
+        try:
+            if span is not None and not self.reused and span.is_recording():
+                if exc is not None:
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                elif self._status is not None and self._status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                span.end()
+        except Exception as err:
+            diagnostics.internal_error("server_scope.close", err)
+        if token is not None:
+            otel_context.detach(cast(Any, token))
+
+    def detach(self) -> None:
+        """Detach the request's context now and leave the span open for a later ``close()``."""
+        token, self._token = self._token, None
+        if token is not None:
+            otel_context.detach(cast(Any, token))

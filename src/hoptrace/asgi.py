@@ -1,0 +1,89 @@
+"""ASGI edge: continue or start a transaction for every HTTP request.
+
+::
+
+    from hoptrace.asgi import TransactionMiddleware
+    app = TransactionMiddleware(app)          # or app.add_middleware(TransactionMiddleware)
+
+Each request continues a valid incoming ``traceparent`` and ``X-Transaction-ID`` (validated as
+for a message) or starts a new transaction; the response carries the transaction ID in the
+transaction header. Under OpenTelemetry's own ASGI middleware, its server span is reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from ._config import get_settings
+from ._edge import header_carrier, server_scope
+from .core import diagnostics
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _route_of(scope: Scope) -> str | None:
+    """Return the matched route template (Starlette / FastAPI set ``scope["route"]``)."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else None
+
+
+class TransactionMiddleware:
+    """ASGI middleware: one transaction (and server span) per HTTP request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the request inside its transaction; add the ID to the response headers."""
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        settings = get_settings()
+        edge: server_scope | None = None
+        header = b""
+        try:
+            edge = server_scope(
+                header_carrier(scope.get("headers") or (), settings),
+                str(scope.get("method") or "GET"),
+                str(scope.get("path") or "/"),
+                str(scope.get("scheme") or "http"),
+            ).open()
+            header = settings.transaction_header.lower().encode("latin-1")
+        except Exception as exc:
+            diagnostics.internal_error("asgi.open", exc)
+
+        async def send_with_transaction(message: Message) -> None:
+            if edge is not None and message.get("type") == "http.response.start":
+                try:
+                    tx = edge.transaction_id
+                    if tx is not None:
+                        kept = [
+                            pair
+                            for pair in message.get("headers") or ()
+                            if bytes(pair[0]).lower() != header
+                        ]
+                        kept.append((header, tx.encode("ascii")))
+                        message["headers"] = kept
+                    edge.set_status_code(int(message.get("status", 200)))
+                except Exception as exc:
+                    diagnostics.internal_error("asgi.send", exc)
+            await send(message)
+
+        if edge is None:
+            await self.app(scope, receive, send)
+            return
+        error: BaseException | None = None
+        try:
+            await self.app(scope, receive, send_with_transaction)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            edge.set_route(_route_of(scope))
+            edge.close(error)

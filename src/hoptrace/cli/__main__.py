@@ -1,0 +1,5 @@
+"""``python -m hoptrace.cli``: the ``hoptrace`` command."""
+
+from . import main
+
+main()

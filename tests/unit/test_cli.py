@@ -1,0 +1,285 @@
+"""``hoptrace view`` and ``hoptrace stats`` on span files recorded by real hoptrace hops."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import statistics
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+import hoptrace
+from hoptrace.cli import main
+from hoptrace.cli.analysis import critical_path, edge_stats
+from hoptrace.cli.spanfile import group_traces, read_spans
+from hoptrace.core import semconv
+from hoptrace.export import JsonLinesSpanExporter
+
+
+class Services:
+    """One SDK provider per service name, all exporting to the same JSONL file."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+        self.providers: dict[str, TracerProvider] = {}
+
+    @contextlib.contextmanager
+    def service(self, name: str) -> Iterator[None]:
+        provider = self.providers.get(name)
+        if provider is None:
+            provider = TracerProvider(resource=Resource.create({"service.name": name}))
+            provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(self.path)))
+            self.providers[name] = provider
+        previous = trace._TRACER_PROVIDER
+        trace._TRACER_PROVIDER = provider
+        try:
+            yield
+        finally:
+            trace._TRACER_PROVIDER = previous
+
+    def shutdown(self) -> None:
+        for provider in self.providers.values():
+            provider.shutdown()
+
+
+def held(headers: dict, wait_ms: int) -> dict:
+    """Headers as if the message had sat in the queue ``wait_ms`` longer."""
+    held = dict(headers)
+    held["x-hoptrace-sent-ns"] = str(int(headers["x-hoptrace-sent-ns"]) - wait_ms * 1_000_000)
+    return held
+
+
+def checkout(services: Services, *, wait_ms: int, fail_billing: bool = False) -> str:
+    """web → celery → worker → orders → billing; returns the transaction ID."""
+    with services.service("web"), hoptrace.transaction("POST /checkout") as tx:
+        with hoptrace.produce_scope({}, "celery", "celery") as send:
+            task_headers = send.carrier
+    with services.service("worker"):
+        with hoptrace.consume_scope(held(task_headers, wait_ms), "celery", "celery"):
+            with hoptrace.produce_scope({}, "orders", "rabbitmq") as send:
+                order_headers = send.carrier
+    with services.service("billing"), contextlib.suppress(RuntimeError):
+        with hoptrace.consume_scope(held(order_headers, wait_ms * 3), "orders", "rabbitmq"):
+            if fail_billing:
+                raise RuntimeError("card declined")
+    return tx.transaction_id
+
+
+@pytest.fixture
+def span_file(tmp_path):
+    """A JSONL file of 4 checkouts (the last one fails in billing); yields (path, tx IDs)."""
+    path = tmp_path / "spans.jsonl"
+    services = Services(path)
+    try:
+        txs = [checkout(services, wait_ms=10 * (i + 1), fail_billing=i == 3) for i in range(4)]
+    finally:
+        services.shutdown()
+    return path, txs
+
+
+def run(*args: str):
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result
+
+
+def test_view_draws_a_waterfall_tree_per_trace_with_queue_wait_and_errors(span_file):
+    path, txs = span_file
+    result = run("view", str(path), "--width", "30")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    traces = group_traces(read_spans(path))
+    assert out.count("trace ") >= len(traces)
+    for trace_obj in traces.values():
+        assert trace_obj.trace_id in out
+    for tx in txs:
+        assert f"transaction {tx}" in out
+    lines = out.splitlines()
+    root = next(line for line in lines if "POST /checkout" in line)
+    process = next(line for line in lines if "process orders" in line)
+    # The tree: the billing consumer is four levels below the HTTP root.
+    indent = lambda line: len(line) - len(line.lstrip())  # noqa: E731
+    assert indent(process) - indent(root) == 8
+    assert "billing" in process and "░" in process and "█" in process
+    assert out.count("✗ process orders") == 1  # one failed checkout, marked
+
+
+def test_view_one_trace_by_transaction_id_and_write_html(span_file, tmp_path):
+    path, txs = span_file
+    html = tmp_path / "report.html"
+    result = run("view", str(path), "--trace", txs[1], "--html", str(html))
+    assert result.exit_code == 0, result.output
+    assert txs[1] in result.output and txs[0] not in result.output
+    page = html.read_text()
+    spans = [s for s in read_spans(path) if s.attributes.get(semconv.TRANSACTION_ID) == txs[1]]
+    assert page.count('class="span-bar') == len(spans) == 5
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "https://" not in page
+    assert "<link" not in page and "src=" not in page
+
+
+def test_view_unknown_trace_and_malformed_file_exit_with_a_clear_error(span_file, tmp_path):
+    path, _ = span_file
+    result = CliRunner().invoke(main, ["view", str(path), "--trace", "nope"])
+    assert result.exit_code == 1
+    assert "no trace or transaction 'nope'" in result.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(path.read_text() + "{oops\n")
+    lines = len(path.read_text().splitlines())
+    result = CliRunner().invoke(main, ["stats", str(bad)])
+    assert result.exit_code == 1
+    assert f"{bad}:{lines + 1}: invalid JSON" in result.output
+
+
+def test_stats_json_gives_per_edge_percentiles_error_rate_slowest_and_critical_path(span_file):
+    path, _ = span_file
+    result = run("stats", str(path), "--json", "--top", "2")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    spans = read_spans(path)
+    billing = [s for s in spans if s.name == "process orders"]
+    waits = [s.attributes[semconv.QUEUE_WAIT_MS] for s in billing]
+    edges = {(e["producer_service"], e["destination"], e["consumer_service"]): e for e in report["edges"]}
+    assert set(edges) == {("web", "celery", "worker"), ("worker", "orders", "billing")}
+    edge = edges[("worker", "orders", "billing")]
+    assert edge["count"] == len(billing) == 4
+    assert edge["errors"] == 1 and edge["error_rate"] == 0.25
+    cuts = statistics.quantiles(waits, n=100, method="inclusive")
+    assert edge["queue_wait_ms"] == {"p50": cuts[49], "p95": cuts[94], "p99": cuts[98]}
+    assert edge["processing_ms"]["p50"] == pytest.approx(statistics.median(s.duration_ms for s in billing))
+    assert report["spans"] == len(spans) and report["traces"] == 4
+    durations = sorted((t.duration_ms for t in group_traces(spans).values()), reverse=True)
+    assert [t["duration_ms"] for t in report["slowest_traces"]] == durations[:2]
+    path_report = report["critical_path"]
+    assert path_report["trace_id"] == report["slowest_traces"][0]["trace_id"]
+    assert [s["name"] for s in path_report["steps"]] == [
+        "POST /checkout", "send celery", "process celery", "send orders", "process orders"
+    ]
+    # The largest single share of the slowest trace is the billing queue wait.
+    assert path_report["dominant"]["what"] == "queue_wait"
+    assert path_report["dominant"]["span"] == "process orders"
+
+
+def test_stats_table_names_edges_and_the_dominant_hop(span_file):
+    path, _ = span_file
+    result = run("stats", str(path))
+    assert result.exit_code == 0, result.output
+    assert re.search(r"worker\s.*orders\s.*billing\s.*4\s", result.output)
+    assert "25.0%" in result.output
+    assert "dominant:" in result.output and "waiting in the queue before 'process orders'" in result.output
+
+
+def test_critical_path_own_time_adds_up_to_the_trace(span_file):
+    path, _ = span_file
+    for trace_obj in group_traces(read_spans(path)).values():
+        steps = critical_path(trace_obj).steps
+        waits = [s.queue_wait_ms for s in steps if s.queue_wait_ms is not None]
+        covered = sum(s.self_ms for s in steps)
+        assert covered <= trace_obj.duration_ms + 1e-6
+        assert len(waits) == 2
+
+
+def test_link_mode_edges_are_found_through_links(tmp_path):
+    path = tmp_path / "link.jsonl"
+    services = Services(path)
+    hoptrace.configure(link_mode="link")
+    try:
+        with services.service("api"), hoptrace.transaction("t"):
+            with hoptrace.produce_scope({}, "jobs", "kafka") as send:
+                headers = send.carrier
+        with services.service("jobs-worker"), hoptrace.consume_scope(headers, "jobs", "kafka"):
+            pass
+    finally:
+        services.shutdown()
+    spans = read_spans(path)
+    assert len(group_traces(spans)) == 2  # link mode: a new trace per hop
+    (edge,) = edge_stats(spans)
+    assert (edge.producer_service, edge.destination, edge.consumer_service) == ("api", "jobs", "jobs-worker")
+
+
+def test_python_dash_m_and_console_script_entry_point():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "hoptrace.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "view" in out.stdout and "stats" in out.stdout and "demo" in out.stdout
+
+
+def test_long_read_shows_a_progress_bar_on_a_terminal(span_file, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from hoptrace.cli import load_spans
+
+    path, _ = span_file
+    big = tmp_path / "big.jsonl"
+    text = path.read_text()
+    copies = (5 << 20) // len(text) + 1  # over the 4 MB threshold
+    big.write_text(text * copies)
+    screen = io.StringIO()
+    spans = load_spans(str(big), Console(file=screen, force_terminal=True, width=100))
+    assert len(spans) == copies * len(text.splitlines())
+    assert "reading big.jsonl" in screen.getvalue()
+    quiet = io.StringIO()
+    load_spans(str(big), Console(file=quiet, force_terminal=False))
+    assert quiet.getvalue() == ""  # no bar when the output is not a terminal
+
+
+def test_view_and_stats_read_an_otlp_collector_file(tmp_path):
+    def span(span_id, parent, name, kind, start, end, status=None):
+        return {
+            "traceId": "5B8EFFF798038103D269B633813FC60C", "spanId": span_id, "parentSpanId": parent,
+            "name": name, "kind": kind, "startTimeUnixNano": str(start), "endTimeUnixNano": str(end),
+            "attributes": [{"key": "messaging.destination.name", "value": {"stringValue": "invoices"}}],
+            "status": status or {},
+        }
+
+    document = {"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "billing"}}]},
+        "scopeSpans": [{"spans": [
+            span("eee19b7ec3c1b174", "", "send invoices", 4, 1_000, 2_000),
+            span("eee19b7ec3c1b175", "eee19b7ec3c1b174", "process invoices", "SPAN_KIND_CONSUMER", 3_000, 9_000,
+                 {"code": 2, "message": "boom"}),
+        ]}],
+    }]}
+    path = tmp_path / "collector.json"
+    path.write_text(json.dumps(document) + "\n")
+    result = run("view", str(path))
+    assert result.exit_code == 0, result.output
+    assert "trace 5b8efff798038103d269b633813fc60c" in result.output
+    assert "✗ process invoices" in result.output and "billing" in result.output
+    report = json.loads(run("stats", str(path), "--json").output)
+    (edge,) = report["edges"]
+    assert (edge["producer_service"], edge["destination"], edge["consumer_service"]) == ("billing", "invoices", "billing")
+    assert edge["error_rate"] == 1.0 and edge["queue_wait_ms"]["p50"] is None
+
+
+def test_stats_critical_path_of_a_chosen_trace(span_file):
+    path, txs = span_file
+    report = json.loads(run("stats", str(path), "--json", "--trace", txs[0]).output)
+    chosen = next(t for t in group_traces(read_spans(path)).values() if t.transaction_id == txs[0])
+    assert report["critical_path"]["trace_id"] == chosen.trace_id
+    assert report["critical_path"]["transaction_id"] == txs[0]
+    assert len(report["critical_path"]["steps"]) == 5
+
+
+def test_html_report_escapes_names_and_attribute_values():
+    from hoptrace.cli.html_report import render_html
+    from hoptrace.cli.spanfile import SpanRecord, Trace
+
+    hostile = "<img src=x onerror=alert(1)>"
+    record = SpanRecord(
+        "a" * 32, "b" * 16, None, hostile, "SERVER", 1_000, 5_000,
+        service="</script><script>alert(2)</script>", attributes={"note": "</script>" + hostile},
+    )
+    page = render_html([Trace("a" * 32, [record])])
+    assert "<img" not in page
+    assert page.count("</script>") == 2  # the JSON data block and the page script, nothing else
+    assert page.count('class="span-bar') == 1
