@@ -24,9 +24,12 @@ def fmt(value: object, spec: str = ".1f") -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer messages and repeats")
+    parser.add_argument(
+        "--summary-only", action="store_true", help="only rebuild the table from bench/results"
+    )
     parser.add_argument("only", nargs="*", help="names of benchmarks to run (default: all)")
     args = parser.parse_args()
-    scripts = sorted(HERE.glob("*_bench.py"))
+    scripts = [] if args.summary_only else sorted(HERE.glob("*_bench.py"))
     if args.only:
         scripts = [s for s in scripts if s.stem.removesuffix("_bench") in args.only]
     failed = []
