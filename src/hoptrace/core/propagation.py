@@ -53,7 +53,6 @@ _BAGGAGE_VALUE_RE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
 _TRACEPARENT_00 = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}").fullmatch
 _TRANSACTION_ID = TRANSACTION_ID_PATTERN.fullmatch
 _MISSING: Final = object()
-_dict_set = dict.__setitem__
 _ODD: Final = frozenset("13579bdf")  # last hex digit of trace-flags with the sampled bit set
 _DEFAULT_STATE: Final = DEFAULT_TRACE_STATE
 
@@ -292,94 +291,94 @@ def read(carrier: Carrier | object, settings: Settings) -> Incoming:
     """Read and validate everything hoptrace propagates from ``carrier``. Never raises."""
     incoming = Incoming()
     try:
-        _read_into(incoming, carrier, settings)
+        names = _names
+        if type(carrier) is dict:
+            get = carrier.get
+            tp_raw = get(semconv.TRACEPARENT, _MISSING)
+            ts_raw = get(semconv.TRACESTATE, _MISSING)
+            bag_raw = get(semconv.BAGGAGE, _MISSING)
+            tx_raw = get(names.transaction, _MISSING)
+            sent_raw = get(names.sent, _MISSING)
+        else:
+            raw = read_headers(carrier, names.wanted)
+            if not raw:
+                return incoming
+            tp_raw = raw.get(semconv.TRACEPARENT, _MISSING)
+            ts_raw = raw.get(semconv.TRACESTATE, _MISSING)
+            bag_raw = raw.get(semconv.BAGGAGE, _MISSING)
+            tx_raw = raw.get(names.transaction, _MISSING)
+            sent_raw = raw.get(names.sent, _MISSING)
+
+        if tp_raw is not _MISSING:
+            if type(tp_raw) is str and len(tp_raw) == 55 and _TRACEPARENT_00(tp_raw):
+                # The common case, inlined: a well-formed version-00 traceparent.
+                trace_id = int(tp_raw[3:35], 16)
+                span_id = int(tp_raw[36:52], 16)
+                parsed = (trace_id, span_id, tp_raw[54] in _ODD) if trace_id and span_id else None
+                if parsed is None:
+                    _reject(incoming, semconv.TRACEPARENT, "zero_id", tp_raw)
+            else:
+                text = _text(incoming, semconv.TRACEPARENT, tp_raw, _MAX_TRACEPARENT, False)
+                parsed = _parse_traceparent(incoming, text) if text is not None else None
+            if parsed is not None:
+                state = _DEFAULT_STATE
+                if ts_raw is not _MISSING:
+                    ts_text = _text(
+                        incoming, semconv.TRACESTATE, ts_raw, settings.max_tracestate_bytes, True
+                    )
+                    if ts_text:
+                        state = _parse_tracestate(incoming, ts_text) or _DEFAULT_STATE
+                incoming.span_context = _span_context(
+                    parsed[0], parsed[1], _SAMPLED if parsed[2] else _NOT_SAMPLED, state
+                )
+
+        if tx_raw is not _MISSING:
+            if type(tx_raw) is str and (
+                # Generated IDs are alphanumeric: two C-level checks instead of the regex.
+                (tx_raw.isalnum() and tx_raw.isascii() and len(tx_raw) <= _MAX_TRANSACTION)
+                or _TRANSACTION_ID(tx_raw)
+            ):
+                incoming.transaction_id = tx_raw
+            else:
+                tx = _text(incoming, "transaction_id", tx_raw, _MAX_TRANSACTION, False)
+                if tx is not None:
+                    if _TRANSACTION_ID(tx):
+                        incoming.transaction_id = tx
+                    else:
+                        _reject(incoming, "transaction_id", "format", tx)
+
+        if bag_raw is not _MISSING:
+            bag_text = (
+                bag_raw
+                if type(bag_raw) is str and len(bag_raw) <= settings.max_baggage_bytes
+                else _text(incoming, semconv.BAGGAGE, bag_raw, settings.max_baggage_bytes, True)
+            )
+            if bag_text is not None:
+                tx = incoming.transaction_id
+                if tx is not None and bag_text == names.mirror_prefix + tx:
+                    incoming.baggage = {names.baggage_key: tx}  # the common case: only the mirror
+                else:
+                    incoming.baggage = _parse_baggage(incoming, bag_text, settings)
+                    if tx is None:
+                        mirrored = incoming.baggage.get(names.baggage_key)
+                        if mirrored is not None:
+                            if _TRANSACTION_ID(mirrored):
+                                incoming.transaction_id = mirrored
+                            else:
+                                _reject(incoming, "transaction_id", "format", mirrored)
+
+        if sent_raw is not _MISSING:
+            sent = sent_raw if type(sent_raw) is str and len(sent_raw) <= _MAX_SENT else _text(
+                incoming, "sent_time", sent_raw, _MAX_SENT, False
+            )
+            if sent is not None:
+                if sent.isdigit() and sent.isascii():
+                    incoming.sent_ns = int(sent)
+                else:
+                    _reject(incoming, "sent_time", "format", sent)
     except Exception as exc:
         diagnostics.internal_error("extract", exc)
     return incoming
-
-
-def _read_into(incoming: Incoming, carrier: object, settings: Settings) -> None:
-    names = _names
-    if type(carrier) is dict:
-        get = carrier.get
-        tp_raw = get(semconv.TRACEPARENT, _MISSING)
-        ts_raw = get(semconv.TRACESTATE, _MISSING)
-        bag_raw = get(semconv.BAGGAGE, _MISSING)
-        tx_raw = get(names.transaction, _MISSING)
-        sent_raw = get(names.sent, _MISSING)
-    else:
-        raw = read_headers(carrier, names.wanted)
-        if not raw:
-            return
-        tp_raw = raw.get(semconv.TRACEPARENT, _MISSING)
-        ts_raw = raw.get(semconv.TRACESTATE, _MISSING)
-        bag_raw = raw.get(semconv.BAGGAGE, _MISSING)
-        tx_raw = raw.get(names.transaction, _MISSING)
-        sent_raw = raw.get(names.sent, _MISSING)
-
-    if tp_raw is not _MISSING:
-        if type(tp_raw) is str and len(tp_raw) == 55 and _TRACEPARENT_00(tp_raw):
-            # The common case, inlined: a well-formed version-00 traceparent.
-            trace_id = int(tp_raw[3:35], 16)
-            span_id = int(tp_raw[36:52], 16)
-            parsed = (trace_id, span_id, tp_raw[54] in _ODD) if trace_id and span_id else None
-            if parsed is None:
-                _reject(incoming, semconv.TRACEPARENT, "zero_id", tp_raw)
-        else:
-            text = _text(incoming, semconv.TRACEPARENT, tp_raw, _MAX_TRACEPARENT, False)
-            parsed = _parse_traceparent(incoming, text) if text is not None else None
-        if parsed is not None:
-            state = _DEFAULT_STATE
-            if ts_raw is not _MISSING:
-                ts_text = _text(
-                    incoming, semconv.TRACESTATE, ts_raw, settings.max_tracestate_bytes, True
-                )
-                if ts_text:
-                    state = _parse_tracestate(incoming, ts_text) or _DEFAULT_STATE
-            incoming.span_context = _span_context(
-                parsed[0], parsed[1], _SAMPLED if parsed[2] else _NOT_SAMPLED, state
-            )
-
-    if tx_raw is not _MISSING:
-        if type(tx_raw) is str and _TRANSACTION_ID(tx_raw):
-            incoming.transaction_id = tx_raw
-        else:
-            tx = _text(incoming, "transaction_id", tx_raw, _MAX_TRANSACTION, False)
-            if tx is not None:
-                if _TRANSACTION_ID(tx):
-                    incoming.transaction_id = tx
-                else:
-                    _reject(incoming, "transaction_id", "format", tx)
-
-    if bag_raw is not _MISSING:
-        bag_text = (
-            bag_raw
-            if type(bag_raw) is str and len(bag_raw) <= settings.max_baggage_bytes
-            else _text(incoming, semconv.BAGGAGE, bag_raw, settings.max_baggage_bytes, True)
-        )
-        if bag_text is not None:
-            tx = incoming.transaction_id
-            if tx is not None and bag_text == names.mirror_prefix + tx:
-                incoming.baggage = {names.baggage_key: tx}  # the common case: only the mirror
-            else:
-                incoming.baggage = _parse_baggage(incoming, bag_text, settings)
-                if tx is None:
-                    mirrored = incoming.baggage.get(names.baggage_key)
-                    if mirrored is not None:
-                        if _TRANSACTION_ID(mirrored):
-                            incoming.transaction_id = mirrored
-                        else:
-                            _reject(incoming, "transaction_id", "format", mirrored)
-
-    if sent_raw is not _MISSING:
-        sent = sent_raw if type(sent_raw) is str and len(sent_raw) <= _MAX_SENT else _text(
-            incoming, "sent_time", sent_raw, _MAX_SENT, False
-        )
-        if sent is not None:
-            if sent.isdigit() and sent.isascii():
-                incoming.sent_ns = int(sent)
-            else:
-                _reject(incoming, "sent_time", "format", sent)
 
 
 def extract(carrier: Carrier | object, context: Context | None = None) -> Context:
@@ -392,17 +391,16 @@ def extract(carrier: Carrier | object, context: Context | None = None) -> Contex
     if not settings.enabled:
         return context if context is not None else Context()
     incoming = read(carrier, settings)
-    ctx = Context() if context is None else Context(context)
-    # A fresh Context is ours until returned: fill it in place rather than copying it again.
+    values: dict[str, object] = {} if context is None else dict(context)
     if incoming.span_context is not None:
-        _dict_set(ctx, SPAN_KEY, NonRecordingSpan(incoming.span_context))
+        values[SPAN_KEY] = NonRecordingSpan(incoming.span_context)
     if incoming.baggage is not None:
-        _dict_set(ctx, BAGGAGE_KEY, incoming.baggage)
+        values[BAGGAGE_KEY] = incoming.baggage
     if incoming.transaction_id is not None:
-        _dict_set(ctx, TRANSACTION_KEY, incoming.transaction_id)
+        values[TRANSACTION_KEY] = incoming.transaction_id
     if incoming.sent_ns is not None:
-        _dict_set(ctx, SENT_NS_KEY, incoming.sent_ns)
-    return ctx
+        values[SENT_NS_KEY] = incoming.sent_ns
+    return Context(values)
 
 
 def _encode_baggage(
@@ -483,22 +481,25 @@ def render(
         values = {}
     span = ctx.get(SPAN_KEY)
     sc = span.get_span_context() if span is not None else None  # type: ignore[attr-defined]
-    if sc is None or not sc.is_valid:
+    if sc is not None:
+        if _TUPLE_LAYOUT:
+            # One C-level unpack instead of six property calls (layout checked at import).
+            trace_id, span_id, _, flags, state, valid = sc
+        else:  # pragma: no cover - another OTel layout
+            trace_id, span_id, valid = sc.trace_id, sc.span_id, sc.is_valid
+            flags, state = sc.trace_flags, sc.trace_state
+    if sc is None or not valid:
         sc = None if sdk_installed() else mint_span_context()
+        if sc is not None:
+            trace_id, span_id, flags, state = sc.trace_id, sc.span_id, sc.trace_flags, None
     tx = ctx.get(TRANSACTION_KEY)
     if tx is None:
         tx = generate_transaction_id()
     if sc is not None:
-        if _TUPLE_LAYOUT:
-            # One C-level unpack instead of five property calls (layout checked at import).
-            trace_id, span_id, _, flags, state, _ = sc
-        else:  # pragma: no cover - another OTel layout
-            trace_id, span_id = sc.trace_id, sc.span_id
-            flags, state = sc.trace_flags, sc.trace_state
         values[semconv.TRACEPARENT] = (
             f"00-{trace_id:032x}-{span_id:016x}-{'01' if flags & 1 else '00'}"
         )
-        if state is not _DEFAULT_STATE and state:
+        if state is not None and state is not _DEFAULT_STATE and state:
             values[semconv.TRACESTATE] = state.to_header()
     values[names.transaction] = tx
     entries = ctx.get(BAGGAGE_KEY)
