@@ -13,6 +13,7 @@ thread has its own; a scope is always closed in the context that opened it.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar, Token
 from typing import Any, Final, NamedTuple
@@ -187,12 +188,28 @@ def _owned(entry: Pending) -> bool:
         return False
 
 
+#: Each consumer's latest pending scope, whichever task or thread opened it. A scope opened
+#: in a task that is gone (``asyncio.wait_for(consumer.getone())`` on Python < 3.12 runs
+#: ``getone`` in a child task) is ended at the consumer's next request instead of never.
+_latest: weakref.WeakKeyDictionary[object, Pending] = weakref.WeakKeyDictionary()
+
+
 def open_pending(owner: object, scope: consume_scope) -> Pending | None:
     """Open ``scope`` for ``owner``'s latest message and keep it until the next request."""
     try:
+        try:
+            previous = _latest.pop(owner, None)
+        except TypeError:  # an owner that takes no weak reference
+            previous = None
+        if previous is not None:
+            previous.scope.close()  # a no-op if its own task already closed it
         scope.open()
         entry = Pending(owner, scope, _owner_mark.set(None))
         _pending.set((*_pending.get(), entry))
+        try:
+            _latest[owner] = entry
+        except TypeError:
+            pass
         return entry
     except Exception as exc:
         diagnostics.internal_error("kafka.open_pending", exc)

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -171,11 +172,26 @@ def _close_held(held: _Held | None) -> None:
         diagnostics.internal_error("aio_pika.release", exc)
 
 
-def _release_iterator(iterator: Any) -> None:
-    held = getattr(iterator, _HELD, None)
-    if held is not None:
-        setattr(iterator, _HELD, None)
-        _close_held(held)
+def _current_task() -> object:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop
+        return None
+
+
+def _release_iterator(iterator: Any, every_task: bool = False) -> None:
+    """Close the scope this task holds on ``iterator`` (or every task's, at close)."""
+    held: dict[object, _Held] | None = getattr(iterator, _HELD, None)
+    if not held:
+        return
+    if every_task:
+        scopes = list(held.values())
+        held.clear()
+    else:
+        mine = held.pop(_current_task(), None)
+        scopes = [mine] if mine is not None else []
+    for scope in scopes:
+        _close_held(scope)
 
 
 def _wrap_anext(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -186,7 +202,12 @@ def _wrap_anext(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
             queue = getattr(self, "_amqp_queue", None)
             scope = _open(getattr(queue, "name", None), message)
             if scope is not None:
-                setattr(self, _HELD, _Held(scope, message))
+                # One open scope per task: tasks sharing an iterator never close each other's.
+                held = getattr(self, _HELD, None)
+                if held is None:
+                    held = {}
+                    setattr(self, _HELD, held)
+                held[_current_task()] = _Held(scope, message)
         except Exception as exc:
             diagnostics.internal_error("aio_pika.iterator", exc)
         return message
@@ -194,9 +215,44 @@ def _wrap_anext(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
     return __anext__
 
 
+class _Loop:
+    """One ``async for`` over a queue iterator; leaving the loop early closes its scope.
+
+    ``break`` calls nothing on an iterator, but this object is dropped right there, in the
+    task that ran the loop, so the open scope is closed and its context detached in time.
+    """
+
+    __slots__ = ("__weakref__", "_iterator")
+
+    def __init__(self, iterator: Any) -> None:
+        self._iterator = iterator
+
+    def __aiter__(self) -> _Loop:
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        return self._iterator.__anext__()  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._iterator, name)
+
+    def __del__(self) -> None:
+        try:
+            _release_iterator(self._iterator)
+        except Exception:
+            pass
+
+
+def _wrap_aiter(original: Callable[..., Any]) -> Callable[..., Any]:
+    def __aiter__(self: Any) -> Any:
+        return _Loop(original(self))
+
+    return __aiter__
+
+
 def _wrap_iterator_close(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def close(self: Any, *args: Any, **kwargs: Any) -> Any:
-        _release_iterator(self)
+        _release_iterator(self, every_task=True)
         return await original(self, *args, **kwargs)
 
     return close
@@ -248,6 +304,7 @@ def instrument() -> None:
     _patcher.wrap(Queue, "consume", _wrap_consume)
     _patcher.wrap(Queue, "get", _wrap_get)
     _patcher.wrap(QueueIterator, "__anext__", _wrap_anext)
+    _patcher.wrap(QueueIterator, "__aiter__", _wrap_aiter)
     _patcher.wrap(QueueIterator, "close", _wrap_iterator_close)
     for name in ("ack", "nack", "reject"):
         _patcher.wrap(IncomingMessage, name, _wrap_settle)

@@ -109,6 +109,7 @@ def _produce(
     topic: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    reports_success: bool = True,
 ) -> None:
     if len(args) > 3:  # on_delivery/timestamp/headers given by position: leave them alone
         original(topic, *args, **kwargs)
@@ -127,12 +128,23 @@ def _produce(
         kwargs["on_delivery"] = functools.partial(
             _delivered, scope, callback or default_callback
         )
+    # Detach before producing: the delivery callback may run at once in another thread that
+    # polls, and must then only end the span, never touch this thread's context.
+    _kafka.detach_send(scope)
     try:
         original(topic, *args, **kwargs)
     except BaseException as exc:
         scope.close(exc)
         raise
-    _kafka.detach_send(scope)
+    if not reports_success:
+        # delivery.report.only.error: no report comes for a success, so end the span now;
+        # a failure report later finds it closed and only runs the caller's callback.
+        scope.close()
+
+
+def _reports_success(conf: Mapping[str, Any]) -> bool:
+    value = conf.get("delivery.report.only.error", False)
+    return str(value).strip().lower() not in ("true", "1")
 
 
 class Producer(_PlainProducer):  # type: ignore[misc]
@@ -143,18 +155,29 @@ class Producer(_PlainProducer):  # type: ignore[misc]
         conf = args[0] if args and isinstance(args[0], Mapping) else kwargs
         callback = conf.get("on_delivery")
         self._hoptrace_on_delivery = callback if callable(callback) else None
+        self._hoptrace_reports_success = _reports_success(conf)
 
     def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
         """Produce a message inside a ``send {topic}`` span ended by its delivery report."""
-        _produce(super().produce, self._hoptrace_on_delivery, topic, args, kwargs)
+        _produce(
+            super().produce,
+            self._hoptrace_on_delivery,
+            topic,
+            args,
+            kwargs,
+            self._hoptrace_reports_success,
+        )
 
 
 class _ProducerProxy:
     """A traced view of an existing producer; every other attribute is the producer's."""
 
-    def __init__(self, producer: Any, on_delivery: Callable[..., Any] | None) -> None:
+    def __init__(
+        self, producer: Any, on_delivery: Callable[..., Any] | None, reports_success: bool
+    ) -> None:
         self._producer = producer
         self._on_delivery = on_delivery
+        self._reports_success = reports_success
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._producer, name)
@@ -164,16 +187,25 @@ class _ProducerProxy:
 
     def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
         """Produce a message inside a ``send {topic}`` span ended by its delivery report."""
-        _produce(self._producer.produce, self._on_delivery, topic, args, kwargs)
+        _produce(
+            self._producer.produce, self._on_delivery, topic, args, kwargs, self._reports_success
+        )
 
 
-def wrap_producer(producer: Any, on_delivery: Callable[..., Any] | None = None) -> Any:
+def wrap_producer(
+    producer: Any,
+    on_delivery: Callable[..., Any] | None = None,
+    *,
+    reports_success: bool = True,
+) -> Any:
     """Return a traced proxy for an existing producer.
 
     hoptrace ends the send span in a per-message delivery callback, which librdkafka calls
     instead of the producer-level ``on_delivery``; pass that callback here so it still runs.
+    Pass ``reports_success=False`` for a producer configured with
+    ``delivery.report.only.error=true``, so send spans end when ``produce()`` returns.
     """
-    return _ProducerProxy(producer, on_delivery)
+    return _ProducerProxy(producer, on_delivery, reports_success)
 
 
 # ---------------------------------------------------------------- consumer ---

@@ -123,6 +123,44 @@ async def test_queue_iterator_keeps_scope_for_the_loop_body(instrumented: None, 
     assert {f"{p.context.span_id:016x}" for p in processes} == {s["span"] for s in seen}
 
 
+async def test_break_without_async_with_closes_the_scope(instrumented: None, channel: Any,
+                                                          spans: Any) -> None:
+    queue = await new_queue(channel)
+    tx = await publish_in_transaction(channel, queue)
+    iterator = queue.iterator()
+    async for incoming in iterator:
+        await incoming.ack()
+        assert hoptrace.current_transaction_id() == tx
+        break
+    assert hoptrace.current_transaction_id() is None
+    assert len(spans.named(f"process amq.default:{queue.name}:{queue.name}")) == 1
+    await iterator.close()
+
+
+async def test_tasks_sharing_one_iterator_keep_their_own_scopes(
+    instrumented: None, channel: Any, spans: Any
+) -> None:
+    queue = await new_queue(channel)
+    txs = {await publish_in_transaction(channel, queue, str(i).encode()) for i in range(4)}
+    seen: list[tuple[str | None, str | None]] = []
+    async with queue.iterator() as messages:
+
+        async def worker() -> None:
+            for _ in range(2):
+                incoming = await messages.__anext__()
+                before = hoptrace.current_transaction_id()
+                await asyncio.sleep(0.05)  # the other task fetches meanwhile
+                seen.append((before, hoptrace.current_transaction_id()))
+                await incoming.ack()
+
+        await asyncio.gather(worker(), worker())
+    assert {before for before, _ in seen} == txs
+    assert all(before == after for before, after in seen)
+    processes = assert_children_of_sends(spans, queue, 4)
+    assert all((p.end_time - p.start_time) >= 40_000_000 for p in processes)
+    assert hoptrace.diagnostics().get("internal_error.detach", 0) == 0
+
+
 async def test_queue_get_scope_lasts_until_ack(instrumented: None, channel: Any,
                                                spans: Any) -> None:
     queue = await new_queue(channel)

@@ -238,3 +238,44 @@ def test_example_confluent_runs(kafka_bootstrap: str) -> None:
     shipped = [ids for ids, word in ((line[:2], line[2]) for line in lines) if word == "shipping"]
     assert len(published) == 2 and shipped == published
     assert "each record handled in its producer's trace: ok" in out.stdout
+
+
+def test_send_spans_end_with_delivery_report_only_error(kafka_bootstrap: str, spans: Any) -> None:
+    topic = new_topic("only-error")
+    p = producer(kafka_bootstrap, **{"delivery.report.only.error": True})
+    for i in range(3):
+        p.produce(topic, value=f"m{i}".encode())
+    assert p.flush(30) == 0
+    sends = spans.named(f"send {topic}")
+    assert len(sends) == 3
+    assert all(s.end_time is not None for s in sends)
+
+
+def test_delivery_in_a_polling_thread_leaves_the_producer_context_alone(
+    kafka_bootstrap: str, spans: Any
+) -> None:
+    topic = new_topic("poller")
+    p = producer(kafka_bootstrap)
+    stop = threading.Event()
+
+    def poll_loop() -> None:
+        while not stop.is_set():
+            p.poll(0.01)
+
+    poller = threading.Thread(target=poll_loop)
+    poller.start()
+    try:
+        with hoptrace.transaction("edge") as tx:
+            for i in range(5):
+                p.produce(topic, value=f"m{i}".encode())
+                assert hoptrace.current_transaction_id() == tx.transaction_id
+        assert hoptrace.current_trace_id() is None
+        p.flush(30)
+    finally:
+        stop.set()
+        poller.join()
+    sends = spans.named(f"send {topic}")
+    assert len(sends) == 5
+    edge = spans.one("edge")
+    assert {s.parent.span_id for s in sends} == {edge.context.span_id}
+    assert hoptrace.diagnostics().get("internal_error.detach", 0) == 0

@@ -179,3 +179,35 @@ def test_no_sdk_still_propagates_transaction(no_sdk: None) -> None:
     assert asyncio.run(run()) == ["tx-0", "tx-1"]
 
 
+
+
+def test_getone_in_a_child_task_is_ended_at_the_next_request(spans: Any) -> None:
+    """asyncio.wait_for(getone()) runs getone in a child task on Python < 3.12."""
+
+    async def run() -> None:
+        consumer = hk.TracedConsumer(FakeConsumer(2))
+        await asyncio.create_task(consumer.getone())  # its scope lives in the child task
+        assert spans.named("process orders") == []
+        await consumer.getone()
+        assert len(spans.named("process orders")) == 1  # the orphaned scope was ended
+        await consumer.stop()
+
+    asyncio.run(run())
+    assert len(spans.named("process orders")) == 2
+
+
+def test_two_consumers_in_one_task_never_nest(spans: Any) -> None:
+    async def run() -> None:
+        a, b = hk.TracedConsumer(FakeConsumer(2)), hk.TracedConsumer(FakeConsumer(2))
+        for _ in range(2):
+            await a.getone()
+            await b.getone()
+        await a.stop()
+        await b.stop()
+
+    asyncio.run(run())
+    processes = spans.named("process orders")
+    assert len(processes) == 4
+    process_ids = {p.context.span_id for p in processes}
+    assert not any(p.parent is not None and p.parent.span_id in process_ids for p in processes)
+    assert not any(p.links for p in processes)

@@ -276,3 +276,50 @@ def test_detach_now_end_later_for_acknowledged_sends(spans: Any) -> None:
     ack.join()
     send = spans.one("send t")
     assert send.attributes["messaging.kafka.offset"] == 7
+
+
+def test_late_close_does_not_bring_back_a_stale_context(spans: Any) -> None:
+    """poll()-style scopes close at the next call, after the caller's own scopes changed."""
+    tracer = trace.get_tracer("test")
+    headers = publish()
+    pending = None
+    parents = []
+    for i in range(3):
+        with tracer.start_as_current_span(f"iteration-{i}") as iteration:
+            if pending is not None:
+                pending.close()
+            pending = hoptrace.consume_scope(headers, "orders", "kafka").open()
+            parents.append((iteration, hoptrace.current_trace_id()))
+    pending.close()
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    processes = spans.named("process orders")
+    assert [p.parent.span_id for p in processes] == [
+        it.get_span_context().span_id for it, _ in parents
+    ]
+
+
+def test_closing_a_generator_is_not_an_error(spans: Any) -> None:
+    headers = publish()
+
+    def records() -> Any:
+        with hoptrace.consume_scope(headers, "orders", "kafka"):
+            yield 1
+            yield 2
+
+    for _ in records():
+        break
+    assert spans.one("process orders").status.status_code is StatusCode.UNSET
+
+
+def test_a_scope_opened_inside_another_message_scope_keeps_its_own_trace(spans: Any) -> None:
+    first, second = publish("a"), publish("b")
+    with hoptrace.consume_scope(first, "a", "kafka"):
+        with hoptrace.consume_scope(second, "b", "kafka"):
+            pass
+        tracer = trace.get_tracer("test")
+        with tracer.start_as_current_span("user work"), hoptrace.consume_scope(second, "b", "kafka"):
+            pass
+    inner, under_user = spans.named("process b")
+    assert inner.parent.span_id == spans.one("send b").context.span_id and not inner.links
+    assert under_user.parent.span_id == spans.one("user work").context.span_id
+    assert under_user.links[0].context.span_id == spans.one("send b").context.span_id

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, NamedTuple, cast
 
-from opentelemetry.context import Context
+from opentelemetry.context import Context, create_key
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -51,6 +51,9 @@ from .propagation import Incoming, read, render
 
 Attributes = Mapping[str, AttributeValue]
 
+#: The span a consume scope made current, to tell it apart from a user's own ambient span.
+_SCOPE_SPAN_KEY: Final = create_key("hoptrace.consume_scope_span")
+
 
 class HopInfo(NamedTuple):
     """The messaging system, destination and message ID of the consume scope in force."""
@@ -77,15 +80,32 @@ def _end_span(span: Span, exc: BaseException | None) -> None:
 class _Scope:
     """Shared open/close plumbing: a span, an attached context token, a closed flag."""
 
-    __slots__ = ("_closed", "_token", "span")
+    __slots__ = ("_attached", "_closed", "_token", "span")
 
     def __init__(self) -> None:
         self.span: Span | None = None
         self._token: object | None = None
+        self._attached: Context | None = None
         self._closed = False
 
     def open(self) -> Any:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def _attach(self, ctx: Context) -> None:
+        self._token = attach(ctx)
+        self._attached = ctx
+
+    def _release(self) -> None:
+        """Detach the context if it is still the current one here.
+
+        Scopes that iterator-style clients keep open are released at the next call, when the
+        caller may have entered and left scopes of its own since, or from another thread or
+        task. Resetting the token then would bring back a stale context, so it is dropped.
+        """
+        token, attached = self._token, self._attached
+        self._token = self._attached = None
+        if token is not None and get_current() is attached:
+            detach(token)
 
     def close(self, exc: BaseException | None = None) -> None:
         """End the span (recording ``exc`` as its error, if given) and detach the context."""
@@ -93,14 +113,12 @@ class _Scope:
             return
         self._closed = True
         span, self.span = self.span, None
-        token, self._token = self._token, None
         if span is not None:
             try:
                 _end_span(span, exc)
             except Exception as err:
                 diagnostics.internal_error(type(self).__name__ + ".close", err)
-        if token is not None:
-            detach(token)
+        self._release()
 
     def detach(self) -> None:
         """Detach the context now but keep the span open until :meth:`close`.
@@ -108,9 +126,7 @@ class _Scope:
         For sends acknowledged later, in another context (a delivery callback): detach where
         the context was attached, then ``close(exc)`` from the callback to end the span.
         """
-        token, self._token = self._token, None
-        if token is not None:
-            detach(token)
+        self._release()
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
         """Add an attribute to the scope's span, if it records."""
@@ -127,7 +143,8 @@ class _Scope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close(exc)
+        # A generator closed by its consumer (break) is a normal end, not a failure.
+        self.close(None if isinstance(exc, GeneratorExit) else exc)
 
     async def __aenter__(self) -> Any:
         return self.open()
@@ -138,7 +155,7 @@ class _Scope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close(exc)
+        self.close(None if isinstance(exc, GeneratorExit) else exc)
 
 
 class produce_scope(_Scope):
@@ -223,10 +240,10 @@ class produce_scope(_Scope):
                     span = NonRecordingSpan(mint_span_context())
             if span is not None:
                 ctx = Context({**parent, SPAN_KEY: span, TRANSACTION_KEY: tx})
-                self._token = attach(ctx)
+                self._attach(ctx)
             elif tx is not parent.get(TRANSACTION_KEY):
                 ctx = Context({**parent, TRANSACTION_KEY: tx})
-                self._token = attach(ctx)
+                self._attach(ctx)
             else:
                 ctx = parent
             values = render(ctx, settings)
@@ -321,6 +338,16 @@ class consume_scope(_Scope):
         ambient_span = ambient.get(SPAN_KEY)
         ambient_sc = ambient_span.get_span_context() if ambient_span is not None else None  # type: ignore[attr-defined]
         ambient_valid = ambient_sc is not None and ambient_sc.is_valid
+        if (
+            ambient_valid
+            and remote is not None
+            and ambient.get(_SCOPE_SPAN_KEY) is ambient_span
+        ):
+            # Another message's scope still open here (a consumer polled inside a handler, two
+            # consumers in one loop) is no ambient parent for a message that carries its own
+            # context: each message keeps its own trace. (Without one, as for an eager Celery
+            # task run inside another, the open scope stays the parent.)
+            ambient_valid = False
 
         # Parent: the producer (parent mode), an ambient span already active, or none (new trace).
         parent_span: Any = ambient_span if ambient_valid else None
@@ -387,11 +414,12 @@ class consume_scope(_Scope):
             SPAN_KEY: span,
             TRANSACTION_KEY: tx,
             HOP_KEY: HopInfo(self._system, self._destination, self._message_id),
+            _SCOPE_SPAN_KEY: span,
         }
         if baggage is not None:
             values[BAGGAGE_KEY] = baggage
         self._active = span.get_span_context()
-        self._token = attach(Context(values))
+        self._attach(Context(values))
 
     @property
     def span_context(self) -> SpanContext | None:
