@@ -56,3 +56,12 @@ def test_demo_on_real_brokers_keeps_one_transaction_over_four_hops(tmp_path, amq
     assert set(edges) == {("web", "worker"), ("worker", "relay"), ("relay", "shipping")}
     assert all(edge["count"] == REQUESTS for edge in edges.values())
     assert all(edge["queue_wait_ms"]["p50"] is not None for edge in edges.values())
+
+
+def test_auto_mode_finds_the_local_brokers(amqp_url: str, kafka_bootstrap: str) -> None:
+    from hoptrace.cli.demo_brokers import missing_brokers
+
+    assert missing_brokers(amqp_url, kafka_bootstrap) == []
+    assert missing_brokers("amqp://guest:guest@127.0.0.1:1//", "127.0.0.1:1") == [
+        "RabbitMQ at 127.0.0.1:1", "Kafka at 127.0.0.1:1"
+    ]

@@ -14,7 +14,7 @@ from hoptrace.core import semconv
 
 def test_demo_runs_three_hops_under_one_transaction_per_request(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "hoptrace.cli", "demo", "--out", str(tmp_path), "--requests", "2"],
+        [sys.executable, "-m", "hoptrace.cli", "demo", "--brokers", "memory", "--out", str(tmp_path), "--requests", "2"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -66,3 +66,14 @@ def test_demo_runs_three_hops_under_one_transaction_per_request(tmp_path):
     edges = {(e["producer_service"], e["consumer_service"]): e for e in json.loads(stats.stdout)["edges"]}
     assert set(edges) == {("web", "worker"), ("worker", "shipping")}
     assert all(edge["count"] == 2 and edge["error_rate"] == 0 for edge in edges.values())
+
+
+def test_demo_without_brokers_on_the_given_ports_runs_in_memory(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "hoptrace.cli", "demo", "--out", str(tmp_path),
+         "--amqp-url", "amqp://guest:guest@127.0.0.1:1//", "--kafka", "127.0.0.1:1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "running in memory" in out.stdout
+    assert (tmp_path / "spans.jsonl").exists()

@@ -283,10 +283,11 @@ async def _post_checkout(web: Any, order_id: int) -> tuple[str, str]:
 )
 @click.option(
     "--brokers",
-    type=click.Choice(["memory", "local"]),
-    default="memory",
+    type=click.Choice(["auto", "memory", "local"]),
+    default="auto",
     show_default=True,
-    help="memory: kombu's memory:// transport, no broker needed. local: RabbitMQ and Kafka.",
+    help="memory: kombu's memory:// transport, no broker needed. local: RabbitMQ and Kafka. "
+    "auto: local when both answer on their default ports, else memory.",
 )
 @click.option("--amqp-url", default=None, help="RabbitMQ URL for --brokers local.")
 @click.option(
@@ -307,6 +308,17 @@ def demo(
     from .spanfile import group_traces, read_spans
     from .waterfall import print_traces
 
+    if brokers == "auto":
+        from .demo_brokers import DEFAULT_AMQP_URL, DEFAULT_KAFKA, missing_brokers
+
+        found = not missing_brokers(amqp_url or DEFAULT_AMQP_URL, kafka_bootstrap or DEFAULT_KAFKA)
+        brokers = "local" if found else "memory"
+        click.echo(
+            "RabbitMQ and Kafka answer on their default ports: running on the real brokers "
+            "(--brokers memory to stay in memory)."
+            if found
+            else "no brokers on the default ports: running in memory (kombu memory://)."
+        )
     if requests is None:
         requests = 20 if brokers == "local" else 1
     if requests < 1:

@@ -38,8 +38,8 @@ def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def check_brokers(amqp_url: str, kafka_bootstrap: str) -> None:
-    """Raise ClickException naming each broker that does not answer."""
+def missing_brokers(amqp_url: str, kafka_bootstrap: str) -> list[str]:
+    """Return a description of each broker that does not answer (empty: both do)."""
     amqp = urlsplit(amqp_url)
     kafka_host, _, kafka_port = kafka_bootstrap.partition(":")
     missing = []
@@ -47,6 +47,12 @@ def check_brokers(amqp_url: str, kafka_bootstrap: str) -> None:
         missing.append(f"RabbitMQ at {amqp.hostname}:{amqp.port or 5672}")
     if not reachable(kafka_host or "127.0.0.1", int(kafka_port or 9092)):
         missing.append(f"Kafka at {kafka_bootstrap}")
+    return missing
+
+
+def check_brokers(amqp_url: str, kafka_bootstrap: str) -> None:
+    """Raise ClickException naming each broker that does not answer."""
+    missing = missing_brokers(amqp_url, kafka_bootstrap)
     if missing:
         raise click.ClickException(
             "not reachable: " + ", ".join(missing) + " (start them with `scripts/brokers up`)"
