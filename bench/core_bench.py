@@ -55,6 +55,40 @@ def timed(fn: Callable[[], object], loops: int, repeats: int) -> dict[str, float
     }
 
 
+def _floor_round_trip() -> Callable[[], object]:
+    import re
+
+    from opentelemetry.context import Context
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    from hoptrace.core.context import SPAN_KEY, TRANSACTION_KEY, get_current
+
+    tp_re = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}").fullmatch
+    sampled = TraceFlags(1)
+
+    def round_trip() -> object:
+        ctx = get_current()
+        sc = ctx[SPAN_KEY].get_span_context()
+        tx = ctx[TRANSACTION_KEY]
+        headers = {
+            "traceparent": f"00-{sc.trace_id:032x}-{sc.span_id:016x}-01",
+            "x-transaction-id": tx,
+            "baggage": "transaction.id=" + tx,
+            "x-hoptrace-sent-ns": str(time.time_ns()),
+        }
+        tp = headers["traceparent"]
+        tp_re(tp)
+        span = NonRecordingSpan(
+            SpanContext(int(tp[3:35], 16), int(tp[36:52], 16), True, sampled)
+        )
+        return Context(
+            {SPAN_KEY: span, TRANSACTION_KEY: headers["x-transaction-id"],
+             "sent": int(headers["x-hoptrace-sent-ns"])}
+        )
+
+    return round_trip
+
+
 def run(loops: int, repeats: int) -> dict[str, Any]:
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(DropExporter()))
@@ -69,9 +103,15 @@ def run(loops: int, repeats: int) -> dict[str, Any]:
         propagate.inject(carrier)
         return propagate.extract(carrier)
 
+    # 0. The machine's floor: the same five headers written and read back by straight-line
+    #    code with no validation beyond the traceparent regex, no rejection handling and no
+    #    settings. What any pure-Python propagator pays at least, here.
+    floor = _floor_round_trip()
+
     # 1. No SDK installed: propagation with minted IDs, as most services start.
     _config.configure(propagation_only=True)
     with hoptrace.transaction("bench"):
+        results["python_floor_round_trip"] = timed(floor, loops, repeats)
         results["propagation_only_round_trip"] = timed(hoptrace_round_trip, loops, repeats)
         results["otel_propagate_round_trip"] = timed(otel_round_trip, loops, repeats)
         _config.configure(enabled=False)
