@@ -26,7 +26,14 @@ from .core.context import (
     transaction,
 )
 from .core.diagnostics import diagnostics, rejections, reset_diagnostics
-from .core.hop import HopInfo, consume_scope, current_hop, produce_scope, receive_scope
+from .core.hop import (
+    HopInfo,
+    consume_scope,
+    current_hop,
+    produce_scope,
+    receive_scope,
+    spans_active,
+)
 from .core.propagation import extract, inject
 
 __version__ = "0.1.0"
@@ -53,5 +60,6 @@ __all__ = [
     "rejections",
     "reset",
     "reset_diagnostics",
+    "spans_active",
     "transaction",
 ]

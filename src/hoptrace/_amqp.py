@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from opentelemetry import trace
@@ -37,7 +37,11 @@ _DEATH_HEADER: Final = "x-death"
 def delivery_attributes(
     routing_key: object, delivery_tag: object, correlation_id: object
 ) -> dict[str, Any]:
-    """Return the RabbitMQ attributes of one delivery, skipping values that are missing."""
+    """Return the RabbitMQ attributes of one delivery, skipping values that are missing.
+
+    Pass it to a scope as ``functools.partial(delivery_attributes, …)``: it then runs only
+    when a span records.
+    """
     attrs: dict[str, Any] = {}
     if type(routing_key) is str:
         attrs[semconv.RABBITMQ_ROUTING_KEY] = routing_key
@@ -180,7 +184,7 @@ def open_delivery(
     system: str,
     *,
     message_id: str | None,
-    attributes: Mapping[str, Any] | None,
+    attributes: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None,
     sent_ns: int | None,
     redelivered: bool = True,
 ) -> consume_scope | None:

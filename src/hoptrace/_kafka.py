@@ -12,6 +12,7 @@ thread has its own; a scope is always closed in the context that opened it.
 
 from __future__ import annotations
 
+import functools
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -21,7 +22,7 @@ from typing import Any, Final, NamedTuple
 from opentelemetry.util.types import AttributeValue
 
 from .core import diagnostics, semconv
-from .core.hop import consume_scope, produce_scope, receive_scope
+from .core.hop import consume_scope, produce_scope, receive_scope, spans_active
 
 SYSTEM: Final = semconv.SYSTEM_KAFKA
 
@@ -75,7 +76,7 @@ def record_scope(
         topic,
         SYSTEM,
         message_id=message_id(topic, partition, offset),
-        attributes=record_attributes(partition, offset, key, group),
+        attributes=functools.partial(record_attributes, partition, offset, key, group),
         sent_ns=sent_ns,
     )
 
@@ -92,7 +93,13 @@ class BatchEntry(NamedTuple):
 def receive_spans(
     entries: Iterable[BatchEntry], group: str | None, start_time_ns: int
 ) -> None:
-    """Record one ``receive {topic}`` span per topic of a batch, linking to every record."""
+    """Record one ``receive {topic}`` span per topic of a batch, linking to every record.
+
+    ``entries`` is consumed only when spans are made, so a lazy iterable costs nothing in
+    propagation-only mode or without an SDK.
+    """
+    if not spans_active():
+        return
     try:
         by_topic: dict[str, list[tuple[object, str | None]]] = {}
         for entry in entries:

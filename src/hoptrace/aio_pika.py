@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, Final
@@ -118,7 +119,8 @@ def _open(queue_name: Any, message: Any) -> consume_scope | None:
             ),
             _SYSTEM,
             message_id=_amqp.message_id_text(getattr(message, "message_id", None)),
-            attributes=_amqp.delivery_attributes(
+            attributes=functools.partial(
+                _amqp.delivery_attributes,
                 routing_key,
                 getattr(message, "delivery_tag", None),
                 getattr(message, "correlation_id", None),

@@ -21,6 +21,7 @@ headers were already written by the span active at that moment (someone traced i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, Final
@@ -148,7 +149,8 @@ def _wrap_receive(original: Callable[..., Any]) -> Callable[..., Any]:
                     ),
                     _system(self.channel),
                     message_id=_amqp.message_id_text(properties.get("message_id")),
-                    attributes=_amqp.delivery_attributes(
+                    attributes=functools.partial(
+                        _amqp.delivery_attributes,
                         routing_key, info.get("delivery_tag"), properties.get("correlation_id")
                     ),
                     sent_ns=_amqp.broker_sent_ns(properties.get("timestamp")),

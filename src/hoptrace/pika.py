@@ -188,7 +188,8 @@ def _open(queue: Any, method: Any, properties: Any) -> consume_scope | None:
             ),
             _SYSTEM,
             message_id=_amqp.message_id_text(getattr(properties, "message_id", None)),
-            attributes=_amqp.delivery_attributes(
+            attributes=functools.partial(
+                _amqp.delivery_attributes,
                 routing_key,
                 getattr(method, "delivery_tag", None),
                 getattr(properties, "correlation_id", None),

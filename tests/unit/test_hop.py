@@ -323,3 +323,24 @@ def test_a_scope_opened_inside_another_message_scope_keeps_its_own_trace(spans: 
     assert inner.parent.span_id == spans.one("send b").context.span_id and not inner.links
     assert under_user.parent.span_id == spans.one("user work").context.span_id
     assert under_user.links[0].context.span_id == spans.one("send b").context.span_id
+
+
+@pytest.mark.parametrize("mode", ["spans", "propagation_only", "no_sdk"])
+def test_attribute_callables_run_only_when_a_span_records(
+    mode: str, request: pytest.FixtureRequest
+) -> None:
+    request.getfixturevalue("no_sdk" if mode == "no_sdk" else "spans")
+    if mode == "propagation_only":
+        hoptrace.configure(propagation_only=True)
+    calls: list[str] = []
+
+    def attrs() -> dict[str, str]:
+        calls.append("built")
+        return {"messaging.rabbitmq.destination.routing_key": "orders"}
+
+    with hoptrace.produce_scope({}, "orders", "rabbitmq", attributes=attrs) as send:
+        pass
+    with hoptrace.consume_scope(send.carrier, "orders", "rabbitmq", attributes=attrs):
+        pass
+    assert calls == (["built", "built"] if mode == "spans" else [])
+    assert hoptrace.spans_active() is False or mode == "spans"

@@ -14,7 +14,7 @@ Errors inside hoptrace are counted and logged; the user's own exceptions propaga
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, NamedTuple, cast
 
@@ -63,11 +63,29 @@ class HopInfo(NamedTuple):
     message_id: str | None
 
 
+def spans_active() -> bool:
+    """Return whether scopes make spans now: enabled, not propagation-only, an SDK installed."""
+    settings = get_settings()
+    return settings.enabled and not settings.propagation_only and sdk_installed()
+
+
 def current_hop(context: Context | None = None) -> HopInfo | None:
     """Return the messaging details of the active consume scope, or None outside one."""
     ctx = context if context is not None else get_current()
     hop = ctx.get(HOP_KEY)
     return hop if isinstance(hop, HopInfo) else None
+
+
+def _add_attributes(
+    attrs: dict[str, AttributeValue], extra: Attributes | Callable[[], Attributes] | None
+) -> None:
+    """Add an integration's attributes; a callable is called only now, when a span records."""
+    if extra is None:
+        return
+    if callable(extra):
+        extra = extra()
+    if extra:
+        attrs.update(extra)
 
 
 def _end_span(span: Span, exc: BaseException | None) -> None:
@@ -175,7 +193,7 @@ class produce_scope(_Scope):
         system: str,
         *,
         message_id: str | None = None,
-        attributes: Attributes | None = None,
+        attributes: Attributes | Callable[[], Attributes] | None = None,
         copy: bool = False,
     ) -> None:
         super().__init__()
@@ -218,8 +236,7 @@ class produce_scope(_Scope):
                 }
                 if self._message_id is not None:
                     attrs[semconv.MESSAGING_MESSAGE_ID] = self._message_id
-                if self._attributes:
-                    attrs.update(self._attributes)
+                _add_attributes(attrs, self._attributes)
                 try:
                     span = tracer().start_span(
                         semconv.send_span_name(self._destination),
@@ -293,7 +310,7 @@ class consume_scope(_Scope):
         system: str,
         *,
         message_id: str | None = None,
-        attributes: Attributes | None = None,
+        attributes: Attributes | Callable[[], Attributes] | None = None,
         sent_ns: int | None = None,
         links: Sequence[SpanContext | Link] | None = None,
         operation: str = semconv.OP_PROCESS,
@@ -394,8 +411,7 @@ class consume_scope(_Scope):
                     attrs[semconv.CLOCK_SKEW] = True
             if incoming.rejected:
                 attrs[semconv.CONTEXT_REJECTED] = list(incoming.rejected)
-            if self._attributes:
-                attrs.update(self._attributes)
+            _add_attributes(attrs, self._attributes)
             parent_ctx = Context({SPAN_KEY: parent_span}) if parent_span is not None else Context()
             try:
                 span = tracer().start_span(
@@ -443,7 +459,7 @@ class receive_scope(_Scope):
         destination: str,
         system: str,
         *,
-        attributes: Attributes | None = None,
+        attributes: Attributes | Callable[[], Attributes] | None = None,
         start_time_ns: int | None = None,
     ) -> None:
         super().__init__()
@@ -474,8 +490,7 @@ class receive_scope(_Scope):
                 semconv.MESSAGING_DESTINATION_NAME: self._destination,
                 semconv.MESSAGING_BATCH_MESSAGE_COUNT: count,
             }
-            if self._attributes:
-                attrs.update(self._attributes)
+            _add_attributes(attrs, self._attributes)
             self.span = tracer().start_span(
                 semconv.receive_span_name(self._destination),
                 kind=SpanKind.CLIENT,
