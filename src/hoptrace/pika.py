@@ -66,9 +66,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _copy_properties(properties: Any, headers: Any) -> Any:
     """Return a new BasicProperties equal to ``properties`` but with ``headers``."""
-    from pika.spec import BasicProperties  # type: ignore[import-untyped]
-
     if properties is None:
+        from pika.spec import BasicProperties  # type: ignore[import-untyped]
+
         return BasicProperties(headers=headers)
     cls = type(properties)
     new = object.__new__(cls)
