@@ -196,10 +196,19 @@ def _release_iterator(iterator: Any, every_task: bool = False) -> None:
         _close_held(scope)
 
 
+_in_anext: ContextVar[bool] = ContextVar("hoptrace_aio_pika_in_anext", default=False)
+
+
 def _wrap_anext(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def __anext__(self: Any) -> Any:
+        if _in_anext.get():  # a subclass's wrapped __anext__ calling its parent's
+            return await original(self)
         _release_iterator(self)
-        message = await original(self)
+        marker = _in_anext.set(True)
+        try:
+            message = await original(self)
+        finally:
+            _in_anext.reset(marker)
         try:
             queue = getattr(self, "_amqp_queue", None)
             scope = _open(getattr(queue, "name", None), message)
@@ -307,6 +316,12 @@ def instrument() -> None:
     _patcher.wrap(Queue, "get", _wrap_get)
     _patcher.wrap(QueueIterator, "__anext__", _wrap_anext)
     _patcher.wrap(QueueIterator, "__aiter__", _wrap_aiter)
+    try:  # connect_robust() queues iterate with a subclass that reimplements __anext__
+        from aio_pika.robust_queue import RobustQueueIterator
+    except ImportError:  # pragma: no cover - an aio-pika without it
+        RobustQueueIterator = None
+    if RobustQueueIterator is not None and "__anext__" in vars(RobustQueueIterator):
+        _patcher.wrap(RobustQueueIterator, "__anext__", _wrap_anext)
     _patcher.wrap(QueueIterator, "close", _wrap_iterator_close)
     for name in ("ack", "nack", "reject"):
         _patcher.wrap(IncomingMessage, name, _wrap_settle)
