@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import copy
 import functools
 from collections.abc import Awaitable, Callable
@@ -316,12 +317,12 @@ def instrument() -> None:
     _patcher.wrap(Queue, "get", _wrap_get)
     _patcher.wrap(QueueIterator, "__anext__", _wrap_anext)
     _patcher.wrap(QueueIterator, "__aiter__", _wrap_aiter)
-    try:  # connect_robust() queues iterate with a subclass that reimplements __anext__
-        from aio_pika.robust_queue import RobustQueueIterator
-    except ImportError:  # pragma: no cover - an aio-pika without it
-        RobustQueueIterator = None
-    if RobustQueueIterator is not None and "__anext__" in vars(RobustQueueIterator):
-        _patcher.wrap(RobustQueueIterator, "__anext__", _wrap_anext)
+    # connect_robust() queues iterate with a subclass that reimplements __anext__.
+    robust = getattr(
+        importlib.import_module("aio_pika.robust_queue"), "RobustQueueIterator", None
+    )
+    if robust is not None and "__anext__" in vars(robust):
+        _patcher.wrap(robust, "__anext__", _wrap_anext)
     _patcher.wrap(QueueIterator, "close", _wrap_iterator_close)
     for name in ("ack", "nack", "reject"):
         _patcher.wrap(IncomingMessage, name, _wrap_settle)
