@@ -18,9 +18,9 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import copy
 import functools
+import importlib
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, Final
