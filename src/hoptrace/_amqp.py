@@ -14,9 +14,10 @@ survives both paths; the consumer never has to write to the broker's copy.
 from __future__ import annotations
 
 import datetime
+import functools
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 from opentelemetry import trace
@@ -39,8 +40,8 @@ def delivery_attributes(
 ) -> dict[str, Any]:
     """Return the RabbitMQ attributes of one delivery, skipping values that are missing.
 
-    Pass it to a scope as ``functools.partial(delivery_attributes, …)``: it then runs only
-    when a span records.
+    :func:`open_delivery` passes it to the scope as a partial, so it runs only when a span
+    records.
     """
     attrs: dict[str, Any] = {}
     if type(routing_key) is str:
@@ -180,29 +181,41 @@ memory: Final = DeliveryMemory()
 
 def open_delivery(
     headers: object,
-    destination: str,
     system: str,
     *,
-    message_id: str | None,
-    attributes: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None,
-    sent_ns: int | None,
-    redelivered: bool = True,
+    exchange: object,
+    routing_key: object,
+    queue: object,
+    message_id: object,
+    delivery_tag: object,
+    correlation_id: object,
+    timestamp: object,
+    redelivered: object,
 ) -> consume_scope | None:
     """Open the process scope of one delivery, linked to its earlier delivery if known.
 
-    ``redelivered`` is the broker's flag; pass True when the transport cannot tell.
-    Returns None only if hoptrace itself failed (counted and logged); never raises.
+    Takes the delivery's raw AMQP fields as the client library gives them; anything missing
+    or of an unexpected type is left out. ``redelivered`` is the broker's flag (anything but
+    ``False`` counts as possibly redelivered). Returns None only if hoptrace itself failed
+    (counted and logged); never raises.
     """
     try:
-        key = message_key(headers, message_id)
+        text_id = message_id_text(message_id)
+        key = message_key(headers, text_id)
         scope = consume_scope(
             headers,
-            destination,
+            semconv.rabbitmq_destination(
+                exchange if type(exchange) is str else None,
+                routing_key if type(routing_key) is str else "",
+                queue if type(queue) is str else None,
+            ),
             system,
-            message_id=message_id,
-            attributes=attributes,
-            sent_ns=sent_ns,
-            links=memory.links(key, headers, redelivered),
+            message_id=text_id,
+            attributes=functools.partial(
+                delivery_attributes, routing_key, delivery_tag, correlation_id
+            ),
+            sent_ns=broker_sent_ns(timestamp),
+            links=memory.links(key, headers, redelivered is not False),
         )
         scope.open()
         if key is not None and scope.span is not None:

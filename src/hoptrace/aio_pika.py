@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import functools
 import importlib
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -109,25 +108,17 @@ def _wrap_publish(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awai
 
 def _open(queue_name: Any, message: Any) -> consume_scope | None:
     try:
-        exchange = getattr(message, "exchange", None)
-        routing_key = getattr(message, "routing_key", None)
         return _amqp.open_delivery(
             getattr(message, "headers", None),
-            semconv.rabbitmq_destination(
-                exchange if type(exchange) is str else None,
-                routing_key if type(routing_key) is str else "",
-                queue_name if type(queue_name) is str else None,
-            ),
             _SYSTEM,
-            message_id=_amqp.message_id_text(getattr(message, "message_id", None)),
-            attributes=functools.partial(
-                _amqp.delivery_attributes,
-                routing_key,
-                getattr(message, "delivery_tag", None),
-                getattr(message, "correlation_id", None),
-            ),
-            sent_ns=_amqp.broker_sent_ns(getattr(message, "timestamp", None)),
-            redelivered=getattr(message, "redelivered", True) is not False,
+            exchange=getattr(message, "exchange", None),
+            routing_key=getattr(message, "routing_key", None),
+            queue=queue_name,
+            message_id=getattr(message, "message_id", None),
+            delivery_tag=getattr(message, "delivery_tag", None),
+            correlation_id=getattr(message, "correlation_id", None),
+            timestamp=getattr(message, "timestamp", None),
+            redelivered=getattr(message, "redelivered", True),
         )
     except Exception as exc:
         diagnostics.internal_error("aio_pika.consume", exc)

@@ -21,7 +21,6 @@ headers were already written by the span active at that moment (someone traced i
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, Final
@@ -138,23 +137,17 @@ def _wrap_receive(original: Callable[..., Any]) -> Callable[..., Any]:
             if not _is_celery(headers):
                 info = getattr(message, "delivery_info", None) or {}
                 properties = getattr(message, "properties", None) or {}
-                exchange = info.get("exchange")
-                routing_key = info.get("routing_key")
                 scope = _amqp.open_delivery(
                     headers,
-                    semconv.rabbitmq_destination(
-                        exchange if type(exchange) is str else None,
-                        routing_key if type(routing_key) is str else "",
-                        _queue_name(self, info),
-                    ),
                     _system(self.channel),
-                    message_id=_amqp.message_id_text(properties.get("message_id")),
-                    attributes=functools.partial(
-                        _amqp.delivery_attributes,
-                        routing_key, info.get("delivery_tag"), properties.get("correlation_id")
-                    ),
-                    sent_ns=_amqp.broker_sent_ns(properties.get("timestamp")),
-                    redelivered=info.get("redelivered", True) is not False,
+                    exchange=info.get("exchange"),
+                    routing_key=info.get("routing_key"),
+                    queue=_queue_name(self, info),
+                    message_id=properties.get("message_id"),
+                    delivery_tag=info.get("delivery_tag"),
+                    correlation_id=properties.get("correlation_id"),
+                    timestamp=properties.get("timestamp"),
+                    redelivered=info.get("redelivered", True),
                 )
         except Exception as exc:
             diagnostics.internal_error("kombu.receive", exc)

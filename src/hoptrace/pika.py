@@ -176,26 +176,17 @@ def traced_publish(func: F) -> F:
 def _open(queue: Any, method: Any, properties: Any) -> consume_scope | None:
     """Open the process scope of one delivery (``Basic.Deliver`` or ``Basic.GetOk``)."""
     try:
-        exchange = getattr(method, "exchange", None)
-        routing_key = getattr(method, "routing_key", None)
-        headers = getattr(properties, "headers", None)
         return _amqp.open_delivery(
-            headers,
-            semconv.rabbitmq_destination(
-                exchange if type(exchange) is str else None,
-                routing_key if type(routing_key) is str else "",
-                queue if type(queue) is str else None,
-            ),
+            getattr(properties, "headers", None),
             _SYSTEM,
-            message_id=_amqp.message_id_text(getattr(properties, "message_id", None)),
-            attributes=functools.partial(
-                _amqp.delivery_attributes,
-                routing_key,
-                getattr(method, "delivery_tag", None),
-                getattr(properties, "correlation_id", None),
-            ),
-            sent_ns=_amqp.broker_sent_ns(getattr(properties, "timestamp", None)),
-            redelivered=getattr(method, "redelivered", True) is not False,
+            exchange=getattr(method, "exchange", None),
+            routing_key=getattr(method, "routing_key", None),
+            queue=queue,
+            message_id=getattr(properties, "message_id", None),
+            delivery_tag=getattr(method, "delivery_tag", None),
+            correlation_id=getattr(properties, "correlation_id", None),
+            timestamp=getattr(properties, "timestamp", None),
+            redelivered=getattr(method, "redelivered", True),
         )
     except Exception as exc:
         diagnostics.internal_error("pika.consume", exc)
