@@ -81,6 +81,19 @@ def record_scope(
     )
 
 
+def consumer_record_scope(record: Any, group: str | None) -> consume_scope:
+    """Return the process scope of an aiokafka or kafka-python ``ConsumerRecord``."""
+    return record_scope(
+        record.topic,
+        record.partition,
+        record.offset,
+        record.key,
+        record.headers,
+        record.timestamp if record.timestamp_type == 0 else None,  # 0: CreateTime
+        group,
+    )
+
+
 class BatchEntry(NamedTuple):
     """One record of a batch pull, as :func:`receive_spans` needs it."""
 

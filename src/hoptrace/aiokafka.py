@@ -53,15 +53,7 @@ _patcher = Patcher("hoptrace.aiokafka")
 
 def processing(record: Any, group: str | None = None) -> consume_scope:
     """Return the ``process {topic}`` scope of a consumed record (``with`` or ``async with``)."""
-    return _kafka.record_scope(
-        record.topic,
-        record.partition,
-        record.offset,
-        record.key,
-        record.headers,
-        record.timestamp if record.timestamp_type == 0 else None,
-        group,
-    )
+    return _kafka.consumer_record_scope(record, group)
 
 
 def iterate(

@@ -312,3 +312,25 @@ def start(kind: str) -> BrokerLocation:
         output = (proc.stdout + proc.stderr).strip()
         pytest.fail(f"scripts/brokers up {_SCRIPT_NAMES[k]} exited {proc.returncode}:\n{output}")
     return require(k)
+
+
+def delete_kafka_topics(bootstrap: str, topics: list[str]) -> None:
+    """Delete ``topics`` (best effort) and empty the list; tests call it at teardown."""
+    if not topics:
+        return
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def delete() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics(list(topics))
+        except Exception:
+            pass
+        finally:
+            await admin.close()
+
+    asyncio.run(delete())
+    topics.clear()

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import brokers
 import pytest
 
 import hoptrace
@@ -30,23 +31,7 @@ CREATED: list[str] = []
 def _delete_topics(kafka_bootstrap: str) -> Iterator[None]:
     """Delete every topic this module created."""
     yield
-    if not CREATED:
-        return
-
-    async def delete() -> None:
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics(list(CREATED))
-        except Exception:
-            pass
-        finally:
-            await admin.close()
-            CREATED.clear()
-
-    asyncio.run(delete())
+    brokers.delete_kafka_topics(kafka_bootstrap, CREATED)
 
 
 def new_topic(tag: str) -> str:
