@@ -40,6 +40,7 @@ class Settings:
 
     enabled: bool = True
     propagation_only: bool = False
+    fast_spans: bool = True
     transaction_header: str = "x-transaction-id"
     sent_time_header: str = "x-hoptrace-sent-ns"
     baggage_mirror: bool = True
@@ -100,6 +101,7 @@ def _parse_allowlist(var: str, raw: str) -> frozenset[str] | None:
 for _name, _parser in {
     "enabled": _parse_bool,
     "propagation_only": _parse_bool,
+    "fast_spans": _parse_bool,
     "transaction_header": _parse_str,
     "sent_time_header": _parse_str,
     "baggage_mirror": _parse_bool,
@@ -116,7 +118,7 @@ for _name, _parser in {
 
 
 def _validate(s: Settings) -> None:
-    for name in ("enabled", "propagation_only", "baggage_mirror", "trust_incoming"):
+    for name in ("enabled", "propagation_only", "fast_spans", "baggage_mirror", "trust_incoming"):
         if not isinstance(getattr(s, name), bool):
             raise ConfigurationError(f"{name} must be a bool, got {getattr(s, name)!r}")
     for name in ("transaction_header", "sent_time_header"):

@@ -26,9 +26,9 @@ from .core.context import (
     generate_transaction_id,
     mint_span_context,
     sdk_installed,
-    tracer,
 )
 from .core.propagation import read
+from .core.spans import start_span
 
 
 def propagation_header_names(settings: Settings) -> dict[str, str]:
@@ -148,13 +148,7 @@ class server_scope:
             if incoming.rejected:
                 attrs[semconv.CONTEXT_REJECTED] = list(incoming.rejected)
             parent_ctx = Context({SPAN_KEY: parent}) if parent is not None else Context()
-            span = tracer().start_span(
-                self._method,
-                context=parent_ctx,
-                kind=SpanKind.SERVER,
-                attributes=attrs,
-                links=links or None,
-            )
+            span = start_span(self._method, parent_ctx, SpanKind.SERVER, attrs, links)
             self.span = span
         values[SPAN_KEY] = span
         if baggage is not None:

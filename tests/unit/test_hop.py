@@ -216,7 +216,7 @@ def test_internal_error_never_reaches_the_handler(spans: Any, monkeypatch: Any) 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("exporter exploded")
 
-    monkeypatch.setattr(hop, "tracer", broken)
+    monkeypatch.setattr(hop, "start_span", broken)
     ran = []
     with hoptrace.transaction() as tx, hoptrace.produce_scope({}, "orders", "rabbitmq") as send:
         ran.append(True)

@@ -254,12 +254,9 @@ class transaction:
                 attrs = {semconv.TRANSACTION_ID: tx}
                 if self._attributes:
                     attrs.update(self._attributes)
-                span = tracer().start_span(
-                    self._name or "transaction",
-                    context=parent,
-                    kind=SpanKind.INTERNAL,
-                    attributes=attrs,
-                )
+                from .spans import start_span  # spans imports this module
+
+                span = start_span(self._name or "transaction", parent, SpanKind.INTERNAL, attrs)
             self._span = span
             ctx = Context({**parent, SPAN_KEY: span, TRANSACTION_KEY: tx})
             self._token = attach(ctx)

@@ -45,9 +45,9 @@ from .context import (
     mint_span_context,
     sdk_installed,
     span_in,
-    tracer,
 )
 from .propagation import Incoming, read, render
+from .spans import TrustedAttributes, start_span
 
 Attributes = Mapping[str, AttributeValue]
 
@@ -149,7 +149,9 @@ class _Scope:
     def set_attribute(self, key: str, value: AttributeValue) -> None:
         """Add an attribute to the scope's span, if it records."""
         span = self.span
-        if span is not None and span.is_recording():
+        if isinstance(span, TrustedAttributes):
+            span.set_trusted_attribute(key, value)
+        elif span is not None and span.is_recording():
             span.set_attribute(key, value)
 
     def __enter__(self) -> Any:
@@ -238,11 +240,9 @@ class produce_scope(_Scope):
                     attrs[semconv.MESSAGING_MESSAGE_ID] = self._message_id
                 _add_attributes(attrs, self._attributes)
                 try:
-                    span = tracer().start_span(
-                        semconv.send_span_name(self._destination),
-                        context=parent,
-                        kind=SpanKind.PRODUCER,
-                        attributes=attrs,
+                    span = start_span(
+                        semconv.send_span_name(self._destination), parent, SpanKind.PRODUCER,
+                        attrs,
                     )
                 except Exception as exc:
                     diagnostics.internal_error("produce_scope.span", exc)
@@ -414,12 +414,9 @@ class consume_scope(_Scope):
             _add_attributes(attrs, self._attributes)
             parent_ctx = Context({SPAN_KEY: parent_span}) if parent_span is not None else Context()
             try:
-                span = tracer().start_span(
-                    self._name or semconv.process_span_name(self._destination),
-                    context=parent_ctx,
-                    kind=SpanKind.CONSUMER,
-                    attributes=attrs,
-                    links=links or None,
+                span = start_span(
+                    self._name or semconv.process_span_name(self._destination), parent_ctx,
+                    SpanKind.CONSUMER, attrs, links,
                 )
                 self.span = span
             except Exception as exc:
@@ -491,12 +488,9 @@ class receive_scope(_Scope):
                 semconv.MESSAGING_BATCH_MESSAGE_COUNT: count,
             }
             _add_attributes(attrs, self._attributes)
-            self.span = tracer().start_span(
-                semconv.receive_span_name(self._destination),
-                kind=SpanKind.CLIENT,
-                attributes=attrs,
-                links=links,
-                start_time=self._start_ns,
+            self.span = start_span(
+                semconv.receive_span_name(self._destination), get_current(), SpanKind.CLIENT, attrs,
+                links, self._start_ns,
             )
         except Exception as exc:
             diagnostics.internal_error("receive_scope.open", exc)
