@@ -89,7 +89,8 @@ def consumer_record_scope(record: Any, group: str | None) -> consume_scope:
         record.offset,
         record.key,
         record.headers,
-        record.timestamp if record.timestamp_type == 0 else None,  # 0: CreateTime
+        # 0: CreateTime (stamped at send), 1: LogAppendTime (stamped by the broker)
+        record.timestamp if record.timestamp_type in (0, 1) else None,
         group,
     )
 
@@ -138,9 +139,13 @@ def receive_spans(
 # ----------------------------------------------------------------- producer ---
 
 
-def send_scope(topic: str, headers: object, key: object) -> produce_scope:
+def send_scope(
+    topic: str, headers: object, key: object, timestamp_given: bool = False
+) -> produce_scope:
     """Open a ``send {topic}`` scope; its ``carrier`` is a new header list to send.
 
+    The record's own timestamp (CreateTime, stamped at send) gives the consumer its queue
+    wait, so no send-time header is written unless the caller set the timestamp itself.
     Raises TypeError only when ``headers`` is not a list, tuple or mapping.
     """
     attrs: dict[str, AttributeValue] | None = None
@@ -150,7 +155,8 @@ def send_scope(topic: str, headers: object, key: object) -> produce_scope:
             attrs = {semconv.KAFKA_MESSAGE_KEY: text}
     carrier: Any = [] if headers is None else headers
     return produce_scope(
-        carrier, topic, SYSTEM, attributes=attrs, copy=headers is not None
+        carrier, topic, SYSTEM, attributes=attrs, copy=headers is not None,
+        sent_time=timestamp_given,
     ).open()
 
 

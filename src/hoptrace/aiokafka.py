@@ -96,7 +96,7 @@ async def _send(
     headers: Any,
 ) -> Any:
     try:
-        scope = _kafka.send_scope(topic, headers, key)
+        scope = _kafka.send_scope(topic, headers, key, timestamp_ms is not None)
     except Exception as exc:
         if not isinstance(exc, TypeError):
             diagnostics.internal_error("aiokafka.send", exc)

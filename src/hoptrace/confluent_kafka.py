@@ -61,7 +61,7 @@ def processing(message: Any, group: str | None = None) -> consume_scope:
         message.offset(),
         message.key(),
         message.headers(),
-        ts if ts_type == confluent_kafka.TIMESTAMP_CREATE_TIME else None,
+        ts if ts_type != confluent_kafka.TIMESTAMP_NOT_AVAILABLE else None,
         group,
     )
 
@@ -116,7 +116,9 @@ def _produce(
         return
     key = kwargs.get("key", args[1] if len(args) > 1 else None)
     try:
-        scope = _kafka.send_scope(topic, kwargs.get("headers"), key)
+        scope = _kafka.send_scope(
+            topic, kwargs.get("headers"), key, kwargs.get("timestamp", 0) != 0
+        )
     except Exception as exc:
         if not isinstance(exc, TypeError):
             diagnostics.internal_error("confluent_kafka.produce", exc)

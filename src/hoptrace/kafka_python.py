@@ -85,7 +85,7 @@ def _send(
     timestamp_ms: Any,
 ) -> Any:
     try:
-        scope = _kafka.send_scope(topic, headers, key)
+        scope = _kafka.send_scope(topic, headers, key, timestamp_ms is not None)
     except Exception as exc:
         if not isinstance(exc, TypeError):
             diagnostics.internal_error("kafka_python.send", exc)

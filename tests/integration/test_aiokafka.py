@@ -16,6 +16,7 @@ import pytest
 import hoptrace
 import hoptrace.aiokafka as hk
 from hoptrace import logs
+from hoptrace._config import get_settings
 from hoptrace.core import semconv
 
 aiokafka = pytest.importorskip("aiokafka")
@@ -371,3 +372,45 @@ def test_queue_wait_from_create_time_clamped_on_skew(
     assert semconv.CLOCK_SKEW not in by_offset[0].attributes
     assert by_offset[1].attributes[semconv.QUEUE_WAIT_MS] == 0
     assert by_offset[1].attributes[semconv.CLOCK_SKEW] is True
+
+
+def test_send_time_travels_in_the_record_timestamp_unless_the_caller_sets_it(
+    kafka_bootstrap: str, spans: Any, instrumented: None
+) -> None:
+    """The instrumented producer writes no send-time header; CreateTime gives the queue wait.
+
+    A record whose timestamp the caller chose (an event time) keeps hoptrace's header, and the
+    header wins over that timestamp.
+    """
+    import time
+
+    topic = new_topic("sent")
+    event_ms = int(time.time() * 1000) - 3_600_000
+    seen: dict[int, list[str]] = {}
+
+    async def run() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, b"stamped by the client")
+            await producer.send_and_wait(topic, b"event time", timestamp_ms=event_ms)
+        finally:
+            await producer.stop()
+        consumer = consumer_for(kafka_bootstrap, topic)
+        await consumer.start()
+        try:
+            async for msg in consumer:
+                seen[msg.offset] = [name for name, _ in msg.headers]
+                if msg.offset == 1:
+                    break
+        finally:
+            await consumer.stop()
+
+    asyncio.run(run())
+    sent_header = get_settings().sent_time_header
+    assert sent_header not in seen[0] and "traceparent" in seen[0]
+    assert sent_header in seen[1]
+    by_offset = {s.attributes[semconv.KAFKA_OFFSET]: s for s in spans.named(f"process {topic}")}
+    for offset in (0, 1):
+        wait = by_offset[offset].attributes[semconv.QUEUE_WAIT_MS]
+        assert 0 <= wait < 60_000, (offset, wait)

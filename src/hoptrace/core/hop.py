@@ -183,10 +183,12 @@ class produce_scope(_Scope):
 
     After ``open()`` (or entering the ``with``), :attr:`carrier` holds the headers to send:
     the caller's object updated in place, or a new one for ``None``, a tuple, or ``copy=True``.
+    ``sent_time=False`` writes no send-time header, for brokers that stamp each message with
+    its send time themselves (Kafka's CreateTime): one header less on every message.
     """
 
-    __slots__ = ("_attributes", "_carrier", "_copy", "_destination", "_message_id", "_system",
-                 "carrier", "transaction_id")
+    __slots__ = ("_attributes", "_carrier", "_copy", "_destination", "_message_id",
+                 "_sent_time", "_system", "carrier", "transaction_id")
 
     def __init__(
         self,
@@ -197,8 +199,10 @@ class produce_scope(_Scope):
         message_id: str | None = None,
         attributes: Attributes | Callable[[], Attributes] | None = None,
         copy: bool = False,
+        sent_time: bool = True,
     ) -> None:
         super().__init__()
+        self._sent_time = sent_time
         self._carrier = carrier
         self._destination = destination
         self._system = system
@@ -263,7 +267,7 @@ class produce_scope(_Scope):
                 self._attach(ctx)
             else:
                 ctx = parent
-            values = render(ctx, settings)
+            values = render(ctx, settings, None, self._sent_time)
             self.carrier = write_headers(self._carrier, values, copy=self._copy)
         except Exception as exc:
             diagnostics.internal_error("produce_scope.open", exc)

@@ -473,9 +473,13 @@ def inject(
 
 
 def render(
-    ctx: Context, settings: Settings, values: dict[str, Any] | None = None
+    ctx: Context, settings: Settings, values: dict[str, Any] | None = None,
+    sent_time: bool = True,
 ) -> dict[str, Any]:
-    """Write the header values that carry ``ctx`` into ``values`` (a new dict if None)."""
+    """Write the header values that carry ``ctx`` into ``values`` (a new dict if None).
+
+    ``sent_time=False`` leaves the send time out, for messages whose broker stamps it.
+    """
     names = _names
     if values is None:
         values = {}
@@ -511,5 +515,6 @@ def render(
         )
     elif settings.baggage_mirror:
         values[semconv.BAGGAGE] = names.mirror_prefix + tx  # type: ignore[operator]
-    values[names.sent] = str(time_ns())
+    if sent_time:
+        values[names.sent] = str(time_ns())
     return values
