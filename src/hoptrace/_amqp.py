@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from opentelemetry import trace
-from opentelemetry.trace import Link, SpanContext
+from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from ._config import get_settings
 from .core import diagnostics, semconv
@@ -98,8 +98,11 @@ def traced_already(headers: object) -> bool:
     return context.is_valid and traceparent[36:52] == format(context.span_id, "016x")
 
 
-def message_key(headers: object, message_id: str | None) -> tuple[object, ...] | None:
-    """Return the identity of a message across redeliveries, or None if it has none."""
+def message_key(headers: object, message_id: str | None) -> int | None:
+    """Return the identity of a message across redeliveries, or None if it has none.
+
+    A hash: the memory lives in one process, and an int key keeps each entry small.
+    """
     traceparent = sent = None
     if headers is not None and isinstance(headers, Mapping):
         try:
@@ -113,7 +116,7 @@ def message_key(headers: object, message_id: str | None) -> tuple[object, ...] |
             sent = None
     if traceparent is None and message_id is None:
         return None
-    return (traceparent, sent, message_id)
+    return hash((traceparent, sent, message_id))
 
 
 def dead_lettered(headers: object) -> bool:
@@ -127,15 +130,18 @@ def dead_lettered(headers: object) -> bool:
 
 
 class DeliveryMemory:
-    """A bounded LRU: message identity → the span context its last delivery was processed in."""
+    """A bounded LRU: message identity → the span its last delivery was processed in.
+
+    An entry is an int key and a (trace ID, span ID, flags) tuple, about 250 bytes.
+    """
 
     def __init__(self, size: int = MEMORY_SIZE) -> None:
         self._size = size
         self._lock = threading.Lock()
-        self._seen: OrderedDict[tuple[object, ...], SpanContext] = OrderedDict()
+        self._seen: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
 
     def links(
-        self, key: tuple[object, ...] | None, headers: object, redelivered: bool = True
+        self, key: int | None, headers: object, redelivered: bool = True
     ) -> list[Link] | None:
         """Return a link to the earlier delivery of the message ``key``, if one is known.
 
@@ -152,15 +158,18 @@ class DeliveryMemory:
         if earlier is None:
             return None
         reason = REASON_DEAD_LETTER if dead else REASON_REDELIVERY
-        return [Link(earlier, {semconv.LINK_REASON: reason})]
+        trace_id, span_id, flags = earlier
+        context = SpanContext(trace_id, span_id, False, TraceFlags(flags))
+        return [Link(context, {semconv.LINK_REASON: reason})]
 
-    def remember(self, key: tuple[object, ...] | None, span_context: SpanContext | None) -> None:
+    def remember(self, key: int | None, span_context: SpanContext | None) -> None:
         """Record that message ``key`` is being processed in ``span_context``."""
         if key is None or span_context is None or not span_context.is_valid:
             return
+        entry = (span_context.trace_id, span_context.span_id, int(span_context.trace_flags))
         with self._lock:
             seen = self._seen
-            seen[key] = span_context
+            seen[key] = entry
             seen.move_to_end(key)
             if len(seen) > self._size:
                 seen.popitem(last=False)
@@ -216,6 +225,7 @@ def open_delivery(
             ),
             sent_ns=broker_sent_ns(timestamp),
             links=memory.links(key, headers, redelivered is not False),
+            redelivered=redelivered if type(redelivered) is bool else None,
         )
         scope.open()
         if key is not None and scope.span is not None:

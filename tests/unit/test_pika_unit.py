@@ -85,4 +85,5 @@ def test_delivery_memory_is_bounded_and_links_by_message_identity() -> None:
     assert links is not None and links[0].context == contexts[2]
     assert links[0].attributes == {"hoptrace.link.reason": "dead_letter"}
     assert _amqp.message_key({"traceparent": b"raw"}, None) is None
-    assert _amqp.message_key(None, "id-1") == (None, None, "id-1")
+    assert _amqp.message_key(None, "id-1") == _amqp.message_key(None, "id-1")
+    assert _amqp.message_key(None, "id-1") != _amqp.message_key(None, "id-2")

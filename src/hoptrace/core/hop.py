@@ -14,6 +14,7 @@ Errors inside hoptrace are counted and logged; the user's own exceptions propaga
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, NamedTuple, cast
@@ -93,6 +94,20 @@ def _end_span(span: Span, exc: BaseException | None) -> None:
         span.record_exception(exc)
         span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
     span.end()
+
+
+_MASK_64: Final = (1 << 64) - 1
+
+
+def first_attempt_span_id(producer: SpanContext, destination: str) -> int:
+    """The span ID of the first delivery of the message sent in ``producer`` to ``destination``.
+
+    Stable across processes (no per-process hash seed), unique per send and destination, and
+    never 0 (invalid).
+    """
+    mixed = (producer.span_id ^ (zlib.crc32(destination.encode()) << 29)
+             ^ (producer.trace_id & _MASK_64)) * 0x9E3779B97F4A7C15 & _MASK_64
+    return (mixed ^ (mixed >> 31)) or 1
 
 
 class _Scope:
@@ -288,6 +303,12 @@ class consume_scope(_Scope):
     ``sent_ns`` is a broker timestamp (ns since the epoch) used for queue wait when the message
     carries no hoptrace send time. ``links`` adds span contexts to link, such as an earlier
     delivery attempt of the same message.
+
+    ``redelivered`` is the broker's flag, for brokers that redeliver unacknowledged messages.
+    In parent mode a first delivery (``False``) gets a span ID derived from the producer's
+    span and ``destination``, so a redelivery (``True``) can link to that first attempt even
+    from another process, after the first consumer died before its span could end. The
+    handler's log lines carry that span ID, so the dead attempt's logs are one search away.
     """
 
     __slots__ = (
@@ -300,6 +321,7 @@ class consume_scope(_Scope):
         "_message_id",
         "_name",
         "_operation",
+        "_redelivered",
         "_sent_ns",
         "_system",
         "incoming",
@@ -319,8 +341,10 @@ class consume_scope(_Scope):
         links: Sequence[SpanContext | Link] | None = None,
         operation: str = semconv.OP_PROCESS,
         name: str | None = None,
+        redelivered: bool | None = None,
     ) -> None:
         super().__init__()
+        self._redelivered = redelivered
         self._carrier = carrier
         self._destination = destination
         self._system = system
@@ -385,6 +409,17 @@ class consume_scope(_Scope):
         if self._links:
             for item in self._links:
                 links.append(item if isinstance(item, Link) else Link(item))
+        span_id: int | None = None
+        if self._redelivered is not None and parent_span is not None and remote is not None \
+                and parent_span.get_span_context() is remote:
+            first = first_attempt_span_id(remote, self._destination)
+            if not self._redelivered:
+                span_id = first
+            elif not any(link.context.span_id == first for link in links):
+                links.append(Link(
+                    SpanContext(remote.trace_id, first, True, remote.trace_flags),
+                    {semconv.LINK_REASON: "redelivery"},
+                ))
 
         sent = incoming.sent_ns if incoming.sent_ns is not None else self._sent_ns
         skew = False
@@ -420,7 +455,7 @@ class consume_scope(_Scope):
             try:
                 span = start_span(
                     self._name or semconv.process_span_name(self._destination), parent_ctx,
-                    SpanKind.CONSUMER, attrs, links,
+                    SpanKind.CONSUMER, attrs, links, None, span_id,
                 )
                 self.span = span
             except Exception as exc:
