@@ -252,10 +252,15 @@ def _on_task_prerun(sender: Any = None, task_id: Any = None, task: Any = None, *
         name = getattr(task, "name", None) or str(sender)
         attributes: dict[str, Any] = {semconv.CELERY_TASK_NAME: name}
         delivery = values.get("delivery_info")
+        redelivered: bool | None = None
         if isinstance(delivery, dict):
             routing_key = delivery.get("routing_key")
             if isinstance(routing_key, str) and routing_key:
                 attributes[semconv.MESSAGING_DESTINATION_NAME] = routing_key
+            flag = delivery.get("redelivered")
+            if type(flag) is bool and not request.is_eager:
+                # acks_late tasks whose worker died come back redelivered: link the first try.
+                redelivered = flag
         retries = request.retries
         if isinstance(retries, int) and retries > 0 and not request.is_eager:
             attributes[semconv.MESSAGING_RETRY_COUNT] = retries
@@ -269,6 +274,7 @@ def _on_task_prerun(sender: Any = None, task_id: Any = None, task: Any = None, *
             message_id=task_id if isinstance(task_id, str) else None,
             attributes=attributes,
             links=links,
+            redelivered=redelivered,
         )
         execution = _Execution(scope)
         values[_REQUEST_ATTRIBUTE] = execution

@@ -278,6 +278,36 @@ def test_retries_are_linked_siblings_in_one_transaction(
     assert {r["transaction_id"] for r in retry_lines} == {tx.transaction_id}
 
 
+def test_pool_process_killed_before_ack_redelivery_links_the_dead_attempt(
+    env: Env, spans: Any
+) -> None:
+    """acks_late task whose prefork child is SIGKILLed: the retry links to the dead attempt.
+
+    The dead attempt's span never ends, so only its log line shows it; the redelivered run's
+    process span must link to the span ID in that line, in the same trace and transaction.
+    """
+    with edge("killed") as tx:
+        result = env.task("die_once").delay()
+    assert result.get(timeout=60)["transaction_id"] == tx.transaction_id
+    (again,) = env.worker.records.process_spans(result.id)
+    logs = env.worker.records.wait_for(
+        lambda logs: sum("die_once running" in r["message"] for r in logs) == 2, "logs"
+    )
+    dead_line, retry_line = (r for r in logs if "die_once running" in r["message"])
+    assert dead_line["message"].endswith("redelivered=False")
+    assert retry_line["message"].endswith("redelivered=True")
+    send = spans.one("send traced.die_once")
+    assert again["parent_id"] == f"{send.context.span_id:016x}"
+    assert again["trace_id"] == dead_line["trace_id"] == f"{send.context.trace_id:032x}"
+    assert {dead_line["transaction_id"], again["attributes"]["hoptrace.transaction.id"]} == {
+        tx.transaction_id
+    }
+    assert [(link["span_id"], link["attributes"]) for link in again["links"]] == [
+        (dead_line["span_id"], {"hoptrace.link.reason": "redelivery"})
+    ]
+    assert retry_line["span_id"] == again["span_id"] != dead_line["span_id"]
+
+
 def test_failure_records_exception_error_status_and_logs_the_transaction(
     env: Env, spans: Any
 ) -> None:

@@ -228,6 +228,16 @@ def build_app(broker: str, backend: str, queue: str, name: str = "traced_app") -
             raise ValueError(f"auto attempt {self.request.retries} failed")
         return {**context_now(), "task_id": self.request.id, "retries": self.request.retries}
 
+    @app.task(name="traced.die_once", shared=False, bind=True, acks_late=True,
+              reject_on_worker_lost=True)
+    def die_once(self: Any) -> dict[str, Any]:
+        """Log, then kill this pool process before the ack on the first delivery only."""
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+        log.info("die_once running, redelivered=%s", redelivered)
+        if not redelivered:
+            os.kill(os.getpid(), 9)  # SIGKILL: no ack, no span end, no flush
+        return {**context_now(), "task_id": self.request.id}
+
     @app.task(name="traced.boom", shared=False)
     def boom(message: str) -> None:
         """Fail."""
