@@ -132,17 +132,38 @@ def _refresh(settings: Settings) -> None:
 on_change(_refresh)
 
 
+class _Shown:
+    """A rejected value as a warning shows it: built only if the warning is written, and safe.
+
+    Text is cut before ``repr`` (a 1 MB header costs nothing), and a value whose ``repr``
+    raises is shown by its type.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        value = self.value
+        try:
+            if isinstance(value, (str, bytes, bytearray)):
+                shown = repr(value[:80]) + ("..." if len(value) > 80 else "")
+            else:
+                shown = repr(value)
+        except Exception:
+            return f"<unprintable {type(value).__name__}>"
+        return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
 def _reject(incoming: Incoming, header: str, reason: str, value: object = None) -> None:
     incoming.rejected = (*incoming.rejected, f"{header}.{reason}")
-    shown = repr(value)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
     diagnostics.warn(
         f"rejected.{header}.{reason}",
         "hoptrace: ignored incoming %s (%s): %s",
         header,
         reason,
-        shown,
+        _Shown(value),
     )
 
 
