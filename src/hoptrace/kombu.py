@@ -147,7 +147,9 @@ def _wrap_receive(original: Callable[..., Any]) -> Callable[..., Any]:
                     delivery_tag=info.get("delivery_tag"),
                     correlation_id=properties.get("correlation_id"),
                     timestamp=properties.get("timestamp"),
-                    redelivered=info.get("redelivered", True),
+                    # py-amqp always sets the flag; kombu's virtual transports (Redis, SQS …)
+                    # set it only on a message they restore, so a missing flag is a first try.
+                    redelivered=info.get("redelivered", False),
                 )
         except Exception as exc:
             diagnostics.internal_error("kombu.receive", exc)

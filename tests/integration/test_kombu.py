@@ -78,6 +78,37 @@ def seen_now() -> dict[str, Any]:
             "tenant": baggage.get_baggage("tenant"), "span": hoptrace.current_span_id()}
 
 
+def test_handler_run_inside_another_publish_keeps_its_own_trace(
+    broker: tuple[str, str], instrumented: None, queue: Any, spans: Any
+) -> None:
+    """py-amqp drains incoming deliveries while it publishes, so with one connection a
+    consumer's handler can run inside an unrelated ``publish``: its message's own trace wins.
+    """
+    url, _system = broker
+    seen: list[dict[str, Any]] = []
+    sent: list[dict[str, Any]] = []
+    with kombu.Connection(url) as conn:
+
+        def handle(body: Any, message: Any) -> None:
+            seen.append({**seen_now(), "n": body["n"]})
+            message.ack()
+
+        with conn.Consumer(queue, callbacks=[handle]):
+            for n in range(6):
+                with hoptrace.transaction("publish") as tx:
+                    conn.Producer().publish({"n": n}, exchange=queue.exchange,
+                                            routing_key=queue.routing_key, declare=[queue])
+                    sent.append({"n": n, "tx": tx.transaction_id,
+                                 "trace": hoptrace.current_trace_id()})
+            while len(seen) < len(sent):
+                conn.drain_events(timeout=10)
+    assert sorted((s["n"], s["tx"], s["trace"]) for s in seen) == [
+        (s["n"], s["tx"], s["trace"]) for s in sent
+    ]
+    for process in spans.named(f"process {queue.name}:orders.created:{queue.name}"):
+        assert not process.links, [dict(link.attributes) for link in process.links]
+
+
 def test_publish_and_consumer_callbacks(broker: tuple[str, str], instrumented: None, queue: Any,
                                         spans: Any) -> None:
     url, system = broker

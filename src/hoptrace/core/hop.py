@@ -52,7 +52,7 @@ from .spans import TrustedAttributes, start_span
 
 Attributes = Mapping[str, AttributeValue]
 
-#: The span a consume scope made current, to tell it apart from a user's own ambient span.
+#: The span a hoptrace scope made current, to tell it apart from a user's own ambient span.
 _SCOPE_SPAN_KEY: Final = create_key("hoptrace.consume_scope_span")
 
 
@@ -275,7 +275,9 @@ class produce_scope(_Scope):
                     # this block and the message share one trace ID.
                     span = NonRecordingSpan(mint_span_context())
             if span is not None:
-                ctx = Context({**parent, SPAN_KEY: span, TRANSACTION_KEY: tx})
+                ctx = Context(
+                    {**parent, SPAN_KEY: span, TRANSACTION_KEY: tx, _SCOPE_SPAN_KEY: span}
+                )
                 self._attach(ctx)
             elif tx is not parent.get(TRANSACTION_KEY):
                 ctx = Context({**parent, TRANSACTION_KEY: tx})
@@ -389,9 +391,10 @@ class consume_scope(_Scope):
             and ambient.get(_SCOPE_SPAN_KEY) is ambient_span
         ):
             # Another message's scope still open here (a consumer polled inside a handler, two
-            # consumers in one loop) is no ambient parent for a message that carries its own
-            # context: each message keeps its own trace. (Without one, as for an eager Celery
-            # task run inside another, the open scope stays the parent.)
+            # consumers in one loop, a handler that a client runs while it publishes) is no
+            # ambient parent for a message that carries its own context: each message keeps
+            # its own trace. (Without one, as for an eager Celery task run inside another, the
+            # open scope stays the parent.)
             ambient_valid = False
 
         # Parent: the producer (parent mode), an ambient span already active, or none (new trace).
