@@ -237,8 +237,13 @@ def locate(kind: str) -> BrokerLocation | None:
     if location is not None:
         return location
     host, port = host_port(k, DEFAULTS[k])
+    url = DEFAULTS[k]
+    kafka_port = os.environ.get("HOPTRACE_KAFKA_PORT", "").strip()
+    if k == "kafka" and kafka_port.isdigit():  # the port scripts/brokers runs Kafka on
+        port = int(kafka_port)
+        url = f"{host}:{port}"
     if _tcp_ok(host, port):
-        return BrokerLocation(kind=k, url=DEFAULTS[k], source="local")
+        return BrokerLocation(kind=k, url=url, source="local")
     return None
 
 
@@ -276,7 +281,16 @@ def _local_only(location: BrokerLocation, action: str) -> None:
 def _control(kind: str, command: str) -> BrokerLocation:
     k = normalize_kind(kind)
     location = require(k)
-    _local_only(location, command)
+    # HOPTRACE_TEST_KAFKA_BOOTSTRAP naming 127.0.0.1:$HOPTRACE_KAFKA_PORT is scripts/brokers'
+    # own Kafka on that port (the script agrees), not an external one.
+    own_kafka = (
+        k == "kafka"
+        and location.source == "env"
+        and location.host in {"127.0.0.1", "localhost"}
+        and os.environ.get("HOPTRACE_KAFKA_PORT", "").strip() == str(location.port)
+    )
+    if not own_kafka:
+        _local_only(location, command)
     proc = _run_script(command, _SCRIPT_NAMES[k])
     output = (proc.stdout + proc.stderr).strip()
     if proc.returncode == 3:
