@@ -412,9 +412,10 @@ class consume_scope(_Scope):
         if self._links:
             for item in self._links:
                 links.append(item if isinstance(item, Link) else Link(item))
+        recording = not settings.propagation_only and sdk_installed()
         span_id: int | None = None
-        if self._redelivered is not None and parent_span is not None and remote is not None \
-                and parent_span.get_span_context() is remote:
+        if recording and self._redelivered is not None and parent_span is not None \
+                and remote is not None and parent_span.get_span_context() is remote:
             first = first_attempt_span_id(remote, self._destination)
             if not self._redelivered:
                 span_id = first
@@ -435,7 +436,7 @@ class consume_scope(_Scope):
             self.queue_wait_ms = wait
 
         span: Any
-        if settings.propagation_only or not sdk_installed():
+        if not recording:
             span = parent_span if parent_span is not None else NonRecordingSpan(mint_span_context())
         else:
             attrs: dict[str, AttributeValue] = {
