@@ -27,8 +27,8 @@ from .core.context import (
     mint_span_context,
     sdk_installed,
 )
+from .core.hop import incoming_parent, start_child_span
 from .core.propagation import read
-from .core.spans import start_span
 
 
 def propagation_header_names(settings: Settings) -> dict[str, str]:
@@ -125,20 +125,12 @@ class server_scope:
             self._token = otel_context.attach(Context(values))
             return
 
-        remote = incoming.span_context
-        baggage = incoming.baggage
         links: list[Link] = []
-        parent: Span | None = None
-        if remote is not None:
-            if settings.trust_incoming:
-                parent = NonRecordingSpan(remote)
-            else:
-                links.append(Link(remote, {semconv.LINK_REASON: "untrusted"}))
-                baggage = None
-        span: Span
-        if settings.propagation_only or not sdk_installed():
-            span = parent if parent is not None else NonRecordingSpan(mint_span_context())
-        else:
+        parent, trusted = incoming_parent(incoming.span_context, settings, None, links,
+                                          link_mode=False)
+        baggage = incoming.baggage if trusted else None
+        span: Span | None = None
+        if not settings.propagation_only and sdk_installed():
             attrs: dict[str, AttributeValue] = {
                 semconv.HTTP_REQUEST_METHOD: self._method,
                 semconv.URL_PATH: self._path,
@@ -147,9 +139,11 @@ class server_scope:
             }
             if incoming.rejected:
                 attrs[semconv.CONTEXT_REJECTED] = list(incoming.rejected)
-            parent_ctx = Context({SPAN_KEY: parent}) if parent is not None else Context()
-            span = start_span(self._method, parent_ctx, SpanKind.SERVER, attrs, links)
-            self.span = span
+            span = self.span = start_child_span(
+                self._method, parent, SpanKind.SERVER, attrs, links, None, "server_scope.span"
+            )
+        if span is None:
+            span = parent if parent is not None else NonRecordingSpan(mint_span_context())
         values[SPAN_KEY] = span
         if baggage is not None:
             values[BAGGAGE_KEY] = baggage

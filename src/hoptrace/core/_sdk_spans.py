@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from time import time_ns
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from opentelemetry import trace as trace_api
 from opentelemetry.attributes import BoundedAttributes
@@ -267,7 +267,7 @@ class HopSpan(trace_api.Span, ReadableSpan, TrustedAttributes):
         attributes = self._attributes
         if type(attributes) is dict:
             attributes = self._attributes = self._recorder.validated(attributes)
-        attributes[key] = value
+        cast(BoundedAttributes, attributes)[key] = value
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
         for key, value in attributes.items():

@@ -25,6 +25,7 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
 )
+from opentelemetry.util.types import AttributeValue
 
 from .._config import TRANSACTION_ID_PATTERN, ConfigurationError, get_settings, new_transaction_id
 from . import diagnostics, semconv
@@ -251,7 +252,7 @@ class transaction:
                 else:
                     span = NonRecordingSpan(mint_span_context())
             else:
-                attrs = {semconv.TRANSACTION_ID: tx}
+                attrs: dict[str, AttributeValue] = {semconv.TRANSACTION_ID: tx}
                 if self._attributes:
                     attrs.update(self._attributes)
                 from .spans import start_span  # spans imports this module

@@ -99,6 +99,56 @@ def _end_span(span: Span, exc: BaseException | None) -> None:
 _MASK_64: Final = (1 << 64) - 1
 
 
+def incoming_parent(
+    remote: SpanContext | None,
+    settings: Any,
+    ambient: Span | None,
+    links: list[Link],
+    *,
+    link_mode: bool = True,
+) -> tuple[Span | None, bool]:
+    """Choose the parent of a span that handles an incoming message or request.
+
+    The producer's span context (``remote``) is the parent unless ``trust_incoming`` is off,
+    link mode is on (``link_mode=False`` ignores that setting, as an HTTP edge does), or an
+    ``ambient`` span is already active; then it becomes a link (appended to ``links``, with
+    its reason) and the ambient span, or none, is the parent. Returns the parent span and
+    whether the incoming baggage may be kept (False when the input is untrusted).
+    """
+    if remote is None:
+        return ambient, True
+    if not settings.trust_incoming:
+        links.append(Link(remote, {semconv.LINK_REASON: "untrusted"}))
+        return ambient, False
+    if link_mode and settings.link_mode == "link":
+        links.append(Link(remote, {semconv.LINK_REASON: "link_mode"}))
+    elif ambient is not None:
+        links.append(Link(remote, {semconv.LINK_REASON: "ambient_parent"}))
+    else:
+        return NonRecordingSpan(remote), True
+    return ambient, True
+
+
+def start_child_span(
+    name: str,
+    parent: Span | None,
+    kind: SpanKind,
+    attributes: dict[str, AttributeValue],
+    links: Sequence[Link] | None,
+    span_id: int | None,
+    where: str,
+) -> Span | None:
+    """Start a span under ``parent`` (a new trace if None); None if hoptrace failed (counted)."""
+    try:
+        return start_span(
+            name, Context({SPAN_KEY: parent}) if parent is not None else Context(), kind,
+            attributes, links, None, span_id,
+        )
+    except Exception as exc:
+        diagnostics.internal_error(where, exc)
+        return None
+
+
 def first_attempt_span_id(producer: SpanContext, destination: str) -> int:
     """The span ID of the first delivery of the message sent in ``producer`` to ``destination``.
 
@@ -397,18 +447,11 @@ class consume_scope(_Scope):
             # open scope stays the parent.)
             ambient_valid = False
 
-        # Parent: the producer (parent mode), an ambient span already active, or none (new trace).
-        parent_span: Any = ambient_span if ambient_valid else None
-        if remote is not None:
-            if not settings.trust_incoming:
-                links.append(Link(remote, {semconv.LINK_REASON: "untrusted"}))
-                baggage = None
-            elif settings.link_mode == "link":
-                links.append(Link(remote, {semconv.LINK_REASON: "link_mode"}))
-            elif ambient_valid:
-                links.append(Link(remote, {semconv.LINK_REASON: "ambient_parent"}))
-            else:
-                parent_span = NonRecordingSpan(remote)
+        parent_span, trusted = incoming_parent(
+            remote, settings, cast(Span, ambient_span) if ambient_valid else None, links
+        )
+        if not trusted:
+            baggage = None
         if self._links:
             for item in self._links:
                 links.append(item if isinstance(item, Link) else Link(item))
@@ -455,15 +498,11 @@ class consume_scope(_Scope):
             if incoming.rejected:
                 attrs[semconv.CONTEXT_REJECTED] = list(incoming.rejected)
             _add_attributes(attrs, self._attributes)
-            parent_ctx = Context({SPAN_KEY: parent_span}) if parent_span is not None else Context()
-            try:
-                span = start_span(
-                    self._name or semconv.process_span_name(self._destination), parent_ctx,
-                    SpanKind.CONSUMER, attrs, links, None, span_id,
-                )
-                self.span = span
-            except Exception as exc:
-                diagnostics.internal_error("consume_scope.span", exc)
+            span = self.span = start_child_span(
+                self._name or semconv.process_span_name(self._destination), parent_span,
+                SpanKind.CONSUMER, attrs, links, span_id, "consume_scope.span",
+            )
+            if span is None:
                 span = parent_span or NonRecordingSpan(mint_span_context())
         values: dict[str, object] = {
             **ambient,
@@ -544,6 +583,8 @@ __all__: Final = [
     "HopInfo",
     "consume_scope",
     "current_hop",
+    "incoming_parent",
     "produce_scope",
     "receive_scope",
+    "start_child_span",
 ]
