@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import atheris
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hostile import ExplodingMapping, Junk
 
 with atheris.instrument_imports(include=["hoptrace"]):
     from opentelemetry import baggage, trace
@@ -43,32 +46,6 @@ TEMPLATES = (
     "1732400000000000000",
     "",
 )
-
-
-class Junk:
-    """A value every dunder of which raises."""
-
-    def __str__(self) -> str:
-        raise RuntimeError("no str")
-
-    def __len__(self) -> int:
-        raise RuntimeError("no len")
-
-    def __iter__(self) -> Iterator[Any]:
-        raise RuntimeError("no iter")
-
-
-class ExplodingMapping(Mapping[str, Any]):
-    """A Mapping whose lookups raise."""
-
-    def __getitem__(self, key: str) -> Any:
-        raise RuntimeError("no getitem")
-
-    def __iter__(self) -> Iterator[str]:
-        raise RuntimeError("no iter")
-
-    def __len__(self) -> int:
-        return 1
 
 
 def text(fdp: atheris.FuzzedDataProvider) -> str:

@@ -104,6 +104,24 @@ class Tally:
         assert self.delivered == self.published
 
 
+def run_threads(target: Callable[[int], None]) -> list[BaseException]:
+    """Run ``target(t)`` in THREADS threads at once; return what any of them raised."""
+    errors: list[BaseException] = []
+
+    def run(t: int) -> None:
+        try:
+            target(t)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(THREADS)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    return errors
+
+
 def stamped_body() -> bytes:
     """The body a producer sends: the transaction ID and trace ID active right now."""
     tx, trace = hoptrace.current_transaction_id(), hoptrace.current_trace_id()
@@ -308,7 +326,6 @@ def test_pika_16_threads_each_with_its_own_connection(amqp_url: str, spans: Any)
     total = THREADS * PER_THREAD
     tally.published = total
     barrier = threading.Barrier(THREADS)
-    errors: list[BaseException] = []
 
     def on_message(ch: Any, method: Any, props: Any, body: bytes) -> None:
         tally.enter()
@@ -320,37 +337,30 @@ def test_pika_16_threads_each_with_its_own_connection(amqp_url: str, spans: Any)
         ch.basic_ack(method.delivery_tag)
 
     def worker(t: int) -> None:
+        connection = pika.BlockingConnection(params)
         try:
-            connection = pika.BlockingConnection(params)
-            try:
-                channel = connection.channel()
-                channel.queue_declare(queue, arguments={"x-expires": 60_000})
-                channel.basic_qos(prefetch_count=8)
-                channel.basic_consume(queue, on_message)
-                barrier.wait(20)
-                for i in range(PER_THREAD):
-                    with hoptrace.transaction(transaction_id=f"pika-{t}-{i}"):
-                        channel.basic_publish("", queue, stamped_body())
-                    tally.outside("pika thread after publishing")
-                    if i % 8 == 0:
-                        connection.process_data_events(time_limit=0)
-                        tally.outside("pika thread between deliveries")
-                deadline = time.monotonic() + 30
-                while tally.delivered < total and time.monotonic() < deadline:
-                    connection.process_data_events(time_limit=0.05)
+            channel = connection.channel()
+            channel.queue_declare(queue, arguments={"x-expires": 60_000})
+            channel.basic_qos(prefetch_count=8)
+            channel.basic_consume(queue, on_message)
+            barrier.wait(20)
+            for i in range(PER_THREAD):
+                with hoptrace.transaction(transaction_id=f"pika-{t}-{i}"):
+                    channel.basic_publish("", queue, stamped_body())
+                tally.outside("pika thread after publishing")
+                if i % 8 == 0:
+                    connection.process_data_events(time_limit=0)
                     tally.outside("pika thread between deliveries")
-            finally:
-                connection.close()
-            tally.outside("pika thread at the end")
-        except BaseException as exc:
-            errors.append(exc)
+            deadline = time.monotonic() + 30
+            while tally.delivered < total and time.monotonic() < deadline:
+                connection.process_data_events(time_limit=0.05)
+                tally.outside("pika thread between deliveries")
+        finally:
+            connection.close()
+        tally.outside("pika thread at the end")
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
     try:
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(60)
+        errors = run_threads(worker)
     finally:
         hoptrace.pika.uninstrument()
         with pika.BlockingConnection(params) as cleanup:
@@ -382,7 +392,6 @@ def test_kombu_16_threads_each_with_its_own_connection(
     total = THREADS * PER_THREAD
     tally.published = total
     barrier = threading.Barrier(THREADS)
-    errors: list[BaseException] = []
 
     def handle(body: Any, message: Any) -> None:
         tally.enter()
@@ -394,43 +403,35 @@ def test_kombu_16_threads_each_with_its_own_connection(
         message.ack()
 
     def worker(t: int) -> None:
-        try:
-            # Publishing and consuming on separate connections: py-amqp's basic_publish
-            # drains the connection, so a consumer sharing it would run its handlers nested
-            # inside the publish, under the publisher's current span.
-            with kombu.Connection(url) as conn, kombu.Connection(url) as out:
-                with conn.Consumer([queue], callbacks=[handle], accept=["json"],
-                                   prefetch_count=8):
-                    producer = out.Producer(serializer="json")
-                    barrier.wait(20)
-                    for i in range(PER_THREAD):
-                        with hoptrace.transaction(transaction_id=f"kombu-{t}-{i}"):
-                            producer.publish(json.loads(stamped_body()), exchange=exchange,
-                                             routing_key="orders")
-                        tally.outside("kombu thread after publishing")
-                        if i % 8 == 0:
-                            try:
-                                conn.drain_events(timeout=0.001)
-                            except TimeoutError:
-                                pass
-                            tally.outside("kombu thread between deliveries")
-                    deadline = time.monotonic() + 30
-                    while tally.delivered < total and time.monotonic() < deadline:
+        # Publishing and consuming on separate connections, as a threaded service would
+        # (test_kombu.py covers handlers that py-amqp runs nested inside a publish).
+        with kombu.Connection(url) as conn, kombu.Connection(url) as out:
+            with conn.Consumer([queue], callbacks=[handle], accept=["json"],
+                               prefetch_count=8):
+                producer = out.Producer(serializer="json")
+                barrier.wait(20)
+                for i in range(PER_THREAD):
+                    with hoptrace.transaction(transaction_id=f"kombu-{t}-{i}"):
+                        producer.publish(json.loads(stamped_body()), exchange=exchange,
+                                         routing_key="orders")
+                    tally.outside("kombu thread after publishing")
+                    if i % 8 == 0:
                         try:
-                            conn.drain_events(timeout=0.05)
+                            conn.drain_events(timeout=0.001)
                         except TimeoutError:
                             pass
                         tally.outside("kombu thread between deliveries")
-            tally.outside("kombu thread at the end")
-        except BaseException as exc:
-            errors.append(exc)
+                deadline = time.monotonic() + 30
+                while tally.delivered < total and time.monotonic() < deadline:
+                    try:
+                        conn.drain_events(timeout=0.05)
+                    except TimeoutError:
+                        pass
+                    tally.outside("kombu thread between deliveries")
+        tally.outside("kombu thread at the end")
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
     try:
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(60)
+        errors = run_threads(worker)
     finally:
         hoptrace.kombu.uninstrument()
         with kombu.Connection(url) as conn:
@@ -500,21 +501,12 @@ def _pool_run(
 
 def _own_consumers(tally: Tally, consume_all: Callable[[int], None]) -> None:
     """16 threads, each reading every published record with a consumer of its own."""
-    errors: list[BaseException] = []
 
     def run(t: int) -> None:
-        try:
-            consume_all(t)
-            tally.outside("consumer thread after close()")
-        except BaseException as exc:
-            errors.append(exc)
+        consume_all(t)
+        tally.outside("consumer thread after close()")
 
-    threads = [threading.Thread(target=run, args=(t,)) for t in range(THREADS)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(60)
-    assert errors == []
+    assert run_threads(run) == []
 
 
 def test_confluent_kafka_16_producer_threads_a_16_thread_pool_and_16_consumers(

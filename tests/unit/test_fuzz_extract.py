@@ -19,7 +19,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -36,6 +35,8 @@ TRACE_ID = re.compile(r"[0-9a-f]{32}")
 SPAN_ID = re.compile(r"[0-9a-f]{16}")
 PRINTABLE = re.compile(r"[\x20-\x7e]*")
 HARNESS = Path(__file__).resolve().parents[1] / "fuzz" / "fuzz_extract.py"
+sys.path.insert(0, str(HARNESS.parent))
+from hostile import BadBytes, ExplodingMapping, Junk, ReadOnlyMapping, TextSubclass  # noqa: E402
 
 #: Settings each example runs under: the defaults, renamed headers, and tight caps.
 PROFILES: tuple[dict[str, Any], ...] = (
@@ -156,67 +157,6 @@ TYPED_TEXTS = {
     "x-hoptrace-sent-ns": sent_texts,
 }
 header_texts = st.one_of(*TYPED_TEXTS.values(), st.text(max_size=40))
-
-
-class TextSubclass(str):
-    """A ``str`` subclass, as some client libraries hand out."""
-
-
-class Junk:
-    """An object that refuses to be looked at: every dunder hoptrace might call raises."""
-
-    def __str__(self) -> str:
-        raise RuntimeError("no str")
-
-    def __repr__(self) -> str:
-        raise RuntimeError("no repr")
-
-    def __len__(self) -> int:
-        raise RuntimeError("no len")
-
-    def __iter__(self) -> Iterator[Any]:
-        raise RuntimeError("no iter")
-
-    def __eq__(self, other: object) -> bool:
-        raise RuntimeError("no eq")
-
-    __hash__ = object.__hash__
-
-
-class BadBytes(bytes):
-    """Bytes whose length cannot be taken."""
-
-    def __len__(self) -> int:
-        raise RuntimeError("no len")
-
-
-class ExplodingMapping(Mapping[str, Any]):
-    """A Mapping whose lookups raise."""
-
-    def __getitem__(self, key: str) -> Any:
-        raise RuntimeError("no getitem")
-
-    def __iter__(self) -> Iterator[str]:
-        raise RuntimeError("no iter")
-
-    def __len__(self) -> int:
-        return 1
-
-
-class ReadOnlyMapping(Mapping[str, Any]):
-    """A user-defined immutable Mapping."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self._data = data
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 #: Every way a header value arrives: str, bytes (UTF-8 or not), bytearray, memoryview…
