@@ -25,7 +25,7 @@ from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from ._config import get_settings
 from .core import diagnostics, semconv
-from .core.hop import consume_scope
+from .core.hop import consume_scope, spans_active
 
 #: How many earlier deliveries :data:`memory` keeps; the oldest is forgotten first.
 MEMORY_SIZE: Final = 10_000
@@ -210,7 +210,8 @@ def open_delivery(
     """
     try:
         text_id = message_id_text(message_id)
-        key = message_key(headers, text_id)
+        # Deliveries are remembered only to link spans: none without a span to link.
+        key = message_key(headers, text_id) if spans_active() else None
         scope = consume_scope(
             headers,
             semconv.rabbitmq_destination(
