@@ -11,6 +11,10 @@ Each variant runs in its own interpreter (instrumentations patch pika globally):
 ``consume``: the same N messages through a ``basic_consume`` callback that acks each one,
 µs per message from the first ``process_data_events`` to the last ack.
 
+The plain variant also publishes and consumes with four static headers the size of
+hoptrace's, to show what carrying the context costs pika itself (it encodes and decodes AMQP
+header tables in pure Python).
+
 Every repeat is one round over the four variants, each in a fresh interpreter; the figure
 per variant is the median over the rounds, with min and max beside it.
 
@@ -41,6 +45,13 @@ from common import (
 )
 
 URL = os.environ.get("HOPTRACE_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+#: The four headers hoptrace writes on an AMQP message, with values of the real sizes.
+STATIC_HEADERS = {
+    "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+    "x-transaction-id": "c" * 32,
+    "baggage": "transaction.id=" + "c" * 32,
+    "x-hoptrace-sent-ns": "1" * 19,
+}
 
 
 def set_up(variant: str) -> Any:
@@ -62,10 +73,11 @@ def set_up(variant: str) -> Any:
     return provider
 
 
-def publish(channel: Any, queue: str, count: int) -> float:
+def publish(channel: Any, queue: str, count: int, headers: dict[str, str] | None = None) -> float:
     import pika
 
-    properties = pika.BasicProperties(content_type="application/json", delivery_mode=1)
+    properties = pika.BasicProperties(content_type="application/json", delivery_mode=1,
+                                      headers=headers)
     body = b'{"order": 42, "items": ["a", "b"]}'
     start = time.perf_counter_ns()
     for _ in range(count):
@@ -106,17 +118,24 @@ def run_variant(variant: str, count: int, repeats: int) -> list[dict[str, Any]]:
         warm = min(count, 1000)
         publish(channel, queue, warm)
         consume(connection, channel, queue, warm)
-        publish_us, consume_us = [], []
+        publish_us, consume_us, static_publish_us, static_consume_us = [], [], [], []
         for _ in range(repeats):
             publish_us.append(publish(channel, queue, count))
             consume_us.append(consume(connection, channel, queue, count))
+            if variant == "plain":
+                static_publish_us.append(publish(channel, queue, count, STATIC_HEADERS))
+                static_consume_us.append(consume(connection, channel, queue, count))
     finally:
         channel.queue_delete(queue)
         connection.close()
         if provider is not None:
             provider.shutdown()
     rows = []
-    for case, samples in (("pika publish", publish_us), ("pika consume", consume_us)):
+    cases = [("pika publish", publish_us), ("pika consume", consume_us)]
+    if static_publish_us:
+        cases += [("pika, 4 static headers publish", static_publish_us),
+                  ("pika, 4 static headers consume", static_consume_us)]
+    for case, samples in cases:
         stats = summarize(samples)
         rows.append({"case": case, "variant": variant, **stats,
                      "throughput_per_s": 1e6 / stats["median_us"], "messages": count})
