@@ -37,7 +37,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
 
 from ._config import ConfigurationError, get_settings
 from .core import diagnostics, semconv
-from .core.context import current_transaction_id, sdk_installed, transaction
+from .core.context import current_transaction_id, get_current, sdk_installed, transaction
 from .core.hop import consume_scope, produce_scope
 from .core.patching import Patcher
 from .core.propagation import inject, render
@@ -49,7 +49,6 @@ _REQUEST_ATTRIBUTE: Final = "_hoptrace_execution"
 _SIGNAL_UID: Final = "hoptrace.celery"
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})").fullmatch
 
-_get_current = otel_context.get_current
 _lock = threading.Lock()
 _patcher = Patcher("celery")
 _active = False
@@ -140,7 +139,7 @@ def _wrap_sender(send: Callable[..., Any]) -> Callable[..., Any]:
                     and RETRY_OF_HEADER not in headers
                 ):
                     # The common propagation-only publish: headers only, no span.
-                    render(_get_current(), settings, headers)
+                    render(get_current(), settings, headers)
                 else:
                     scope = _prepare_message(headers, name, settings, kwargs)
         except Exception as exc:

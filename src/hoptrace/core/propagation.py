@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from random import getrandbits
 from time import time_ns
 from typing import Any, Final
 from urllib.parse import quote, unquote
@@ -39,7 +40,6 @@ from .context import (
     TRANSACTION_KEY,
     generate_transaction_id,
     get_current,
-    mint_span_context,
     sdk_installed,
 )
 
@@ -506,6 +506,7 @@ def render(
         values = {}
     span = ctx.get(SPAN_KEY)
     sc = span.get_span_context() if span is not None else None  # type: ignore[attr-defined]
+    valid = False
     if sc is not None:
         if _TUPLE_LAYOUT:
             # One C-level unpack instead of six property calls (layout checked at import).
@@ -513,14 +514,15 @@ def render(
         else:  # pragma: no cover - another OTel layout
             trace_id, span_id, valid = sc.trace_id, sc.span_id, sc.is_valid
             flags, state = sc.trace_flags, sc.trace_state
-    if sc is None or not valid:
-        sc = None if sdk_installed() else mint_span_context()
-        if sc is not None:
-            trace_id, span_id, flags, state = sc.trace_id, sc.span_id, sc.trace_flags, None
+    if not valid and not sdk_installed():
+        # No tracing backend: mint the IDs here (what mint_span_context does, unboxed). With
+        # an SDK, no traceparent: the first hop that makes a span decides the trace.
+        trace_id, span_id, flags, state = getrandbits(128) or 1, getrandbits(64) or 1, 0, None
+        valid = True
     tx = ctx.get(TRANSACTION_KEY)
     if tx is None:
         tx = generate_transaction_id()
-    if sc is not None:
+    if valid:
         values[semconv.TRACEPARENT] = (
             f"00-{trace_id:032x}-{span_id:016x}-{'01' if flags & 1 else '00'}"
         )
