@@ -62,8 +62,8 @@ def read_headers(carrier: object, names: Sequence[str] | frozenset[str]) -> dict
             not isinstance(carrier, Mapping) and isinstance(carrier, (list, tuple))
         ):
             _scan_pairs(carrier, names, found)  # type: ignore[arg-type]
-        elif isinstance(carrier, Mapping):
-            get = carrier.get
+        elif kind is dict or isinstance(carrier, Mapping):
+            get = carrier.get  # type: ignore[attr-defined]
             for name in names:
                 value = get(name, DUPLICATE)
                 if value is not DUPLICATE:
@@ -150,6 +150,12 @@ def write_headers(
     """
     if carrier is None:
         return dict(values)
+    kind = type(carrier)  # exact types first: isinstance on an ABC costs a Python-level call
+    if kind is dict and not copy:
+        carrier.update(values)  # type: ignore[attr-defined]
+        return carrier  # type: ignore[return-value]
+    if kind is list or kind is tuple:
+        return _write_pairs(carrier, values, copy)  # type: ignore[arg-type]
     if isinstance(carrier, MutableMapping) and not copy:
         carrier.update(values)
         return carrier
@@ -158,16 +164,22 @@ def write_headers(
         out.update(values)
         return out
     if isinstance(carrier, (list, tuple)):
-        kept = [item for item in carrier if _pair_key(item) not in values]
-        kept.extend((k, v.encode("utf-8")) for k, v in values.items())
-        if isinstance(carrier, list) and not copy:
-            carrier[:] = kept
-            return carrier
-        return kept
+        return _write_pairs(carrier, values, copy)
     raise TypeError(
         f"unsupported carrier type {type(carrier).__name__}: use a dict of headers, "
         "a list of (key, value) pairs, or a tuple of pairs"
     )
+
+
+def _write_pairs(
+    carrier: list[Any] | tuple[Any, ...], values: Mapping[str, str], copy: bool
+) -> list[tuple[str, Any]]:
+    kept = [item for item in carrier if _pair_key(item) not in values]
+    kept.extend((k, v.encode("utf-8")) for k, v in values.items())
+    if isinstance(carrier, list) and not copy:
+        carrier[:] = kept
+        return carrier
+    return kept
 
 
 def _pair_key(item: object) -> object:

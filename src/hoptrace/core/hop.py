@@ -280,7 +280,9 @@ class produce_scope(_Scope):
     def open(self) -> produce_scope:
         """Start the span, attach it, and inject into the carrier."""
         carrier = self._carrier
-        if carrier is not None and not isinstance(carrier, (Mapping, list, tuple)):
+        kind = type(carrier)
+        if (carrier is not None and kind is not dict and kind is not list
+                and not isinstance(carrier, (Mapping, list, tuple))):
             raise TypeError(
                 f"unsupported carrier type {type(carrier).__name__}: use a dict of headers, "
                 "a list of (key, value) pairs, or a tuple of pairs"
@@ -334,8 +336,14 @@ class produce_scope(_Scope):
                 self._attach(ctx)
             else:
                 ctx = parent
-            values = render(ctx, settings, None, self._sent_time)
-            self.carrier = write_headers(self._carrier, values, copy=self._copy)
+            if kind is dict and not self._copy:
+                # Straight into the caller's dict (as inject does); on error it holds only
+                # whole values.
+                render(ctx, settings, carrier, self._sent_time)  # type: ignore[arg-type]
+                self.carrier = carrier
+            else:
+                values = render(ctx, settings, None, self._sent_time)
+                self.carrier = write_headers(carrier, values, copy=self._copy)
         except Exception as exc:
             diagnostics.internal_error("produce_scope.open", exc)
             if self.carrier is None:
