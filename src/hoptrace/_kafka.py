@@ -160,6 +160,13 @@ def send_scope(
     ).open()
 
 
+def end_send_with(scope: produce_scope | None, metadata: object) -> None:
+    """End a detached send with the partition and offset of the client's record metadata."""
+    end_send(
+        scope, getattr(metadata, "partition", None), getattr(metadata, "offset", None), None
+    )
+
+
 def detach_send(scope: produce_scope) -> produce_scope | None:
     """Detach ``scope``'s context where it was attached; return it if a span awaits the ack."""
     scope.detach()
@@ -323,6 +330,15 @@ def scoped_records(
         finally:
             if scope is not None:
                 scope.close()
+
+
+def iterate_consumer_records(
+    batch: Mapping[Any, Iterable[Any]] | Iterable[Any], group: str | None
+) -> Iterator[Any]:
+    """Yield the ``ConsumerRecord`` objects of a batch pull, each inside its process scope."""
+    return scoped_records(
+        flatten(batch), functools.partial(consumer_record_scope, group=group)
+    )
 
 
 def flatten(batch: Mapping[Any, Iterable[Any]] | Iterable[Any]) -> Iterable[Any]:

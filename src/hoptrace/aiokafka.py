@@ -60,9 +60,7 @@ def iterate(
     batch: Mapping[Any, Iterable[Any]] | Iterable[Any], group: str | None = None
 ) -> Iterator[Any]:
     """Yield the records of a ``getmany()`` result, each inside its own process scope."""
-    return _kafka.scoped_records(
-        _kafka.flatten(batch), functools.partial(processing, group=group)
-    )
+    return _kafka.iterate_consumer_records(batch, group)
 
 
 def close_scope(consumer: Any = None) -> None:
@@ -124,10 +122,7 @@ def _sent(span: Any, future: Any) -> None:
     if exc is not None:
         _kafka.end_send(span, None, None, exc)
         return
-    metadata = future.result()
-    _kafka.end_send(
-        span, getattr(metadata, "partition", None), getattr(metadata, "offset", None), None
-    )
+    _kafka.end_send_with(span, future.result())
 
 
 class TracedProducer:

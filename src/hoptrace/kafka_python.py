@@ -18,7 +18,6 @@ or wrap chosen ones: :class:`TracedProducer` / :class:`TracedConsumer`.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any
@@ -51,9 +50,7 @@ def iterate(
     batch: Mapping[Any, Iterable[Any]] | Iterable[Any], group: str | None = None
 ) -> Iterator[Any]:
     """Yield the records of a ``poll()`` result, each inside its own process scope."""
-    return _kafka.scoped_records(
-        _kafka.flatten(batch), functools.partial(processing, group=group)
-    )
+    return _kafka.iterate_consumer_records(batch, group)
 
 
 def close_scope(consumer: Any = None) -> None:
@@ -107,9 +104,7 @@ def _send(
 
 
 def _acked(span: Any, metadata: Any) -> None:
-    _kafka.end_send(
-        span, getattr(metadata, "partition", None), getattr(metadata, "offset", None), None
-    )
+    _kafka.end_send_with(span, metadata)
 
 
 def _failed(span: Any, exc: BaseException) -> None:
