@@ -6,21 +6,29 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test unit bench lint typecheck brokers brokers-down clean
 
-$(STAMP): pyproject.toml
+# The install compiles the optional C module hoptrace._speedups; under CI=true a failed
+# compile is an error rather than a pure-Python install.
+$(STAMP): pyproject.toml hatch_build.py src/hoptrace/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[all,dev]'
+	HOPTRACE_REQUIRE_SPEEDUPS=$${CI:-} $(PY) -m pip install -q -e '.[all,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/hoptrace demo
 
 # Installs everything (Chromium for the HTML report test too), starts RabbitMQ, Redis and
-# Kafka, then runs the whole suite.
+# Kafka, then runs the whole suite; then the header tests again on the pure-Python code that
+# the C speedups stand in for.
+PURE_PYTHON_TESTS := tests/unit/test_propagation.py tests/unit/test_fuzz_extract.py \
+	tests/unit/test_bad_input.py tests/unit/test_hop.py tests/unit/test_speedups.py \
+	tests/unit/test_celery.py
+
 test: $(STAMP)
 	scripts/chromium
 	scripts/brokers up
 	$(PY) -m pytest $(PYTEST_ARGS)
+	HOPTRACE_PURE_PYTHON=1 $(PY) -m pytest -m "not long" $(PYTEST_ARGS) $(PURE_PYTHON_TESTS)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -7,7 +7,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from random import getrandbits
+from random import randbytes
 from typing import Any, Literal
 
 LinkMode = Literal["parent", "link"]
@@ -31,7 +31,7 @@ class ConfigurationError(ValueError):
 
 def new_transaction_id() -> str:
     """Return a fresh transaction ID: 32 lowercase hex characters (128 random bits)."""
-    return f"{getrandbits(128):032x}"
+    return randbytes(16).hex()
 
 
 @dataclass(frozen=True)

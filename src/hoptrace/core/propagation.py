@@ -10,10 +10,16 @@
 
 ``extract`` never raises. Each malformed value is rejected, counted and warned about (at most
 once per interval); what is valid is kept.
+
+The common case of both (well-formed headers of the kinds hoptrace sends, in a dict) runs in
+the optional C module ``hoptrace._speedups`` when it is built and ``HOPTRACE_PURE_PYTHON`` is
+unset; :data:`ACCELERATED` says which is in use. Everything else takes the Python code below,
+which the C code defers to, so both give the same results.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from random import getrandbits
@@ -87,6 +93,23 @@ _MAX_TRANSACTION = 128
 
 _SAMPLED: Final = TraceFlags(1)
 _NOT_SAMPLED: Final = TraceFlags(0)
+
+
+def _load_speedups() -> Any:
+    if os.environ.get("HOPTRACE_PURE_PYTHON", "").strip().lower() in ("1", "true", "yes", "on"):
+        return None
+    try:
+        from .. import _speedups  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _speedups
+
+
+_speedups = _load_speedups()
+_read_common = _speedups.read_common if _speedups is not None else None
+_write_common = _speedups.write_common if _speedups is not None else None
+#: Whether the C module ``hoptrace._speedups`` handles the common case of inject and extract.
+ACCELERATED: Final = _speedups is not None
 
 
 class Incoming:
@@ -314,6 +337,26 @@ def read(carrier: Carrier | object, settings: Settings) -> Incoming:
     try:
         names = _names
         if type(carrier) is dict:
+            if _read_common is not None:
+                fast = _read_common(
+                    carrier, semconv.TRACEPARENT, semconv.TRACESTATE, semconv.BAGGAGE,
+                    names.transaction, names.sent, names.mirror_prefix,
+                    settings.max_baggage_bytes, _MAX_TRANSACTION,
+                )
+                if fast is not None:
+                    trace_id, span_id, sampled, tx, mirrored, sent_ns = fast
+                    if trace_id is not None:
+                        incoming.span_context = _span_context(
+                            trace_id, span_id, _SAMPLED if sampled else _NOT_SAMPLED,
+                            _DEFAULT_STATE,
+                        )
+                    if tx is not None:
+                        incoming.transaction_id = tx
+                        if mirrored:
+                            incoming.baggage = {names.baggage_key: tx}
+                    if sent_ns is not None:
+                        incoming.sent_ns = sent_ns
+                    return incoming
             get = carrier.get
             tp_raw = get(semconv.TRACEPARENT, _MISSING)
             ts_raw = get(semconv.TRACESTATE, _MISSING)
@@ -522,6 +565,19 @@ def render(
     tx = ctx.get(TRANSACTION_KEY)
     if tx is None:
         tx = generate_transaction_id()
+    entries = ctx.get(BAGGAGE_KEY)
+    if (
+        _write_common is not None
+        and not entries
+        and (not valid or state is None or state is _DEFAULT_STATE or not state)
+        and _write_common(
+            values, trace_id if valid else None, span_id if valid else None,
+            bool(flags & 1) if valid else False, semconv.TRACEPARENT, names.transaction, tx,
+            semconv.BAGGAGE, names.mirror_prefix if settings.baggage_mirror else None,
+            names.sent if sent_time else None,
+        )
+    ):
+        return values
     if valid:
         values[semconv.TRACEPARENT] = (
             f"00-{trace_id:032x}-{span_id:016x}-{'01' if flags & 1 else '00'}"
@@ -529,7 +585,6 @@ def render(
         if state is not None and state is not _DEFAULT_STATE and state:
             values[semconv.TRACESTATE] = state.to_header()
     values[names.transaction] = tx
-    entries = ctx.get(BAGGAGE_KEY)
     if entries:
         values[semconv.BAGGAGE] = _encode_baggage(
             entries,  # type: ignore[arg-type]

@@ -1,0 +1,431 @@
+/*
+ * hoptrace._speedups: the common case of reading and writing hoptrace's headers, in C.
+ *
+ * Optional. hoptrace/core/propagation.py uses these functions when this module imports and
+ * HOPTRACE_PURE_PYTHON is unset; it keeps the pure-Python code for every other case, and the
+ * tests check both paths give the same results.
+ *
+ * Both functions handle only well-formed input of the exact types hoptrace itself sends:
+ *
+ * read_common() returns None for anything else (a tracestate, a value that is not a plain ASCII
+ * str, an ID that is malformed or zero, baggage other than the transaction ID mirror...), and the
+ * Python reader then does the whole read, with its warnings and rejection reasons.
+ *
+ * write_common() returns False when it cannot write the values exactly as the Python writer
+ * would, and writes nothing then.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+#include <time.h>
+
+/* Value of a lowercase hex digit, or -1. W3C Trace Context allows only lowercase. */
+static signed char hex_value[256];
+static const char hex_digits[] = "0123456789abcdef";
+
+static PyObject *time_ns_func = NULL; /* time.time_ns, where clock_gettime is missing */
+
+static void
+init_tables(void)
+{
+    memset(hex_value, -1, sizeof(hex_value));
+    for (int i = 0; i < 10; i++) {
+        hex_value['0' + i] = (signed char)i;
+    }
+    for (int i = 0; i < 6; i++) {
+        hex_value['a' + i] = (signed char)(10 + i);
+    }
+}
+
+/* The ASCII bytes of an exact str, or NULL (with no error set) for anything else. */
+static const unsigned char *
+ascii_of(PyObject *value, Py_ssize_t *length)
+{
+    if (!PyUnicode_CheckExact(value)) {
+        return NULL;
+    }
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(value) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+#endif
+    if (!PyUnicode_IS_ASCII(value)) {
+        return NULL;
+    }
+    *length = PyUnicode_GET_LENGTH(value);
+    return (const unsigned char *)PyUnicode_DATA(value);
+}
+
+/* Parse n lowercase hex digits (n <= 16); 0 on success, -1 if one is not a hex digit. */
+static int
+parse_hex(const unsigned char *p, int n, unsigned long long *out)
+{
+    unsigned long long value = 0;
+    for (int i = 0; i < n; i++) {
+        signed char digit = hex_value[p[i]];
+        if (digit < 0) {
+            return -1;
+        }
+        value = (value << 4) | (unsigned long long)digit;
+    }
+    *out = value;
+    return 0;
+}
+
+static PyObject *
+int_from_halves(unsigned long long high, unsigned long long low)
+{
+    if (high == 0) {
+        return PyLong_FromUnsignedLongLong(low);
+    }
+    PyObject *result = NULL, *h = NULL, *shift = NULL, *shifted = NULL, *l = NULL;
+    h = PyLong_FromUnsignedLongLong(high);
+    shift = PyLong_FromLong(64);
+    l = PyLong_FromUnsignedLongLong(low);
+    if (h != NULL && shift != NULL && l != NULL) {
+        shifted = PyNumber_Lshift(h, shift);
+        if (shifted != NULL) {
+            result = PyNumber_Or(shifted, l);
+        }
+    }
+    Py_XDECREF(h);
+    Py_XDECREF(shift);
+    Py_XDECREF(shifted);
+    Py_XDECREF(l);
+    return result;
+}
+
+/* Look a header up in an exact dict. 1 found, 0 missing, -1 error (the caller falls back). */
+static int
+lookup(PyObject *carrier, PyObject *key, PyObject **value)
+{
+    *value = PyDict_GetItemWithError(carrier, key); /* borrowed */
+    if (*value != NULL) {
+        return 1;
+    }
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * read_common(carrier, traceparent_key, tracestate_key, baggage_key, transaction_key,
+ *             sent_key, mirror_prefix, max_baggage_bytes, max_transaction)
+ *   -> (trace_id, span_id, sampled, transaction_id, mirrored, sent_ns) or None
+ */
+static PyObject *
+read_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "read_common() takes 9 arguments");
+        return NULL;
+    }
+    PyObject *carrier = args[0];
+    if (!PyDict_CheckExact(carrier)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t max_baggage = PyLong_AsSsize_t(args[7]);
+    Py_ssize_t max_transaction = PyLong_AsSsize_t(args[8]);
+    if ((max_baggage == -1 || max_transaction == -1) && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *traceparent, *tracestate, *baggage, *transaction, *sent;
+    int found;
+    if ((found = lookup(carrier, args[2], &tracestate)) != 0) {
+        Py_RETURN_NONE; /* a tracestate, or an error: the Python reader does it all */
+    }
+    if ((found = lookup(carrier, args[1], &traceparent)) < 0
+        || (found = lookup(carrier, args[3], &baggage)) < 0
+        || (found = lookup(carrier, args[4], &transaction)) < 0
+        || (found = lookup(carrier, args[5], &sent)) < 0) {
+        Py_RETURN_NONE;
+    }
+    unsigned long long trace_high = 0, trace_low = 0, span_id = 0, flags = 0;
+    Py_ssize_t length;
+    if (traceparent != NULL) {
+        const unsigned char *p = ascii_of(traceparent, &length);
+        if (p == NULL || length != 55 || p[0] != '0' || p[1] != '0' || p[2] != '-'
+            || p[35] != '-' || p[52] != '-'
+            || parse_hex(p + 3, 16, &trace_high) < 0 || parse_hex(p + 19, 16, &trace_low) < 0
+            || parse_hex(p + 36, 16, &span_id) < 0 || parse_hex(p + 53, 2, &flags) < 0
+            || (trace_high == 0 && trace_low == 0) || span_id == 0) {
+            Py_RETURN_NONE;
+        }
+    }
+    if (transaction != NULL) {
+        const unsigned char *p = ascii_of(transaction, &length);
+        if (p == NULL || length < 1 || length > max_transaction) {
+            Py_RETURN_NONE;
+        }
+        for (Py_ssize_t i = 0; i < length; i++) {
+            unsigned char c = p[i];
+            if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))) {
+                Py_RETURN_NONE; /* other characters the Python reader checks by the pattern */
+            }
+        }
+    }
+    int mirrored = 0;
+    if (baggage != NULL) {
+        /* Only the transaction ID mirror, "<key>=<transaction ID>", is the common case. */
+        PyObject *prefix = args[6];
+        if (transaction == NULL || !PyUnicode_CheckExact(baggage) || !PyUnicode_CheckExact(prefix)) {
+            Py_RETURN_NONE;
+        }
+        Py_ssize_t size = PyUnicode_GET_LENGTH(baggage);
+        Py_ssize_t prefix_size = PyUnicode_GET_LENGTH(prefix);
+        if (size > max_baggage || size != prefix_size + PyUnicode_GET_LENGTH(transaction)) {
+            Py_RETURN_NONE;
+        }
+        if (PyUnicode_Tailmatch(baggage, prefix, 0, prefix_size, -1) != 1
+            || PyUnicode_Tailmatch(baggage, transaction, prefix_size, size, 1) != 1) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        mirrored = 1;
+    }
+    char digits[24];
+    if (sent != NULL) {
+        const unsigned char *p = ascii_of(sent, &length);
+        if (p == NULL || length < 1 || length > 20) {
+            Py_RETURN_NONE;
+        }
+        for (Py_ssize_t i = 0; i < length; i++) {
+            if (p[i] < '0' || p[i] > '9') {
+                Py_RETURN_NONE;
+            }
+        }
+        memcpy(digits, p, (size_t)length);
+        digits[length] = '\0';
+    }
+
+    PyObject *trace_obj = NULL, *span_obj = NULL, *sent_obj = NULL, *result = NULL;
+    if (traceparent != NULL) {
+        trace_obj = int_from_halves(trace_high, trace_low);
+        span_obj = PyLong_FromUnsignedLongLong(span_id);
+        if (trace_obj == NULL || span_obj == NULL) {
+            goto done;
+        }
+    }
+    if (sent != NULL) {
+        sent_obj = PyLong_FromString(digits, NULL, 10);
+        if (sent_obj == NULL) {
+            goto done;
+        }
+    }
+    result = PyTuple_Pack(6, trace_obj != NULL ? trace_obj : Py_None,
+                          span_obj != NULL ? span_obj : Py_None,
+                          (flags & 1) ? Py_True : Py_False,
+                          transaction != NULL ? transaction : Py_None,
+                          mirrored ? Py_True : Py_False,
+                          sent_obj != NULL ? sent_obj : Py_None);
+done:
+    Py_XDECREF(trace_obj);
+    Py_XDECREF(span_obj);
+    Py_XDECREF(sent_obj);
+    return result;
+}
+
+static void
+put_hex(char *out, unsigned long long value, int digits)
+{
+    for (int i = digits - 1; i >= 0; i--) {
+        out[i] = hex_digits[value & 0xF];
+        value >>= 4;
+    }
+}
+
+/* An exact int in [0, 2**bits) (bits 64 or 128) as its high and low 64-bit halves; -1 (no
+ * error set) for anything else. */
+static int
+halves_of(PyObject *value, int bits, unsigned long long *high, unsigned long long *low)
+{
+    if (!PyLong_CheckExact(value)) {
+        return -1;
+    }
+    int overflow = 0;
+    long long small = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (small == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    if (overflow < 0 || (overflow == 0 && small < 0)) {
+        return -1;
+    }
+    if (overflow == 0) {
+        *high = 0;
+        *low = (unsigned long long)small;
+        return 0;
+    }
+    *low = PyLong_AsUnsignedLongLongMask(value);
+    PyObject *shift = PyLong_FromLong(64);
+    if (shift == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    PyObject *top = PyNumber_Rshift(value, shift);
+    Py_DECREF(shift);
+    if (top == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    /* OverflowError when the value is 2**128 or more. */
+    *high = PyLong_AsUnsignedLongLong(top);
+    Py_DECREF(top);
+    if (*high == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    if (bits == 64 && *high != 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+now_ns_text(void)
+{
+#if defined(CLOCK_REALTIME) && !defined(_WIN32)
+    struct timespec now;
+    if (clock_gettime(CLOCK_REALTIME, &now) == 0) {
+        char text[32];
+        unsigned long long ns =
+            (unsigned long long)now.tv_sec * 1000000000ULL + (unsigned long long)now.tv_nsec;
+        int size = snprintf(text, sizeof(text), "%llu", ns);
+        return PyUnicode_FromStringAndSize(text, size);
+    }
+#endif
+    if (time_ns_func == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "no clock");
+        return NULL;
+    }
+    PyObject *ns = PyObject_CallNoArgs(time_ns_func);
+    if (ns == NULL) {
+        return NULL;
+    }
+    PyObject *text = PyObject_Str(ns);
+    Py_DECREF(ns);
+    return text;
+}
+
+/*
+ * write_common(values, trace_id, span_id, sampled, traceparent_key, transaction_key,
+ *              transaction_id, baggage_key, mirror_prefix, sent_key) -> bool
+ *
+ * trace_id None writes no traceparent; mirror_prefix None no baggage; sent_key None no send
+ * time. Writes, in the Python writer's order, traceparent, transaction ID, the baggage mirror
+ * and the send time into the dict ``values``.
+ */
+static PyObject *
+write_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "write_common() takes 10 arguments");
+        return NULL;
+    }
+    PyObject *values = args[0], *trace_id = args[1], *span_id = args[2];
+    PyObject *transaction = args[6], *mirror_prefix = args[8], *sent_key = args[9];
+    if (!PyDict_CheckExact(values) || !PyUnicode_CheckExact(transaction)) {
+        Py_RETURN_FALSE;
+    }
+    if (mirror_prefix != Py_None && !PyUnicode_CheckExact(mirror_prefix)) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *traceparent = NULL;
+    if (trace_id != Py_None) {
+        unsigned long long trace_high, trace_low, span_high, span_low;
+        if (halves_of(trace_id, 128, &trace_high, &trace_low) < 0
+            || halves_of(span_id, 64, &span_high, &span_low) < 0) {
+            Py_RETURN_FALSE;
+        }
+        int sampled = PyObject_IsTrue(args[3]);
+        if (sampled < 0) {
+            return NULL;
+        }
+        char text[55];
+        memcpy(text, "00-", 3);
+        put_hex(text + 3, trace_high, 16);
+        put_hex(text + 19, trace_low, 16);
+        text[35] = '-';
+        put_hex(text + 36, span_low, 16);
+        memcpy(text + 52, sampled ? "-01" : "-00", 3);
+        traceparent = PyUnicode_FromStringAndSize(text, 55);
+        if (traceparent == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *mirror = NULL, *sent = NULL;
+    if (mirror_prefix != Py_None) {
+        mirror = PyUnicode_Concat(mirror_prefix, transaction);
+        if (mirror == NULL) {
+            goto error;
+        }
+    }
+    if (sent_key != Py_None) {
+        sent = now_ns_text();
+        if (sent == NULL) {
+            goto error;
+        }
+    }
+    if ((traceparent != NULL && PyDict_SetItem(values, args[4], traceparent) < 0)
+        || PyDict_SetItem(values, args[5], transaction) < 0
+        || (mirror != NULL && PyDict_SetItem(values, args[7], mirror) < 0)
+        || (sent != NULL && PyDict_SetItem(values, sent_key, sent) < 0)) {
+        goto error;
+    }
+    Py_XDECREF(traceparent);
+    Py_XDECREF(mirror);
+    Py_XDECREF(sent);
+    Py_RETURN_TRUE;
+error:
+    Py_XDECREF(traceparent);
+    Py_XDECREF(mirror);
+    Py_XDECREF(sent);
+    return NULL;
+}
+
+static PyMethodDef speedups_methods[] = {
+    {"read_common", (PyCFunction)(void (*)(void))read_common, METH_FASTCALL,
+     "The common case of reading hoptrace's headers from a dict, or None."},
+    {"write_common", (PyCFunction)(void (*)(void))write_common, METH_FASTCALL,
+     "The common case of writing hoptrace's headers into a dict; False if not handled."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+speedups_exec(PyObject *module)
+{
+    init_tables();
+    PyObject *time_module = PyImport_ImportModule("time");
+    if (time_module == NULL) {
+        return -1;
+    }
+    Py_XSETREF(time_ns_func, PyObject_GetAttrString(time_module, "time_ns"));
+    Py_DECREF(time_module);
+    return time_ns_func == NULL ? -1 : 0;
+}
+
+static PyModuleDef_Slot speedups_slots[] = {
+    {Py_mod_exec, speedups_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    "hoptrace._speedups",
+    "The common case of hoptrace's header reading and writing, in C (optional).",
+    0,
+    speedups_methods,
+    speedups_slots,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModuleDef_Init(&speedups_module);
+}
