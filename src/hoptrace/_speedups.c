@@ -311,6 +311,64 @@ now_ns_text(void)
 }
 
 /*
+ * Store traceparent (if not NULL; a new reference, consumed), the transaction ID, the baggage
+ * mirror (if mirror_prefix is not None) and the send time (if sent_key is not None) into the
+ * dict values, in that order. keys: traceparent, transaction, baggage. Returns 0, or -1 with an
+ * exception set.
+ */
+static int
+store(PyObject *values, PyObject *traceparent, PyObject *const *keys, PyObject *transaction,
+      PyObject *mirror_prefix, PyObject *sent_key)
+{
+    PyObject *mirror = NULL, *sent = NULL;
+    int status = -1;
+    if (mirror_prefix != Py_None) {
+        mirror = PyUnicode_Concat(mirror_prefix, transaction);
+        if (mirror == NULL) {
+            goto done;
+        }
+    }
+    if (sent_key != Py_None) {
+        sent = now_ns_text();
+        if (sent == NULL) {
+            goto done;
+        }
+    }
+    if ((traceparent != NULL && PyDict_SetItem(values, keys[0], traceparent) < 0)
+        || PyDict_SetItem(values, keys[1], transaction) < 0
+        || (mirror != NULL && PyDict_SetItem(values, keys[2], mirror) < 0)
+        || (sent != NULL && PyDict_SetItem(values, sent_key, sent) < 0)) {
+        goto done;
+    }
+    status = 0;
+done:
+    Py_XDECREF(traceparent);
+    Py_XDECREF(mirror);
+    Py_XDECREF(sent);
+    return status;
+}
+
+static PyObject *
+format_traceparent(unsigned long long trace_high, unsigned long long trace_low,
+                   unsigned long long span_id, int sampled)
+{
+    char text[55];
+    memcpy(text, "00-", 3);
+    put_hex(text + 3, trace_high, 16);
+    put_hex(text + 19, trace_low, 16);
+    text[35] = '-';
+    put_hex(text + 36, span_id, 16);
+    memcpy(text + 52, sampled ? "-01" : "-00", 3);
+    return PyUnicode_FromStringAndSize(text, 55);
+}
+
+static int
+mirror_ok(PyObject *mirror_prefix)
+{
+    return mirror_prefix == Py_None || PyUnicode_CheckExact(mirror_prefix);
+}
+
+/*
  * write_common(values, trace_id, span_id, sampled, traceparent_key, transaction_key,
  *              transaction_id, baggage_key, mirror_prefix, sent_key) -> bool
  *
@@ -326,11 +384,10 @@ write_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *values = args[0], *trace_id = args[1], *span_id = args[2];
-    PyObject *transaction = args[6], *mirror_prefix = args[8], *sent_key = args[9];
-    if (!PyDict_CheckExact(values) || !PyUnicode_CheckExact(transaction)) {
-        Py_RETURN_FALSE;
-    }
-    if (mirror_prefix != Py_None && !PyUnicode_CheckExact(mirror_prefix)) {
+    PyObject *transaction = args[6];
+    PyObject *keys[3] = {args[4], args[5], args[7]};
+    if (!PyDict_CheckExact(values) || !PyUnicode_CheckExact(transaction)
+        || !mirror_ok(args[8])) {
         Py_RETURN_FALSE;
     }
     PyObject *traceparent = NULL;
@@ -344,46 +401,81 @@ write_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (sampled < 0) {
             return NULL;
         }
-        char text[55];
-        memcpy(text, "00-", 3);
-        put_hex(text + 3, trace_high, 16);
-        put_hex(text + 19, trace_low, 16);
-        text[35] = '-';
-        put_hex(text + 36, span_low, 16);
-        memcpy(text + 52, sampled ? "-01" : "-00", 3);
-        traceparent = PyUnicode_FromStringAndSize(text, 55);
+        traceparent = format_traceparent(trace_high, trace_low, span_low, sampled);
         if (traceparent == NULL) {
             return NULL;
         }
     }
-    PyObject *mirror = NULL, *sent = NULL;
-    if (mirror_prefix != Py_None) {
-        mirror = PyUnicode_Concat(mirror_prefix, transaction);
-        if (mirror == NULL) {
-            goto error;
-        }
+    if (store(values, traceparent, keys, transaction, args[8], args[9]) < 0) {
+        return NULL;
     }
-    if (sent_key != Py_None) {
-        sent = now_ns_text();
-        if (sent == NULL) {
-            goto error;
-        }
-    }
-    if ((traceparent != NULL && PyDict_SetItem(values, args[4], traceparent) < 0)
-        || PyDict_SetItem(values, args[5], transaction) < 0
-        || (mirror != NULL && PyDict_SetItem(values, args[7], mirror) < 0)
-        || (sent != NULL && PyDict_SetItem(values, sent_key, sent) < 0)) {
-        goto error;
-    }
-    Py_XDECREF(traceparent);
-    Py_XDECREF(mirror);
-    Py_XDECREF(sent);
     Py_RETURN_TRUE;
-error:
-    Py_XDECREF(traceparent);
-    Py_XDECREF(mirror);
-    Py_XDECREF(sent);
-    return NULL;
+}
+
+static unsigned long long
+big_endian(const unsigned char *p)
+{
+    unsigned long long value = 0;
+    for (int i = 0; i < 8; i++) {
+        value = (value << 8) | p[i];
+    }
+    return value;
+}
+
+/*
+ * mint_common(values, random, traceparent_key, transaction_key, transaction_id, baggage_key,
+ *             mirror_prefix, sent_key) -> bool
+ *
+ * Like write_common for a new, unsampled trace whose IDs are the first 16 (trace) and next 8
+ * (span) bytes of ``random``, read big-endian. transaction_id None takes the transaction ID
+ * from the next 16 bytes, as 32 lowercase hex characters. False (nothing written) when an ID
+ * would be zero or an argument is not of the expected type.
+ */
+static PyObject *
+mint_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "mint_common() takes 8 arguments");
+        return NULL;
+    }
+    PyObject *values = args[0], *random = args[1], *transaction = args[4];
+    PyObject *keys[3] = {args[2], args[3], args[5]};
+    if (!PyDict_CheckExact(values) || !PyBytes_CheckExact(random) || !mirror_ok(args[6])) {
+        Py_RETURN_FALSE;
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(random);
+    if (transaction == Py_None ? size != 40 : (size != 24 || !PyUnicode_CheckExact(transaction))) {
+        Py_RETURN_FALSE;
+    }
+    const unsigned char *bytes = (const unsigned char *)PyBytes_AS_STRING(random);
+    unsigned long long trace_high = big_endian(bytes), trace_low = big_endian(bytes + 8);
+    unsigned long long span_id = big_endian(bytes + 16);
+    if ((trace_high == 0 && trace_low == 0) || span_id == 0) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *traceparent = format_traceparent(trace_high, trace_low, span_id, 0);
+    if (traceparent == NULL) {
+        return NULL;
+    }
+    if (transaction == Py_None) {
+        char text[32];
+        put_hex(text, big_endian(bytes + 24), 16);
+        put_hex(text + 16, big_endian(bytes + 32), 16);
+        transaction = PyUnicode_FromStringAndSize(text, 32);
+        if (transaction == NULL) {
+            Py_DECREF(traceparent);
+            return NULL;
+        }
+    }
+    else {
+        Py_INCREF(transaction);
+    }
+    int status = store(values, traceparent, keys, transaction, args[6], args[7]);
+    Py_DECREF(transaction);
+    if (status < 0) {
+        return NULL;
+    }
+    Py_RETURN_TRUE;
 }
 
 static PyMethodDef speedups_methods[] = {
@@ -391,6 +483,8 @@ static PyMethodDef speedups_methods[] = {
      "The common case of reading hoptrace's headers from a dict, or None."},
     {"write_common", (PyCFunction)(void (*)(void))write_common, METH_FASTCALL,
      "The common case of writing hoptrace's headers into a dict; False if not handled."},
+    {"mint_common", (PyCFunction)(void (*)(void))mint_common, METH_FASTCALL,
+     "write_common for a new trace whose IDs come from random bytes; False if not handled."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -41,8 +41,9 @@ from opentelemetry import context as otel_context
 
 from . import _amqp
 from .core import diagnostics, semconv
-from .core.hop import consume_scope, produce_scope
+from .core.hop import consume_scope, produce_scope, spans_active
 from .core.patching import Patcher, original_of
+from .core.propagation import inject
 
 __all__ = [
     "instrument",
@@ -82,12 +83,25 @@ def _traced_call(
     routing_key: Any,
     properties: Any,
     call: Callable[[Any], Any],
+    headers_only: bool = False,
 ) -> Any:
-    """Run ``call(new_properties)`` inside a ``send`` span; the one publish path of this module."""
+    """Run ``call(new_properties)`` inside a ``send`` span; the one publish path of this module.
+
+    ``headers_only``: ``call`` runs no user code (pika's own ``basic_publish``), so when no
+    span is to be made the headers are all there is to do, and no context is attached.
+    """
     if _publishing.get() or _amqp.traced_already(getattr(properties, "headers", None)):
         return call(properties)
     guard = _publishing.set(True)
     try:
+        if headers_only and not spans_active():
+            try:
+                headers = inject(getattr(properties, "headers", None), copy=True)
+                new_properties = _copy_properties(properties, headers)
+            except Exception as exc:
+                diagnostics.internal_error("pika.basic_publish", exc)
+                new_properties = properties
+            return call(new_properties)
         scope: produce_scope | None = None
         new_properties = properties
         try:
@@ -141,6 +155,7 @@ def _wrap_basic_publish(original: Callable[..., Any]) -> Callable[..., Any]:
             routing_key,
             properties,
             lambda props: original(self, exchange, routing_key, body, props, mandatory),
+            True,
         )
 
     return basic_publish

@@ -57,6 +57,66 @@ def test_non_dict_headers_publish_untouched_and_count_an_internal_error() -> Non
     assert any(k.startswith("internal_error.pika") for k in hoptrace.diagnostics())
 
 
+@pytest.mark.parametrize("mode", ["propagation_only", "no_sdk"])
+def test_basic_publish_without_spans_writes_the_headers_into_a_copy(
+    mode: str, request: pytest.FixtureRequest
+) -> None:
+    """With no span to make, basic_publish only writes the headers (no context attached)."""
+    if mode == "propagation_only":
+        request.getfixturevalue("spans")
+        hoptrace.configure(propagation_only=True)
+    sent: list[Any] = []
+    seen: list[Any] = []
+
+    def original(channel: Any, exchange: str, routing_key: str, body: bytes, properties: Any,
+                 mandatory: bool) -> None:
+        sent.append(properties)
+        seen.append(hoptrace.current_transaction_id())
+
+    publish = hoptrace.pika._wrap_basic_publish(original)
+    props = pika.BasicProperties(headers={"a": "1"}, message_id="m")
+    with hoptrace.transaction() as tx:
+        trace_id = hoptrace.current_trace_id()
+        publish(None, "", "q", b"1", props)
+    publish(None, "", "q", b"2", None)
+    publish(None, "", "q", b"3", props)
+    assert props.headers == {"a": "1"}
+    first, second, third = sent
+    assert first is not props and first.message_id == "m" and first.headers["a"] == "1"
+    assert first.headers["x-transaction-id"] == tx.transaction_id
+    assert seen[0] == tx.transaction_id
+    # Outside a transaction each publish starts its own, and its own trace.
+    assert len({h.headers["x-transaction-id"] for h in (first, second, third)}) == 3
+    assert first.headers["traceparent"][3:35] == trace_id
+    if mode == "no_sdk":  # with no SDK, each publish outside a trace mints its own
+        assert len({h.headers["traceparent"][3:35] for h in (first, second, third)}) == 3
+    else:  # with one, propagation-only sends a trace only from an active span
+        assert "traceparent" not in second.headers and "traceparent" not in third.headers
+    assert all(h.headers["baggage"] == "transaction.id=" + h.headers["x-transaction-id"]
+               for h in (first, second, third))
+    assert hoptrace.current_transaction_id() is None
+
+
+def test_basic_publish_inside_a_traced_publish_gets_no_second_injection(spans: Any) -> None:
+    hoptrace.configure(propagation_only=True)
+    sent: list[Any] = []
+    handed: list[Any] = []
+    inner = hoptrace.pika._wrap_basic_publish(
+        lambda channel, exchange, routing_key, body, properties, mandatory: sent.append(
+            properties)
+    )
+
+    @hoptrace.pika.traced_publish
+    def outer(exchange: str, routing_key: str, body: bytes, properties: Any = None) -> None:
+        handed.append(properties)
+        inner(None, exchange, routing_key, body, properties)
+
+    with hoptrace.transaction() as tx:
+        outer("", "q", b"x", pika.BasicProperties(headers={}))
+    assert sent[0] is handed[0]  # passed through, not copied and injected again
+    assert sent[0].headers["x-transaction-id"] == tx.transaction_id
+
+
 def test_callback_wrapper_closes_the_scope_when_the_handler_raises(spans: Any) -> None:
     def handler(ch: Any, method: Any, props: Any, body: bytes) -> None:
         raise ValueError("bad order")

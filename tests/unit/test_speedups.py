@@ -51,13 +51,14 @@ HEADERS = {
 
 @contextmanager
 def accelerated(on: bool) -> Iterator[None]:
-    saved = propagation._read_common, propagation._write_common
+    saved = propagation._read_common, propagation._write_common, propagation._mint_common
     propagation._read_common = _speedups.read_common if on else None
     propagation._write_common = _speedups.write_common if on else None
+    propagation._mint_common = _speedups.mint_common if on else None
     try:
         yield
     finally:
-        propagation._read_common, propagation._write_common = saved
+        propagation._read_common, propagation._write_common, propagation._mint_common = saved
 
 
 def outcome(incoming: propagation.Incoming) -> tuple[Any, ...]:
@@ -265,6 +266,35 @@ def test_writing_mints_a_trace_without_an_sdk_as_python_does() -> None:
     assert items["traceparent"].startswith("00-") and items["traceparent"].endswith("-00")
 
 
+def test_writing_mints_with_a_custom_transaction_id_generator_as_python_does() -> None:
+    hoptrace.configure(transaction_id_generator=lambda: "order-42")
+    items = dict(render_both(Context(), {}, True))
+    assert items["x-transaction-id"] == "order-42"
+
+
+def test_minting_reads_the_random_bytes_as_python_does() -> None:
+    values: dict[str, Any] = {}
+    raw = bytes(range(1, 41))
+    assert _speedups.mint_common(values, raw, "traceparent", "x", None, "baggage",
+                                 "transaction.id=", None) is True
+    assert values == {
+        "traceparent": f"00-{raw[:16].hex()}-{raw[16:24].hex()}-00",
+        "x": raw[24:].hex(),
+        "baggage": "transaction.id=" + raw[24:].hex(),
+    }
+
+
+@pytest.mark.parametrize("raw", [bytes(24) + b"x" * 16, b"x" * 16 + bytes(8) + b"x" * 16,
+                                 b"x" * 39, bytearray(40), "x" * 40])
+def test_minting_leaves_zero_ids_and_odd_input_to_python(raw: Any) -> None:
+    values: dict[str, Any] = {}
+    assert _speedups.mint_common(values, raw, "traceparent", "x", None, "baggage", None,
+                                 None) is False
+    assert values == {}
+    assert _speedups.mint_common(values, b"x" * 40, "traceparent", "x", "tx", "baggage", None,
+                                 None) is False  # a given transaction ID takes 24 bytes
+
+
 def test_out_of_range_ids_are_left_to_python() -> None:
     for trace_id, span_id in ((2**128, 1), (-1, 1), (1, 2**64), (1, -1), (True, 1), (1.0, 1)):
         values: dict[str, Any] = {}
@@ -285,6 +315,8 @@ def test_wrong_argument_counts_raise() -> None:
         _speedups.read_common({})
     with pytest.raises(TypeError):
         _speedups.write_common({})
+    with pytest.raises(TypeError):
+        _speedups.mint_common({})
 
 
 def test_pure_python_switch(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from random import getrandbits
+from random import randbytes
 from time import time_ns
 from typing import Any, Final
 from urllib.parse import quote, unquote
@@ -36,7 +36,13 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from .._config import TRANSACTION_ID_PATTERN, Settings, get_settings, on_change
+from .._config import (
+    TRANSACTION_ID_PATTERN,
+    Settings,
+    get_settings,
+    new_transaction_id,
+    on_change,
+)
 from . import diagnostics, semconv
 from .carriers import Carrier, Rejected, as_text, is_many, read_headers, write_headers
 from .context import (
@@ -108,6 +114,7 @@ def _load_speedups() -> Any:
 _speedups = _load_speedups()
 _read_common = _speedups.read_common if _speedups is not None else None
 _write_common = _speedups.write_common if _speedups is not None else None
+_mint_common = _speedups.mint_common if _speedups is not None else None
 #: Whether the C module ``hoptrace._speedups`` handles the common case of inject and extract.
 ACCELERATED: Final = _speedups is not None
 
@@ -557,15 +564,30 @@ def render(
         else:  # pragma: no cover - another OTel layout
             trace_id, span_id, valid = sc.trace_id, sc.span_id, sc.is_valid
             flags, state = sc.trace_flags, sc.trace_state
-    if not valid and not sdk_installed():
-        # No tracing backend: mint the IDs here (what mint_span_context does, unboxed). With
-        # an SDK, no traceparent: the first hop that makes a span decides the trace.
-        trace_id, span_id, flags, state = getrandbits(128) or 1, getrandbits(64) or 1, 0, None
-        valid = True
     tx = ctx.get(TRANSACTION_KEY)
+    entries = ctx.get(BAGGAGE_KEY)
+    if not valid and not sdk_installed():
+        # No tracing backend: mint the IDs here, unsampled. With an SDK, no traceparent: the
+        # first hop that makes a span decides the trace. One draw of random bytes gives the
+        # trace ID, the span ID and, outside a transaction, the transaction ID
+        # (new_transaction_id's 16 bytes).
+        own_tx = tx is None and settings.transaction_id_generator is new_transaction_id
+        if tx is None and not own_tx:
+            tx = generate_transaction_id()
+        raw = randbytes(40 if own_tx else 24)
+        if _mint_common is not None and not entries and _mint_common(
+            values, raw, semconv.TRACEPARENT, names.transaction, tx, semconv.BAGGAGE,
+            names.mirror_prefix if settings.baggage_mirror else None,
+            names.sent if sent_time else None,
+        ):
+            return values
+        trace_id = int.from_bytes(raw[:16], "big") or 1
+        span_id = int.from_bytes(raw[16:24], "big") or 1
+        flags, state, valid = 0, None, True
+        if own_tx:
+            tx = raw[24:].hex()
     if tx is None:
         tx = generate_transaction_id()
-    entries = ctx.get(BAGGAGE_KEY)
     if (
         _write_common is not None
         and not entries
