@@ -5,7 +5,9 @@ Variants (each in its own interpreter, since instrumentations patch Celery globa
 * ``plain`` — no instrumentation;
 * ``hoptrace_propagation`` — ``hoptrace.celery`` in propagation-only mode (headers, no spans);
 * ``hoptrace_sdk`` — ``hoptrace.celery`` with SDK spans (BatchSpanProcessor, spans dropped);
-* ``otel`` — ``opentelemetry-instrumentation-celery`` with the same SDK setup.
+* ``otel`` — ``opentelemetry-instrumentation-celery`` with the same SDK setup;
+* ``floor_sdk`` — the same SDK, no tracing logic: each ``send_task_message`` adds four
+  static headers and runs inside one bare span (see ``common.py``).
 
 Two cases:
 
@@ -41,7 +43,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
-    VARIANTS,
+    FLOOR_VARIANTS,
+    STATIC_HEADERS,
+    exported_spans,
+    floor_span,
     install_dropping_sdk,
     ratios,
     run_variant_subprocess,
@@ -66,7 +71,7 @@ class StubProducer:
 def set_up(variant: str) -> Any:
     """Install the SDK and the instrumentation that ``variant`` measures."""
     provider = None
-    if variant in ("hoptrace_sdk", "otel"):
+    if variant in ("hoptrace_sdk", "otel", "floor_sdk"):
         provider = install_dropping_sdk()
     if variant.startswith("hoptrace"):
         import hoptrace
@@ -82,9 +87,31 @@ def set_up(variant: str) -> Any:
     return provider
 
 
-def toggle(variant: str, on: bool) -> None:
+def floor_sender(send: Any) -> Any:
+    """``send_task_message`` with four static headers, inside one bare span: the floor."""
+
+    def send_task_message(producer: Any, name: str, message: Any, *args: Any,
+                          **kwargs: Any) -> Any:
+        span = floor_span()
+        message[0].update(STATIC_HEADERS)
+        try:
+            return send(producer, name, message, *args, **kwargs)
+        finally:
+            span.end()
+
+    return send_task_message
+
+
+def toggle(variant: str, on: bool, app: Any = None) -> None:
     """Switch ``variant``'s instrumentation on or off in this process (both are reversible)."""
-    if variant.startswith("hoptrace"):
+    if variant == "floor_sdk":
+        amqp = app.amqp
+        if on:
+            amqp._plain_sender = amqp.send_task_message
+            amqp.send_task_message = floor_sender(amqp._plain_sender)
+        else:
+            amqp.send_task_message = amqp._plain_sender
+    elif variant.startswith("hoptrace"):
         import hoptrace.celery
 
         if on:
@@ -117,6 +144,8 @@ def run_variant(variant: str, count: int) -> list[dict[str, Any]]:
     def add(x: int, y: int) -> int:
         return x + y
 
+    if variant == "floor_sdk":
+        toggle(variant, True, app)
     chunk = max(count // 5, 1)
     rows = []
     stub = StubProducer()
@@ -141,9 +170,9 @@ def run_variant(variant: str, count: int) -> list[dict[str, Any]]:
         if variant != "plain":
             # The same process with the instrumentation switched off, chunk by chunk: the
             # paired difference cancels the drift of a shared machine.
-            toggle(variant, on=False)
+            toggle(variant, False, app)
             paired_plain.append(stub_chunk())
-            toggle(variant, on=True)
+            toggle(variant, True, app)
     row: dict[str, Any] = {
         "case": STUB_CASE, "variant": variant, "median_us": statistics.median(stub_chunks)
     }
@@ -167,6 +196,8 @@ def run_variant(variant: str, count: int) -> list[dict[str, Any]]:
     if provider is not None:
         provider.shutdown()
     rows.append({"case": CASE, "variant": variant, "median_us": statistics.median(chunks)})
+    for row in rows:
+        row["spans_exported"] = exported_spans[0]
     return rows
 
 
@@ -174,7 +205,7 @@ def main() -> int:
     """Run every variant in its own interpreter, several rounds; write bench/results/celery.json."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="2,000 tasks, 3 rounds")
-    parser.add_argument("--variant", choices=VARIANTS, help="run one variant (internal)")
+    parser.add_argument("--variant", choices=FLOOR_VARIANTS, help="run one variant (internal)")
     parser.add_argument("--json", action="store_true", help="print rows as JSON (internal)")
     parser.add_argument("--messages", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
@@ -187,7 +218,7 @@ def main() -> int:
     samples: dict[tuple[str, str], list[float]] = {}
     paired: dict[str, list[float]] = {}
     for _ in range(repeats):
-        for variant in VARIANTS:
+        for variant in FLOOR_VARIANTS:
             for row in run_variant_subprocess(__file__, variant, ["--messages", str(count)]):
                 samples.setdefault((row["case"], variant), []).append(row["median_us"])
                 if "paired_overhead_us" in row:
@@ -211,6 +242,13 @@ def main() -> int:
     if "otel" in paired_overhead and paired_overhead["otel"] > 0:
         targets["paired stub: hoptrace_sdk_overhead<=0.25x_otel"] = (
             paired_overhead.get("hoptrace_sdk", 1e9) <= 0.25 * paired_overhead["otel"]
+        )
+    if "floor_sdk" in paired_overhead and paired_overhead.get("otel", 0) > 0:
+        paired_overhead["floor_sdk_vs_otel"] = (
+            paired_overhead["floor_sdk"] / paired_overhead["otel"]
+        )
+        paired_overhead["hoptrace_sdk_vs_otel"] = (
+            paired_overhead.get("hoptrace_sdk", 1e9) / paired_overhead["otel"]
         )
     targets["paired stub: propagation_only_overhead_us<=5"] = (
         paired_overhead.get("hoptrace_propagation", 1e9) <= 5

@@ -5,7 +5,10 @@ Each variant runs in its own interpreter (instrumentations patch pika globally):
 * ``plain`` — no instrumentation;
 * ``hoptrace_propagation`` — ``hoptrace.pika.instrument()`` in propagation-only mode;
 * ``hoptrace_sdk`` — ``hoptrace.pika.instrument()`` with an SDK whose exporter drops spans;
-* ``otel`` — ``opentelemetry-instrumentation-pika`` with the same SDK.
+* ``otel`` — ``opentelemetry-instrumentation-pika`` with the same SDK;
+* ``floor_sdk`` — the same SDK, no tracing logic: each publish copies the properties and adds
+  four static headers inside one bare span, and each callback runs inside one bare span with a
+  context attached (see ``common.py``).
 
 ``publish``: ``BlockingChannel.basic_publish`` of N messages (no confirms), µs per message.
 ``consume``: the same N messages through a ``basic_consume`` callback that acks each one,
@@ -36,7 +39,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
-    VARIANTS,
+    FLOOR_VARIANTS,
+    STATIC_HEADERS,
+    exported_spans,
+    floor_span,
     install_dropping_sdk,
     ratios,
     run_variant_subprocess,
@@ -45,19 +51,10 @@ from common import (
 )
 
 URL = os.environ.get("HOPTRACE_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-#: The four headers hoptrace writes on an AMQP message, with values of the real sizes.
-STATIC_HEADERS = {
-    "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01",
-    "x-transaction-id": "c" * 32,
-    "baggage": "transaction.id=" + "c" * 32,
-    "x-hoptrace-sent-ns": "1" * 19,
-}
-
-
 def set_up(variant: str) -> Any:
     """Install the variant's instrumentation; return the SDK provider, if any."""
     provider = None
-    if variant in ("hoptrace_sdk", "otel"):
+    if variant in ("hoptrace_sdk", "otel", "floor_sdk"):
         provider = install_dropping_sdk()
     if variant.startswith("hoptrace"):
         import hoptrace
@@ -70,7 +67,51 @@ def set_up(variant: str) -> Any:
         from opentelemetry.instrumentation.pika import PikaInstrumentor
 
         PikaInstrumentor().instrument()
+    elif variant == "floor_sdk":
+        _install_floor()
     return provider
+
+
+#: Wraps the consume callback (the floor variant's bare span and attached context).
+_wrap_handler: Any = None
+
+
+def _install_floor() -> None:
+    global _wrap_handler
+    from opentelemetry.context import Context
+    from pika.channel import Channel
+
+    from hoptrace.core.context import attach, detach
+
+    original = Channel.basic_publish
+
+    def basic_publish(self: Any, exchange: str, routing_key: str, body: Any,
+                      properties: Any = None, mandatory: bool = False) -> Any:
+        span = floor_span()
+        copied = object.__new__(type(properties))
+        copied.__dict__.update(properties.__dict__)
+        copied.headers = dict(STATIC_HEADERS)
+        try:
+            return original(self, exchange, routing_key, body, copied, mandatory)
+        finally:
+            span.end()
+
+    Channel.basic_publish = basic_publish
+    context = Context({"floor": True})
+
+    def wrap(handler: Any) -> Any:
+        def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+            span = floor_span()
+            token = attach(context)
+            try:
+                handler(ch, method, properties, body)
+            finally:
+                detach(token)
+                span.end()
+
+        return on_message
+
+    _wrap_handler = wrap
 
 
 def publish(channel: Any, queue: str, count: int, headers: dict[str, str] | None = None) -> float:
@@ -93,7 +134,9 @@ def consume(connection: Any, channel: Any, queue: str, count: int) -> float:
         received += 1
         ch.basic_ack(method.delivery_tag)
 
-    tag = channel.basic_consume(queue, on_message)
+    tag = channel.basic_consume(
+        queue, on_message if _wrap_handler is None else _wrap_handler(on_message)
+    )
     start = time.perf_counter_ns()
     deadline = time.monotonic() + 120
     while received < count and time.monotonic() < deadline:
@@ -138,14 +181,15 @@ def run_variant(variant: str, count: int, repeats: int) -> list[dict[str, Any]]:
     for case, samples in cases:
         stats = summarize(samples)
         rows.append({"case": case, "variant": variant, **stats,
-                     "throughput_per_s": 1e6 / stats["median_us"], "messages": count})
+                     "throughput_per_s": 1e6 / stats["median_us"], "messages": count,
+                     "spans_exported": exported_spans[0]})
     return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="2,000 messages, 3 repeats")
-    parser.add_argument("--variant", choices=VARIANTS, help="run one variant (internal)")
+    parser.add_argument("--variant", choices=FLOOR_VARIANTS, help="run one variant (internal)")
     parser.add_argument("--json", action="store_true", help="print rows as JSON (internal)")
     parser.add_argument("--messages", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
@@ -161,7 +205,7 @@ def main() -> int:
     samples: dict[tuple[str, str], list[float]] = {}
     extra = ["--messages", str(count), "--repeats", "1"]
     for _ in range(repeats):
-        for variant in VARIANTS:
+        for variant in FLOOR_VARIANTS:
             for row in run_variant_subprocess(__file__, variant, extra):
                 samples.setdefault((row["case"], variant), []).append(row["median_us"])
     rows = []
