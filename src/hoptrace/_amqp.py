@@ -211,7 +211,8 @@ def open_delivery(
     try:
         text_id = message_id_text(message_id)
         # Deliveries are remembered only to link spans: none without a span to link.
-        key = message_key(headers, text_id) if spans_active() else None
+        recording = spans_active()
+        key = message_key(headers, text_id) if recording else None
         scope = consume_scope(
             headers,
             semconv.rabbitmq_destination(
@@ -223,7 +224,7 @@ def open_delivery(
             message_id=text_id,
             attributes=functools.partial(
                 delivery_attributes, routing_key, delivery_tag, correlation_id
-            ),
+            ) if recording else None,
             sent_ns=broker_sent_ns(timestamp),
             links=memory.links(key, headers, redelivered is not False),
             redelivered=redelivered if type(redelivered) is bool else None,

@@ -64,6 +64,9 @@ class HopInfo(NamedTuple):
     message_id: str | None
 
 
+_new_tuple = tuple.__new__  # HopInfo without NamedTuple's Python-level __new__
+
+
 def spans_active() -> bool:
     """Return whether scopes make spans now: enabled, not propagation-only, an SDK installed."""
     settings = get_settings()
@@ -149,13 +152,22 @@ def start_child_span(
         return None
 
 
+#: Each destination's contribution to first-attempt span IDs (a bounded cache).
+_destination_salts: dict[str, int] = {}
+
+
 def first_attempt_span_id(producer: SpanContext, destination: str) -> int:
     """The span ID of the first delivery of the message sent in ``producer`` to ``destination``.
 
     Stable across processes (no per-process hash seed), unique per send and destination, and
     never 0 (invalid).
     """
-    mixed = (producer.span_id ^ (zlib.crc32(destination.encode()) << 29)
+    salt = _destination_salts.get(destination)
+    if salt is None:
+        salt = zlib.crc32(destination.encode()) << 29
+        if len(_destination_salts) < 4096:
+            _destination_salts[destination] = salt
+    mixed = (producer.span_id ^ salt
              ^ (producer.trace_id & _MASK_64)) * 0x9E3779B97F4A7C15 & _MASK_64
     return (mixed ^ (mixed >> 31)) or 1
 
@@ -516,7 +528,7 @@ class consume_scope(_Scope):
             **ambient,
             SPAN_KEY: span,
             TRANSACTION_KEY: tx,
-            HOP_KEY: HopInfo(self._system, self._destination, self._message_id),
+            HOP_KEY: _new_tuple(HopInfo, (self._system, self._destination, self._message_id)),
             _SCOPE_SPAN_KEY: span,
         }
         if baggage is not None:
