@@ -216,11 +216,15 @@ def main() -> int:
         print(json.dumps(run_variant(args.variant, count)))
         return 0
     samples: dict[tuple[str, str], list[float]] = {}
+    exported: dict[str, list[int]] = {}  # per variant process: spans the exporter received
     paired: dict[str, list[float]] = {}
     for _ in range(repeats):
         for variant in FLOOR_VARIANTS:
-            for row in run_variant_subprocess(__file__, variant, ["--messages", str(count)]):
+            rows_of_run = run_variant_subprocess(__file__, variant, ["--messages", str(count)])
+            for row in rows_of_run:
                 samples.setdefault((row["case"], variant), []).append(row["median_us"])
+                if row.get("spans_exported") and row is rows_of_run[0]:
+                    exported.setdefault(variant, []).append(row["spans_exported"])
                 if "paired_overhead_us" in row:
                     paired.setdefault(variant, []).append(row["paired_overhead_us"])
     paired_overhead = {v: statistics.median(values) for v, values in paired.items()}
@@ -254,6 +258,7 @@ def main() -> int:
         paired_overhead.get("hoptrace_propagation", 1e9) <= 5
     )
     write_results("celery", rows, {"messages": count, "repeats": repeats, "summary": summary,
+                                   "spans_exported_per_process": exported,
                                    "paired_stub_overhead_us": paired_overhead,
                                    "targets": targets})
     for row in rows:

@@ -203,18 +203,23 @@ def main() -> int:
     # Rounds interleave the variants, one repeat each, so load that drifts during the run
     # (a shared 2-core machine) falls on every variant alike.
     samples: dict[tuple[str, str], list[float]] = {}
+    exported: dict[str, list[int]] = {}  # per variant process: spans the exporter received
     extra = ["--messages", str(count), "--repeats", "1"]
     for _ in range(repeats):
         for variant in FLOOR_VARIANTS:
-            for row in run_variant_subprocess(__file__, variant, extra):
+            rows_of_run = run_variant_subprocess(__file__, variant, extra)
+            for row in rows_of_run:
                 samples.setdefault((row["case"], variant), []).append(row["median_us"])
+                if row.get("spans_exported") and row is rows_of_run[0]:
+                    exported.setdefault(variant, []).append(row["spans_exported"])
     rows = []
     for (case, variant), values in samples.items():
         stats = summarize(values)
         rows.append({"case": case, "variant": variant, **stats,
                      "throughput_per_s": 1e6 / stats["median_us"], "messages": count})
     summary = ratios(rows)
-    write_results("pika", rows, {"messages": count, "repeats": repeats, "summary": summary})
+    write_results("pika", rows, {"messages": count, "repeats": repeats, "summary": summary,
+                                 "spans_exported_per_process": exported})
     for row in rows:
         print(f"{row['case']:<14} {row['variant']:<22} median {row['median_us']:7.1f} µs/msg "
               f"(min {row['min_us']:.1f}, max {row['max_us']:.1f})")
