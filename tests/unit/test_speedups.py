@@ -324,3 +324,36 @@ def test_pure_python_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert propagation._load_speedups() is None
     monkeypatch.setenv("HOPTRACE_PURE_PYTHON", "0")
     assert propagation._load_speedups() is _speedups
+
+
+def test_no_references_or_memory_blocks_leak() -> None:
+    import gc
+
+    tx = TX
+    raw = bytes(range(1, 41))
+    big = 2**127 + 12345
+    bad = {"traceparent": HEADERS["traceparent"].upper(), "x-transaction-id": tx}
+    args = ("traceparent", "tracestate", "baggage", "x-transaction-id", "x-hoptrace-sent-ns",
+            "transaction.id=", 8192, 128)
+
+    def rounds(count: int) -> None:
+        for _ in range(count):
+            _speedups.read_common(HEADERS, *args)
+            _speedups.read_common(bad, *args)
+            _speedups.write_common({}, big, 2**63 + 7, True, "traceparent", "x", tx, "baggage",
+                                   "transaction.id=", "sent")
+            _speedups.write_common({}, 2**128, 1, True, "traceparent", "x", tx, "baggage", None,
+                                   None)
+            _speedups.mint_common({}, raw, "traceparent", "x", None, "baggage",
+                                  "transaction.id=", "sent")
+            _speedups.mint_common({}, raw[:24], "traceparent", "x", tx, "baggage", None, None)
+
+    watched = (HEADERS["traceparent"], tx, raw, big, HEADERS)
+    rounds(1000)
+    gc.collect()
+    refs = [sys.getrefcount(x) for x in watched]
+    blocks = sys.getallocatedblocks()
+    rounds(20_000)
+    gc.collect()
+    assert [sys.getrefcount(x) for x in watched] == refs
+    assert sys.getallocatedblocks() - blocks < 200  # 20,000 rounds leaking one block: 20,000
