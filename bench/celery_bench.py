@@ -19,6 +19,11 @@ Two cases:
   chunk by chunk in the same process; the median of those paired differences
   (``paired_stub_overhead_us``) is the steadiest overhead figure on a busy machine.
 
+``apply_async`` is paired the same way, its on and off chunks in alternating order (the keys
+ending in ``(apply_async)``). The plain variant also pairs ``apply_async`` with and without
+four static headers the size of hoptrace's (``celery apply_async, 4 static headers``): what
+carrying them costs Celery and its AMQP client, with no tracing code.
+
 Every repeat is one round over the variants; within a variant the figure is the median of five
 timed chunks of ``apply_async`` calls (after a warm-up); the reported figure per variant is the
 median over the rounds, with min and max beside it. No worker runs: the messages wait in a
@@ -57,6 +62,7 @@ from common import (
 URL = os.environ.get("HOPTRACE_BENCH_CELERY_URL", "amqp://guest:guest@127.0.0.1:5672//")
 CASE = "celery apply_async"
 STUB_CASE = "celery send_task_message (stub producer)"
+STATIC_CASE = "celery apply_async, 4 static headers"
 
 
 class StubProducer:
@@ -106,11 +112,13 @@ def toggle(variant: str, on: bool, app: Any = None) -> None:
     """Switch ``variant``'s instrumentation on or off in this process (both are reversible)."""
     if variant == "floor_sdk":
         amqp = app.amqp
-        if on:
+        floor_on = getattr(amqp, "_floor_on", False)
+        if on and not floor_on:
             amqp._plain_sender = amqp.send_task_message
             amqp.send_task_message = floor_sender(amqp._plain_sender)
-        else:
+        elif not on and floor_on:
             amqp.send_task_message = amqp._plain_sender
+        amqp._floor_on = on
     elif variant.startswith("hoptrace"):
         import hoptrace.celery
 
@@ -184,18 +192,57 @@ def run_variant(variant: str, count: int) -> list[dict[str, Any]]:
     try:
         for _ in range(min(count, 1000)):  # warm up: connection, caches, declarations
             add.apply_async((1, 2))
-        chunks = []
-        for _ in range(5):
+        def apply_chunk() -> float:
             start = time.perf_counter_ns()
             for _ in range(chunk):
                 add.apply_async((1, 2))
-            chunks.append((time.perf_counter_ns() - start) / chunk / 1000)
+            return (time.perf_counter_ns() - start) / chunk / 1000
+
+        def static_chunk() -> float:
+            start = time.perf_counter_ns()
+            for _ in range(chunk):
+                add.apply_async((1, 2), headers=STATIC_HEADERS)
+            return (time.perf_counter_ns() - start) / chunk / 1000
+
+        chunks, apply_plain, static = [], [], []
+        for index in range(5):
+            if variant == "plain":
+                # The four static headers against none, in turn: what carrying them costs
+                # Celery and its AMQP client, with no tracing code.
+                if index % 2 == 0:
+                    chunks.append(apply_chunk())
+                    static.append(static_chunk())
+                else:
+                    static.append(static_chunk())
+                    chunks.append(apply_chunk())
+                continue
+            # On and off in turn, the order alternating, so the broker's drift over the run
+            # falls on both halves of each pair alike.
+            order = (True, False) if index % 2 == 0 else (False, True)
+            for on in order:
+                toggle(variant, on, app)
+                (chunks if on else apply_plain).append(apply_chunk())
+            toggle(variant, True, app)
     finally:
         with app.connection_for_write() as conn:
             conn.default_channel.queue_delete(name)
     if provider is not None:
         provider.shutdown()
-    rows.append({"case": CASE, "variant": variant, "median_us": statistics.median(chunks)})
+    apply_row: dict[str, Any] = {
+        "case": CASE, "variant": variant, "median_us": statistics.median(chunks)
+    }
+    if apply_plain:
+        apply_row["paired_overhead_us"] = statistics.median(
+            [on - off for on, off in zip(chunks, apply_plain, strict=True)]
+        )
+    rows.append(apply_row)
+    if static:
+        rows.append({
+            "case": STATIC_CASE, "variant": variant, "median_us": statistics.median(static),
+            "paired_overhead_us": statistics.median(
+                [on - off for on, off in zip(static, chunks, strict=True)]
+            ),
+        })
     for row in rows:
         row["spans_exported"] = exported_spans[0]
     return rows
@@ -226,7 +273,9 @@ def main() -> int:
                 if row.get("spans_exported") and row is rows_of_run[0]:
                     exported.setdefault(variant, []).append(row["spans_exported"])
                 if "paired_overhead_us" in row:
-                    paired.setdefault(variant, []).append(row["paired_overhead_us"])
+                    key = {STUB_CASE: variant, CASE: f"{variant} (apply_async)"}.get(
+                        row["case"], "4 static headers (apply_async)")
+                    paired.setdefault(key, []).append(row["paired_overhead_us"])
     paired_overhead = {v: statistics.median(values) for v, values in paired.items()}
     rows = []
     for (case, variant), values in samples.items():
@@ -247,12 +296,22 @@ def main() -> int:
         targets["paired stub: hoptrace_sdk_overhead<=0.25x_otel"] = (
             paired_overhead.get("hoptrace_sdk", 1e9) <= 0.25 * paired_overhead["otel"]
         )
-    if "floor_sdk" in paired_overhead and paired_overhead.get("otel", 0) > 0:
-        paired_overhead["floor_sdk_vs_otel"] = (
-            paired_overhead["floor_sdk"] / paired_overhead["otel"]
-        )
-        paired_overhead["hoptrace_sdk_vs_otel"] = (
-            paired_overhead.get("hoptrace_sdk", 1e9) / paired_overhead["otel"]
+    for suffix in ("", " (apply_async)"):
+        otel = paired_overhead.get("otel" + suffix, 0)
+        if otel <= 0:
+            continue
+        for variant in ("hoptrace_sdk", "floor_sdk"):
+            if variant + suffix in paired_overhead:
+                paired_overhead[f"{variant}{suffix} / otel"] = (
+                    paired_overhead[variant + suffix] / otel
+                )
+    targets["paired apply_async: propagation_only_overhead_us<=5"] = (
+        paired_overhead.get("hoptrace_propagation (apply_async)", 1e9) <= 5
+    )
+    if paired_overhead.get("otel (apply_async)", 0) > 0:
+        targets["paired apply_async: hoptrace_sdk_overhead<=0.25x_otel"] = (
+            paired_overhead.get("hoptrace_sdk (apply_async)", 1e9)
+            <= 0.25 * paired_overhead["otel (apply_async)"]
         )
     targets["paired stub: propagation_only_overhead_us<=5"] = (
         paired_overhead.get("hoptrace_propagation", 1e9) <= 5
