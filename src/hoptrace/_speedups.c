@@ -96,12 +96,15 @@ int_from_halves(unsigned long long high, unsigned long long low)
     return result;
 }
 
-/* Look a header up in an exact dict. 1 found, 0 missing, -1 error (the caller falls back). */
+/* Look a header up in an exact dict. 1 found (*value is a new reference), 0 missing, -1
+ * error (the caller falls back). A strong reference: a key with a Python-level __eq__ met by
+ * a later lookup could otherwise remove this value from the dict and free it. */
 static int
 lookup(PyObject *carrier, PyObject *key, PyObject **value)
 {
-    *value = PyDict_GetItemWithError(carrier, key); /* borrowed */
+    *value = PyDict_GetItemWithError(carrier, key);
     if (*value != NULL) {
+        Py_INCREF(*value);
         return 1;
     }
     if (PyErr_Occurred()) {
@@ -132,16 +135,16 @@ read_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if ((max_baggage == -1 || max_transaction == -1) && PyErr_Occurred()) {
         return NULL;
     }
-    PyObject *traceparent, *tracestate, *baggage, *transaction, *sent;
-    int found;
-    if ((found = lookup(carrier, args[2], &tracestate)) != 0) {
-        Py_RETURN_NONE; /* a tracestate, or an error: the Python reader does it all */
-    }
-    if ((found = lookup(carrier, args[1], &traceparent)) < 0
-        || (found = lookup(carrier, args[3], &baggage)) < 0
-        || (found = lookup(carrier, args[4], &transaction)) < 0
-        || (found = lookup(carrier, args[5], &sent)) < 0) {
-        Py_RETURN_NONE;
+    PyObject *traceparent = NULL, *tracestate = NULL, *baggage = NULL, *transaction = NULL;
+    PyObject *sent = NULL;
+    PyObject *trace_obj = NULL, *span_obj = NULL, *sent_obj = NULL, *result = NULL;
+    /* A tracestate, or an error: the Python reader does it all. */
+    if (lookup(carrier, args[2], &tracestate) != 0
+        || lookup(carrier, args[1], &traceparent) < 0
+        || lookup(carrier, args[3], &baggage) < 0
+        || lookup(carrier, args[4], &transaction) < 0
+        || lookup(carrier, args[5], &sent) < 0) {
+        goto decline;
     }
     unsigned long long trace_high = 0, trace_low = 0, span_id = 0, flags = 0;
     Py_ssize_t length;
@@ -152,18 +155,18 @@ read_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             || parse_hex(p + 3, 16, &trace_high) < 0 || parse_hex(p + 19, 16, &trace_low) < 0
             || parse_hex(p + 36, 16, &span_id) < 0 || parse_hex(p + 53, 2, &flags) < 0
             || (trace_high == 0 && trace_low == 0) || span_id == 0) {
-            Py_RETURN_NONE;
+            goto decline;
         }
     }
     if (transaction != NULL) {
         const unsigned char *p = ascii_of(transaction, &length);
         if (p == NULL || length < 1 || length > max_transaction) {
-            Py_RETURN_NONE;
+            goto decline;
         }
         for (Py_ssize_t i = 0; i < length; i++) {
             unsigned char c = p[i];
             if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))) {
-                Py_RETURN_NONE; /* other characters the Python reader checks by the pattern */
+                goto decline; /* other characters the Python reader checks by the pattern */
             }
         }
     }
@@ -172,17 +175,17 @@ read_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         /* Only the transaction ID mirror, "<key>=<transaction ID>", is the common case. */
         PyObject *prefix = args[6];
         if (transaction == NULL || !PyUnicode_CheckExact(baggage) || !PyUnicode_CheckExact(prefix)) {
-            Py_RETURN_NONE;
+            goto decline;
         }
         Py_ssize_t size = PyUnicode_GET_LENGTH(baggage);
         Py_ssize_t prefix_size = PyUnicode_GET_LENGTH(prefix);
         if (size > max_baggage || size != prefix_size + PyUnicode_GET_LENGTH(transaction)) {
-            Py_RETURN_NONE;
+            goto decline;
         }
         if (PyUnicode_Tailmatch(baggage, prefix, 0, prefix_size, -1) != 1
             || PyUnicode_Tailmatch(baggage, transaction, prefix_size, size, 1) != 1) {
             PyErr_Clear();
-            Py_RETURN_NONE;
+            goto decline;
         }
         mirrored = 1;
     }
@@ -190,18 +193,17 @@ read_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (sent != NULL) {
         const unsigned char *p = ascii_of(sent, &length);
         if (p == NULL || length < 1 || length > 20) {
-            Py_RETURN_NONE;
+            goto decline;
         }
         for (Py_ssize_t i = 0; i < length; i++) {
             if (p[i] < '0' || p[i] > '9') {
-                Py_RETURN_NONE;
+                goto decline;
             }
         }
         memcpy(digits, p, (size_t)length);
         digits[length] = '\0';
     }
 
-    PyObject *trace_obj = NULL, *span_obj = NULL, *sent_obj = NULL, *result = NULL;
     if (traceparent != NULL) {
         trace_obj = int_from_halves(trace_high, trace_low);
         span_obj = PyLong_FromUnsignedLongLong(span_id);
@@ -221,7 +223,16 @@ read_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                           transaction != NULL ? transaction : Py_None,
                           mirrored ? Py_True : Py_False,
                           sent_obj != NULL ? sent_obj : Py_None);
+    goto done;
+decline:
+    result = Py_None;
+    Py_INCREF(result);
 done:
+    Py_XDECREF(traceparent);
+    Py_XDECREF(tracestate);
+    Py_XDECREF(baggage);
+    Py_XDECREF(transaction);
+    Py_XDECREF(sent);
     Py_XDECREF(trace_obj);
     Py_XDECREF(span_obj);
     Py_XDECREF(sent_obj);

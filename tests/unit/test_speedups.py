@@ -161,6 +161,33 @@ def test_a_key_whose_comparison_raises_is_left_to_python() -> None:
         propagation.read(carrier, get_settings())  # never raises
 
 
+def test_a_key_that_empties_the_dict_midway_does_not_pull_values_away() -> None:
+    """A key whose __eq__ removes headers during a later lookup: values read stay alive."""
+    carrier: dict[Any, Any] = {}
+
+    class Saboteur(str):
+        def __hash__(self) -> int:
+            return hash("baggage")
+
+        def __eq__(self, other: object) -> bool:
+            carrier.pop("traceparent", None)
+            carrier.pop("x-transaction-id", None)
+            return False
+
+    # Built at run time, so the dict holds the only reference to each value.
+    carrier["traceparent"] = "".join(["00-", "4bf92f3577b34da6a3ce929d0e0e4736", "-",
+                                      "00f067aa0ba902b7", "-01"])
+    carrier["x-transaction-id"] = "".join(["tx", "42"])
+    carrier[Saboteur("baggage-not")] = "x"
+    fast = _speedups.read_common(carrier, "traceparent", "tracestate", "baggage",
+                                 "x-transaction-id", "x-hoptrace-sent-ns", "transaction.id=",
+                                 8192, 128)
+    assert fast is not None
+    # traceparent was read before the saboteur ran; the transaction ID was gone by its turn.
+    assert fast[0] == 0x4BF92F3577B34DA6A3CE929D0E0E4736 and fast[3] is None
+    assert "traceparent" not in carrier  # the lookup did run the saboteur
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(carrier=dict_carriers, profile=st.sampled_from(PROFILES))
 def test_fuzzed_dict_carriers_read_the_same(carrier: dict[str, Any], profile: dict[str, Any]) -> None:
