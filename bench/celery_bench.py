@@ -108,6 +108,28 @@ def floor_sender(send: Any) -> Any:
     return send_task_message
 
 
+def per_call_us(call: Any, count: int) -> float:
+    """Call ``call`` ``count`` times; return the µs per call."""
+    start = time.perf_counter_ns()
+    for _ in range(count):
+        call()
+    return (time.perf_counter_ns() - start) / count / 1000
+
+
+def result_row(
+    case: str, variant: str, samples: list[float], baseline: list[float]
+) -> dict[str, Any]:
+    """The row of one case: the median of ``samples`` and, given a ``baseline`` timed in turn
+    with them, the median of the paired differences."""
+    row: dict[str, Any] = {"case": case, "variant": variant,
+                           "median_us": statistics.median(samples)}
+    if baseline:
+        row["paired_overhead_us"] = statistics.median(
+            [on - off for on, off in zip(samples, baseline, strict=True)]
+        )
+    return row
+
+
 def toggle(variant: str, on: bool, app: Any = None) -> None:
     """Switch ``variant``'s instrumentation on or off in this process (both are reversible)."""
     if variant == "floor_sdk":
@@ -165,10 +187,7 @@ def run_variant(variant: str, count: int) -> list[dict[str, Any]]:
         amqp.send_task_message(stub, "bench.add", message, queue=name, retry=False)
 
     def stub_chunk() -> float:
-        start = time.perf_counter_ns()
-        for _ in range(5_000):
-            stub_publish()
-        return (time.perf_counter_ns() - start) / 5_000 / 1000
+        return per_call_us(stub_publish, 5_000)
 
     for _ in range(2000):
         stub_publish()
@@ -181,28 +200,15 @@ def run_variant(variant: str, count: int) -> list[dict[str, Any]]:
             toggle(variant, False, app)
             paired_plain.append(stub_chunk())
             toggle(variant, True, app)
-    row: dict[str, Any] = {
-        "case": STUB_CASE, "variant": variant, "median_us": statistics.median(stub_chunks)
-    }
-    if paired_plain:
-        row["paired_overhead_us"] = statistics.median(
-            [on - off for on, off in zip(stub_chunks, paired_plain, strict=True)]
-        )
-    rows.append(row)
+    rows.append(result_row(STUB_CASE, variant, stub_chunks, paired_plain))
     try:
         for _ in range(min(count, 1000)):  # warm up: connection, caches, declarations
             add.apply_async((1, 2))
         def apply_chunk() -> float:
-            start = time.perf_counter_ns()
-            for _ in range(chunk):
-                add.apply_async((1, 2))
-            return (time.perf_counter_ns() - start) / chunk / 1000
+            return per_call_us(lambda: add.apply_async((1, 2)), chunk)
 
         def static_chunk() -> float:
-            start = time.perf_counter_ns()
-            for _ in range(chunk):
-                add.apply_async((1, 2), headers=STATIC_HEADERS)
-            return (time.perf_counter_ns() - start) / chunk / 1000
+            return per_call_us(lambda: add.apply_async((1, 2), headers=STATIC_HEADERS), chunk)
 
         chunks, apply_plain, static = [], [], []
         for index in range(5):
@@ -228,21 +234,9 @@ def run_variant(variant: str, count: int) -> list[dict[str, Any]]:
             conn.default_channel.queue_delete(name)
     if provider is not None:
         provider.shutdown()
-    apply_row: dict[str, Any] = {
-        "case": CASE, "variant": variant, "median_us": statistics.median(chunks)
-    }
-    if apply_plain:
-        apply_row["paired_overhead_us"] = statistics.median(
-            [on - off for on, off in zip(chunks, apply_plain, strict=True)]
-        )
-    rows.append(apply_row)
+    rows.append(result_row(CASE, variant, chunks, apply_plain))
     if static:
-        rows.append({
-            "case": STATIC_CASE, "variant": variant, "median_us": statistics.median(static),
-            "paired_overhead_us": statistics.median(
-                [on - off for on, off in zip(static, chunks, strict=True)]
-            ),
-        })
+        rows.append(result_row(STATIC_CASE, variant, static, chunks))
     for row in rows:
         row["spans_exported"] = exported_spans[0]
     return rows
