@@ -35,6 +35,7 @@ from .core.hop import (
     spans_active,
 )
 from .core.propagation import extract, inject
+from .core.propagator import TransactionIdPropagator
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "HeadersSetter",
     "HopInfo",
     "Settings",
+    "TransactionIdPropagator",
     "__version__",
     "configure",
     "consume_scope",

@@ -151,9 +151,43 @@ def generate_transaction_id() -> str:
 
 
 def current_transaction_id(context: Context | None = None) -> str | None:
-    """Return the active transaction ID, or None outside any transaction."""
-    value = (context if context is not None else get_current()).get(TRANSACTION_KEY)
-    return value if isinstance(value, str) else None
+    """Return the active transaction ID, or None outside any transaction.
+
+    The ID hoptrace restored, else a valid ``transaction.id`` entry of the W3C baggage, so a
+    handler reached through another OpenTelemetry instrumentation still finds it.
+    """
+    ctx = context if context is not None else get_current()
+    value = ctx.get(TRANSACTION_KEY)
+    if value is not None:
+        return value if isinstance(value, str) else None
+    entries = ctx.get(BAGGAGE_KEY)
+    if not entries:
+        return None
+    mirrored = entries.get(get_settings().baggage_key)  # type: ignore[attr-defined]
+    if isinstance(mirrored, str) and TRANSACTION_ID_PATTERN.fullmatch(mirrored):
+        return mirrored
+    return None
+
+
+def bind_transaction(values: dict[str, object], transaction_id: str, baggage: object) -> None:
+    """Put ``transaction_id`` into context ``values``: its own key and the baggage entry.
+
+    ``baggage`` is the baggage to carry on (a mapping, or None). With ``baggage_mirror`` on,
+    the baggage gains the ``transaction.id`` entry, so every OTel baggage propagator carries
+    the ID and anyone can read it with ``opentelemetry.baggage.get_baggage``.
+    """
+    values[TRANSACTION_KEY] = transaction_id
+    settings = get_settings()
+    if settings.baggage_mirror:
+        key = settings.baggage_key
+        if not baggage:
+            values[BAGGAGE_KEY] = {key: transaction_id}
+            return
+        if baggage.get(key) != transaction_id:  # type: ignore[attr-defined]
+            values[BAGGAGE_KEY] = {**baggage, key: transaction_id}  # type: ignore[dict-item]
+            return
+    if baggage is not None:
+        values[BAGGAGE_KEY] = baggage
 
 
 def span_in(context: Context) -> Span | None:
@@ -259,8 +293,9 @@ class transaction:
 
                 span = start_span(self._name or "transaction", parent, SpanKind.INTERNAL, attrs)
             self._span = span
-            ctx = Context({**parent, SPAN_KEY: span, TRANSACTION_KEY: tx})
-            self._token = attach(ctx)
+            values: dict[str, object] = {**parent, SPAN_KEY: span}
+            bind_transaction(values, tx, parent.get(BAGGAGE_KEY))
+            self._token = attach(Context(values))
         except Exception as exc:
             diagnostics.internal_error("transaction.enter", exc)
         return self

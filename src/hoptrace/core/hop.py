@@ -40,6 +40,8 @@ from .context import (
     SPAN_KEY,
     TRANSACTION_KEY,
     attach,
+    bind_transaction,
+    current_transaction_id,
     detach,
     generate_transaction_id,
     get_current,
@@ -306,10 +308,10 @@ class produce_scope(_Scope):
             return self
         try:
             parent = get_current()
-            tx = parent.get(TRANSACTION_KEY)
+            tx = current_transaction_id(parent)
             if tx is None:
                 tx = generate_transaction_id()
-            self.transaction_id = cast(str, tx)
+            self.transaction_id = tx
             span: Span | None = None
             if not settings.propagation_only and sdk_installed():
                 attrs: dict[str, AttributeValue] = {
@@ -317,7 +319,7 @@ class produce_scope(_Scope):
                     semconv.MESSAGING_OPERATION_NAME: semconv.OP_SEND,
                     semconv.MESSAGING_OPERATION_TYPE: semconv.OP_SEND,
                     semconv.MESSAGING_DESTINATION_NAME: self._destination,
-                    semconv.TRANSACTION_ID: cast(str, tx),
+                    semconv.TRANSACTION_ID: tx,
                 }
                 if self._message_id is not None:
                     attrs[semconv.MESSAGING_MESSAGE_ID] = self._message_id
@@ -338,13 +340,12 @@ class produce_scope(_Scope):
                     # No tracing backend: mint the trace here, so the caller's log lines in
                     # this block and the message share one trace ID.
                     span = NonRecordingSpan(mint_span_context())
-            if span is not None:
-                ctx = Context(
-                    {**parent, SPAN_KEY: span, TRANSACTION_KEY: tx, _SCOPE_SPAN_KEY: span}
-                )
-                self._attach(ctx)
-            elif tx is not parent.get(TRANSACTION_KEY):
-                ctx = Context({**parent, TRANSACTION_KEY: tx})
+            if span is not None or tx is not parent.get(TRANSACTION_KEY):
+                scoped: dict[str, object] = {**parent}
+                if span is not None:
+                    scoped[SPAN_KEY] = scoped[_SCOPE_SPAN_KEY] = span
+                bind_transaction(scoped, tx, parent.get(BAGGAGE_KEY))
+                ctx = Context(scoped)
                 self._attach(ctx)
             else:
                 ctx = parent
@@ -527,12 +528,10 @@ class consume_scope(_Scope):
         values: dict[str, object] = {
             **ambient,
             SPAN_KEY: span,
-            TRANSACTION_KEY: tx,
             HOP_KEY: _new_tuple(HopInfo, (self._system, self._destination, self._message_id)),
             _SCOPE_SPAN_KEY: span,
         }
-        if baggage is not None:
-            values[BAGGAGE_KEY] = baggage
+        bind_transaction(values, tx, baggage if baggage is not None else ambient.get(BAGGAGE_KEY))
         self._active = span.get_span_context()
         self._attach(Context(values))
 

@@ -28,6 +28,7 @@ from typing import Any, Final
 from urllib.parse import quote, unquote
 
 from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import TextMapPropagator, default_setter
 from opentelemetry.trace import (
     DEFAULT_TRACE_STATE,
     NonRecordingSpan,
@@ -44,16 +45,28 @@ from .._config import (
     on_change,
 )
 from . import diagnostics, semconv
-from .carriers import Carrier, Rejected, as_text, is_many, read_headers, write_headers
+from .carriers import (
+    Carrier,
+    HeadersGetter,
+    Rejected,
+    as_text,
+    is_many,
+    read_headers,
+    write_headers,
+)
 from .context import (
     BAGGAGE_KEY,
     SENT_NS_KEY,
     SPAN_KEY,
     TRANSACTION_KEY,
+    bind_transaction,
+    current_transaction_id,
     generate_transaction_id,
     get_current,
+    mint_span_context,
     sdk_installed,
 )
+from .propagator import configured_textmap
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _TRACESTATE_KEY = re.compile(
@@ -340,6 +353,9 @@ def _text(incoming: Incoming, header: str, raw: object, max_len: int, joined: bo
 
 def read(carrier: Carrier | object, settings: Settings) -> Incoming:
     """Read and validate everything hoptrace propagates from ``carrier``. Never raises."""
+    textmap = configured_textmap()
+    if textmap is not None:
+        return _read_through(textmap, carrier, settings)
     incoming = Incoming()
     try:
         names = _names
@@ -404,19 +420,7 @@ def read(carrier: Carrier | object, settings: Settings) -> Incoming:
                 )
 
         if tx_raw is not _MISSING:
-            if type(tx_raw) is str and (
-                # Generated IDs are alphanumeric: two C-level checks instead of the regex.
-                (tx_raw.isalnum() and tx_raw.isascii() and len(tx_raw) <= _MAX_TRANSACTION)
-                or _TRANSACTION_ID(tx_raw)
-            ):
-                incoming.transaction_id = tx_raw
-            else:
-                tx = _text(incoming, "transaction_id", tx_raw, _MAX_TRANSACTION, False)
-                if tx is not None:
-                    if _TRANSACTION_ID(tx):
-                        incoming.transaction_id = tx
-                    else:
-                        _reject(incoming, "transaction_id", "format", tx)
+            _take_transaction(incoming, tx_raw)
 
         if bag_raw is not _MISSING:
             bag_text = (
@@ -431,22 +435,88 @@ def read(carrier: Carrier | object, settings: Settings) -> Incoming:
                 else:
                     incoming.baggage = _parse_baggage(incoming, bag_text, settings)
                     if tx is None:
-                        mirrored = incoming.baggage.get(names.baggage_key)
-                        if mirrored is not None:
-                            if _TRANSACTION_ID(mirrored):
-                                incoming.transaction_id = mirrored
-                            else:
-                                _reject(incoming, "transaction_id", "format", mirrored)
+                        _take_mirror(incoming, names.baggage_key)
 
         if sent_raw is not _MISSING:
-            sent = sent_raw if type(sent_raw) is str and len(sent_raw) <= _MAX_SENT else _text(
-                incoming, "sent_time", sent_raw, _MAX_SENT, False
-            )
-            if sent is not None:
-                if sent.isdigit() and sent.isascii():
-                    incoming.sent_ns = int(sent)
-                else:
-                    _reject(incoming, "sent_time", "format", sent)
+            _take_sent(incoming, sent_raw)
+    except Exception as exc:
+        diagnostics.internal_error("extract", exc)
+    return incoming
+
+
+def _take_transaction(incoming: Incoming, raw: object) -> None:
+    """Set the transaction ID from its header's raw value, or reject it."""
+    if type(raw) is str and (
+        # Generated IDs are alphanumeric: two C-level checks instead of the regex.
+        (raw.isalnum() and raw.isascii() and len(raw) <= _MAX_TRANSACTION)
+        or _TRANSACTION_ID(raw)
+    ):
+        incoming.transaction_id = raw
+        return
+    tx = _text(incoming, "transaction_id", raw, _MAX_TRANSACTION, False)
+    if tx is not None:
+        if _TRANSACTION_ID(tx):
+            incoming.transaction_id = tx
+        else:
+            _reject(incoming, "transaction_id", "format", tx)
+
+
+def _take_mirror(incoming: Incoming, key: str) -> None:
+    """Set the transaction ID from the baggage entry ``key``, if there is a valid one."""
+    mirrored = incoming.baggage.get(key) if incoming.baggage else None
+    if mirrored is not None:
+        if _TRANSACTION_ID(mirrored):
+            incoming.transaction_id = mirrored
+        else:
+            _reject(incoming, "transaction_id", "format", mirrored)
+
+
+def _take_sent(incoming: Incoming, raw: object) -> None:
+    """Set the send time from its header's raw value, or reject it."""
+    sent = raw if type(raw) is str and len(raw) <= _MAX_SENT else _text(
+        incoming, "sent_time", raw, _MAX_SENT, False
+    )
+    if sent is not None:
+        if sent.isdigit() and sent.isascii():
+            incoming.sent_ns = int(sent)
+        else:
+            _reject(incoming, "sent_time", "format", sent)
+
+
+_GETTER: Final = HeadersGetter()
+
+
+def _read_through(textmap: TextMapPropagator, carrier: object, settings: Settings) -> Incoming:
+    """Read ``carrier`` through the configured propagators, then hoptrace's own headers."""
+    incoming = Incoming()
+    try:
+        ctx = textmap.extract(carrier, Context(), getter=_GETTER)
+        span = ctx.get(SPAN_KEY)
+        if span is not None:
+            sc = span.get_span_context()  # type: ignore[attr-defined]
+            if sc.is_valid:
+                incoming.span_context = sc
+        entries = ctx.get(BAGGAGE_KEY)
+        if entries:
+            allow = settings.baggage_allowlist
+            incoming.baggage = {
+                k: v for k, v in entries.items()  # type: ignore[attr-defined]
+                if allow is None or k in allow or k == settings.baggage_key
+            }
+        names = _names
+        raw = read_headers(carrier, (names.transaction, names.sent))
+        tx_raw = raw.get(names.transaction, _MISSING)
+        if tx_raw is not _MISSING:
+            _take_transaction(incoming, tx_raw)
+        if incoming.transaction_id is None:
+            restored = ctx.get(TRANSACTION_KEY)  # hoptrace's propagator, in the configured set
+            if isinstance(restored, str):
+                incoming.transaction_id = restored
+            else:
+                _take_mirror(incoming, names.baggage_key)
+        sent_raw = raw.get(names.sent, _MISSING)
+        if sent_raw is not _MISSING:
+            _take_sent(incoming, sent_raw)
     except Exception as exc:
         diagnostics.internal_error("extract", exc)
     return incoming
@@ -465,10 +535,10 @@ def extract(carrier: Carrier | object, context: Context | None = None) -> Contex
     values: dict[str, object] = {} if context is None else dict(context)
     if incoming.span_context is not None:
         values[SPAN_KEY] = NonRecordingSpan(incoming.span_context)
-    if incoming.baggage is not None:
-        values[BAGGAGE_KEY] = incoming.baggage
     if incoming.transaction_id is not None:
-        values[TRANSACTION_KEY] = incoming.transaction_id
+        bind_transaction(values, incoming.transaction_id, incoming.baggage)
+    elif incoming.baggage is not None:
+        values[BAGGAGE_KEY] = incoming.baggage
     if incoming.sent_ns is not None:
         values[SENT_NS_KEY] = incoming.sent_ns
     return Context(values)
@@ -554,6 +624,9 @@ def render(
     names = _names
     if values is None:
         values = {}
+    textmap = configured_textmap()
+    if textmap is not None:
+        return _render_through(textmap, ctx, settings, values, sent_time)
     span = ctx.get(SPAN_KEY)
     sc = span.get_span_context() if span is not None else None  # type: ignore[attr-defined]
     valid = False
@@ -566,6 +639,13 @@ def render(
             flags, state = sc.trace_flags, sc.trace_state
     tx = ctx.get(TRANSACTION_KEY)
     entries = ctx.get(BAGGAGE_KEY)
+    if entries:
+        if tx is None:
+            tx = current_transaction_id(ctx)  # restored by another instrumentation's baggage
+        if tx is not None and len(entries) == 1 and (  # type: ignore[arg-type]
+            entries.get(names.baggage_key) == tx  # type: ignore[attr-defined]
+        ):
+            entries = None  # only the transaction's own entry, which the mirror writes
     if not valid and not sdk_installed():
         # No tracing backend: mint the IDs here, unsampled. With an SDK, no traceparent: the
         # first hop that makes a span decides the trace. One draw of random bytes gives the
@@ -617,4 +697,22 @@ def render(
         values[semconv.BAGGAGE] = names.mirror_prefix + tx  # type: ignore[operator]
     if sent_time:
         values[names.sent] = str(time_ns())
+    return values
+
+
+def _render_through(
+    textmap: TextMapPropagator, ctx: Context, settings: Settings, values: dict[str, Any],
+    sent_time: bool,
+) -> dict[str, Any]:
+    """Write ``ctx`` through the configured propagators, then hoptrace's own headers."""
+    tx = current_transaction_id(ctx) or generate_transaction_id()
+    span = ctx.get(SPAN_KEY)
+    outgoing: dict[str, object] = dict(ctx)
+    if (span is None or not span.get_span_context().is_valid) and not sdk_installed():  # type: ignore[attr-defined]
+        outgoing[SPAN_KEY] = NonRecordingSpan(mint_span_context())
+    bind_transaction(outgoing, tx, ctx.get(BAGGAGE_KEY))
+    textmap.inject(values, context=Context(outgoing), setter=default_setter)
+    values[_names.transaction] = tx
+    if sent_time:
+        values[_names.sent] = str(time_ns())
     return values
