@@ -29,6 +29,7 @@ from opentelemetry import context as otel_context
 from . import _amqp
 from .core import diagnostics, semconv
 from .core.hop import consume_scope, produce_scope
+from .core.instrumentor import ClientInstrumentor, Contrib, take_over
 from .core.patching import Patcher
 
 __all__ = ["instrument", "is_instrumented", "uninstrument"]
@@ -297,8 +298,17 @@ def _wrap_settle(original: Callable[..., Awaitable[Any]]) -> Callable[..., Await
     return settle
 
 
+#: OpenTelemetry contrib's instrumentation of the same client, which hoptrace takes over from.
+_CONTRIB: Final = Contrib(
+    "aio-pika", "opentelemetry.instrumentation.aio_pika",
+    "AioPikaInstrumentor", "aio-pika",
+    "opentelemetry-instrumentation-aio-pika",
+)
+
+
 def instrument() -> None:
     """Trace ``Exchange.publish``, ``Queue.consume``, ``Queue.iterator()`` and ``Queue.get``."""
+    take_over(_CONTRIB, is_instrumented)
     from aio_pika.exchange import Exchange
     from aio_pika.message import IncomingMessage
     from aio_pika.queue import Queue, QueueIterator
@@ -327,3 +337,15 @@ def uninstrument() -> None:
 def is_instrumented() -> bool:
     """Return whether :func:`instrument` is in force."""
     return _patcher.active
+
+
+class AioPikaInstrumentor(ClientInstrumentor):
+    """hoptrace's aio-pika instrumentation, for ``opentelemetry-instrument`` (entry point)."""
+
+    dependencies = ("aio-pika >= 9.3, < 11",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        instrument()
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        uninstrument()

@@ -27,14 +27,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 from . import _kafka
 from .core import diagnostics
 from .core.hop import consume_scope
+from .core.instrumentor import ClientInstrumentor, Contrib, take_over
 from .core.patching import Patcher, original_of
 
 __all__ = [
+    "AIOKafkaInstrumentor",
     "TracedConsumer",
     "TracedProducer",
     "close_scope",
@@ -297,8 +299,17 @@ class TracedConsumer:
 # ---------------------------------------------------------------- patching ---
 
 
+#: OpenTelemetry contrib's instrumentation of the same client, which hoptrace takes over from.
+_CONTRIB: Final = Contrib(
+    "aiokafka", "opentelemetry.instrumentation.aiokafka",
+    "AIOKafkaInstrumentor", "aiokafka",
+    "opentelemetry-instrumentation-aiokafka",
+)
+
+
 def instrument() -> None:
     """Patch ``AIOKafkaProducer`` and ``AIOKafkaConsumer`` (idempotent)."""
+    take_over(_CONTRIB, instrumented)
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 
     def wrap_send(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -361,3 +372,15 @@ def uninstrument() -> None:
 def instrumented() -> bool:
     """Return whether :func:`instrument` is in force."""
     return _patcher.active
+
+
+class AIOKafkaInstrumentor(ClientInstrumentor):
+    """hoptrace's aiokafka instrumentation, for ``opentelemetry-instrument`` (entry point)."""
+
+    dependencies = ("aiokafka >= 0.10, < 1",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        instrument()
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        uninstrument()

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
@@ -39,6 +39,7 @@ from ._config import ConfigurationError, get_settings
 from .core import diagnostics, semconv
 from .core.context import current_transaction_id, get_current, sdk_installed, transaction
 from .core.hop import consume_scope, produce_scope
+from .core.instrumentor import ClientInstrumentor, Contrib, take_over
 from .core.patching import Patcher
 from .core.propagation import inject, render
 
@@ -48,6 +49,13 @@ RETRY_OF_HEADER: Final = "x-hoptrace-retry-of"
 _REQUEST_ATTRIBUTE: Final = "_hoptrace_execution"
 _SIGNAL_UID: Final = "hoptrace.celery"
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})").fullmatch
+
+#: OpenTelemetry contrib's instrumentation of Celery, which hoptrace takes over from.
+_CONTRIB: Final = Contrib(
+    "celery", "opentelemetry.instrumentation.celery",
+    "CeleryInstrumentor", "celery",
+    "opentelemetry-instrumentation-celery",
+)
 
 _lock = threading.Lock()
 _patcher = Patcher("celery")
@@ -351,6 +359,7 @@ def instrument(app: Any = None) -> None:
 
     if app is not None:
         _check_protocol(app)
+    take_over(_CONTRIB, is_instrumented)
     with _lock:
         _patcher.wrap(AMQP, "_create_task_sender", _wrap_create_task_sender)
         _patcher.wrap(Scheduler, "apply_async", _wrap_beat_apply_async)
@@ -398,36 +407,16 @@ def running_executions() -> int:
     return len(_running)
 
 
-try:
-    from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
-        BaseInstrumentor as _BaseInstrumentor,
-    )
-except ImportError:  # pragma: no cover - opentelemetry-instrumentation not installed
-    _BaseInstrumentor = object
+class CeleryInstrumentor(ClientInstrumentor):
+    """hoptrace's Celery instrumentation, for ``opentelemetry-instrument`` (entry point)."""
 
-
-class CeleryInstrumentor(_BaseInstrumentor):  # type: ignore[misc]
-    """hoptrace's Celery instrumentation for ``opentelemetry-instrument`` (entry point)."""
-
-    def instrumentation_dependencies(self) -> Collection[str]:
-        """Return the Celery versions this instrumentation supports."""
-        return ("celery >= 5.3, < 6.0",)
+    dependencies = ("celery >= 5.3, < 6",)
 
     def _instrument(self, **kwargs: Any) -> None:
         instrument(kwargs.get("app"))
 
     def _uninstrument(self, **kwargs: Any) -> None:
         uninstrument()
-
-    if _BaseInstrumentor is object:  # pragma: no cover - without opentelemetry-instrumentation
-
-        def instrument(self, **kwargs: Any) -> None:
-            """Instrument Celery."""
-            self._instrument(**kwargs)
-
-        def uninstrument(self, **kwargs: Any) -> None:
-            """Uninstrument Celery."""
-            self._uninstrument(**kwargs)
 
 
 __all__ = [

@@ -24,15 +24,17 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 import confluent_kafka
 
 from . import _kafka
 from .core import diagnostics
 from .core.hop import consume_scope
+from .core.instrumentor import ClientInstrumentor, Contrib, take_over
 
 __all__ = [
+    "ConfluentKafkaInstrumentor",
     "Consumer",
     "Producer",
     "close_scope",
@@ -45,8 +47,9 @@ __all__ = [
     "wrap_producer",
 ]
 
-_PlainProducer: Any = confluent_kafka.Producer
-_PlainConsumer: Any = confluent_kafka.Consumer
+# The C types themselves: confluent_kafka.Producer may already name another tool's subclass.
+_PlainProducer: Any = confluent_kafka.cimpl.Producer
+_PlainConsumer: Any = confluent_kafka.cimpl.Consumer
 
 
 # ----------------------------------------------------------------- records ---
@@ -312,23 +315,49 @@ def wrap_consumer(consumer: Any, group_id: str | None = None) -> Any:
 _lock = threading.Lock()
 
 
+#: OpenTelemetry contrib's instrumentation of the same client, which hoptrace takes over from.
+_CONTRIB: Final = Contrib(
+    "confluent-kafka", "opentelemetry.instrumentation.confluent_kafka",
+    "ConfluentKafkaInstrumentor", "confluent_kafka",
+    "opentelemetry-instrumentation-confluent-kafka",
+)
+
+
 def instrument() -> None:
     """Make ``confluent_kafka.Producer``/``Consumer`` the traced subclasses (idempotent).
 
     Only clients created after this call are traced.
     """
+    take_over(_CONTRIB, instrumented)
     with _lock:
         setattr(confluent_kafka, "Producer", Producer)  # noqa: B010
         setattr(confluent_kafka, "Consumer", Consumer)  # noqa: B010
 
 
 def uninstrument() -> None:
-    """Put confluent-kafka's own ``Producer``/``Consumer`` back (idempotent)."""
+    """Put confluent-kafka's own ``Producer``/``Consumer`` back (idempotent).
+
+    A name that another tool has since pointed at its own class is left as it is.
+    """
     with _lock:
-        setattr(confluent_kafka, "Producer", _PlainProducer)  # noqa: B010
-        setattr(confluent_kafka, "Consumer", _PlainConsumer)  # noqa: B010
+        if confluent_kafka.Producer is Producer:
+            setattr(confluent_kafka, "Producer", _PlainProducer)  # noqa: B010
+        if confluent_kafka.Consumer is Consumer:
+            setattr(confluent_kafka, "Consumer", _PlainConsumer)  # noqa: B010
 
 
 def instrumented() -> bool:
     """Return whether :func:`instrument` is in force."""
     return confluent_kafka.Producer is Producer
+
+
+class ConfluentKafkaInstrumentor(ClientInstrumentor):
+    """hoptrace's confluent-kafka instrumentation, for ``opentelemetry-instrument``."""
+
+    dependencies = ("confluent-kafka >= 2.3, < 3",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        instrument()
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        uninstrument()

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Final
 
 from . import _kafka
 from .core import diagnostics
 from .core.hop import consume_scope
+from .core.instrumentor import ClientInstrumentor, Contrib, take_over
 from .core.patching import Patcher, original_of
 
 __all__ = [
+    "KafkaPythonInstrumentor",
     "TracedConsumer",
     "TracedProducer",
     "close_scope",
@@ -234,8 +236,17 @@ class TracedConsumer:
 # ---------------------------------------------------------------- patching ---
 
 
+#: OpenTelemetry contrib's instrumentation of the same client, which hoptrace takes over from.
+_CONTRIB: Final = Contrib(
+    "kafka-python", "opentelemetry.instrumentation.kafka",
+    "KafkaInstrumentor", "kafka",
+    "opentelemetry-instrumentation-kafka-python",
+)
+
+
 def instrument() -> None:
     """Patch ``KafkaProducer.send`` and ``KafkaConsumer`` iteration and ``poll`` (idempotent)."""
+    take_over(_CONTRIB, instrumented)
     from kafka import KafkaConsumer, KafkaProducer  # type: ignore[import-untyped]
 
     def wrap_send(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -295,3 +306,15 @@ def uninstrument() -> None:
 def instrumented() -> bool:
     """Return whether :func:`instrument` is in force."""
     return _patcher.active
+
+
+class KafkaPythonInstrumentor(ClientInstrumentor):
+    """hoptrace's kafka-python instrumentation, for ``opentelemetry-instrument`` (entry point)."""
+
+    dependencies = ("kafka-python >= 2.0.2, < 4",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        instrument()
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        uninstrument()

@@ -28,6 +28,7 @@ from typing import Any, Final
 from . import _amqp
 from .core import diagnostics, semconv
 from .core.hop import produce_scope
+from .core.instrumentor import ClientInstrumentor
 from .core.patching import Patcher
 
 __all__ = ["CELERY_TASK_HEADER", "instrument", "is_instrumented", "uninstrument"]
@@ -182,3 +183,15 @@ def uninstrument() -> None:
 def is_instrumented() -> bool:
     """Return whether :func:`instrument` is in force."""
     return _patcher.active
+
+
+class KombuInstrumentor(ClientInstrumentor):
+    """hoptrace's kombu instrumentation, for ``opentelemetry-instrument`` (entry point)."""
+
+    dependencies = ("kombu >= 5.3, < 6",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        instrument()
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        uninstrument()

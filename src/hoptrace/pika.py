@@ -42,10 +42,12 @@ from opentelemetry import context as otel_context
 from . import _amqp
 from .core import diagnostics, semconv
 from .core.hop import consume_scope, produce_scope, spans_active
+from .core.instrumentor import ClientInstrumentor, Contrib, take_over
 from .core.patching import Patcher, original_of
 from .core.propagation import inject
 
 __all__ = [
+    "PikaInstrumentor",
     "instrument",
     "instrument_channel",
     "is_instrumented",
@@ -402,8 +404,17 @@ def _targets(
     ]
 
 
+#: OpenTelemetry contrib's instrumentation of the same client, which hoptrace takes over from.
+_CONTRIB: Final = Contrib(
+    "pika", "opentelemetry.instrumentation.pika",
+    "PikaInstrumentor", "pika",
+    "opentelemetry-instrumentation-pika",
+)
+
+
 def instrument() -> None:
     """Trace every pika channel: publish, consume callbacks, ``consume()`` and ``basic_get``."""
+    take_over(_CONTRIB, is_instrumented)
     for owner, attribute, make_wrapper in _targets():
         _patcher.wrap(owner, attribute, make_wrapper)
 
@@ -435,3 +446,15 @@ def instrument_channel(channel: Any) -> Any:
         setattr(channel, attribute, wrapper.__get__(channel, type(channel)))
     channel._hoptrace_pika_channel = True
     return channel
+
+
+class PikaInstrumentor(ClientInstrumentor):
+    """hoptrace's pika instrumentation, for ``opentelemetry-instrument`` (entry point)."""
+
+    dependencies = ("pika >= 1.3, < 2",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        instrument()
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        uninstrument()
