@@ -1,10 +1,17 @@
-"""Settings: one frozen dataclass, set by :func:`configure` or ``HOPTRACE_*`` variables."""
+"""Settings: one frozen dataclass, set by :func:`configure` or ``HOPTRACE_*`` variables.
+
+A keyword argument to :func:`configure` that is invalid raises :class:`ConfigurationError`. An
+invalid ``HOPTRACE_*`` variable never does (settings are read at import): hoptrace logs one
+warning naming the variable, its value and the reason, and that setting keeps its default.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from random import randbytes
@@ -61,121 +68,229 @@ class Settings:
 _BOOL_TRUE = {"1", "true", "yes", "on"}
 _BOOL_FALSE = {"0", "false", "no", "off"}
 
-# setting name -> (env var, parser)
-_ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {}
 
-
-def _parse_bool(var: str, raw: str) -> bool:
+def _parse_bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in _BOOL_TRUE:
         return True
     if value in _BOOL_FALSE:
         return False
-    raise ConfigurationError(f"{var}={raw!r}: expected one of true/false/1/0/yes/no/on/off")
+    raise ConfigurationError("expected one of true/false/1/0/yes/no/on/off")
 
 
-def _parse_int(var: str, raw: str) -> int:
+def _parse_int(raw: str) -> int:
     try:
         return int(raw.strip())
     except ValueError:
-        raise ConfigurationError(f"{var}={raw!r}: expected an integer") from None
+        raise ConfigurationError("expected an integer") from None
 
 
-def _parse_float(var: str, raw: str) -> float:
+def _parse_float(raw: str) -> float:
     try:
         return float(raw.strip())
     except ValueError:
-        raise ConfigurationError(f"{var}={raw!r}: expected a number") from None
+        raise ConfigurationError("expected a number") from None
 
 
-def _parse_str(var: str, raw: str) -> str:
+def _parse_str(raw: str) -> str:
     return raw.strip()
 
 
-def _parse_allowlist(var: str, raw: str) -> frozenset[str] | None:
+def _parse_allowlist(raw: str) -> frozenset[str] | None:
     if raw.strip() in ("", "*"):
         return None
     return frozenset(part.strip() for part in raw.split(",") if part.strip())
 
 
-for _name, _parser in {
-    "enabled": _parse_bool,
-    "propagation_only": _parse_bool,
-    "fast_spans": _parse_bool,
-    "transaction_header": _parse_str,
-    "sent_time_header": _parse_str,
-    "baggage_mirror": _parse_bool,
-    "baggage_key": _parse_str,
-    "link_mode": _parse_str,
-    "trust_incoming": _parse_bool,
-    "baggage_allowlist": _parse_allowlist,
-    "max_baggage_bytes": _parse_int,
-    "max_baggage_members": _parse_int,
-    "max_tracestate_bytes": _parse_int,
-    "warning_interval": _parse_float,
-}.items():
-    _ENV[_name] = ("HOPTRACE_" + _name.upper(), _parser)
+# setting name -> (env var, parser)
+_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
+    name: ("HOPTRACE_" + name.upper(), parser)
+    for name, parser in {
+        "enabled": _parse_bool,
+        "propagation_only": _parse_bool,
+        "fast_spans": _parse_bool,
+        "transaction_header": _parse_str,
+        "sent_time_header": _parse_str,
+        "baggage_mirror": _parse_bool,
+        "baggage_key": _parse_str,
+        "link_mode": _parse_str,
+        "trust_incoming": _parse_bool,
+        "baggage_allowlist": _parse_allowlist,
+        "max_baggage_bytes": _parse_int,
+        "max_baggage_members": _parse_int,
+        "max_tracestate_bytes": _parse_int,
+        "warning_interval": _parse_float,
+    }.items()
+}
+
+
+# -- validation: one check per field, then the checks across fields ---------------------------
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be a bool, got {value!r}")
+
+
+def _check_header(name: str, value: object) -> None:
+    if not isinstance(value, str) or not _HEADER_NAME.fullmatch(value):
+        raise ConfigurationError(f"{name} must be a header name (1-64 token chars), got {value!r}")
+    if value.lower() in ("traceparent", "tracestate", "baggage"):
+        raise ConfigurationError(f"{name} must not reuse the W3C header {value!r}")
+
+
+def _check_baggage_key(name: str, value: object) -> None:
+    if not isinstance(value, str) or not _BAGGAGE_KEY.fullmatch(value):
+        raise ConfigurationError(f"{name} must be a W3C baggage key, got {value!r}")
+
+
+def _check_link_mode(name: str, value: object) -> None:
+    if value not in ("parent", "link"):
+        raise ConfigurationError(f"{name} must be 'parent' or 'link', got {value!r}")
+
+
+def _check_allowlist(name: str, value: object) -> None:
+    if value is not None and (
+        not isinstance(value, frozenset) or not all(isinstance(k, str) for k in value)
+    ):
+        raise ConfigurationError(f"{name} must be None or a frozenset of str")
+
+
+def _int_between(lo: int, hi: int) -> Callable[[str, object], None]:
+    def check(name: str, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ConfigurationError(f"{name} must be an int in [{lo}, {hi}], got {value!r}")
+
+    return check
+
+
+def _check_interval(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be a number, got {value!r}")
+    if not value >= 0:  # also refuses NaN
+        raise ConfigurationError(f"{name} must be >= 0, got {value!r}")
+
+
+def _check_generator(name: str, value: object) -> None:
+    if not callable(value):
+        raise ConfigurationError(f"{name} must be a callable returning str")
+    if value is not new_transaction_id:
+        sample = value()
+        if not isinstance(sample, str) or not TRANSACTION_ID_PATTERN.fullmatch(sample):
+            raise ConfigurationError(
+                f"{name} returned {sample!r}; IDs must match [A-Za-z0-9._:-]{{1,128}}"
+            )
+
+
+_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "enabled": _check_bool,
+    "propagation_only": _check_bool,
+    "fast_spans": _check_bool,
+    "transaction_header": _check_header,
+    "sent_time_header": _check_header,
+    "baggage_mirror": _check_bool,
+    "baggage_key": _check_baggage_key,
+    "link_mode": _check_link_mode,
+    "trust_incoming": _check_bool,
+    "baggage_allowlist": _check_allowlist,
+    "max_baggage_bytes": _int_between(1, W3C_BAGGAGE_MAX_BYTES),
+    "max_baggage_members": _int_between(1, W3C_BAGGAGE_MAX_MEMBERS),
+    "max_tracestate_bytes": _int_between(1, 8192),
+    "warning_interval": _check_interval,
+    "transaction_id_generator": _check_generator,
+}
+
+
+def _check_headers_differ(values: Mapping[str, Any]) -> None:
+    if values["transaction_header"].lower() == values["sent_time_header"].lower():
+        raise ConfigurationError("transaction_header and sent_time_header must differ")
+
+
+#: Checks across fields, each with the fields it reads; run after every field passed its own.
+_CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Mapping[str, Any]], None]], ...] = (
+    (("transaction_header", "sent_time_header"), _check_headers_differ),
+)
 
 
 def _validate(s: Settings) -> None:
-    for name in ("enabled", "propagation_only", "fast_spans", "baggage_mirror", "trust_incoming"):
-        if not isinstance(getattr(s, name), bool):
-            raise ConfigurationError(f"{name} must be a bool, got {getattr(s, name)!r}")
-    for name in ("transaction_header", "sent_time_header"):
-        value = getattr(s, name)
-        if not isinstance(value, str) or not _HEADER_NAME.fullmatch(value):
-            raise ConfigurationError(
-                f"{name} must be a header name (1-64 token chars), got {value!r}"
-            )
-        if value.lower() in ("traceparent", "tracestate", "baggage"):
-            raise ConfigurationError(f"{name} must not reuse the W3C header {value!r}")
-    if s.transaction_header.lower() == s.sent_time_header.lower():
-        raise ConfigurationError("transaction_header and sent_time_header must differ")
-    if not isinstance(s.baggage_key, str) or not _BAGGAGE_KEY.fullmatch(s.baggage_key):
-        raise ConfigurationError(f"baggage_key must be a W3C baggage key, got {s.baggage_key!r}")
-    if s.link_mode not in ("parent", "link"):
-        raise ConfigurationError(f"link_mode must be 'parent' or 'link', got {s.link_mode!r}")
-    if s.baggage_allowlist is not None and (
-        not isinstance(s.baggage_allowlist, frozenset)
-        or not all(isinstance(k, str) for k in s.baggage_allowlist)
-    ):
-        raise ConfigurationError("baggage_allowlist must be None or a frozenset of str")
-    bounds = {
-        "max_baggage_bytes": (1, W3C_BAGGAGE_MAX_BYTES),
-        "max_baggage_members": (1, W3C_BAGGAGE_MAX_MEMBERS),
-        "max_tracestate_bytes": (1, 8192),
-    }
-    for name, (lo, hi) in bounds.items():
-        value = getattr(s, name)
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ConfigurationError(f"{name} must be an int in [{lo}, {hi}], got {value!r}")
-    if isinstance(s.warning_interval, bool) or not isinstance(s.warning_interval, (int, float)):
-        raise ConfigurationError(f"warning_interval must be a number, got {s.warning_interval!r}")
-    if s.warning_interval < 0:
-        raise ConfigurationError("warning_interval must be >= 0")
-    if not callable(s.transaction_id_generator):
-        raise ConfigurationError("transaction_id_generator must be a callable returning str")
-    if s.transaction_id_generator is not new_transaction_id:
-        sample = s.transaction_id_generator()
-        if not isinstance(sample, str) or not TRANSACTION_ID_PATTERN.fullmatch(sample):
-            raise ConfigurationError(
-                "transaction_id_generator returned "
-                f"{sample!r}; IDs must match [A-Za-z0-9._:-]{{1,128}}"
-            )
+    values = vars(s)
+    for name, check in _CHECKS.items():
+        check(name, values[name])
+    for _, cross_check in _CROSS_CHECKS:
+        cross_check(values)
 
 
-def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Return the settings named by ``HOPTRACE_*`` variables, parsed and keyed by field name."""
-    env = os.environ if environ is None else environ
+def _passes(name: str, value: object) -> bool:
+    try:
+        _CHECKS[name](name, value)
+    except ConfigurationError:
+        return False
+    return True
+
+
+# -- HOPTRACE_* variables: a bad one is a warning, never an exception -------------------------
+
+_logger = logging.getLogger("hoptrace")
+_warned_lock = threading.Lock()
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_env(var: str, raw: str, name: str, reason: str) -> None:
+    # Once per variable and value in this process: reset() re-reads the environment.
+    with _warned_lock:
+        if (var, raw) in _warned:
+            return
+        _warned.add((var, raw))
+    shown = raw if len(raw) <= 200 else raw[:200] + "..."
+    _logger.warning(
+        "hoptrace: ignoring %s=%r (%s); %s keeps its default %r",
+        var,
+        shown,
+        reason,
+        name,
+        _DEFAULTS[name],
+    )
+
+
+def _env_values(env: Mapping[str, str], options: Mapping[str, Any]) -> dict[str, Any]:
+    # The valid settings named by HOPTRACE_* variables, except those ``options`` sets.
     found: dict[str, Any] = {}
+    raws: dict[str, str] = {}
     for name, (var, parser) in _ENV.items():
         raw = env.get(var)
-        if raw is not None:
-            found[name] = parser(var, raw)
+        if raw is None or name in options:
+            continue
+        try:
+            value = parser(raw)
+            _CHECKS[name](name, value)
+        except ConfigurationError as exc:
+            _warn_env(var, raw, name, str(exc))
+            continue
+        found[name] = value
+        raws[name] = raw
+    for fields, cross_check in _CROSS_CHECKS:
+        if not any(name in found for name in fields):
+            continue
+        values = {**_DEFAULTS, **found, **options}
+        if not all(_passes(name, values[name]) for name in fields):
+            continue  # an option is wrong on its own: Settings() will say so
+        try:
+            cross_check(values)
+        except ConfigurationError as exc:
+            for name in fields:
+                if name in found:
+                    _warn_env(_ENV[name][0], raws[name], name, str(exc))
+                    del found[name]
     return found
 
 
+def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Return the valid settings named by ``HOPTRACE_*`` variables; warn about invalid ones."""
+    return _env_values(os.environ if environ is None else environ, {})
+
+
 _FIELDS = frozenset(f.name for f in dataclasses.fields(Settings))
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Settings)}
 _current: Settings | None = None
 
 
@@ -192,15 +307,13 @@ def configure(**options: Any) -> Settings:
     global _current
     unknown = set(options) - _FIELDS
     if unknown:
-        raise ConfigurationError(
-            f"unknown setting(s) {sorted(unknown)}; known: {sorted(_FIELDS)}"
-        )
-    merged = settings_from_env()
+        raise ConfigurationError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(_FIELDS)}")
     if "baggage_allowlist" in options and options["baggage_allowlist"] is not None:
         allow = options["baggage_allowlist"]
         if isinstance(allow, str) or not isinstance(allow, Iterable):
             raise ConfigurationError("baggage_allowlist must be an iterable of keys or None")
         options["baggage_allowlist"] = frozenset(allow)
+    merged = _env_values(os.environ, options)
     merged.update(options)
     _current = Settings(**merged)
     _on_change(_current)

@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+
 import pytest
 
 import hoptrace
 from hoptrace import _config
+
+
+@pytest.fixture(autouse=True)
+def _forget_env_warnings() -> Iterator[None]:
+    # A bad variable is warned about once per process; each test starts with a clean slate.
+    _config._warned.clear()
+    yield
+    _config._warned.clear()
+
+
+def env_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "hoptrace" and r.levelno == logging.WARNING and "HOPTRACE_" in r.getMessage()
+    ]
 
 
 def test_defaults() -> None:
@@ -39,6 +62,7 @@ def test_keyword_arguments_win_over_environment(monkeypatch: pytest.MonkeyPatch)
     ("options", "message"),
     [
         ({"link_mode": "sideways"}, "link_mode"),
+        ({"link_mode": "links"}, "link_mode"),
         ({"transaction_header": "bad header"}, "transaction_header"),
         ({"transaction_header": "traceparent"}, "W3C"),
         ({"max_baggage_bytes": 10**6}, "max_baggage_bytes"),
@@ -54,11 +78,144 @@ def test_invalid_settings_are_clear_errors(options: dict[str, object], message: 
         hoptrace.configure(**options)
 
 
-def test_invalid_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOPTRACE_ENABLED", "maybe")
-    with pytest.raises(hoptrace.ConfigurationError, match="HOPTRACE_ENABLED"):
+def test_invalid_keyword_argument_still_raises_with_a_valid_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HOPTRACE_LINK_MODE", "link")
+    with pytest.raises(hoptrace.ConfigurationError, match="link_mode"):
+        hoptrace.configure(link_mode="links")
+
+
+@pytest.mark.parametrize(
+    ("var", "raw", "field", "reason"),
+    [
+        ("HOPTRACE_ENABLED", "maybe", "enabled", "expected one of true/false"),
+        ("HOPTRACE_LINK_MODE", "links", "link_mode", "must be 'parent' or 'link'"),
+        ("HOPTRACE_MAX_BAGGAGE_BYTES", "lots", "max_baggage_bytes", "expected an integer"),
+        ("HOPTRACE_MAX_BAGGAGE_BYTES", "0", "max_baggage_bytes", r"int in \[1, 8192\]"),
+        ("HOPTRACE_MAX_BAGGAGE_MEMBERS", "1000", "max_baggage_members", r"int in \[1, 180\]"),
+        ("HOPTRACE_TRANSACTION_HEADER", "bad header", "transaction_header", "header name"),
+        ("HOPTRACE_SENT_TIME_HEADER", "traceparent", "sent_time_header", "W3C header"),
+        ("HOPTRACE_BAGGAGE_KEY", "a key", "baggage_key", "W3C baggage key"),
+        ("HOPTRACE_WARNING_INTERVAL", "-1", "warning_interval", ">= 0"),
+        ("HOPTRACE_WARNING_INTERVAL", "nan", "warning_interval", ">= 0"),
+    ],
+)
+def test_invalid_environment_variable_warns_and_keeps_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    var: str,
+    raw: str,
+    field: str,
+    reason: str,
+) -> None:
+    monkeypatch.setenv(var, raw)
+    monkeypatch.setenv("HOPTRACE_TRUST_INCOMING", "false")  # a valid neighbour still applies
+    with caplog.at_level(logging.WARNING, logger="hoptrace"):
+        s = _config.reset()
+    assert getattr(s, field) == getattr(_config.Settings(), field)
+    assert s.trust_incoming is False
+    (message,) = env_warnings(caplog)
+    assert f"{var}={raw!r}" in message
+    assert field in message
+    assert re.search(reason, message), message
+
+
+def test_same_bad_value_is_warned_about_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HOPTRACE_LINK_MODE", "links")
+    with caplog.at_level(logging.WARNING, logger="hoptrace"):
         _config.reset()
-    monkeypatch.delenv("HOPTRACE_ENABLED")
+        _config.reset()
+        hoptrace.configure(trust_incoming=False)
+        assert len(env_warnings(caplog)) == 1
+        monkeypatch.setenv("HOPTRACE_LINK_MODE", "sideways")
+        assert _config.reset().link_mode == "parent"
+    messages = env_warnings(caplog)
+    assert len(messages) == 2 and "'sideways'" in messages[1]
+
+
+def test_configure_drops_a_bad_environment_variable_instead_of_raising(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HOPTRACE_MAX_BAGGAGE_BYTES", "lots")
+    with caplog.at_level(logging.WARNING, logger="hoptrace"):
+        s = hoptrace.configure(link_mode="link")
+    assert s.link_mode == "link" and s.max_baggage_bytes == 8192
+    assert "HOPTRACE_MAX_BAGGAGE_BYTES='lots'" in env_warnings(caplog)[0]
+
+
+def test_a_keyword_argument_hides_a_bad_variable_for_the_same_setting(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HOPTRACE_LINK_MODE", "links")
+    with caplog.at_level(logging.WARNING, logger="hoptrace"):
+        assert hoptrace.configure(link_mode="link").link_mode == "link"
+    assert env_warnings(caplog) == []
+
+
+def test_conflicting_header_variables_are_both_dropped(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HOPTRACE_TRANSACTION_HEADER", "x-same")
+    monkeypatch.setenv("HOPTRACE_SENT_TIME_HEADER", "X-Same")
+    with caplog.at_level(logging.WARNING, logger="hoptrace"):
+        s = _config.reset()
+    assert (s.transaction_header, s.sent_time_header) == ("x-transaction-id", "x-hoptrace-sent-ns")
+    messages = env_warnings(caplog)
+    assert len(messages) == 2 and all("must differ" in m for m in messages)
+    assert "HOPTRACE_TRANSACTION_HEADER" in messages[0]
+    assert "HOPTRACE_SENT_TIME_HEADER" in messages[1]
+
+
+def test_variable_clashing_with_a_default_is_dropped(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HOPTRACE_TRANSACTION_HEADER", "x-hoptrace-sent-ns")
+    with caplog.at_level(logging.WARNING, logger="hoptrace"):
+        assert _config.reset().transaction_header == "x-transaction-id"
+    (message,) = env_warnings(caplog)
+    assert "HOPTRACE_TRANSACTION_HEADER='x-hoptrace-sent-ns'" in message
+
+
+def test_variable_clashing_with_a_keyword_argument_is_dropped(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HOPTRACE_SENT_TIME_HEADER", "x-mine")
+    with caplog.at_level(logging.WARNING, logger="hoptrace"):
+        s = hoptrace.configure(transaction_header="x-mine")
+    assert (s.transaction_header, s.sent_time_header) == ("x-mine", "x-hoptrace-sent-ns")
+    (message,) = env_warnings(caplog)
+    assert "HOPTRACE_SENT_TIME_HEADER='x-mine'" in message
+
+
+def test_a_clashing_keyword_argument_still_raises() -> None:
+    with pytest.raises(hoptrace.ConfigurationError, match="must differ"):
+        hoptrace.configure(transaction_header="x-hoptrace-sent-ns")
+
+
+@pytest.mark.parametrize(
+    ("var", "raw"), [("HOPTRACE_LINK_MODE", "links"), ("HOPTRACE_MAX_BAGGAGE_BYTES", "lots")]
+)
+def test_bad_variable_does_not_break_import(var: str, raw: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOPTRACE_")}
+    env[var] = raw
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import hoptrace; s = hoptrace.get_settings(); print(s.link_mode, s.max_baggage_bytes)",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["parent", "8192"]
+    assert f"{var}={raw!r}" in done.stderr
+    assert done.stderr.count("HOPTRACE_") == 1  # one warning, one line
 
 
 def test_renamed_header_is_used_on_both_sides() -> None:
