@@ -22,23 +22,31 @@ from .core import diagnostics, semconv
 from .core.context import (
     BAGGAGE_KEY,
     SPAN_KEY,
-    TRANSACTION_KEY,
+    bind_transaction,
+    current_transaction_id,
     generate_transaction_id,
     mint_span_context,
     sdk_installed,
 )
 from .core.hop import incoming_parent, start_child_span
 from .core.propagation import read
+from .core.propagator import configured_textmap
 
 
 def propagation_header_names(settings: Settings) -> dict[str, str]:
     """Map each lowercased header hoptrace reads at an HTTP edge to its configured spelling."""
-    names = (
+    names = [
         semconv.TRACEPARENT,
         semconv.TRACESTATE,
         semconv.BAGGAGE,
         settings.transaction_header,
-    )
+    ]
+    textmap = configured_textmap()
+    if textmap is not None:  # B3, Jaeger, …: the headers that propagator reads too
+        try:
+            names.extend(field for field in textmap.fields if isinstance(field, str))
+        except Exception as exc:
+            diagnostics.internal_error("edge.propagator_fields", exc)
     return {name.lower(): name for name in names}
 
 
@@ -105,12 +113,13 @@ class server_scope:
     def _open(self, settings: Settings) -> None:
         incoming = read(self.carrier, settings)
         ambient = otel_context.get_current()
-        ambient_tx = ambient.get(TRANSACTION_KEY)
-        tx = incoming.transaction_id or (
-            ambient_tx if isinstance(ambient_tx, str) else generate_transaction_id()
+        tx = (
+            incoming.transaction_id
+            or current_transaction_id(ambient)
+            or generate_transaction_id()
         )
         self.transaction_id = tx
-        values: dict[str, object] = {**ambient, TRANSACTION_KEY: tx}
+        values: dict[str, object] = {**ambient}
         active = cast("Span | None", ambient.get(SPAN_KEY))
         if active is not None and active.get_span_context().is_valid:
             # An outer instrumentation already made the server span: reuse it.
@@ -118,10 +127,10 @@ class server_scope:
             self.span = active
             if active.is_recording():
                 active.set_attribute(semconv.TRANSACTION_ID, tx)
-            if incoming.baggage is not None and settings.trust_incoming and not ambient.get(
-                BAGGAGE_KEY
-            ):
-                values[BAGGAGE_KEY] = incoming.baggage
+            baggage = ambient.get(BAGGAGE_KEY)
+            if incoming.baggage is not None and settings.trust_incoming and not baggage:
+                baggage = incoming.baggage
+            bind_transaction(values, tx, baggage, settings)
             self._token = otel_context.attach(Context(values))
             return
 
@@ -145,8 +154,9 @@ class server_scope:
         if span is None:
             span = parent if parent is not None else NonRecordingSpan(mint_span_context())
         values[SPAN_KEY] = span
-        if baggage is not None:
-            values[BAGGAGE_KEY] = baggage
+        bind_transaction(
+            values, tx, baggage if baggage is not None else ambient.get(BAGGAGE_KEY), settings
+        )
         self._token = otel_context.attach(Context(values))
 
     def set_route(self, route: str | None) -> None:

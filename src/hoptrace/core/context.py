@@ -27,7 +27,13 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
-from .._config import TRANSACTION_ID_PATTERN, ConfigurationError, get_settings, new_transaction_id
+from .._config import (
+    TRANSACTION_ID_PATTERN,
+    ConfigurationError,
+    Settings,
+    get_settings,
+    new_transaction_id,
+)
 from . import diagnostics, semconv
 
 TRANSACTION_KEY: Final = otel_context.create_key("hoptrace.transaction_id")
@@ -169,7 +175,9 @@ def current_transaction_id(context: Context | None = None) -> str | None:
     return None
 
 
-def bind_transaction(values: dict[str, object], transaction_id: str, baggage: object) -> None:
+def bind_transaction(
+    values: dict[str, object], transaction_id: str, baggage: object, settings: Settings
+) -> None:
     """Put ``transaction_id`` into context ``values``: its own key and the baggage entry.
 
     ``baggage`` is the baggage to carry on (a mapping, or None). With ``baggage_mirror`` on,
@@ -177,13 +185,16 @@ def bind_transaction(values: dict[str, object], transaction_id: str, baggage: ob
     the ID and anyone can read it with ``opentelemetry.baggage.get_baggage``.
     """
     values[TRANSACTION_KEY] = transaction_id
-    settings = get_settings()
     if settings.baggage_mirror:
         key = settings.baggage_key
         if not baggage:
             values[BAGGAGE_KEY] = {key: transaction_id}
             return
-        if baggage.get(key) != transaction_id:  # type: ignore[attr-defined]
+        if baggage.get(key) != transaction_id and (  # type: ignore[attr-defined]
+            key in baggage or len(baggage) < settings.max_baggage_members  # type: ignore[operator, arg-type]
+        ):
+            # (A baggage already at its member limit is kept whole; hoptrace's own headers
+            # still carry the ID.)
             values[BAGGAGE_KEY] = {**baggage, key: transaction_id}  # type: ignore[dict-item]
             return
     if baggage is not None:
@@ -293,8 +304,15 @@ class transaction:
 
                 span = start_span(self._name or "transaction", parent, SpanKind.INTERNAL, attrs)
             self._span = span
-            values: dict[str, object] = {**parent, SPAN_KEY: span}
-            bind_transaction(values, tx, parent.get(BAGGAGE_KEY))
+            entries = parent.get(BAGGAGE_KEY)
+            if settings.baggage_mirror and not entries:  # the common case, in one dict build
+                values: dict[str, object] = {
+                    **parent, SPAN_KEY: span, TRANSACTION_KEY: tx,
+                    BAGGAGE_KEY: {settings.baggage_key: tx},
+                }
+            else:
+                values = {**parent, SPAN_KEY: span}
+                bind_transaction(values, tx, entries, settings)
             self._token = attach(Context(values))
         except Exception as exc:
             diagnostics.internal_error("transaction.enter", exc)

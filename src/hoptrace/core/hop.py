@@ -344,7 +344,7 @@ class produce_scope(_Scope):
                 scoped: dict[str, object] = {**parent}
                 if span is not None:
                     scoped[SPAN_KEY] = scoped[_SCOPE_SPAN_KEY] = span
-                bind_transaction(scoped, tx, parent.get(BAGGAGE_KEY))
+                bind_transaction(scoped, tx, parent.get(BAGGAGE_KEY), settings)
                 ctx = Context(scoped)
                 self._attach(ctx)
             else:
@@ -525,13 +525,17 @@ class consume_scope(_Scope):
             )
             if span is None:
                 span = parent_span or NonRecordingSpan(mint_span_context())
-        values: dict[str, object] = {
-            **ambient,
-            SPAN_KEY: span,
-            HOP_KEY: _new_tuple(HopInfo, (self._system, self._destination, self._message_id)),
-            _SCOPE_SPAN_KEY: span,
-        }
-        bind_transaction(values, tx, baggage if baggage is not None else ambient.get(BAGGAGE_KEY))
+        hop = _new_tuple(HopInfo, (self._system, self._destination, self._message_id))
+        values: dict[str, object]
+        if baggage is not None and baggage.get(settings.baggage_key) is tx:
+            # The common case: the baggage is the sender's, with this transaction's entry.
+            values = {**ambient, SPAN_KEY: span, TRANSACTION_KEY: tx, BAGGAGE_KEY: baggage,
+                      HOP_KEY: hop, _SCOPE_SPAN_KEY: span}
+        else:
+            values = {**ambient, SPAN_KEY: span, HOP_KEY: hop, _SCOPE_SPAN_KEY: span}
+            bind_transaction(
+                values, tx, baggage if baggage is not None else ambient.get(BAGGAGE_KEY), settings
+            )
         self._active = span.get_span_context()
         self._attach(Context(values))
 

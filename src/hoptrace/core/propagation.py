@@ -66,7 +66,7 @@ from .context import (
     mint_span_context,
     sdk_installed,
 )
-from .propagator import configured_textmap
+from .propagator import configured_textmap, propagate_module
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _TRACESTATE_KEY = re.compile(
@@ -130,6 +130,33 @@ _write_common = _speedups.write_common if _speedups is not None else None
 _mint_common = _speedups.mint_common if _speedups is not None else None
 #: Whether the C module ``hoptrace._speedups`` handles the common case of inject and extract.
 ACCELERATED: Final = _speedups is not None
+
+
+class _Textmaps:
+    """The OTel propagate module, and its global propagator when last seen to be the W3C set.
+
+    ``read`` and ``render`` compare the global propagator with :attr:`w3c` by identity, so
+    the W3C fast path costs one attribute read; anything else goes through :func:`_through`.
+    """
+
+    __slots__ = ("module", "w3c")
+
+    def __init__(self) -> None:
+        self.module: Any = None
+        self.w3c: object = None
+
+
+_textmaps = _Textmaps()
+
+
+def _through() -> TextMapPropagator | None:
+    """The configured propagator to go through, or None for the W3C set (then remembered)."""
+    textmap = configured_textmap()
+    module = propagate_module()
+    if textmap is None and module and hasattr(module, "_HTTP_TEXT_FORMAT"):
+        _textmaps.module = module
+        _textmaps.w3c = module._HTTP_TEXT_FORMAT
+    return textmap
 
 
 class Incoming:
@@ -353,9 +380,11 @@ def _text(incoming: Incoming, header: str, raw: object, max_len: int, joined: bo
 
 def read(carrier: Carrier | object, settings: Settings) -> Incoming:
     """Read and validate everything hoptrace propagates from ``carrier``. Never raises."""
-    textmap = configured_textmap()
-    if textmap is not None:
-        return _read_through(textmap, carrier, settings)
+    module = _textmaps.module
+    if module is None or module._HTTP_TEXT_FORMAT is not _textmaps.w3c:
+        textmap = _through()
+        if textmap is not None:
+            return _read_through(textmap, carrier, settings)
     incoming = Incoming()
     try:
         names = _names
@@ -536,7 +565,7 @@ def extract(carrier: Carrier | object, context: Context | None = None) -> Contex
     if incoming.span_context is not None:
         values[SPAN_KEY] = NonRecordingSpan(incoming.span_context)
     if incoming.transaction_id is not None:
-        bind_transaction(values, incoming.transaction_id, incoming.baggage)
+        bind_transaction(values, incoming.transaction_id, incoming.baggage, settings)
     elif incoming.baggage is not None:
         values[BAGGAGE_KEY] = incoming.baggage
     if incoming.sent_ns is not None:
@@ -624,9 +653,11 @@ def render(
     names = _names
     if values is None:
         values = {}
-    textmap = configured_textmap()
-    if textmap is not None:
-        return _render_through(textmap, ctx, settings, values, sent_time)
+    module = _textmaps.module
+    if module is None or module._HTTP_TEXT_FORMAT is not _textmaps.w3c:
+        textmap = _through()
+        if textmap is not None:
+            return _render_through(textmap, ctx, settings, values, sent_time)
     span = ctx.get(SPAN_KEY)
     sc = span.get_span_context() if span is not None else None  # type: ignore[attr-defined]
     valid = False
@@ -710,7 +741,7 @@ def _render_through(
     outgoing: dict[str, object] = dict(ctx)
     if (span is None or not span.get_span_context().is_valid) and not sdk_installed():  # type: ignore[attr-defined]
         outgoing[SPAN_KEY] = NonRecordingSpan(mint_span_context())
-    bind_transaction(outgoing, tx, ctx.get(BAGGAGE_KEY))
+    bind_transaction(outgoing, tx, ctx.get(BAGGAGE_KEY), settings)
     textmap.inject(values, context=Context(outgoing), setter=default_setter)
     values[_names.transaction] = tx
     if sent_time:

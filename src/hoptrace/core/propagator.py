@@ -4,7 +4,7 @@
 point as ``hoptrace``, so ``OTEL_PROPAGATORS=tracecontext,baggage,hoptrace`` makes every OTel
 instrumentation (contrib's messaging and HTTP clients included) carry the transaction ID and
 restore it as a value in the OTel Context. It writes the transaction header and makes sure
-the W3C baggage holds the ``transaction.id`` entry; it reads either.
+the W3C baggage carries the ``transaction.id`` entry; it reads either.
 
 :func:`configured_textmap` tells hoptrace's own ``inject`` / ``extract`` which propagators
 are in force: ``None`` for the W3C set (``tracecontext`` and ``baggage``, with or without
@@ -63,14 +63,27 @@ def baggage_entry(header: str, key: str) -> str | None:
     return None
 
 
+def _valid_or_none(tx: str | None) -> str | None:
+    """``tx`` if it is a valid transaction ID; None (an invalid one is warned about)."""
+    if tx is None or _valid_id(tx):
+        return tx
+    diagnostics.warn(
+        "rejected.transaction_id.format",
+        "hoptrace: ignored incoming %s (format): %r",
+        "transaction_id",
+        tx[:80],
+    )
+    return None
+
+
 class TransactionIdPropagator(TextMapPropagator):
     """Carries hoptrace's transaction ID through OpenTelemetry's propagation API.
 
     ``extract`` reads the transaction header (``x-transaction-id``), else the baggage entry
     (``transaction.id``), and puts the ID in the Context where ``current_transaction_id()``
-    and the log fields find it. ``inject`` writes the ID to the transaction header and, when
-    the Context's baggage lacks it, to the ``baggage`` header beside the other entries. Put
-    it after ``baggage`` in ``OTEL_PROPAGATORS``.
+    and the log fields find it. ``inject`` writes the ID to the transaction header and to
+    the ``baggage`` header: beside the other entries when the W3C baggage propagator is
+    configured too (so the order in ``OTEL_PROPAGATORS`` does not matter), alone otherwise.
     """
 
     def extract(
@@ -85,24 +98,15 @@ class TransactionIdPropagator(TextMapPropagator):
             settings = get_settings()
             if not settings.enabled or not settings.trust_incoming:
                 return ctx
-            tx = _first_text(getter.get(carrier, settings.transaction_header))
-            if tx is None:
+            tx = _valid_or_none(_first_text(getter.get(carrier, settings.transaction_header)))
+            if tx is None:  # no header, or an invalid one: the baggage entry, if valid
                 bag = ctx.get(BAGGAGE_KEY)
                 mirrored = bag.get(settings.baggage_key) if isinstance(bag, Mapping) else None
-                if isinstance(mirrored, str):
-                    tx = mirrored
-                else:
+                if not isinstance(mirrored, str):
                     header = _first_text(getter.get(carrier, semconv.BAGGAGE))
-                    tx = baggage_entry(header, settings.baggage_key) if header else None
+                    mirrored = baggage_entry(header, settings.baggage_key) if header else None
+                tx = _valid_or_none(mirrored)
             if tx is None:
-                return ctx
-            if not _valid_id(tx):
-                diagnostics.warn(
-                    "rejected.transaction_id.format",
-                    "hoptrace: ignored incoming %s (format): %r",
-                    "transaction_id",
-                    tx[:80],
-                )
                 return ctx
             return Context({**ctx, TRANSACTION_KEY: tx})
         except Exception as exc:
@@ -128,11 +132,14 @@ class TransactionIdPropagator(TextMapPropagator):
             if not settings.baggage_mirror:
                 return
             entries = ctx.get(BAGGAGE_KEY)
-            if isinstance(entries, Mapping) and entries.get(settings.baggage_key) == tx:
-                return  # the baggage propagator carries it already
+            if not isinstance(entries, Mapping):
+                entries = {}
+            carried = baggage_propagated()
+            # With the W3C baggage propagator configured, every entry goes out, so whichever
+            # of the two writes the header last, none is lost; without it, only ours.
             parts = [
                 f"{key}={quote(str(value), safe='')}"
-                for key, value in (entries.items() if isinstance(entries, Mapping) else ())
+                for key, value in (entries.items() if carried else ())
                 if key != settings.baggage_key
             ]
             parts.append(f"{settings.baggage_key}={tx}")
@@ -177,6 +184,26 @@ def is_w3c_set(textmap: object) -> bool:
     return names == set(_W3C_TYPES)
 
 
+_BAGGAGE_TYPE: Final = _W3C_TYPES[1]
+_baggage_seen: list[Any] = [object(), False]
+
+
+def baggage_propagated() -> bool:
+    """Whether the global propagators include the W3C baggage propagator."""
+    module = propagate_module()
+    if not module:
+        return True
+    textmap = module.get_global_textmap()
+    seen = _baggage_seen
+    if textmap is not seen[0]:
+        members = _members(textmap) or []
+        seen[1] = any(
+            f"{type(m).__module__}.{type(m).__qualname__}" == _BAGGAGE_TYPE for m in members
+        )
+        seen[0] = textmap
+    return bool(seen[1])
+
+
 def _load_propagate() -> Any:
     global _propagate
     if _propagate is None:
@@ -191,6 +218,11 @@ def _load_propagate() -> Any:
             )
             _propagate = sys.modules.get("opentelemetry.propagate", False)
     return _propagate
+
+
+def propagate_module() -> Any:
+    """The ``opentelemetry.propagate`` module, imported on first use; False if it failed."""
+    return _propagate if _propagate is not None else _load_propagate()
 
 
 def configured_textmap() -> TextMapPropagator | None:
@@ -209,4 +241,11 @@ def configured_textmap() -> TextMapPropagator | None:
     return seen[1]  # type: ignore[no-any-return]
 
 
-__all__ = ["TransactionIdPropagator", "baggage_entry", "configured_textmap", "is_w3c_set"]
+__all__ = [
+    "TransactionIdPropagator",
+    "baggage_entry",
+    "baggage_propagated",
+    "configured_textmap",
+    "is_w3c_set",
+    "propagate_module",
+]
