@@ -78,7 +78,6 @@ class Contrib(NamedTuple):
 _lock = threading.RLock()
 _guards = Patcher("hoptrace.take_over")
 _warned: set[str] = set()
-_blocked: set[type] = set()
 
 
 def _warn(contrib: Contrib, what: str) -> None:
@@ -95,26 +94,17 @@ def _warn(contrib: Contrib, what: str) -> None:
 
 def _guard_instrument(contrib: Contrib, ours: Callable[[], bool]) -> Any:
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
-        def _instrument(self: Any, **kwargs: Any) -> Any:
+        def instrument(self: Any, **kwargs: Any) -> Any:
             if ours():
-                _blocked.add(type(self))
+                # Refused before OTel's base class marks it instrumented, so it can still be
+                # instrumented once hoptrace's instrumentation of the client is off.
                 _warn(contrib, "was asked to instrument it too")
                 return None
             return original(self, **kwargs)
 
-        return _instrument
+        return instrument
 
     return make
-
-
-def _guard_uninstrument(original: Callable[..., Any]) -> Callable[..., Any]:
-    def _uninstrument(self: Any, **kwargs: Any) -> Any:
-        if type(self) in _blocked:  # it never instrumented: nothing of its own to take back
-            _blocked.discard(type(self))
-            return None
-        return original(self, **kwargs)
-
-    return _uninstrument
 
 
 def take_over(contrib: Contrib, ours: Callable[[], bool]) -> None:
@@ -137,8 +127,7 @@ def take_over(contrib: Contrib, ours: Callable[[], bool]) -> None:
             if getattr(instance, "_is_instrumented_by_opentelemetry", False):
                 instance.uninstrument()
                 _warn(contrib, "was active")
-            _guards.wrap(cls, "_instrument", _guard_instrument(contrib, ours))
-            _guards.wrap(cls, "_uninstrument", _guard_uninstrument)
+            _guards.wrap(cls, "instrument", _guard_instrument(contrib, ours))
     except Exception as exc:
         _log.warning("hoptrace: could not check %s for a second %s instrumentation: %r",
                      contrib.distribution, contrib.client, exc)

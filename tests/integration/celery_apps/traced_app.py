@@ -6,7 +6,9 @@ Configured from the environment, so one module serves every broker and every mod
 * ``HOPTRACE_CELERY_QUEUE``: the queue this worker consumes (unique per test module);
 * ``HOPTRACE_CELERY_OUT``: a directory; each worker process writes its finished spans to
   ``spans-<pid>.jsonl`` and its log records to ``logs-<pid>.jsonl`` there;
-* ``HOPTRACE_CELERY_MODE``: ``hoptrace`` (default) or ``otel`` (OTel's contrib instrumentation).
+* ``HOPTRACE_CELERY_MODE``: ``hoptrace`` (default), ``otel`` (OTel's contrib instrumentation),
+  or ``both-contrib-first`` / ``both-hoptrace-first`` (both instrumentations, in that order:
+  hoptrace should take over from contrib's either way).
 
 The SDK is installed in ``worker_process_init``, that is in each prefork child after the fork,
 and flushed in ``worker_process_shutdown``.
@@ -35,6 +37,8 @@ BACKEND = os.environ.get("HOPTRACE_CELERY_BACKEND", "redis://127.0.0.1:6379/0")
 QUEUE = os.environ.get("HOPTRACE_CELERY_QUEUE", "hoptrace-celery-tests")
 OUT = Path(os.environ.get("HOPTRACE_CELERY_OUT", "/tmp/hoptrace-celery"))
 MODE = os.environ.get("HOPTRACE_CELERY_MODE", "hoptrace")
+#: Modes that instrument with OTel's contrib Celery instrumentation and hoptrace's, in order.
+BOTH_MODES = ("both-contrib-first", "both-hoptrace-first")
 SPANS = os.environ.get("HOPTRACE_CELERY_SPANS", "file")
 #: Set by the tests for the worker processes they start; nothing is installed otherwise.
 IN_WORKER = os.environ.get("HOPTRACE_CELERY_WORKER") == "1"
@@ -136,6 +140,15 @@ def setup_process() -> None:
         from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
         CeleryInstrumentor().instrument(tracer_provider=provider)
+    elif MODE in BOTH_MODES:
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+        if MODE == "both-contrib-first":
+            CeleryInstrumentor().instrument(tracer_provider=provider)
+            hoptrace.celery.instrument()
+        else:
+            hoptrace.celery.instrument()
+            CeleryInstrumentor().instrument(tracer_provider=provider)
     else:
         hoptrace.celery.instrument()
 
