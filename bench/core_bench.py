@@ -89,6 +89,14 @@ def _floor_round_trip() -> Callable[[], object]:
     return round_trip
 
 
+def _b3_propagator() -> Any:
+    try:
+        from opentelemetry.propagators.b3 import B3MultiFormat
+    except ImportError:
+        return None
+    return B3MultiFormat()
+
+
 def run(loops: int, repeats: int) -> dict[str, Any]:
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(DropExporter()))
@@ -117,6 +125,21 @@ def run(loops: int, repeats: int) -> dict[str, Any]:
         _config.configure(enabled=False)
         results["disabled_round_trip"] = timed(hoptrace_round_trip, loops, repeats)
     _config.configure(propagation_only=True)
+
+    # 1b. The same round trip when the configured propagators are not the W3C set: hoptrace
+    #     then writes and reads through them (here B3, multi-header), adding its own headers.
+    b3 = _b3_propagator()
+    if b3 is not None:
+        w3c = propagate.get_global_textmap()
+        propagate.set_global_textmap(b3)
+        try:
+            with hoptrace.transaction("bench"):
+                results["propagation_only_round_trip_b3"] = timed(
+                    hoptrace_round_trip, loops, repeats
+                )
+                results["otel_propagate_round_trip_b3"] = timed(otel_round_trip, loops, repeats)
+        finally:
+            propagate.set_global_textmap(w3c)
 
     carrier = hoptrace.inject({})
 
@@ -161,6 +184,13 @@ def run(loops: int, repeats: int) -> dict[str, Any]:
         ),
         "sdk_hop_vs_otel_sdk_hop": ratio("sdk_hop", "otel_sdk_hop"),
     }
+    if "propagation_only_round_trip_b3" in results:
+        results["ratios"]["b3_vs_w3c_propagation_only"] = ratio(
+            "propagation_only_round_trip_b3", "propagation_only_round_trip"
+        )
+        results["ratios"]["b3_propagation_only_vs_otel_b3"] = ratio(
+            "propagation_only_round_trip_b3", "otel_propagate_round_trip_b3"
+        )
     results["targets"] = {
         "propagation_only_round_trip_us<=3": results["propagation_only_round_trip"]["median_us"]
         <= 3.0,

@@ -34,3 +34,11 @@ def test_json_logging_example_emits_ids_on_every_line() -> None:
     assert len({r["trace_id"] for r in records}) == 1
     assert records[1]["messaging_destination"] == "payments"
     assert records[2]["messaging_message_id"] == "msg-7"
+
+
+def test_existing_otel_setup_example_keeps_the_transaction_everywhere() -> None:
+    stdout = run("existing_otel_setup.py")
+    assert "the handler's transaction ID: " in stdout and "(ok)" in stdout
+    assert "LOST" not in stdout
+    assert "x-b3-traceid" in stdout and "the consumer's trace and transaction: ok" in stdout
+    assert "x-transaction-id: True" in stdout

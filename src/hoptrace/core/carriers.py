@@ -30,6 +30,9 @@ Carrier = (
 #: Longest header value decoded while scanning a pair list (the W3C baggage limit).
 _DECODE_LIMIT: Final = 8192
 
+#: Longest value :class:`HeadersGetter` hands to a propagator.
+_GETTER_LIMIT: Final = 65536
+
 #: A header appeared more than once in a list carrier.
 DUPLICATE: Final = object()
 
@@ -200,11 +203,19 @@ class HeadersGetter(Getter[Any]):
 
     def get(self, carrier: Any, key: str) -> list[str] | None:
         """Return the text values of ``key``, skipping values that are not valid text."""
+        if type(carrier) is dict:  # the common case: one text value
+            value = carrier.get(key)
+            if value is None:
+                return None
+            if type(value) is str and len(value) <= _GETTER_LIMIT:
+                return [value]
         raw = read_headers(carrier, (key,))
         if key not in raw:
             return None
         values = raw[key] if is_many(raw[key]) else [raw[key]]
-        texts = [t for t in (as_text(v, 65536) for v in values) if not isinstance(t, Rejected)]
+        texts = [
+            t for t in (as_text(v, _GETTER_LIMIT) for v in values) if not isinstance(t, Rejected)
+        ]
         return texts or None
 
     def keys(self, carrier: Any) -> list[str]:
