@@ -10,7 +10,7 @@ the transaction ID is attached to the context and set on the span.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import cast
 
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
@@ -22,10 +22,13 @@ from .core import diagnostics, semconv
 from .core.context import (
     BAGGAGE_KEY,
     SPAN_KEY,
+    TRANSACTION_KEY,
     bind_transaction,
     current_transaction_id,
+    end_span,
     generate_transaction_id,
     mint_span_context,
+    restore,
     sdk_installed,
 )
 from .core.hop import incoming_parent, start_child_span
@@ -80,6 +83,7 @@ class server_scope:
         "_scheme",
         "_status",
         "_token",
+        "_trust",
         "carrier",
         "reused",
         "span",
@@ -87,9 +91,15 @@ class server_scope:
     )
 
     def __init__(
-        self, carrier: list[tuple[str, str | bytes]], method: str, path: str, scheme: str
+        self,
+        carrier: list[tuple[str, str | bytes]],
+        method: str,
+        path: str,
+        scheme: str,
+        trust_incoming: bool | None = None,
     ) -> None:
         self.carrier = carrier
+        self._trust = trust_incoming
         self._method = method
         self._path = path
         self._scheme = scheme
@@ -113,11 +123,20 @@ class server_scope:
     def _open(self, settings: Settings) -> None:
         incoming = read(self.carrier, settings)
         ambient = otel_context.get_current()
-        tx = (
-            incoming.transaction_id
-            or current_transaction_id(ambient)
-            or generate_transaction_id()
-        )
+        trusted = settings.trust_incoming if self._trust is None else self._trust
+        upstream: str | None = None
+        if trusted:
+            tx = (
+                incoming.transaction_id
+                or current_transaction_id(ambient)
+                or generate_transaction_id()
+            )
+        else:
+            # Never the caller's ID, nor one an outer instrumentation restored from its
+            # baggage; only one that hoptrace set in this process.
+            upstream = incoming.transaction_id
+            own = ambient.get(TRANSACTION_KEY)
+            tx = own if isinstance(own, str) else generate_transaction_id()
         self.transaction_id = tx
         values: dict[str, object] = {**ambient}
         active = cast("Span | None", ambient.get(SPAN_KEY))
@@ -127,17 +146,19 @@ class server_scope:
             self.span = active
             if active.is_recording():
                 active.set_attribute(semconv.TRANSACTION_ID, tx)
+                if upstream is not None:
+                    active.set_attribute(semconv.TRANSACTION_UPSTREAM_ID, upstream)
             baggage = ambient.get(BAGGAGE_KEY)
-            if incoming.baggage is not None and settings.trust_incoming and not baggage:
+            if incoming.baggage is not None and trusted and not baggage:
                 baggage = incoming.baggage
             bind_transaction(values, tx, baggage, settings)
             self._token = otel_context.attach(Context(values))
             return
 
         links: list[Link] = []
-        parent, trusted = incoming_parent(incoming.span_context, settings, None, links,
-                                          link_mode=False)
-        baggage = incoming.baggage if trusted else None
+        parent, keep = incoming_parent(incoming.span_context, settings, None, links,
+                                       link_mode=False, trust=trusted)
+        baggage = incoming.baggage if keep else None
         span: Span | None = None
         if not settings.propagation_only and sdk_installed():
             attrs: dict[str, AttributeValue] = {
@@ -148,6 +169,8 @@ class server_scope:
             }
             if incoming.rejected:
                 attrs[semconv.CONTEXT_REJECTED] = list(incoming.rejected)
+            if upstream is not None:
+                attrs[semconv.TRANSACTION_UPSTREAM_ID] = upstream
             span = self.span = start_child_span(
                 self._method, parent, SpanKind.SERVER, attrs, links, None, "server_scope.span"
             )
@@ -180,21 +203,15 @@ class server_scope:
         """End the span this scope started (recording ``exc``) and detach the context."""
         token, self._token = self._token, None
         span, self.span = self.span, None
-        try:
-            if span is not None and not self.reused and span.is_recording():
-                if exc is not None:
-                    span.record_exception(exc)
-                    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-                elif self._status is not None and self._status >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
-                span.end()
-        except Exception as err:
-            diagnostics.internal_error("server_scope.close", err)
-        if token is not None:
-            otel_context.detach(cast(Any, token))
+        if span is not None and not self.reused and span.is_recording():
+            if exc is None and self._status is not None and self._status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            end_span(span, exc, "server_scope.close")
+        if token is not None and not restore(token):
+            diagnostics.count("scope.closed_elsewhere")
 
     def detach(self) -> None:
         """Detach the request's context now and leave the span open for a later ``close()``."""
         token, self._token = self._token, None
-        if token is not None:
-            otel_context.detach(cast(Any, token))
+        if token is not None and not restore(token):
+            diagnostics.count("scope.closed_elsewhere")

@@ -36,8 +36,15 @@ def _route_of(scope: Scope) -> str | None:
 class TransactionMiddleware:
     """ASGI middleware: one transaction (and server span) per HTTP request."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, trust_incoming: bool | None = None) -> None:
+        """Wrap ``app``. ``trust_incoming=False`` treats callers as untrusted (see Security).
+
+        ``None`` follows the ``trust_incoming`` setting. An untrusted request never continues
+        the caller's trace, baggage or transaction ID: it gets a new transaction, with the
+        caller's ID kept as ``hoptrace.transaction.upstream_id`` on the server span.
+        """
         self.app = app
+        self.trust_incoming = trust_incoming
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the request inside its transaction; add the ID to the response headers."""
@@ -53,6 +60,7 @@ class TransactionMiddleware:
                 str(scope.get("method") or "GET"),
                 str(scope.get("path") or "/"),
                 str(scope.get("scheme") or "http"),
+                self.trust_incoming,
             ).open()
             header = settings.transaction_header.lower().encode("latin-1")
         except Exception as exc:

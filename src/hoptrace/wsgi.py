@@ -87,8 +87,15 @@ class _Body:
 class TransactionMiddleware:
     """WSGI middleware: one transaction (and server span) per HTTP request."""
 
-    def __init__(self, app: WSGIApp) -> None:
+    def __init__(self, app: WSGIApp, *, trust_incoming: bool | None = None) -> None:
+        """Wrap ``app``. ``trust_incoming=False`` treats callers as untrusted (see Security).
+
+        ``None`` follows the ``trust_incoming`` setting. An untrusted request never continues
+        the caller's trace, baggage or transaction ID: it gets a new transaction, with the
+        caller's ID kept as ``hoptrace.transaction.upstream_id`` on the server span.
+        """
         self.app = app
+        self.trust_incoming = trust_incoming
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         """Run the request inside its transaction; add the ID to the response headers."""
@@ -106,6 +113,7 @@ class TransactionMiddleware:
                 str(environ.get("REQUEST_METHOD") or "GET"),
                 str(environ.get("PATH_INFO") or "/"),
                 str(environ.get("wsgi.url_scheme") or "http"),
+                self.trust_incoming,
             )
             header = settings.transaction_header
         except Exception as exc:

@@ -170,7 +170,26 @@ def test_untrusted_edge_starts_a_new_trace_linked_to_the_caller(spans):
     assert f"{span.context.trace_id:032x}" != UPSTREAM_TRACE
     assert [f"{link.context.span_id:016x}" for link in span.links] == [UPSTREAM_SPAN]
     assert "tenant" not in response.json()["outgoing"].get("baggage", "")
-    assert response.headers["x-transaction-id"] == "t-1"
+    # An untrusted caller never chooses the transaction: a new one, the claim kept apart.
+    tx = response.headers["x-transaction-id"]
+    assert tx != "t-1" and response.json()["transaction_id"] == tx
+    assert span.attributes[semconv.TRANSACTION_ID] == tx
+    assert span.attributes[semconv.TRANSACTION_UPSTREAM_ID] == "t-1"
+
+
+def test_middleware_option_marks_one_edge_untrusted(spans):
+    app = Starlette(
+        routes=ROUTES, middleware=[Middleware(TransactionMiddleware, trust_incoming=False)]
+    )
+    response = TestClient(app).get(
+        "/items/1", headers={"traceparent": TRACEPARENT, "x-transaction-id": "t-2"}
+    )
+    span = spans.one("GET /items/{item_id}")
+    assert span.parent is None and span.attributes[semconv.TRANSACTION_UPSTREAM_ID] == "t-2"
+    assert response.headers["x-transaction-id"] != "t-2"
+    # the setting itself is untouched: a trusting edge still continues the caller's
+    trusting = make_client().get("/items/1", headers={"x-transaction-id": "t-3"})
+    assert trusting.headers["x-transaction-id"] == "t-3"
 
 
 def test_configured_header_name_is_matched_case_insensitively(spans):

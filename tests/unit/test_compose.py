@@ -72,18 +72,6 @@ def published_ports(service: dict[str, Any]) -> dict[int, int]:
     return result
 
 
-def test_published_ports_parser() -> None:
-    service = {
-        "ports": [
-            "127.0.0.1:5672:5672",
-            "15672:15672",
-            "4317/tcp",
-            {"target": 9092, "published": "19092"},
-        ]
-    }
-    assert published_ports(service) == {5672: 5672, 15672: 15672, 19092: 9092}
-
-
 def test_defaults_cover_every_broker(brokers: ModuleType) -> None:
     assert set(brokers.DEFAULTS) == set(SERVICE_FOR_KIND)
     assert brokers.ENV_VARS == {

@@ -45,7 +45,14 @@ def test_1000_asyncio_tasks_publish_and_consume_without_leaks(
                 )
 
         await asyncio.gather(*(producer(i) for i in range(n)))
-        await asyncio.gather(*(handle(inbox.get_nowait()) for _ in range(n)))
+        # Half the handlers in tasks of their own, interleaving; the other half one after
+        # another in this one task, where a scope that left its context attached would show:
+        # gather's tasks each work on a copy of the context, so they alone could not.
+        await asyncio.gather(*(handle(inbox.get_nowait()) for _ in range(n // 2)))
+        while not inbox.empty():
+            await handle(inbox.get_nowait())
+            left = (hoptrace.current_transaction_id(), hoptrace.current_trace_id())
+            assert left == (None, None), f"a scope left its context attached: {left}"
         return results
 
     results = asyncio.run(main())

@@ -81,7 +81,18 @@ def test_untrusted_incoming_links_and_drops_baggage(spans: Any) -> None:
     assert process.links[0].context.trace_id == int("a" * 32, 16)
     assert process.links[0].attributes[semconv.LINK_REASON] == "untrusted"
     assert role is None
-    assert tx == "client-7"
+    # An untrusted sender never chooses the transaction its messages join.
+    assert tx is not None and tx != "client-7"
+    assert process.attributes[semconv.TRANSACTION_ID] == tx
+    assert process.attributes[semconv.TRANSACTION_UPSTREAM_ID] == "client-7"
+
+
+def test_untrusted_message_without_traceparent_keeps_no_baggage(spans: Any) -> None:
+    hoptrace.configure(trust_incoming=False)
+    with hoptrace.consume_scope({"baggage": "role=admin,transaction.id=client-8"}, "api", "http"):
+        role = baggage.get_baggage("role")
+        tx = hoptrace.current_transaction_id()
+    assert role is None and tx != "client-8"
 
 
 def test_ambient_span_stays_parent_and_producer_becomes_a_link(spans: Any) -> None:

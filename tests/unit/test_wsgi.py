@@ -18,7 +18,7 @@ UPSTREAM_SPAN = "b7ad6b7169203331"
 TRACEPARENT = f"00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01"
 
 
-def make_app(*, otel_outer: bool = False) -> Flask:
+def make_app(*, otel_outer: bool = False, trust_incoming: bool | None = None) -> Flask:
     app = Flask("hoptrace-test")
     app.config["PROPAGATE_EXCEPTIONS"] = False
 
@@ -44,7 +44,9 @@ def make_app(*, otel_outer: bool = False) -> Flask:
     def boom() -> Response:
         raise RuntimeError("handler failed")
 
-    app.wsgi_app = TransactionMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = TransactionMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, trust_incoming=trust_incoming
+    )
     if otel_outer:
         app.wsgi_app = OpenTelemetryMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     return app
@@ -140,3 +142,15 @@ def test_example_http_wsgi_runs_a_real_server_and_continues_the_upstream_trace()
     assert f"X-Transaction-ID: {tx}" in out.stdout
     assert f"trace {UPSTREAM_TRACE}  transaction {tx}" in out.stdout
     assert "GET /stock/<sku>" in out.stdout
+
+
+def test_untrusted_edge_never_adopts_the_callers_transaction(spans):
+    response = make_app(trust_incoming=False).test_client().get(
+        "/orders/3", headers={"traceparent": TRACEPARENT, "X-Transaction-ID": "caller-1"},
+        buffered=True,
+    )
+    tx = response.headers["X-Transaction-ID"]
+    assert tx != "caller-1" and response.get_json()["transaction_id"] == tx
+    span = spans.one("GET /orders/<int:order_id>")
+    assert span.parent is None and f"{span.context.trace_id:032x}" != UPSTREAM_TRACE
+    assert span.attributes[semconv.TRANSACTION_UPSTREAM_ID] == "caller-1"

@@ -77,6 +77,23 @@ def detach(token: object) -> None:
         diagnostics.internal_error("detach", exc)
 
 
+def restore(token: object) -> bool:
+    """Make current again the Context found when :func:`attach` returned ``token``.
+
+    Whatever was attached since and never detached (a handler's leaked context) goes with
+    it. Returns False, restoring nothing, when ``token`` belongs to another thread or task
+    or was used already.
+    """
+    if _CONTEXT_VAR is not None:
+        try:
+            _CONTEXT_VAR.reset(token)  # type: ignore[arg-type]
+            return True
+        except (ValueError, RuntimeError):
+            return False
+    detach(token)
+    return True
+
+
 def _discover_key(ctx: Context) -> str:
     (key,) = ctx.keys()
     return key
@@ -201,6 +218,29 @@ def bind_transaction(
         values[BAGGAGE_KEY] = baggage
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: message`` for a span status; the type alone when ``str(exc)`` raises."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:
+        return type(exc).__name__
+
+
+def end_span(span: Span, exc: BaseException | None, where: str) -> None:
+    """End ``span``, first recording ``exc`` as its error; the span is ended whatever happens."""
+    try:
+        if exc is not None and span.is_recording():
+            span.set_status(Status(StatusCode.ERROR, describe(exc)))
+            span.record_exception(exc)
+    except Exception as err:  # an exception whose __str__ or __repr__ raises, say
+        diagnostics.internal_error(where, err)
+    finally:
+        try:
+            span.end()
+        except Exception as err:
+            diagnostics.internal_error(where, err)
+
+
 def span_in(context: Context) -> Span | None:
     """Return the span stored in ``context``, or None."""
     return cast("Span | None", context.get(SPAN_KEY))
@@ -252,7 +292,7 @@ class transaction:
     trace and span ID are minted so every log line still shares a trace ID.
     """
 
-    __slots__ = ("_attributes", "_name", "_span", "_token", "_transaction_id")
+    __slots__ = ("_attributes", "_fixed_id", "_name", "_span", "_token", "_transaction_id")
 
     def __init__(
         self,
@@ -266,6 +306,7 @@ class transaction:
         if transaction_id is not None:
             validate_transaction_id(transaction_id)
         self._name = name
+        self._fixed_id = transaction_id
         self._transaction_id = transaction_id
         self._attributes = attributes
         self._token: object | None = None
@@ -282,11 +323,16 @@ class transaction:
         return self._span
 
     def __enter__(self) -> transaction:
+        if self._token is not None:
+            raise RuntimeError(
+                "this hoptrace.transaction is already open; create a new hoptrace.transaction() "
+                "for a nested transaction"
+            )
         settings = get_settings()
         if not settings.enabled:
             return self
         try:
-            tx = self._transaction_id or generate_transaction_id()
+            tx = self._fixed_id or generate_transaction_id()
             self._transaction_id = tx
             parent = get_current()
             span: Span
@@ -326,16 +372,10 @@ class transaction:
     ) -> None:
         token, self._token = self._token, None
         span, self._span = self._span, None
-        try:
-            if span is not None and span.is_recording():
-                if exc is not None:
-                    span.record_exception(exc)
-                    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-                span.end()
-        except Exception as err:
-            diagnostics.internal_error("transaction.exit", err)
-        if token is not None:
-            detach(token)
+        if span is not None and span.is_recording():
+            end_span(span, exc, "transaction.exit")
+        if token is not None and not restore(token):
+            diagnostics.count("scope.closed_elsewhere")
 
     async def __aenter__(self) -> transaction:
         return self.__enter__()

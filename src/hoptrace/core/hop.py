@@ -26,8 +26,6 @@ from opentelemetry.trace import (
     Span,
     SpanContext,
     SpanKind,
-    Status,
-    StatusCode,
 )
 from opentelemetry.util.types import AttributeValue
 
@@ -42,10 +40,11 @@ from .context import (
     attach,
     bind_transaction,
     current_transaction_id,
-    detach,
+    end_span,
     generate_transaction_id,
     get_current,
     mint_span_context,
+    restore,
     sdk_installed,
     span_in,
 )
@@ -94,13 +93,6 @@ def _add_attributes(
         attrs.update(extra)
 
 
-def _end_span(span: Span, exc: BaseException | None) -> None:
-    if exc is not None and span.is_recording():
-        span.record_exception(exc)
-        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-    span.end()
-
-
 _MASK_64: Final = (1 << 64) - 1
 
 
@@ -111,6 +103,7 @@ def incoming_parent(
     links: list[Link],
     *,
     link_mode: bool = True,
+    trust: bool | None = None,
 ) -> tuple[Span | None, bool]:
     """Choose the parent of a span that handles an incoming message or request.
 
@@ -119,10 +112,12 @@ def incoming_parent(
     ``ambient`` span is already active; then it becomes a link (appended to ``links``, with
     its reason) and the ambient span, or none, is the parent. Returns the parent span and
     whether the incoming baggage may be kept (False when the input is untrusted).
+    ``trust`` overrides the ``trust_incoming`` setting (an HTTP edge's own option).
     """
+    trusted = settings.trust_incoming if trust is None else trust
     if remote is None:
-        return ambient, True
-    if not settings.trust_incoming:
+        return ambient, trusted
+    if not trusted:
         links.append(Link(remote, {semconv.LINK_REASON: "untrusted"}))
         return ambient, False
     if link_mode and settings.link_mode == "link":
@@ -192,30 +187,48 @@ class _Scope:
         self._token = attach(ctx)
         self._attached = ctx
 
-    def _release(self) -> None:
-        """Detach the context if it is still the current one here.
+    def _release(self, nested: bool = False) -> None:
+        """Make current again the context this scope found when it opened.
 
-        Scopes that iterator-style clients keep open are released at the next call, when the
-        caller may have entered and left scopes of its own since, or from another thread or
-        task. Resetting the token then would bring back a stale context, so it is dropped.
+        Whatever the handler attached on top since and never detached goes with it, so a
+        leaked context cannot outlive the message. A scope released from another thread or
+        task restores nothing there.
+
+        ``nested``: the scope was a ``with`` block, so it always restores. A scope closed by a
+        call (``close()``) may be one that an iterator or poll client held open after the
+        call that opened it returned, and closes at the caller's next call. By then the
+        caller's own scopes (a span per loop iteration, say) may have come and gone and
+        restored the context from before this scope already; restoring again would bring
+        back a stale one. Such a scope restores only while its own context, or one built on
+        it, is still current.
         """
         token, attached = self._token, self._attached
         self._token = self._attached = None
-        if token is not None and get_current() is attached:
-            detach(token)
+        if token is None:
+            return
+        if not nested and attached is not None:
+            current = get_current()
+            mark = attached.get(_SCOPE_SPAN_KEY)
+            if current is not attached and (
+                mark is None or current.get(_SCOPE_SPAN_KEY) is not mark
+            ):
+                diagnostics.count("scope.left_already")
+                return
+        if not restore(token):
+            diagnostics.count("scope.closed_elsewhere")
 
     def close(self, exc: BaseException | None = None) -> None:
         """End the span (recording ``exc`` as its error, if given) and detach the context."""
+        self._close(exc, False)
+
+    def _close(self, exc: BaseException | None, nested: bool) -> None:
         if self._closed:
             return
         self._closed = True
         span, self.span = self.span, None
         if span is not None:
-            try:
-                _end_span(span, exc)
-            except Exception as err:
-                diagnostics.internal_error(type(self).__name__ + ".close", err)
-        self._release()
+            end_span(span, exc, type(self).__name__ + ".close")
+        self._release(nested)
 
     def detach(self) -> None:
         """Detach the context now but keep the span open until :meth:`close`.
@@ -243,7 +256,7 @@ class _Scope:
         tb: TracebackType | None,
     ) -> None:
         # A generator closed by its consumer (break) is a normal end, not a failure.
-        self.close(None if isinstance(exc, GeneratorExit) else exc)
+        self._close(None if isinstance(exc, GeneratorExit) else exc, True)
 
     async def __aenter__(self) -> Any:
         return self.open()
@@ -254,7 +267,7 @@ class _Scope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close(None if isinstance(exc, GeneratorExit) else exc)
+        self._close(None if isinstance(exc, GeneratorExit) else exc, True)
 
 
 class produce_scope(_Scope):
@@ -448,7 +461,12 @@ class consume_scope(_Scope):
         incoming = read(self._carrier, settings)
         self.incoming = incoming
         ambient = get_current()
-        tx = incoming.transaction_id or generate_transaction_id()
+        upstream: str | None = None
+        if settings.trust_incoming:
+            tx = incoming.transaction_id or generate_transaction_id()
+        else:  # an untrusted sender never chooses whom its messages are correlated with
+            upstream = incoming.transaction_id
+            tx = generate_transaction_id()
         self.transaction_id = tx
         remote = incoming.span_context
         baggage = incoming.baggage
@@ -518,6 +536,8 @@ class consume_scope(_Scope):
                     attrs[semconv.CLOCK_SKEW] = True
             if incoming.rejected:
                 attrs[semconv.CONTEXT_REJECTED] = list(incoming.rejected)
+            if upstream is not None:
+                attrs[semconv.TRANSACTION_UPSTREAM_ID] = upstream
             _add_attributes(attrs, self._attributes)
             span = self.span = start_child_span(
                 self._name or semconv.process_span_name(self._destination), parent_span,

@@ -50,7 +50,11 @@ SYSTEM_CELERY: Final = "celery"
 
 # hoptrace's own attributes.
 TRANSACTION_ID: Final = "hoptrace.transaction.id"
+#: The transaction ID an untrusted sender claimed (validated), kept for correlation only.
+TRANSACTION_UPSTREAM_ID: Final = "hoptrace.transaction.upstream_id"
 QUEUE_WAIT_MS: Final = "hoptrace.queue_wait_ms"
+#: How coarse the send time behind the queue wait was (ms): 1 for a Kafka record timestamp.
+QUEUE_WAIT_PRECISION_MS: Final = "hoptrace.queue_wait.precision_ms"
 CLOCK_SKEW: Final = "hoptrace.clock_skew"
 CONTEXT_REJECTED: Final = "hoptrace.context.rejected"
 LINK_REASON: Final = "hoptrace.link.reason"
