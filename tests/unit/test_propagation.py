@@ -239,3 +239,41 @@ def test_repeated_inject_never_duplicates(shape: str, times: int, noise: list[An
     keys = keys_of(carrier)
     for header in ("traceparent", "baggage", "x-transaction-id", "x-hoptrace-sent-ns"):
         assert keys.count(header) == 1
+
+
+# A valid ID already in the outgoing carrier is kept when no transaction is active (a message
+# that a framework or another instrumentation passes on); inside a transaction, the
+# transaction's ID wins.
+
+
+def test_inject_outside_a_transaction_keeps_the_carriers_valid_id() -> None:
+    headers = hoptrace.inject({"x-transaction-id": "keep-1"})
+    assert headers["x-transaction-id"] == "keep-1"
+    assert "transaction.id=keep-1" in headers["baggage"]
+
+
+def test_inject_keeps_an_id_carried_only_in_the_baggage() -> None:
+    headers = hoptrace.inject([("baggage", b"tenant=acme,transaction.id=keep-2")])
+    values = {k: v.decode() for k, v in headers}
+    assert values["x-transaction-id"] == "keep-2"
+    assert "transaction.id=keep-2" in values["baggage"]
+
+
+def test_inject_replaces_an_invalid_carried_id() -> None:
+    headers = hoptrace.inject({"x-transaction-id": "bad id\r\n"})
+    assert headers["x-transaction-id"] != "bad id\r\n"
+    assert len(headers["x-transaction-id"]) == 32
+
+
+def test_inside_a_transaction_its_id_wins_over_the_carriers() -> None:
+    with hoptrace.transaction("edge") as tx:
+        headers = hoptrace.inject({"x-transaction-id": "stale-3"})
+    assert headers["x-transaction-id"] == tx.transaction_id
+
+
+def test_produce_scope_outside_a_transaction_keeps_the_carriers_id(spans: Any) -> None:
+    with hoptrace.produce_scope({"baggage": "transaction.id=keep-4"}, "orders", "kafka") as s:
+        inside = hoptrace.current_transaction_id()
+        carrier = s.carrier
+    assert inside == "keep-4" and carrier["x-transaction-id"] == "keep-4"
+    assert spans.one("send orders").attributes["hoptrace.transaction.id"] == "keep-4"

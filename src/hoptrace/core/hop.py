@@ -48,7 +48,7 @@ from .context import (
     sdk_installed,
     span_in,
 )
-from .propagation import Incoming, read, render
+from .propagation import Incoming, carried_transaction_id, read, render
 from .spans import TrustedAttributes, start_span
 
 Attributes = Mapping[str, AttributeValue]
@@ -322,6 +322,10 @@ class produce_scope(_Scope):
         try:
             parent = get_current()
             tx = current_transaction_id(parent)
+            if tx is None and carrier is not None:
+                # Outside any transaction, a message that already carries a valid ID (one
+                # a framework or another instrumentation passes on) keeps it.
+                tx = carried_transaction_id(carrier)
             if tx is None:
                 tx = generate_transaction_id()
             self.transaction_id = tx

@@ -66,7 +66,7 @@ from .context import (
     mint_span_context,
     sdk_installed,
 )
-from .propagator import configured_textmap, propagate_module
+from .propagator import baggage_entry, configured_textmap, propagate_module
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _TRACESTATE_KEY = re.compile(
@@ -632,6 +632,10 @@ def inject(
         )
     ctx = context if context is not None else get_current()
     try:
+        if carrier is not None and current_transaction_id(ctx) is None:
+            carried = carried_transaction_id(carrier)
+            if carried is not None:  # a message passed on outside any transaction keeps its ID
+                ctx = Context({**ctx, TRANSACTION_KEY: carried})
         if kind is dict and not copy:
             # Write straight into the caller's dict; on error it holds only whole values.
             return render(ctx, settings, carrier)  # type: ignore[arg-type]
@@ -640,6 +644,32 @@ def inject(
         diagnostics.internal_error("inject", exc)
         return {} if carrier is None else carrier
     return write_headers(carrier, values, copy=copy)
+
+
+def carried_transaction_id(carrier: object) -> str | None:
+    """The valid transaction ID an outgoing carrier already holds (header, else baggage).
+
+    A message relayed outside any transaction (by a framework, or another instrumentation
+    that restored no hoptrace context) keeps the ID it carries instead of getting a new one.
+    """
+    try:
+        names = _names
+        raw = read_headers(carrier, (names.transaction, semconv.BAGGAGE))
+        if not raw:
+            return None
+        header = as_text(raw[names.transaction], _MAX_TRANSACTION) \
+            if names.transaction in raw else None
+        if isinstance(header, str) and not isinstance(header, Rejected) \
+                and _TRANSACTION_ID(header):
+            return header
+        bag = as_text(raw[semconv.BAGGAGE], 8192) if semconv.BAGGAGE in raw else None
+        if isinstance(bag, str) and not isinstance(bag, Rejected):
+            mirrored = baggage_entry(bag, names.baggage_key)
+            if mirrored is not None and _TRANSACTION_ID(mirrored):
+                return mirrored
+    except Exception as exc:
+        diagnostics.internal_error("carried_transaction_id", exc)
+    return None
 
 
 def render(
