@@ -172,7 +172,8 @@ class server_scope:
             if upstream is not None:
                 attrs[semconv.TRANSACTION_UPSTREAM_ID] = upstream
             span = self.span = start_child_span(
-                self._method, parent, SpanKind.SERVER, attrs, links, None, "server_scope.span"
+                self._method, parent, SpanKind.SERVER, attrs, links, None, "server_scope.span",
+                baggage if baggage is not None else ambient.get(BAGGAGE_KEY),
             )
         if span is None:
             span = parent if parent is not None else NonRecordingSpan(mint_span_context())

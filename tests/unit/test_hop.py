@@ -355,3 +355,38 @@ def test_attribute_callables_run_only_when_a_span_records(
         pass
     assert calls == (["built", "built"] if mode == "spans" else [])
     assert hoptrace.spans_active() is False or mode == "spans"
+
+
+@pytest.mark.parametrize("fast_spans", [True, False])
+def test_sampler_sees_the_messages_baggage_when_the_process_span_starts(
+    fast_spans: bool,
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+
+    from conftest import _swap_provider
+
+    seen: list[object] = []
+
+    class Recording(Sampler):
+        def should_sample(self, parent_context: Any, *args: Any, **kwargs: Any) -> SamplingResult:
+            seen.append(baggage.get_baggage("tenant", parent_context))
+            return SamplingResult(Decision.RECORD_AND_SAMPLE)
+
+        def get_description(self) -> str:
+            return "recording"
+
+    hoptrace.configure(fast_spans=fast_spans)
+    previous = _swap_provider(TracerProvider(sampler=Recording()))
+    try:
+        token = context.attach(baggage.set_baggage("tenant", "acme"))
+        try:
+            headers = hoptrace.inject({})
+        finally:
+            context.detach(token)
+        seen.clear()
+        with hoptrace.consume_scope(headers, "orders", "rabbitmq"):
+            pass
+    finally:
+        _swap_provider(previous)
+    assert seen == ["acme"]

@@ -1,50 +1,116 @@
 """A lean span recorder for the OTel SDK's tracer (imported only when the SDK is in use).
 
-It follows ``opentelemetry.sdk.trace.Tracer.start_span`` step by step — tracer enabled, sampler
-decision and trace state, trace flags, ID generator, resource, span limits, ``on_start`` /
-``on_end`` of the tracer's span processors — and differs in one thing: the attributes hoptrace
-builds are plain ``str``/``bool``/``int``/``float`` values, so they go in as they are instead of
-through ``BoundedAttributes`` one key at a time. A value of any other type, a span limit hoptrace
-could reach, or any attribute a user sets on the span, takes the SDK's validating path.
+:meth:`Recorder.start` is ``opentelemetry.sdk.trace.Tracer.start_span`` step by step, for each
+version of that method this module knows (SDK 1.20 to 1.45). The span it starts is an SDK span:
+:class:`HopSpan` subclasses the SDK's ``_Span``, is built by the SDK's own ``__init__`` and
+``start``, and keeps every other SDK method: attributes, events and links with their limits
+and dropped counts, status, ``record_exception``, the lock, ``end`` and the ``ReadableSpan``
+snapshot that ``on_end`` gets. Two steps cost less than in the SDK:
 
-:class:`HopSpan` is an SDK ``ReadableSpan``: processors and exporters read it as they read any
-SDK span, and ``on_end`` gets the span itself, frozen by its end time.
+- a ``ParentBased`` sampler whose delegates are all ``StaticSampler`` (the SDK's default)
+  decides by table lookup, with the same decision and trace state;
+- attribute values the SDK would store unchanged (a plain ``str``, ``bool``, ``int`` or
+  ``float`` under a non-empty ``str`` key, within the span's count and length limits) go into
+  the span's ``BoundedAttributes`` as they are, not through its per-value check. Any other
+  value, or any limit they would hit, takes the SDK's path for the whole set.
+
+At first use for a tracer, :func:`recorder_for` checks that the SDK has the shape this module
+knows. When it does not, hoptrace calls ``tracer.start_span`` and says why once, at debug level.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import traceback
+import re
+import weakref
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from time import time_ns
-from types import TracebackType
-from typing import Any, Final, cast
+from types import FunctionType
+from typing import Any, Final, NamedTuple, cast
 
 from opentelemetry import trace as trace_api
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
+from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, Tracer, _Span
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, StaticSampler
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 from opentelemetry.util.types import AttributeValue
 
-from .context import SPAN_KEY
 from .spans import TrustedAttributes
 
 _logger = logging.getLogger("hoptrace")
 
-_PLAIN: Final = frozenset((str, bool, int, float))
 _RANDOM_FLAG: Final[int] = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
 #: Trace flags by (sampled | random trace ID << 1).
 _FLAGS: Final = tuple(
-    TraceFlags((TraceFlags.SAMPLED if i & 1 else 0) | (_RANDOM_FLAG if i & 2 else 0))
+    TraceFlags((TraceFlags.SAMPLED if i & 1 else TraceFlags.DEFAULT)
+               | (_RANDOM_FLAG if i & 2 else 0))
     for i in range(4)
 )
-_UNSET: Final = Status(StatusCode.UNSET)
-_RECORD_AND_SAMPLE: Final = Decision.RECORD_AND_SAMPLE
-_DROP: Final = Decision.DROP
+
+#: The names ``Tracer.start_span`` reads in SDK 1.20 to 1.39; later versions add to them.
+_NAMES_1_20: Final = frozenset({
+    "DEFAULT", "NonRecordingSpan", "SAMPLED", "SpanContext", "TraceFlags", "TypeError", "_Span",
+    "_instrumentation_scope", "_span_limits", "attributes", "decision", "generate_span_id",
+    "generate_trace_id", "get_current_span", "get_span_context", "id_generator",
+    "instrumentation_info", "is_recording", "is_sampled", "is_valid", "isinstance", "resource",
+    "sampler", "should_sample", "span_processor", "start", "trace_api", "trace_id",
+    "trace_state",
+})
+#: 1.40: a disabled tracer returns a non-recording span; internal metrics per span.
+_NAMES_1_40: Final = _NAMES_1_20 | {"_is_enabled", "_tracer_metrics", "start_span"}
+#: 1.42.0: the random-trace-ID flag, from the ID generator.
+_NAMES_1_42: Final = _NAMES_1_40 | {"RANDOM_TRACE_ID", "is_trace_id_random"}
+#: 1.42.1: the random-trace-ID flag of a child comes from its parent.
+_NAMES_1_42_1: Final = _NAMES_1_42 | {"random_trace_id", "trace_flags"}
+#: The fields of a BoundedAttributes: SDK 1.20 to 1.32 and 1.45; 1.33 to 1.44 add one.
+_BOUNDED_FIELDS: Final = frozenset({"maxlen", "dropped", "max_value_len", "_dict", "_lock",
+                                    "_immutable"})
+_BOUNDED_FIELDS_1_33: Final = _BOUNDED_FIELDS | {"_extended_attributes"}
+_SAMPLER_FIELDS: Final = ("_root", "_local_parent_sampled", "_local_parent_not_sampled",
+                          "_remote_parent_sampled", "_remote_parent_not_sampled")
+_TRACER_FIELDS: Final = frozenset({"sampler", "resource", "span_processor", "id_generator",
+                                   "instrumentation_info", "_span_limits",
+                                   "_instrumentation_scope"})
+
+
+class Variant(NamedTuple):
+    """What one known version of ``Tracer.start_span`` does beyond SDK 1.20's."""
+
+    gated: bool  # checks _is_enabled(), counts the span in _tracer_metrics (1.40)
+    links_or_empty: bool  # passes ``links or ()`` on (1.41)
+    random_flag: int  # 0: no random-trace-ID flag; 1: the generator's (1.42.0); 2: the parent's
+    copy_attributes: bool  # copies the sampler's attributes before the span does (to 1.42.1)
+
+
+def _sdk_version() -> tuple[int, ...]:
+    try:
+        from opentelemetry.sdk.version import __version__
+    except ImportError:  # pragma: no cover - every SDK release has it
+        return ()
+    return tuple(int(part) for part in re.findall(r"\d+", __version__)[:3])
+
+
+def start_span_variant() -> Variant | None:
+    """The installed SDK's ``Tracer.start_span``, as a :class:`Variant`; None if unknown."""
+    method = Tracer.__dict__.get("start_span")
+    if type(method) is not FunctionType:  # wrapped by someone: it must run
+        return None
+    names = frozenset(method.__code__.co_names)
+    copy_attributes = "copy" in names
+    names -= {"copy"}
+    if names == _NAMES_1_20:
+        return Variant(False, False, 0, copy_attributes)
+    if names == _NAMES_1_40:
+        minor = _sdk_version()[:2]  # 1.40 and 1.41 differ only in `links = links or ()`
+        if minor in ((1, 40), (1, 41)):
+            return Variant(True, minor == (1, 41), 0, copy_attributes)
+        return None
+    if names == _NAMES_1_42:
+        return Variant(True, True, 1, copy_attributes)
+    if names == _NAMES_1_42_1:
+        return Variant(True, True, 2, copy_attributes)
+    return None
 
 
 def _static_decisions(sampler: object) -> tuple[Decision, ...] | None:
@@ -53,14 +119,14 @@ def _static_decisions(sampler: object) -> tuple[Decision, ...] | None:
     The order is: root, local parent sampled, local not sampled, remote sampled, remote not
     sampled.
     """
-    if type(sampler) is not ParentBased:
+    if type(sampler) is not ParentBased or set(vars(sampler)) != set(_SAMPLER_FIELDS):
         return None
-    delegates = [getattr(sampler, name, None) for name in (
-        "_root", "_local_parent_sampled", "_local_parent_not_sampled",
-        "_remote_parent_sampled", "_remote_parent_not_sampled",
-    )]
+    for cls in (ParentBased, StaticSampler):
+        if type(cls.__dict__.get("should_sample")) is not FunctionType:
+            return None
     decisions = []
-    for delegate in delegates:
+    for name in _SAMPLER_FIELDS:
+        delegate = getattr(sampler, name)
         decision = getattr(delegate, "_decision", None)
         if type(delegate) is not StaticSampler or not isinstance(decision, Decision):
             return None
@@ -68,50 +134,109 @@ def _static_decisions(sampler: object) -> tuple[Decision, ...] | None:
     return tuple(decisions)
 
 
-def _internal_metrics_enabled() -> bool:
-    value = os.environ.get("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "")
-    return value.strip().lower() in ("1", "true", "yes", "on")
+def _span_shape_refusal(tracer: Any, variant: Variant) -> str | None:
+    """Why the SDK's span would not take attributes the way :meth:`Recorder.start` gives them."""
+    limits = tracer._span_limits
+    extra: dict[str, Any] = {"record_end_metrics": None} if variant.gated else {}
+    probe = _Span(
+        "hoptrace.probe", trace_api.INVALID_SPAN_CONTEXT, None, sampler=tracer.sampler,
+        resource=tracer.resource, attributes=None, span_processor=SpanProcessor(),
+        kind=SpanKind.INTERNAL, links=(), instrumentation_info=tracer.instrumentation_info,
+        limits=limits, instrumentation_scope=tracer._instrumentation_scope, **extra,
+    )
+    attributes = getattr(probe, "_attributes", None)
+    if type(attributes) is not BoundedAttributes or set(vars(attributes)) not in (
+        _BOUNDED_FIELDS, _BOUNDED_FIELDS_1_33
+    ) or getattr(attributes, "_extended_attributes", False) is not False:
+        return "the SDK span's attributes are not the BoundedAttributes this recorder knows"
+    if (attributes.maxlen != limits.max_span_attributes
+            or attributes.max_value_len != limits.max_span_attribute_length
+            or attributes._immutable or attributes.dropped
+            or type(attributes._dict) not in (dict, OrderedDict) or attributes._dict):
+        return "the SDK span does not apply its span limits the way this recorder knows"
+    sample: dict[str, AttributeValue] = {"s": "v", "b": True, "i": 1, "f": 1.5}
+    if list(BoundedAttributes(None, sample, False, None)._dict.items()) != list(sample.items()):
+        return "BoundedAttributes changes plain values"
+    return None
+
+
+def _refusal(tracer: Any) -> tuple[str | None, Variant | None]:
+    """Why this recorder cannot start spans for ``tracer`` (None if it can), and the variant."""
+    if type(tracer) is not Tracer:
+        return f"tracer class {type(tracer).__qualname__} is not the SDK's Tracer", None
+    variant = start_span_variant()
+    if variant is None:
+        version = ".".join(map(str, _sdk_version())) or "?"
+        return f"Tracer.start_span of opentelemetry-sdk {version} is not one it knows", None
+    fields = set(vars(tracer))
+    needed = _TRACER_FIELDS | ({"_tracer_metrics"} if variant.gated else set())
+    if not needed <= fields or (variant.gated and not callable(getattr(tracer, "_is_enabled",
+                                                                        None))):
+        return f"the tracer lacks {sorted(needed - fields) or ['_is_enabled']}", None
+    if type(tracer._span_limits) is not SpanLimits:
+        return "the tracer's span limits are not an SDK SpanLimits", None
+    return _span_shape_refusal(tracer, variant), variant
+
+
+#: What the probe found, per tracer: a Recorder, or None for tracer.start_span.
+_recorders: weakref.WeakKeyDictionary[Any, Recorder | None] = weakref.WeakKeyDictionary()
 
 
 def recorder_for(tracer: Any) -> Recorder | None:
-    """Return a recorder for an SDK ``Tracer``, or None when it has parts this module lacks."""
-    needed = ("sampler", "id_generator", "resource", "span_processor")
-    if not all(hasattr(tracer, name) for name in needed) or _internal_metrics_enabled():
-        return None
-    return Recorder(tracer)
+    """Return a recorder for an SDK ``Tracer``, or None when the SDK has another shape."""
+    try:
+        return _recorders[tracer]
+    except (KeyError, TypeError):
+        pass
+    try:
+        reason, variant = _refusal(tracer)
+    except Exception as exc:  # a shape so different that the probe itself failed
+        reason, variant = f"the probe failed ({type(exc).__name__}: {exc})", None
+    recorder = None
+    if reason is None and variant is not None:
+        recorder = Recorder(tracer, variant)
+    else:
+        _logger.debug("hoptrace: spans go through tracer.start_span: %s", reason)
+    try:
+        _recorders[tracer] = recorder
+    except TypeError:  # pragma: no cover - not weakly referenceable
+        pass
+    return recorder
+
+
+def forget_probes() -> None:
+    """Forget what the probes found (for tests that change the SDK's shape)."""
+    _recorders.clear()
+
+
+def _plain(attributes: Mapping[str, Any], limits: SpanLimits) -> bool:
+    """Whether the SDK would store ``attributes`` unchanged, in order, dropping none."""
+    count = limits.max_span_attributes
+    if count is not None and len(attributes) > count:
+        return False
+    length = limits.max_span_attribute_length
+    for key, value in attributes.items():
+        kind = type(value)
+        if kind is str:
+            if length is not None and len(value) > length:
+                return False
+        elif kind is not bool and kind is not int and kind is not float:
+            return False
+        if type(key) is not str or not key:
+            return False
+    return True
 
 
 class Recorder:
-    """Starts :class:`HopSpan` objects for one SDK tracer."""
+    """Starts :class:`HopSpan` objects for one SDK tracer, as its ``start_span`` would."""
 
-    __slots__ = ("_decisions", "_enabled", "_limits", "_sampler", "on_ending", "plain_ok",
-                 "processor", "scope", "tracer")
+    __slots__ = ("_decisions", "_sampler", "tracer", "variant")
 
-    def __init__(self, tracer: Any) -> None:
+    def __init__(self, tracer: Any, variant: Variant) -> None:
         self.tracer = tracer
+        self.variant = variant
         self._sampler = tracer.sampler
         self._decisions = _static_decisions(self._sampler)
-        limits = getattr(tracer, "_span_limits", None)
-        self._limits: SpanLimits = limits if isinstance(limits, SpanLimits) else SpanLimits()
-        self.processor = tracer.span_processor
-        self.on_ending = getattr(self.processor, "_on_ending", None)
-        enabled = getattr(tracer, "_is_enabled", None)
-        self._enabled = enabled if callable(enabled) else None
-        scope = getattr(tracer, "_instrumentation_scope", None)
-        if not isinstance(scope, InstrumentationScope):
-            info = getattr(tracer, "instrumentation_info", None)
-            scope = InstrumentationScope(
-                getattr(info, "name", "hoptrace"), getattr(info, "version", None),
-                getattr(info, "schema_url", None),
-            )
-        self.scope = scope
-        # Plain values go in unvalidated only while no limit could cut them.
-        self.plain_ok = self._limits.max_span_attribute_length is None
-
-    @property
-    def limits(self) -> SpanLimits:
-        """The span limits in force for this tracer."""
-        return self._limits
 
     def start(
         self,
@@ -123,238 +248,88 @@ class Recorder:
         start_time: int | None,
         span_id: int | None,
     ) -> trace_api.Span:
-        """Start a span the way the SDK tracer would, with hoptrace's trusted attributes."""
-        parent_span = context.get(SPAN_KEY)
-        parent: SpanContext | None = (
-            parent_span.get_span_context() if parent_span is not None else None  # type: ignore[attr-defined]
-        )
-        if self._enabled is not None and not self._enabled():
-            return trace_api.NonRecordingSpan(parent or trace_api.INVALID_SPAN_CONTEXT)
+        """Start a span as ``tracer.start_span`` would (``span_id``, if given, is used as is)."""
         tracer = self.tracer
+        variant = self.variant
+        if variant.links_or_empty:
+            links = links or ()
+        parent: Any = trace_api.get_current_span(context).get_span_context()
+        if parent is not None and not isinstance(parent, SpanContext):
+            raise TypeError("parent_span_context must be a SpanContext or None.")
+        if variant.gated and not tracer._is_enabled():
+            return trace_api.NonRecordingSpan(context=cast(SpanContext, parent))
         id_generator = tracer.id_generator
         if parent is None or not parent.is_valid:
             parent = None
             trace_id = id_generator.generate_trace_id()
-            random_id = _RANDOM_FLAG and id_generator.is_trace_id_random()
         else:
             trace_id = parent.trace_id
-            random_id = parent.trace_flags & _RANDOM_FLAG
-        if tracer.sampler is not self._sampler:
-            self._sampler, self._decisions = tracer.sampler, _static_decisions(tracer.sampler)
+        sampler = tracer.sampler
+        if sampler is not self._sampler:
+            self._sampler, self._decisions = sampler, _static_decisions(sampler)
         decisions = self._decisions
-        span_attributes: Mapping[str, Any] | None
+        given: Mapping[str, Any] | None
+        decision: Any
         if decisions is not None:
-            # ParentBased over ALWAYS_ON / ALWAYS_OFF (the SDK's default): the decision is a
-            # lookup, attributes pass through and the parent's trace state is kept.
+            # What ParentBased over StaticSamplers returns, without the calls.
             if parent is None:
-                decision = decisions[0]
-                trace_state = None
+                decision, trace_state = decisions[0], None
             else:
-                decision = decisions[1 + (2 if parent.is_remote else 0)
-                                     + (0 if parent.trace_flags & 1 else 1)]
+                decision = decisions[(3 if parent.is_remote else 1)
+                                     + (0 if parent.trace_flags.sampled else 1)]
                 trace_state = parent.trace_state
-            span_attributes = attributes
+            given = attributes
         else:
-            result = tracer.sampler.should_sample(context, trace_id, name, kind, attributes, links)
-            decision, trace_state = result.decision, result.trace_state
-            span_attributes = result.attributes
-        flags = _FLAGS[(decision is _RECORD_AND_SAMPLE) | (2 if random_id else 0)]
+            result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            decision, trace_state, given = result.decision, result.trace_state, result.attributes
+        random = False
+        if variant.random_flag == 2:
+            random = (id_generator.is_trace_id_random() if parent is None
+                      else parent.trace_flags.random_trace_id)
+        elif variant.random_flag == 1:
+            random = id_generator.is_trace_id_random()
         span_context = SpanContext(
-            trace_id, span_id or id_generator.generate_span_id(), False, flags, trace_state
+            trace_id, span_id or id_generator.generate_span_id(), is_remote=False,
+            trace_flags=_FLAGS[decision.is_sampled() | (2 if random else 0)],
+            trace_state=trace_state,
         )
-        if decision is _DROP:
-            return trace_api.NonRecordingSpan(span_context)
+        record_end_metrics = (
+            tracer._tracer_metrics.start_span(parent, decision) if variant.gated else None
+        )
+        if not decision.is_recording():
+            return trace_api.NonRecordingSpan(context=span_context)
+        limits = tracer._span_limits
+        fast = not given or _plain(given, limits)
+        if fast:
+            initial = None
+        elif variant.copy_attributes:
+            initial = cast(Any, given).copy()
+        else:
+            initial = given
+        extra: dict[str, Any] = (
+            {"record_end_metrics": record_end_metrics} if variant.gated else {}
+        )
         span = HopSpan(
-            name, span_context, parent, kind, self._attributes(span_attributes),
-            self._links(links), start_time if start_time is not None else time_ns(), self,
+            name=name, context=span_context, parent=parent, sampler=sampler,
+            resource=tracer.resource, attributes=initial, span_processor=tracer.span_processor,
+            kind=kind, links=cast(Any, links), instrumentation_info=tracer.instrumentation_info,
+            record_exception=True, set_status_on_exception=True, limits=limits,
+            instrumentation_scope=tracer._instrumentation_scope, **extra,
         )
-        self.processor.on_start(span, parent_context=context)
+        if fast and given:
+            cast(BoundedAttributes, span._attributes)._dict.update(given)
+        span.start(start_time=start_time, parent_context=context)
         return span
 
-    def _attributes(self, given: Mapping[str, Any]) -> dict[str, Any] | BoundedAttributes:
-        limits = self._limits
-        if self.plain_ok and len(given) <= (limits.max_span_attributes or 0):
-            plain = _PLAIN
-            for value in given.values():
-                if type(value) not in plain:
-                    break
-            else:
-                return dict(given)
-        return self.validated(given)
 
-    def validated(self, given: Mapping[str, Any] | None) -> BoundedAttributes:
-        """Return ``given`` checked and cut the SDK's way, still open to new keys."""
-        limits = self._limits
-        return BoundedAttributes(
-            limits.max_span_attributes, given, immutable=False,
-            max_value_len=limits.max_span_attribute_length,
-        )
-
-    def _links(self, links: Sequence[Link] | None) -> Sequence[Link]:
-        if not links:
-            return ()
-        cap = self._limits.max_links
-        kept = [link for link in links if link.context.is_valid or link.attributes]
-        return tuple(kept if cap is None else kept[:cap])
-
-    def event_attributes(self, attributes: Mapping[str, Any] | None) -> BoundedAttributes:
-        """Attributes of an event, checked and frozen the SDK's way."""
-        limits = self._limits
-        return BoundedAttributes(
-            limits.max_event_attributes, attributes, immutable=True,
-            max_value_len=limits.max_attribute_length,
-        )
-
-
-class HopSpan(trace_api.Span, ReadableSpan, TrustedAttributes):
-    """A recording span started by :class:`Recorder`; an SDK ``ReadableSpan`` for exporters."""
-
-    def __init__(
-        self,
-        name: str,
-        context: SpanContext,
-        parent: SpanContext | None,
-        kind: SpanKind,
-        attributes: dict[str, Any] | BoundedAttributes,
-        links: Sequence[Link],
-        start_time: int,
-        recorder: Recorder,
-    ) -> None:
-        # ReadableSpan's fields, set directly (its __init__ would build a Resource when None).
-        self._name = name
-        self._context = context
-        self._kind = kind
-        self._instrumentation_info = None
-        self._instrumentation_scope = recorder.scope
-        self._parent = parent
-        self._start_time = start_time
-        self._end_time: int | None = None
-        self._attributes = attributes
-        self._events: Sequence[Event] = ()
-        self._links = links
-        self._resource = recorder.tracer.resource
-        self._status = _UNSET
-        self._recorder = recorder
-
-    def __repr__(self) -> str:
-        return f'{type(self).__name__}(name="{self._name}", context={self._context})'
-
-    def get_span_context(self) -> SpanContext:
-        return self._context  # type: ignore[return-value]
-
-    def is_recording(self) -> bool:
-        return self._end_time is None
+class HopSpan(_Span, TrustedAttributes):
+    """A span started by :class:`Recorder`: the SDK's span class, methods and snapshots."""
 
     def set_trusted_attribute(self, key: str, value: AttributeValue) -> None:
-        if self._end_time is not None:
-            return
-        attributes = self._attributes
-        if (
-            type(value) in _PLAIN
-            and type(attributes) is dict
-            and self._recorder.plain_ok
-            and (key in attributes
-                 or len(attributes) < (self._recorder.limits.max_span_attributes or 0))
-        ):
-            attributes[key] = value
-            return
-        self.set_attribute(key, value)
-
-    def set_attribute(self, key: str, value: Any) -> None:
-        if self._end_time is not None:
-            _logger.debug("hoptrace: attribute %r set on an ended span", key)
-            return
-        attributes = self._attributes
-        if type(attributes) is dict:
-            attributes = self._attributes = self._recorder.validated(attributes)
-        cast(BoundedAttributes, attributes)[key] = value
-
-    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        for key, value in attributes.items():
+        """Set an attribute hoptrace built, as hoptrace sets it on any recording span."""
+        if self._end_time is None:
             self.set_attribute(key, value)
 
-    def add_event(
-        self, name: str, attributes: Mapping[str, Any] | None = None,
-        timestamp: int | None = None,
-    ) -> None:
-        if self._end_time is not None:
-            return
-        events = self._events
-        if not isinstance(events, list):
-            events = self._events = list(events)
-        cap = self._recorder.limits.max_events
-        if cap is not None and len(events) >= cap:
-            return
-        events.append(Event(name, self._recorder.event_attributes(attributes), timestamp))
 
-    def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
-        if self._end_time is not None or not (context.is_valid or attributes):
-            return
-        cap = self._recorder.limits.max_links
-        if cap is not None and len(self._links) >= cap:
-            return
-        self._links = (*self._links, Link(context, attributes))
-
-    def update_name(self, name: str) -> None:
-        if self._end_time is None:
-            self._name = name
-
-    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        if self._end_time is not None:
-            return
-        current = self._status.status_code
-        if isinstance(status, Status):
-            if current is StatusCode.OK or status.status_code is StatusCode.UNSET:
-                return
-            self._status = status
-        elif isinstance(status, StatusCode):
-            if current is StatusCode.OK or status is StatusCode.UNSET:
-                return
-            self._status = Status(status, description)
-
-    def record_exception(
-        self,
-        exception: BaseException,
-        attributes: Mapping[str, Any] | None = None,
-        timestamp: int | None = None,
-        escaped: bool = False,
-    ) -> None:
-        kind = type(exception)
-        module = kind.__module__
-        name = kind.__qualname__
-        exception_type = f"{module}.{name}" if module and module != "builtins" else name
-        values: dict[str, Any] = {
-            "exception.type": exception_type,
-            "exception.message": str(exception),
-            "exception.stacktrace": "".join(traceback.format_exception(exception)),
-            "exception.escaped": str(escaped),
-        }
-        if attributes:
-            values.update(attributes)
-        self.add_event("exception", values, timestamp)
-
-    def end(self, end_time: int | None = None) -> None:
-        if self._end_time is not None:
-            return
-        self._end_time = end_time if end_time is not None else time_ns()
-        attributes = self._attributes
-        if type(attributes) is not dict:
-            attributes._immutable = True  # type: ignore[union-attr]  # as the SDK freezes its spans' attributes at end
-        recorder = self._recorder
-        if recorder.on_ending is not None:
-            recorder.on_ending(self)
-        recorder.processor.on_end(self)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        if exc_val is not None and self._end_time is None:
-            self.record_exception(exc_val, escaped=True)
-            self.set_status(Status(StatusCode.ERROR, f"{type(exc_val).__name__}: {exc_val}"))
-        self.end()
-
-
-__all__: Final = ["HopSpan", "Recorder", "recorder_for"]
+__all__: Final = ["HopSpan", "Recorder", "Variant", "forget_probes", "recorder_for",
+                  "start_span_variant"]

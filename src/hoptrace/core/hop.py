@@ -137,13 +137,20 @@ def start_child_span(
     links: Sequence[Link] | None,
     span_id: int | None,
     where: str,
+    baggage: object = None,
 ) -> Span | None:
-    """Start a span under ``parent`` (a new trace if None); None if hoptrace failed (counted)."""
+    """Start a span under ``parent`` (a new trace if None); None if hoptrace failed (counted).
+
+    ``baggage`` is the baggage the span's context will hold: samplers and processors see it
+    in the parent context, as they do for a span started in that context.
+    """
     try:
-        return start_span(
-            name, Context({SPAN_KEY: parent}) if parent is not None else Context(), kind,
-            attributes, links, None, span_id,
-        )
+        values: dict[str, object] = {}
+        if parent is not None:
+            values[SPAN_KEY] = parent
+        if baggage:
+            values[BAGGAGE_KEY] = baggage
+        return start_span(name, Context(values), kind, attributes, links, None, span_id)
     except Exception as exc:
         diagnostics.internal_error(where, exc)
         return None
@@ -546,6 +553,7 @@ class consume_scope(_Scope):
             span = self.span = start_child_span(
                 self._name or semconv.process_span_name(self._destination), parent_span,
                 SpanKind.CONSUMER, attrs, links, span_id, "consume_scope.span",
+                baggage if baggage is not None else ambient.get(BAGGAGE_KEY),
             )
             if span is None:
                 span = parent_span or NonRecordingSpan(mint_span_context())

@@ -1,18 +1,19 @@
 """Start hoptrace's own spans: through a lean recorder when the OTel SDK is installed.
 
-An OTel SDK span built by ``Tracer.start_span`` costs about 190k CPython instructions with a
-dozen attributes, most of it re-validating attribute values one by one behind a lock. hoptrace
-builds its spans from values it already knows are valid, so for the SDK's own tracer it uses
-:mod:`hoptrace.core._sdk_spans`: the same sampler, ID generator, resource, span limits and span
-processors, and a span that *is* an SDK ``ReadableSpan`` — at about a fifth of the cost.
-Exporters and processors see no difference.
+With the SDK's own tracer, hoptrace starts its spans through
+:mod:`hoptrace.core._sdk_spans`: ``Tracer.start_span`` step by step, making the SDK's own span
+class with the same sampler, ID generator, resource, span limits and span processors, but
+with a table lookup for the default sampler and without re-checking the plain attribute
+values hoptrace builds itself. Exporters, processors and samplers see what
+``tracer.start_span`` would give them.
 
-Any other tracer (a vendor SDK, a proxy, ``fast_spans=False``) gets the plain
-``tracer.start_span`` call.
+Any other tracer (a vendor SDK, a proxy, an SDK whose shape the recorder does not know, or
+``fast_spans=False``) gets the plain ``tracer.start_span`` call.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -26,6 +27,8 @@ from .context import tracer
 
 #: [tracer, recorder or None] for the tracer last seen.
 _recorder_cache: list[Any] = [None, None]
+_logger = logging.getLogger("hoptrace")
+_import_failure_logged: list[bool] = [False]
 
 
 class TrustedAttributes:
@@ -46,8 +49,12 @@ def _recorder_for(current: object) -> Any:
             try:
                 from . import _sdk_spans
 
-                recorder = _sdk_spans.recorder_for(current)
-            except Exception as exc:  # an SDK this module does not know: the plain path
+                recorder = _sdk_spans.recorder_for(current)  # probes once per tracer
+            except ImportError as exc:  # an SDK without the names the recorder needs
+                if not _import_failure_logged[0]:
+                    _import_failure_logged[0] = True
+                    _logger.debug("hoptrace: spans go through tracer.start_span: %s", exc)
+            except Exception as exc:
                 diagnostics.internal_error("spans.recorder", exc)
         cache[0], cache[1] = current, recorder
     return cache[1]
@@ -66,7 +73,8 @@ def start_span(
 
     ``span_id`` fixes the new span's ID, for a span another process must be able to link to
     before it ends (a delivery that may die unacknowledged). Only the lean recorder honours
-    it; with any other tracer the ID is random.
+    it (and then does not ask the ID generator for one); with any other tracer the ID is the
+    ID generator's.
     """
     current = tracer()
     recorder = _recorder_for(current) if get_settings().fast_spans else None
