@@ -15,8 +15,11 @@ Worker side: ``task_prerun`` opens a ``process {task}`` CONSUMER scope and ``tas
 closes it, so the scope covers the task body and Celery's own ``Task ... succeeded`` /
 ``raised`` log lines. The scope lives on the task's request object, never in a global map.
 
-Retries: attempt N+1 is a sibling of attempt N (both children of the original ``send`` span),
-linked to attempt N's ``process`` span, with ``messaging.message.retry.count`` = N+1.
+Retries: attempt N+1 is a sibling of attempt N (both children of the original ``send`` span)
+with a span ID of its own, linked to attempt N's ``process`` span, with
+``messaging.message.retry.count`` = N+1. Only the first attempt gets the span ID derived from
+the ``send`` span (for the killed-worker redelivery link); a retry, redelivered or not, links
+to the attempt it retries.
 
 Eager calls (``task.apply()``, ``task_always_eager``) run inside the caller's context: the
 ``process`` span is a child of the caller's span and the transaction ID is the caller's.
@@ -258,6 +261,8 @@ def _on_task_prerun(sender: Any = None, task_id: Any = None, task: Any = None, *
             carrier = values
         name = getattr(task, "name", None) or str(sender)
         attributes: dict[str, Any] = {semconv.CELERY_TASK_NAME: name}
+        retries = request.retries
+        retry = isinstance(retries, int) and retries > 0 and not request.is_eager
         delivery = values.get("delivery_info")
         redelivered: bool | None = None
         if isinstance(delivery, dict):
@@ -265,11 +270,12 @@ def _on_task_prerun(sender: Any = None, task_id: Any = None, task: Any = None, *
             if isinstance(routing_key, str) and routing_key:
                 attributes[semconv.MESSAGING_DESTINATION_NAME] = routing_key
             flag = delivery.get("redelivered")
-            if type(flag) is bool and not request.is_eager:
+            if type(flag) is bool and not request.is_eager and not retry:
                 # acks_late tasks whose worker died come back redelivered: link the first try.
+                # Not for a retry: it carries the original send's context, so the span ID
+                # derived from that send is the first attempt's, not this one's.
                 redelivered = flag
-        retries = request.retries
-        if isinstance(retries, int) and retries > 0 and not request.is_eager:
+        if retry:
             attributes[semconv.MESSAGING_RETRY_COUNT] = retries
             previous = _parse_span_context(values.get(RETRY_OF_HEADER))
             if previous is not None:

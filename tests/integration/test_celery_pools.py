@@ -59,6 +59,7 @@ def test_retry_through_the_pool(pool: tuple[Celery, Worker], spans: Any) -> None
     first, second = worker.records.process_spans(result.id, 2)
     send = span_record(spans.one("send traced.flaky"))
     assert first["parent_id"] == second["parent_id"] == send["span_id"]
+    assert first["span_id"] != second["span_id"]
     assert [link["span_id"] for link in second["links"]] == [first["span_id"]]
     assert second["attributes"]["messaging.message.retry.count"] == 1
 

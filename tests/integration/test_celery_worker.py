@@ -242,6 +242,8 @@ def test_retries_are_linked_siblings_in_one_transaction(
     assert result.get(timeout=30)["retries"] == 2
     attempts = env.worker.records.process_spans(result.id, count=3)
     assert len(attempts) == 3
+    # One span per attempt: backends merge or drop spans that share a (trace, span) ID.
+    assert len({a["span_id"] for a in attempts}) == 3, [a["span_id"] for a in attempts]
     original = spans.one(f"send traced.{task_name}")
     for number, attempt in enumerate(attempts):
         # Every attempt hangs off the original send span: no ever-deeper nesting.
@@ -307,6 +309,48 @@ def test_pool_process_killed_before_ack_redelivery_links_the_dead_attempt(
         (dead_line["span_id"], {"hoptrace.link.reason": "redelivery"})
     ]
     assert retry_line["span_id"] == again["span_id"] != dead_line["span_id"]
+
+
+def test_retry_attempt_killed_before_ack_is_redelivered_with_a_span_of_its_own(
+    env: Env, spans: Any
+) -> None:
+    """acks_late retry whose pool process is SIGKILLed: three runs, three span IDs.
+
+    The retry (attempt 1) carries the original send's context, like every retry, so neither
+    its first run (the dead one, seen only in its log line) nor its redelivered run may take
+    the span ID derived from that send: that ID is attempt 0's. The redelivered run links to
+    attempt 0, the attempt it retries, and only to it.
+    """
+    with edge("killed retry") as tx:
+        result = env.task("retry_then_die").delay()
+    assert result.get(timeout=60)["transaction_id"] == tx.transaction_id
+    first, again = env.worker.records.process_spans(result.id, count=2)
+    logs = env.worker.records.wait_for(
+        lambda logs: sum("retry_then_die running" in r["message"] for r in logs) == 3, "logs"
+    )
+    runs = {
+        r["message"].split(", ", 1)[1]: r for r in logs if "retry_then_die running" in r["message"]
+    }
+    assert sorted(runs) == [
+        "retries=0, redelivered=False", "retries=1, redelivered=False",
+        "retries=1, redelivered=True",
+    ]
+    dead_line = runs["retries=1, redelivered=False"]
+    assert runs["retries=0, redelivered=False"]["span_id"] == first["span_id"]
+    assert runs["retries=1, redelivered=True"]["span_id"] == again["span_id"]
+    assert len({first["span_id"], dead_line["span_id"], again["span_id"]}) == 3
+    send = spans.one("send traced.retry_then_die")
+    for run in (first, again):
+        assert run["parent_id"] == f"{send.context.span_id:016x}"
+        assert run["trace_id"] == f"{send.context.trace_id:032x}"
+        assert run["attributes"]["hoptrace.transaction.id"] == tx.transaction_id
+    assert dead_line["trace_id"] == first["trace_id"]
+    assert dead_line["transaction_id"] == tx.transaction_id
+    assert "messaging.message.retry.count" not in first["attributes"]
+    assert again["attributes"]["messaging.message.retry.count"] == 1
+    assert [(link["span_id"], link["attributes"]) for link in again["links"]] == [
+        (first["span_id"], {"hoptrace.link.reason": "retry"})
+    ]
 
 
 def test_failure_records_exception_error_status_and_logs_the_transaction(

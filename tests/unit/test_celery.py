@@ -17,6 +17,7 @@ from kombu import Producer  # noqa: E402
 
 import hoptrace  # noqa: E402
 import hoptrace.celery  # noqa: E402
+from hoptrace.core.hop import first_attempt_span_id  # noqa: E402
 from hoptrace.core.patching import original_of  # noqa: E402
 
 
@@ -44,6 +45,12 @@ def make_app(**conf: Any) -> Celery:
     @app.task(name="unit.fail", shared=False)
     def fail() -> None:
         raise ValueError("nope")
+
+    @app.task(name="unit.flaky", bind=True, shared=False, max_retries=5)
+    def flaky(self: Any) -> int:
+        if self.request.retries < 2:
+            raise self.retry(exc=RuntimeError(f"attempt {self.request.retries}"), countdown=0)
+        return int(self.request.retries)
 
     return app
 
@@ -308,6 +315,77 @@ def test_retry_link_header_is_read_and_bad_values_are_ignored(
     assert link.attributes == {"hoptrace.link.reason": "retry"}
     assert second.attributes["messaging.message.retry.count"] == 1
     assert list(second.links) == []
+
+
+def run_delivery(app: Celery, name: str, message: Any, redelivered: bool) -> None:
+    """Run a drained message's task as a worker would, with the broker's redelivered flag."""
+    request = dict(message.headers)
+    # Routed back to the app's queue, so that the retry Celery publishes can be drained.
+    request["delivery_info"] = {"routing_key": app.conf.task_default_queue, "exchange": "",
+                                "redelivered": redelivered}
+    run_like_a_worker(app, name, request)
+
+
+def sid(span: Any) -> str:
+    return f"{span.context.span_id:016x}"
+
+
+def test_each_retry_attempt_has_its_own_span_linked_to_the_attempt_before(
+    instrumented: None, spans: Any
+) -> None:
+    """Retries carry the original send's context and arrive not redelivered: yet every
+    attempt gets its own span ID (backends merge spans that share one), linked to the last."""
+    app = make_app()
+    with hoptrace.transaction("edge") as tx:
+        app.tasks["unit.flaky"].delay()
+    (message,) = drain(app)
+    for _ in range(2):
+        run_delivery(app, "unit.flaky", message, redelivered=False)
+        (message,) = drain(app)  # the retry Celery published from the attempt
+    run_delivery(app, "unit.flaky", message, redelivered=False)
+    assert drain(app) == []
+
+    send = [s for s in spans.named("send unit.flaky") if s.parent is None
+            or s.parent.span_id == spans.one("edge").context.span_id]
+    (original,) = send
+    attempts = sorted(spans.named("process unit.flaky"), key=lambda s: s.start_time)
+    assert len(attempts) == 3
+    assert len({sid(a) for a in attempts}) == 3, [sid(a) for a in attempts]
+    assert [a.attributes.get("messaging.message.retry.count") for a in attempts] == [None, 1, 2]
+    assert [a.attributes["celery.task.state"] for a in attempts] == ["RETRY", "RETRY", "SUCCESS"]
+    for number, attempt in enumerate(attempts):
+        assert attempt.parent is not None and attempt.parent.span_id == original.context.span_id
+        assert attempt.context.trace_id == original.context.trace_id
+        assert attempt.attributes["hoptrace.transaction.id"] == tx.transaction_id
+        expected = [] if number == 0 else [(sid(attempts[number - 1]), {"hoptrace.link.reason": "retry"})]
+        assert [(f"{link.context.span_id:016x}", dict(link.attributes or {}))
+                for link in attempt.links] == expected
+    # The first attempt keeps the span ID derived from the send, for a killed-worker redelivery.
+    assert attempts[0].context.span_id == first_attempt_span_id(original.context, "unit.flaky")
+
+
+def test_a_redelivered_retry_links_only_the_attempt_it_retries(
+    instrumented: None, spans: Any
+) -> None:
+    """A retry whose worker died before the ack comes back redelivered: a span ID of its own,
+    and no "redelivery" link to the first attempt (whose ID the send derives)."""
+    app = make_app()
+    with hoptrace.transaction("edge"):
+        app.tasks["unit.flaky"].delay()
+    (message,) = drain(app)
+    for _ in range(2):
+        run_delivery(app, "unit.flaky", message, redelivered=False)
+        (message,) = drain(app)
+    run_delivery(app, "unit.flaky", message, redelivered=False)  # the run that "died"
+    run_delivery(app, "unit.flaky", message, redelivered=True)  # the broker's redelivery
+    attempts = sorted(spans.named("process unit.flaky"), key=lambda s: s.start_time)
+    assert len(attempts) == 4
+    assert len({sid(a) for a in attempts}) == 4, [sid(a) for a in attempts]
+    first_run, redelivery = attempts[2], attempts[3]
+    assert redelivery.attributes["messaging.message.retry.count"] == 2
+    for run in (first_run, redelivery):
+        assert [(f"{link.context.span_id:016x}", dict(link.attributes or {}))
+                for link in run.links] == [(sid(attempts[1]), {"hoptrace.link.reason": "retry"})]
 
 
 def test_uninstrumented_worker_run_makes_no_span(spans: Any) -> None:

@@ -251,6 +251,19 @@ def build_app(broker: str, backend: str, queue: str, name: str = "traced_app") -
             os.kill(os.getpid(), 9)  # SIGKILL: no ack, no span end, no flush
         return {**context_now(), "task_id": self.request.id}
 
+    @app.task(name="traced.retry_then_die", shared=False, bind=True, acks_late=True,
+              reject_on_worker_lost=True, max_retries=3)
+    def retry_then_die(self: Any) -> dict[str, Any]:
+        """Retry once; kill the pool process on the retry's first delivery, before the ack."""
+        retries = self.request.retries
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+        log.info("retry_then_die running, retries=%s, redelivered=%s", retries, redelivered)
+        if retries == 0:
+            raise self.retry(exc=RuntimeError("first attempt failed"), countdown=0)
+        if not redelivered:
+            os.kill(os.getpid(), 9)  # SIGKILL: no ack, no span end, no flush
+        return {**context_now(), "task_id": self.request.id}
+
     @app.task(name="traced.boom", shared=False)
     def boom(message: str) -> None:
         """Fail."""
