@@ -25,6 +25,8 @@ from .core import diagnostics, semconv
 from .core.hop import consume_scope, produce_scope, receive_scope, spans_active
 
 SYSTEM: Final = semconv.SYSTEM_KAFKA
+#: Kafka record timestamps (CreateTime, LogAppendTime) are whole milliseconds.
+TIMESTAMP_PRECISION_MS: Final = 1
 
 
 def message_id(topic: str, partition: int, offset: int) -> str:
@@ -60,6 +62,31 @@ def record_attributes(
     return attrs
 
 
+class RecordScope(consume_scope):
+    """A record's ``process {topic}`` scope; says when its queue wait is only as fine as 1 ms.
+
+    A record carries no send-time header unless its producer set the timestamp itself, so
+    the queue wait is measured from the record's timestamp, cut to the millisecond: the send
+    time it implies can be up to 1 ms before the producer's span started. The span then gets
+    ``hoptrace.queue_wait.precision_ms = 1`` (``hoptrace view`` and ``stats`` clamp the wait
+    to the send span when they have it).
+    """
+
+    __slots__ = ()
+
+    def open(self) -> RecordScope:
+        """Open the scope (see :meth:`consume_scope.open`) and state the queue wait's precision."""
+        super().open()
+        try:
+            incoming = self.incoming
+            if self.queue_wait_ms is not None and incoming is not None \
+                    and incoming.sent_ns is None:
+                self.set_attribute(semconv.QUEUE_WAIT_PRECISION_MS, TIMESTAMP_PRECISION_MS)
+        except Exception as exc:
+            diagnostics.internal_error("kafka.queue_wait_precision", exc)
+        return self
+
+
 def record_scope(
     topic: str,
     partition: int,
@@ -71,7 +98,7 @@ def record_scope(
 ) -> consume_scope:
     """Return the (unopened) ``process {topic}`` scope of one consumed record."""
     sent_ns = create_time_ms * 1_000_000 if create_time_ms and create_time_ms > 0 else None
-    return consume_scope(
+    return RecordScope(
         headers,
         topic,
         SYSTEM,

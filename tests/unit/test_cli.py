@@ -6,6 +6,7 @@ import contextlib
 import json
 import re
 import statistics
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -50,10 +51,13 @@ class Services:
 
 
 def held(headers: dict, wait_ms: int) -> dict:
-    """Headers as if the message had sat in the queue ``wait_ms`` longer."""
-    held = dict(headers)
-    held["x-hoptrace-sent-ns"] = str(int(headers["x-hoptrace-sent-ns"]) - wait_ms * 1_000_000)
-    return held
+    """The headers, after the message has sat in the queue ``wait_ms``.
+
+    Really waited: a send time moved back instead would put the wait before its send span,
+    which ``view`` and ``stats`` do not draw or count.
+    """
+    time.sleep(wait_ms / 1000)
+    return headers
 
 
 def checkout(services: Services, *, wait_ms: int, fail_billing: bool = False) -> str:
@@ -78,7 +82,7 @@ def span_file(tmp_path):
     path = tmp_path / "spans.jsonl"
     services = Services(path)
     try:
-        txs = [checkout(services, wait_ms=10 * (i + 1), fail_billing=i == 3) for i in range(4)]
+        txs = [checkout(services, wait_ms=5 * (i + 1), fail_billing=i == 3) for i in range(4)]
     finally:
         services.shutdown()
     return path, txs
@@ -283,3 +287,109 @@ def test_html_report_escapes_names_and_attribute_values():
     assert "<img" not in page
     assert page.count("</script>") == 2  # the JSON data block and the page script, nothing else
     assert page.count('class="span-bar') == 1
+
+
+MS = 1_000_000
+T0 = 1_700_000_000_000 * MS  # on a millisecond boundary
+
+
+def kafka_hop(trace_id: str, ids: str, send_at_ns: int, process_at_ns: int, *, link: bool = False) -> list[dict]:
+    """HTTP root → send → process, the wait recorded as a Kafka consumer does: from the
+    record's timestamp, the send time cut to the millisecond. With ``link``, the consumer is
+    a new trace that links to the send (link mode)."""
+    root, send, process = ((f"{ids}{n}" * 16)[:16] for n in "123")
+    create_time_ns = send_at_ns // MS * MS
+    consumer_trace = ("f" * 32) if link else trace_id
+    return [
+        {"trace_id": trace_id, "span_id": root, "name": "POST /checkout", "kind": "SERVER",
+         "start_ns": T0, "end_ns": send_at_ns + MS, "service": "web"},
+        {"trace_id": trace_id, "span_id": send, "parent_span_id": root, "name": "send orders",
+         "kind": "PRODUCER", "start_ns": send_at_ns, "end_ns": send_at_ns + MS // 5, "service": "web",
+         "attributes": {semconv.MESSAGING_DESTINATION_NAME: "orders"}},
+        {"trace_id": consumer_trace, "span_id": process, "parent_span_id": None if link else send,
+         "name": "process orders", "kind": "CONSUMER", "start_ns": process_at_ns,
+         "end_ns": process_at_ns + 2 * MS, "service": "billing",
+         "links": [{"trace_id": trace_id, "span_id": send, "attributes": {}}] if link else [],
+         "attributes": {semconv.MESSAGING_DESTINATION_NAME: "orders",
+                        semconv.QUEUE_WAIT_MS: (process_at_ns - create_time_ns) / MS,
+                        semconv.QUEUE_WAIT_PRECISION_MS: 1}},
+    ]
+
+
+@pytest.fixture
+def coarse_file(tmp_path):
+    """One hop whose ms-cut wait would begin 0.4 ms before its send span (parent mode), one
+    the same in link mode, and one whose wait begins after its send span started."""
+    records = (
+        kafka_hop("a" * 32, "1a", T0 + 1_400_000, T0 + 3_400_000)
+        + kafka_hop("b" * 32, "2b", T0 + 1_400_000, T0 + 3_400_000, link=True)
+        + kafka_hop("c" * 32, "3c", T0 + 1_000_000, T0 + 3_400_000)
+    )
+    path = tmp_path / "coarse.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path, {r["span_id"]: r for r in records}
+
+
+def test_queue_wait_bars_never_begin_before_their_send_span(coarse_file):
+    from hoptrace.cli.html_report import trace_svg
+    from hoptrace.cli.waterfall import format_ms, timeline_bar
+
+    path, _ = coarse_file
+    traces = group_traces(read_spans(path))
+    trace_obj = traces["a" * 32]
+    by_name = {s.name: s for s in trace_obj.spans}
+    send, process = by_name["send orders"], by_name["process orders"]
+    recorded = process.attributes[semconv.QUEUE_WAIT_MS]
+    assert process.start_ns - recorded * MS < send.start_ns  # as recorded: before the send
+    trace_obj.link_sends()  # as view, trace_table and trace_svg do
+    total = trace_obj.end_ns - trace_obj.start_ns
+    send_bar = timeline_bar(send, trace_obj.start_ns, total, 60).plain
+    wait_bar = timeline_bar(process, trace_obj.start_ns, total, 60).plain
+    assert wait_bar.index("░") == send_bar.index("█")
+    assert wait_bar.index("█") > wait_bar.index("░")  # the wait is still drawn
+
+    out = run("view", str(path), "--trace", "a" * 32, "--width", "60").output
+    lines = out.splitlines()
+    send_line = next(line for line in lines if "send orders" in line)
+    process_line = next(line for line in lines if "process orders" in line)
+    assert process_line.index("░") == send_line.index("█")
+
+    fresh = group_traces(read_spans(path))["a" * 32]  # not linked yet: trace_svg links it
+    svg = trace_svg(fresh)
+    wait_x = re.search(r'<rect class="wait-bar" x="([\d.]+)"', svg).group(1)
+    send_x = re.search(rf'data-span-id="{send.span_id}" x="([\d.]+)"', svg).group(1)
+    assert wait_x == send_x
+
+    # Link mode: the send span is in another trace of the file; the wait shown is clamped.
+    (linked,) = traces["f" * 32].spans
+    link_send = next(s for s in traces["b" * 32].spans if s.kind == "PRODUCER")
+    out = run("view", str(path), "--trace", "f" * 32).output
+    since_send = (linked.start_ns - link_send.start_ns) / MS
+    assert since_send < linked.attributes[semconv.QUEUE_WAIT_MS]
+    row = next(line for line in out.splitlines() if "process orders" in line)
+    assert row.rstrip().endswith(" " + format_ms(since_send))  # the queue wait column
+
+
+def test_stats_count_the_queue_wait_from_the_send_span_at_the_earliest(coarse_file):
+    path, records = coarse_file
+    consumers = [s for s in read_spans(path) if s.kind == "CONSUMER"]
+    report = json.loads(run("stats", str(path), "--json", "--trace", "a" * 32).output)
+    (edge,) = report["edges"]
+    assert (edge["producer_service"], edge["destination"], edge["consumer_service"]) == ("web", "orders", "billing")
+    recorded, expected = [], []
+    for span in consumers:
+        send = records[span.parent_span_id or span.links[0]["span_id"]]
+        recorded.append(span.attributes[semconv.QUEUE_WAIT_MS])
+        expected.append(min(recorded[-1], (span.start_ns - send["start_ns"]) / MS))
+    # Two hops are clamped (parent mode, link mode); one began after its send and is kept.
+    assert [r != e for r, e in zip(recorded, expected, strict=True)].count(True) == 2
+    cuts = statistics.quantiles(expected, n=100, method="inclusive")
+    assert edge["queue_wait_ms"] == {"p50": cuts[49], "p95": cuts[94], "p99": cuts[98]}
+    (step,) = [s for s in report["critical_path"]["steps"] if s["name"] == "process orders"]
+    (process,) = [s for s in consumers if s.trace_id == "a" * 32]
+    assert step["queue_wait_ms"] == (process.start_ns - records[process.parent_span_id]["start_ns"]) / MS
+    assert step["queue_wait_ms"] < process.attributes[semconv.QUEUE_WAIT_MS]
+    # critical_path on its own (no edge_stats first) clamps the same way.
+    fresh = group_traces(read_spans(path))["a" * 32]
+    (own,) = [s for s in critical_path(fresh).steps if s.span.kind == "CONSUMER"]
+    assert own.queue_wait_ms == step["queue_wait_ms"]

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Link, SpanKind
 
 import hoptrace
-from hoptrace.cli.spanfile import SpanFileError, group_traces, read_spans
+from hoptrace.cli.spanfile import SpanFileError, group_traces, link_sends, read_spans
 from hoptrace.core import semconv
 from hoptrace.export import JsonLinesSpanExporter
 
@@ -200,3 +200,40 @@ def test_progress_reports_bytes_read_up_to_the_file_size(tmp_path, exported):
     assert len(read_spans(path, seen.append)) == 40_000
     assert seen == sorted(seen) and len(seen) >= 3
     assert seen[-1] == path.stat().st_size
+
+
+def test_kafka_wait_from_a_millisecond_timestamp_is_marked_and_read_back_clamped(exported):
+    """A Kafka record without a send-time header: the wait comes from its CreateTime (whole
+    ms) and says so; the reader never lets that wait begin before the send span."""
+    from hoptrace import _kafka
+
+    with hoptrace.transaction("checkout"):
+        send = _kafka.send_scope("orders", None, b"k")
+        headers = send.carrier
+        send.close()
+    (sent,) = [s for s in read_spans(exported) if s.kind == "PRODUCER"]
+    # Whole milliseconds, and the millisecond before the send span's: the send time it
+    # implies lies before the send span started.
+    create_ms = sent.start_ns // 1_000_000 - 1
+    with _kafka.record_scope("orders", 0, 41, b"k", headers, create_ms, "billing"):
+        pass
+    with hoptrace.transaction("stamped"):
+        stamped = _kafka.send_scope("orders", None, None, timestamp_given=True)
+        stamped_headers = stamped.carrier
+        stamped.close()
+    with _kafka.record_scope("orders", 0, 42, None, stamped_headers, create_ms, "billing"):
+        pass
+
+    spans = read_spans(exported)
+    process = {s.attributes[semconv.KAFKA_OFFSET]: s for s in spans if s.kind == "CONSUMER"}
+    coarse, fine = process[41], process[42]
+    assert coarse.attributes[semconv.QUEUE_WAIT_PRECISION_MS] == 1
+    # The producer set the timestamp itself, so it sent a send-time header (ns): no mark.
+    assert semconv.QUEUE_WAIT_PRECISION_MS not in fine.attributes
+    recorded = coarse.attributes[semconv.QUEUE_WAIT_MS]
+    assert coarse.start_ns - recorded * 1e6 < sent.start_ns  # as recorded: before the send
+    link_sends(spans)
+    assert coarse.send_start_ns == sent.start_ns
+    assert coarse.queue_wait_start_ns == sent.start_ns
+    assert coarse.queue_wait_ms == (coarse.start_ns - sent.start_ns) / 1e6 < recorded
+    assert fine.queue_wait_ms == fine.attributes[semconv.QUEUE_WAIT_MS]

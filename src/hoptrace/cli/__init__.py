@@ -23,7 +23,15 @@ from rich.table import Table
 
 from .analysis import critical_path, edge_stats, slowest_traces
 from .html_report import render_html
-from .spanfile import SpanFileError, SpanRecord, Trace, group_traces, paused_gc, read_spans
+from .spanfile import (
+    SpanFileError,
+    SpanRecord,
+    Trace,
+    group_traces,
+    link_sends,
+    paused_gc,
+    read_spans,
+)
 from .waterfall import BAR_WIDTH, format_ms, print_traces
 
 __all__ = ["main"]
@@ -100,11 +108,16 @@ def main() -> None:
 def view(file: str, trace_id: str | None, html_out: str | None, limit: int, width: int) -> None:
     """Draw each trace in FILE as a waterfall (JSONL from hoptrace, or OTLP JSON)."""
     console = _console()
-    traces = group_traces(load_spans(file))
+    spans = load_spans(file)
+    traces = group_traces(spans)
     if not traces:
         raise click.ClickException(f"{file}: no spans")
     chosen = select_traces(traces, trace_id)
     shown = chosen[:limit] if limit > 0 else chosen
+    # A queue wait never begins before its send span: in link mode, that is in another trace.
+    elsewhere = [span for trace in shown for span in trace.link_sends()]
+    if elsewhere:
+        link_sends(spans, elsewhere)
     print_traces(console, shown, width)
     if len(shown) < len(chosen):
         console.print(f"showing {len(shown)} of {len(chosen)} traces (use --trace or --limit)")

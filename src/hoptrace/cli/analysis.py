@@ -2,7 +2,9 @@
 
 An *edge* is one hop: producer service → destination → consumer service. It is found from
 each CONSUMER span whose parent (parent mode) or link (link mode) is a PRODUCER span in the
-file. Percentiles come from :func:`statistics.quantiles`.
+file. A queue wait never begins before that PRODUCER span started (a send time cut to the
+millisecond, as Kafka's record timestamps are, could put it up to 1 ms earlier).
+Percentiles come from :func:`statistics.quantiles`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .spanfile import SpanRecord, Trace
+from .spanfile import SpanRecord, Trace, send_span_of
 
 UNKNOWN = "?"
 
@@ -63,14 +65,20 @@ class EdgeStats:
 
 
 def edge_stats(spans: Iterable[SpanRecord]) -> list[EdgeStats]:
-    """Return one :class:`EdgeStats` per edge, the busiest first."""
+    """Return one :class:`EdgeStats` per edge, the busiest first.
+
+    A queue wait that would begin before its ``send`` span started is counted from the
+    ``send`` span's start (see :attr:`SpanRecord.queue_wait_ms`).
+    """
     all_spans = list(spans)
     by_id = {span.span_id: span for span in all_spans}
     edges: dict[tuple[str, str, str], EdgeStats] = {}
     for span in all_spans:
         if span.kind != "CONSUMER":
             continue
-        producer = _producer_of(span, by_id)
+        producer = send_span_of(span, by_id)
+        if producer is not None:
+            span.send_start_ns = producer.start_ns
         destination = span.destination or (producer.destination if producer else None) or span.name
         key = (producer.service if producer else UNKNOWN, destination, span.service)
         edge = edges.get(key)
@@ -83,17 +91,6 @@ def edge_stats(spans: Iterable[SpanRecord]) -> list[EdgeStats]:
         if span.is_error:
             edge.errors += 1
     return sorted(edges.values(), key=lambda e: (-e.count, e.destination))
-
-
-def _producer_of(span: SpanRecord, by_id: dict[str, SpanRecord]) -> SpanRecord | None:
-    parent = by_id.get(span.parent_span_id) if span.parent_span_id else None
-    if parent is not None and parent.kind == "PRODUCER":
-        return parent
-    for link in span.links:
-        linked = by_id.get(str(link.get("span_id")))
-        if linked is not None and linked.kind == "PRODUCER":
-            return linked
-    return None
 
 
 def slowest_traces(traces: Iterable[Trace], limit: int = 5) -> list[Trace]:
@@ -169,6 +166,7 @@ def critical_path(trace: Trace) -> CriticalPath:
     Each step's own time is its duration less the part the next step overlaps; a consumer
     step also shows the queue wait before it started.
     """
+    trace.link_sends()  # queue waits never begin before their send span
     chain: list[SpanRecord] = []
     roots = trace.roots
     current = max(roots, key=lambda s: _subtree_end(trace, s)) if roots else None

@@ -1,8 +1,9 @@
 """The HTML report: one self-contained file, an inline SVG waterfall per trace, no network.
 
 Each span is one ``<rect class="span-bar">``; a consumer's queue wait is a
-``<rect class="wait-bar">`` before it. Hovering shows a tooltip (SVG ``<title>``); clicking
-shows the span's attributes, events and links in a side panel.
+``<rect class="wait-bar">`` before it, never starting before the hop's ``send`` span.
+Hovering shows a tooltip (SVG ``<title>``); clicking shows the span's attributes, events and
+links in a side panel.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ def _ticks(total_ms: float) -> list[float]:
 
 def trace_svg(trace: Trace) -> str:
     """Return the inline SVG waterfall of one trace."""
+    trace.link_sends()  # queue waits never begin before their send span
     rows = list(trace.walk())
     height = AXIS + ROW * len(rows) + 8
     start = trace.start_ns
@@ -167,8 +169,9 @@ def trace_svg(trace: Trace) -> str:
             f'<text class="service" x="{LABEL_WIDTH - SERVICE_OFFSET}" y="{y + 16}">'
             f"{escape(span.service[:16])}</text>"
         )
-        if wait is not None and wait > 0:
-            wait_start = max(start, span.start_ns - int(wait * 1e6))
+        waited_from = span.queue_wait_start_ns  # never before the send span, when known
+        if wait is not None and wait > 0 and waited_from is not None:
+            wait_start = max(start, waited_from)
             wx = LABEL_WIDTH + (wait_start - start) * scale
             ww = max((span.start_ns - wait_start) * scale, 1.0)
             out.append(
@@ -194,6 +197,8 @@ def trace_svg(trace: Trace) -> str:
 
 def render_html(traces: list[Trace], *, title: str = "hoptrace report", source: str = "") -> str:
     """Return the whole report as one HTML document (no external resources)."""
+    for trace in traces:
+        trace.link_sends()  # the details show the queue wait as drawn
     details = {span.span_id: _span_details(span) for trace in traces for span in trace.spans}
     # Inside <script>, only text matters: no "<" at all means no "</script>" or "<!--".
     data = (

@@ -10,7 +10,7 @@ import contextlib
 import gc
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,9 @@ class SpanRecord:
     attributes: dict[str, Any] = field(default_factory=dict)
     links: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: Start of the ``send`` span that published this consumer span's message, when the data
+    #: has it (set by :func:`link_sends`): the queue wait never reaches back before it.
+    send_start_ns: int | None = None
 
     @property
     def duration_ms(self) -> float:
@@ -65,9 +68,34 @@ class SpanRecord:
 
     @property
     def queue_wait_ms(self) -> float | None:
-        """Time the message waited in the queue before this consumer span (ms), if known."""
+        """Time the message waited in the queue before this consumer span (ms), if known.
+
+        The recorded wait (``hoptrace.queue_wait_ms``), but never from before the ``send``
+        span started when that span is known: a send time cut to the millisecond (a Kafka
+        record timestamp) can otherwise fall up to 1 ms before the send.
+        """
         value = self.attributes.get(semconv.QUEUE_WAIT_MS)
-        return float(value) if isinstance(value, (int, float)) else None
+        if not isinstance(value, (int, float)):
+            return None
+        wait = float(value)
+        send = self.send_start_ns
+        if send is not None:
+            bound = (self.start_ns - send) / 1e6
+            if wait > bound:
+                return bound if bound > 0 else 0.0
+        return wait
+
+    @property
+    def queue_wait_start_ns(self) -> int | None:
+        """When the queue wait began (ns since the epoch): never before the ``send`` span."""
+        value = self.attributes.get(semconv.QUEUE_WAIT_MS)
+        if not isinstance(value, (int, float)):
+            return None
+        begin = self.start_ns - int(value * 1e6)
+        send = self.send_start_ns
+        if send is not None and begin < send:
+            return min(send, self.start_ns)
+        return begin
 
     @property
     def is_error(self) -> bool:
@@ -339,6 +367,24 @@ class Trace:
         """How many spans ended with an error."""
         return sum(1 for span in self.spans if span.is_error)
 
+    def link_sends(self) -> list[SpanRecord]:
+        """Give each consumer span the start of its ``send`` span in this trace, if it has it.
+
+        Returns the consumer spans left without one that have links: in link mode their
+        ``send`` span is in another trace (see :func:`link_sends`).
+        """
+        sends = {span.span_id: span for span in self.spans if span.kind == "PRODUCER"}
+        unlinked = []
+        for span in self.spans:
+            if span.kind != "CONSUMER" or span.send_start_ns is not None:
+                continue
+            send = send_span_of(span, sends)
+            if send is not None:
+                span.send_start_ns = send.start_ns
+            elif span.links:
+                unlinked.append(span)
+        return unlinked
+
     def walk(self) -> Iterator[tuple[SpanRecord, int]]:
         """Yield ``(span, depth)`` depth-first, children in start order."""
         stack = [(span, 0) for span in reversed(self.roots)]
@@ -347,6 +393,36 @@ class Trace:
             yield span, depth
             for child in reversed(self.children.get(span.span_id, [])):
                 stack.append((child, depth + 1))
+
+
+def send_span_of(span: SpanRecord, by_id: Mapping[str, SpanRecord]) -> SpanRecord | None:
+    """Return the PRODUCER span whose message ``span`` handles: its parent, else a link."""
+    parent = by_id.get(span.parent_span_id) if span.parent_span_id else None
+    if parent is not None and parent.kind == "PRODUCER":
+        return parent
+    for link in span.links:
+        linked = by_id.get(str(link.get("span_id")))
+        if linked is not None and linked.kind == "PRODUCER":
+            return linked
+    return None
+
+
+def link_sends(
+    spans: Iterable[SpanRecord], consumers: Iterable[SpanRecord] | None = None
+) -> None:
+    """Set ``send_start_ns`` on consumer spans whose ``send`` span is among ``spans``.
+
+    ``consumers`` limits it to those spans (default: every CONSUMER span in ``spans``).
+    """
+    everything = spans if isinstance(spans, list) else list(spans)
+    sends = {span.span_id: span for span in everything if span.kind == "PRODUCER"}
+    if not sends:
+        return
+    for span in everything if consumers is None else consumers:
+        if span.kind == "CONSUMER":
+            send = send_span_of(span, sends)
+            if send is not None:
+                span.send_start_ns = send.start_ns
 
 
 def group_traces(spans: Iterable[SpanRecord]) -> dict[str, Trace]:

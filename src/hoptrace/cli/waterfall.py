@@ -1,7 +1,7 @@
 """The terminal waterfall: one row per span, indented by depth, with a timeline bar.
 
-At each consumer hop the bar shows the queue wait (``░``) before the processing (``█``);
-errors are marked ``✗`` and drawn in red.
+At each consumer hop the bar shows the queue wait (``░``) before the processing (``█``),
+never starting before the hop's ``send`` span; errors are marked ``✗`` and drawn in red.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def format_ms(value: float) -> str:
 def timeline_bar(span: SpanRecord, trace_start: int, trace_ns: int, width: int = BAR_WIDTH) -> Text:
     """Return the span's bar within the trace's time span, its queue wait drawn before it."""
     scale = width / trace_ns if trace_ns > 0 else 0.0
-    wait_ns = int((span.queue_wait_ms or 0.0) * 1e6)
-    wait_start = max(trace_start, span.start_ns - wait_ns)
+    waited_from = span.queue_wait_start_ns  # never before the send span, when it is known
+    wait_start = max(trace_start, span.start_ns if waited_from is None else waited_from)
     first = int((wait_start - trace_start) * scale)
     begin = int((span.start_ns - trace_start) * scale)
     end = max(begin + 1, int((span.end_ns - trace_start) * scale + 0.5))
@@ -64,6 +64,7 @@ def trace_table(trace: Trace, width: int = BAR_WIDTH, total_width: int | None = 
     With ``total_width`` (the console's width), long span names are cut with ``…`` so that
     the service, timeline and figures always show whole.
     """
+    trace.link_sends()  # queue waits never begin before their send span
     start = trace.start_ns
     total = max(trace.end_ns - start, 1)
     service_width = min(max((len(span.service) for span in trace.spans), default=7), 24)
