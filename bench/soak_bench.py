@@ -17,6 +17,9 @@ with the sizes of hoptrace's per-message structures at the end:
 * ``hoptrace._kafka._pending`` (context-local stack) and ``hoptrace._kafka._latest``;
 * the ``hoptrace.diagnostics()`` counters and ``hoptrace.celery.running_executions()``.
 
+``celery`` runs up to 10,000 tasks through one prefork child of a real worker instead, and
+reads the child's RSS from a task after each burst.
+
 Target: RSS growth < 5 MB per client, and no structure growing past its cap.
 
     python bench/soak_bench.py            # 100,000 messages per client and variant
@@ -48,7 +51,7 @@ AMQP = os.environ.get("HOPTRACE_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5
 #: kombu's transport: AMQP by default (on this broker setup it consumes ~3x faster than the
 #: Redis transport, so the soak finishes sooner); set to ``redis://127.0.0.1:6379/0`` for Redis.
 KOMBU_URL = os.environ.get("HOPTRACE_BENCH_KOMBU_URL", "amqp://guest:guest@127.0.0.1:5672//")
-CLIENTS = ("aiokafka", "confluent", "kafka-python", "pika", "kombu", "aio-pika")
+CLIENTS = ("aiokafka", "confluent", "kafka-python", "pika", "kombu", "aio-pika", "celery")
 SOAK_VARIANTS = ("hoptrace_propagation", "hoptrace_sdk")
 #: The same soak with no instrumentation, to tell the client's own growth from hoptrace's. Not
 #: called "plain": rows here carry no ``median_us``, which common.ratios() needs for "plain".
@@ -400,6 +403,60 @@ def run_client(client: str, variant: str, messages: int) -> dict[str, Any]:
     }
 
 
+def celery_pool_soak(tasks: int) -> dict[str, Any]:
+    """Tasks through one prefork child of a real worker: the child's RSS growth and state.
+
+    The worker runs ``tests/integration/celery_apps/traced_app.py`` with hoptrace and an SDK
+    that counts spans; ``traced.process_stats`` reports the child's RSS after each burst.
+    """
+    integration = Path(__file__).resolve().parents[1] / "tests" / "integration"
+    sys.path.insert(0, str(integration))
+    import tempfile
+
+    from celery_apps.harness import running_worker
+    from celery_apps.traced_app import build_app
+
+    import hoptrace
+    import hoptrace.celery
+
+    broker = os.environ.get("HOPTRACE_BENCH_CELERY_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
+    backend = os.environ.get("HOPTRACE_BENCH_CELERY_BACKEND", "redis://127.0.0.1:6379/0")
+    queue = f"hoptrace-soak-celery-{uuid.uuid4().hex[:8]}"
+    app = build_app(broker, backend, queue, name="soak")
+    add, stats = app.tasks["traced.add"], app.tasks["traced.process_stats"]
+    rounds = 20
+    per_round = max(1, tasks // rounds)
+    samples = []
+    hoptrace.celery.instrument(app)
+    try:
+        with tempfile.TemporaryDirectory() as out, running_worker(
+            broker, backend, Path(out), app, queue=queue, concurrency=1,
+            extra_env={"HOPTRACE_CELERY_SPANS": "count"},
+        ):
+            for number in range(rounds):
+                with hoptrace.transaction("burst"):
+                    for i in range(per_round):
+                        add.apply_async((i, number), ignore_result=True)
+                samples.append(stats.delay().get(timeout=300))
+    finally:
+        hoptrace.celery.uninstrument()
+    warm, last = samples[3], samples[-1]
+    growth = (last["rss_kib"] - warm["rss_kib"]) / 1024
+    return {
+        "case": "celery prefork soak",
+        "variant": "hoptrace_sdk",
+        "messages": per_round * rounds,
+        "warmup_messages": per_round * 4,
+        "rss_after_warmup_mb": round(warm["rss_kib"] / 1024, 2),
+        "rss_end_mb": round(last["rss_kib"] / 1024, 2),
+        "rss_growth_mb": round(growth, 2),
+        "rss_checkpoints": [round(s["rss_kib"] / 1024, 2) for s in samples],
+        "live_scopes_at_end": last["live"],
+        "rss_target_met": growth < RSS_TARGET_MB,
+        "structures_bounded": last["running"] == 1,
+    }
+
+
 def merged_with_earlier(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Return ``rows`` plus the rows of the last results file for other (case, variant)s."""
     path = RESULTS / "soak.json"
@@ -436,7 +493,18 @@ def main() -> int:
     variants = args.variants.split(",") + ([BASELINE] if args.baseline else [])
     rows: list[dict[str, Any]] = []
     failed = []
-    for client in args.clients.split(","):
+    clients = args.clients.split(",")
+    if "celery" in clients:
+        clients.remove("celery")
+        try:
+            row = celery_pool_soak(min(messages, 10_000))
+            rows.append(row)
+            print(f"{row['case']:<20} growth {row['rss_growth_mb']:6.2f} MB "
+                  f"(rss {row['rss_after_warmup_mb']:.1f} -> {row['rss_end_mb']:.1f})", flush=True)
+        except Exception as exc:
+            print(f"celery soak failed: {exc!r}", file=sys.stderr)
+            failed.append("celery")
+    for client in clients:
         for variant in variants:
             try:
                 row = run_variant_subprocess(

@@ -67,7 +67,11 @@ def test_retry_through_the_pool(pool: tuple[Celery, Worker], spans: Any) -> None
 def test_ten_thousand_tasks_leave_no_state_behind(
     amqp_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory, spans: Any
 ) -> None:
-    """10,000 tasks through one prefork child: nothing tracked afterwards and RSS flat."""
+    """10,000 tasks through one prefork child: nothing tracked afterwards, every span ended.
+
+    (The child's RSS over such a run is a figure, not a pass/fail check:
+    ``bench/soak_bench.py --clients celery``.)
+    """
     queue = f"hoptrace-celery-leak-{uuid.uuid4().hex[:8]}"
     app = build_app(amqp_url, redis_url, queue, name="leak")
     add, stats = app.tasks["traced.add"], app.tasks["traced.process_stats"]
@@ -96,6 +100,3 @@ def test_ten_thousand_tasks_leave_no_state_behind(
     # Every process span ended and was exported: the readiness check, the adds, the baseline
     # and the earlier stats tasks (the answering one is still open).
     assert last["spans"]["CONSUMER"] == 1 + rounds * per_round + 1 + (len(samples) - 1)
-    growth_kib = last["rss_kib"] - samples[3]["rss_kib"]
-    # 8,000 tasks between the samples: a leak of even 0.5 KiB per task would show as ~4 MiB.
-    assert growth_kib < 2048, [s["rss_kib"] for s in samples]
