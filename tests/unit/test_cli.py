@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pathlib
 import re
 import statistics
 import time
@@ -393,3 +394,26 @@ def test_stats_count_the_queue_wait_from_the_send_span_at_the_earliest(coarse_fi
     fresh = group_traces(read_spans(path))["a" * 32]
     (own,) = [s for s in critical_path(fresh).steps if s.span.kind == "CONSUMER"]
     assert own.queue_wait_ms == step["queue_wait_ms"]
+
+
+def test_view_and_stats_survive_a_span_that_is_its_own_parent(tmp_path: pathlib.Path) -> None:
+    """Repeated span IDs can form a parent cycle: view and stats must finish, not hang."""
+    from hoptrace.cli.analysis import critical_path
+    from hoptrace.cli.spanfile import group_traces, read_spans
+
+    trace_id = "ab" * 16
+    lines = [
+        {"name": "root", "trace_id": trace_id, "span_id": "01" * 8, "parent_span_id": None,
+         "kind": "INTERNAL", "start_ns": 1_000, "end_ns": 9_000, "attributes": {}},
+        {"name": "loop", "trace_id": trace_id, "span_id": "02" * 8, "parent_span_id": "02" * 8,
+         "kind": "CONSUMER", "start_ns": 2_000, "end_ns": 3_000, "attributes": {}},
+        {"name": "loop again", "trace_id": trace_id, "span_id": "02" * 8,
+         "parent_span_id": "01" * 8, "kind": "CONSUMER", "start_ns": 2_500,
+         "end_ns": 4_000, "attributes": {}},
+    ]
+    path = tmp_path / "cycle.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    trace = group_traces(read_spans(path))[trace_id]
+    walked = list(trace.walk())
+    assert len(walked) == len({id(span) for span, _ in walked})
+    assert critical_path(trace).steps

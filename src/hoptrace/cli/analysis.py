@@ -170,7 +170,9 @@ def critical_path(trace: Trace) -> CriticalPath:
     chain: list[SpanRecord] = []
     roots = trace.roots
     current = max(roots, key=lambda s: _subtree_end(trace, s)) if roots else None
-    while current is not None:
+    on_path: set[int] = set()
+    while current is not None and id(current) not in on_path:  # repeated IDs can cycle
+        on_path.add(id(current))
         chain.append(current)
         children = trace.children.get(current.span_id)
         current = max(children, key=lambda s: _subtree_end(trace, s)) if children else None
@@ -191,8 +193,12 @@ def critical_path(trace: Trace) -> CriticalPath:
 def _subtree_end(trace: Trace, span: SpanRecord) -> int:
     end = span.end_ns
     stack = list(trace.children.get(span.span_id, ()))
+    seen = {id(span)}
     while stack:
         child = stack.pop()
+        if id(child) in seen:  # repeated span IDs can make a cycle
+            continue
+        seen.add(id(child))
         end = max(end, child.end_ns)
         stack.extend(trace.children.get(child.span_id, ()))
     return end

@@ -386,10 +386,18 @@ class Trace:
         return unlinked
 
     def walk(self) -> Iterator[tuple[SpanRecord, int]]:
-        """Yield ``(span, depth)`` depth-first, children in start order."""
+        """Yield ``(span, depth)`` depth-first, children in start order; each span once.
+
+        A file whose span IDs repeat can make a span its own ancestor: such a cycle is
+        walked once, not forever.
+        """
         stack = [(span, 0) for span in reversed(self.roots)]
+        seen: set[int] = set()
         while stack:
             span, depth = stack.pop()
+            if id(span) in seen:
+                continue
+            seen.add(id(span))
             yield span, depth
             for child in reversed(self.children.get(span.span_id, [])):
                 stack.append((child, depth + 1))
