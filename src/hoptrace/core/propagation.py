@@ -132,30 +132,21 @@ _mint_common = _speedups.mint_common if _speedups is not None else None
 ACCELERATED: Final = _speedups is not None
 
 
-class _Textmaps:
-    """The OTel propagate module, and its global propagator when last seen to be the W3C set.
-
-    ``read`` and ``render`` compare the global propagator with :attr:`w3c` by identity, so
-    the W3C fast path costs one attribute read; anything else goes through :func:`_through`.
-    """
-
-    __slots__ = ("module", "w3c")
-
-    def __init__(self) -> None:
-        self.module: Any = None
-        self.w3c: object = None
-
-
-_textmaps = _Textmaps()
+#: The OTel propagate module once loaded, and its global propagator when last seen to be the
+#: W3C set. ``read`` and ``render`` compare the global propagator with it by identity, so the
+#: W3C fast path costs one attribute read; anything else goes through :func:`_through`.
+_propagate_now: Any = None
+_w3c_now: object = None
 
 
 def _through() -> TextMapPropagator | None:
     """The configured propagator to go through, or None for the W3C set (then remembered)."""
+    global _propagate_now, _w3c_now
     textmap = configured_textmap()
     module = propagate_module()
     if textmap is None and module and hasattr(module, "_HTTP_TEXT_FORMAT"):
-        _textmaps.module = module
-        _textmaps.w3c = module._HTTP_TEXT_FORMAT
+        _propagate_now = module
+        _w3c_now = module._HTTP_TEXT_FORMAT
     return textmap
 
 
@@ -380,8 +371,7 @@ def _text(incoming: Incoming, header: str, raw: object, max_len: int, joined: bo
 
 def read(carrier: Carrier | object, settings: Settings) -> Incoming:
     """Read and validate everything hoptrace propagates from ``carrier``. Never raises."""
-    module = _textmaps.module
-    if module is None or module._HTTP_TEXT_FORMAT is not _textmaps.w3c:
+    if _propagate_now is None or _propagate_now._HTTP_TEXT_FORMAT is not _w3c_now:
         textmap = _through()
         if textmap is not None:
             return _read_through(textmap, carrier, settings)
@@ -564,10 +554,16 @@ def extract(carrier: Carrier | object, context: Context | None = None) -> Contex
     values: dict[str, object] = {} if context is None else dict(context)
     if incoming.span_context is not None:
         values[SPAN_KEY] = NonRecordingSpan(incoming.span_context)
-    if incoming.transaction_id is not None:
-        bind_transaction(values, incoming.transaction_id, incoming.baggage, settings)
-    elif incoming.baggage is not None:
-        values[BAGGAGE_KEY] = incoming.baggage
+    tx = incoming.transaction_id
+    entries = incoming.baggage
+    if tx is not None:
+        if entries is not None and entries.get(_names.baggage_key) is tx:
+            values[TRANSACTION_KEY] = tx  # the common case: the baggage holds it already
+            values[BAGGAGE_KEY] = entries
+        else:
+            bind_transaction(values, tx, entries, settings)
+    elif entries is not None:
+        values[BAGGAGE_KEY] = entries
     if incoming.sent_ns is not None:
         values[SENT_NS_KEY] = incoming.sent_ns
     return Context(values)
@@ -632,7 +628,7 @@ def inject(
         )
     ctx = context if context is not None else get_current()
     try:
-        if carrier is not None and current_transaction_id(ctx) is None:
+        if carrier and ctx.get(TRANSACTION_KEY) is None and current_transaction_id(ctx) is None:
             carried = carried_transaction_id(carrier)
             if carried is not None:  # a message passed on outside any transaction keeps its ID
                 ctx = Context({**ctx, TRANSACTION_KEY: carried})
@@ -683,8 +679,7 @@ def render(
     names = _names
     if values is None:
         values = {}
-    module = _textmaps.module
-    if module is None or module._HTTP_TEXT_FORMAT is not _textmaps.w3c:
+    if _propagate_now is None or _propagate_now._HTTP_TEXT_FORMAT is not _w3c_now:
         textmap = _through()
         if textmap is not None:
             return _render_through(textmap, ctx, settings, values, sent_time)
@@ -703,8 +698,9 @@ def render(
     if entries:
         if tx is None:
             tx = current_transaction_id(ctx)  # restored by another instrumentation's baggage
-        if tx is not None and len(entries) == 1 and (  # type: ignore[arg-type]
-            entries.get(names.baggage_key) == tx  # type: ignore[attr-defined]
+        if len(entries) == 1 and tx is not None and (  # type: ignore[arg-type]
+            entries.get(names.baggage_key) is tx  # type: ignore[attr-defined]
+            or entries.get(names.baggage_key) == tx  # type: ignore[attr-defined]
         ):
             entries = None  # only the transaction's own entry, which the mirror writes
     if not valid and not sdk_installed():
