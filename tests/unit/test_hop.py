@@ -364,8 +364,6 @@ def test_sampler_sees_the_messages_baggage_when_the_process_span_starts(
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 
-    from conftest import _swap_provider
-
     seen: list[object] = []
 
     class Recording(Sampler):
@@ -377,7 +375,8 @@ def test_sampler_sees_the_messages_baggage_when_the_process_span_starts(
             return "recording"
 
     hoptrace.configure(fast_spans=fast_spans)
-    previous = _swap_provider(TracerProvider(sampler=Recording()))
+    previous = trace._TRACER_PROVIDER  # type: ignore[attr-defined]
+    trace._TRACER_PROVIDER = TracerProvider(sampler=Recording())  # type: ignore[attr-defined]
     try:
         token = context.attach(baggage.set_baggage("tenant", "acme"))
         try:
@@ -388,5 +387,5 @@ def test_sampler_sees_the_messages_baggage_when_the_process_span_starts(
         with hoptrace.consume_scope(headers, "orders", "rabbitmq"):
             pass
     finally:
-        _swap_provider(previous)
+        trace._TRACER_PROVIDER = previous  # type: ignore[attr-defined]
     assert seen == ["acme"]
