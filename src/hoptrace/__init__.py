@@ -12,7 +12,8 @@ The core API knows no client library::
 
 Integrations live in one module per client: ``hoptrace.celery``, ``hoptrace.aiokafka``,
 ``hoptrace.confluent_kafka``, ``hoptrace.kafka_python``, ``hoptrace.pika``,
-``hoptrace.kombu``, ``hoptrace.aio_pika``.
+``hoptrace.kombu``, ``hoptrace.aio_pika``, and a FastStream middleware in
+``hoptrace.faststream``.
 """
 
 from __future__ import annotations

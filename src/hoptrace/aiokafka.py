@@ -21,17 +21,29 @@ Then:
   breaks, at ``consumer.stop()``, or at :func:`close_scope`.
 * ``getmany()`` records one ``receive {topic}`` span linking to every record; handle each
   record inside :func:`processing` or iterate with :func:`iterate`.
+* ``create_batch()`` / ``BatchBuilder.append()`` / ``send_batch()``: every record appended
+  carries the batch's context; one ``send {topic}`` span per batch, ended at the ack.
+
+A framework integration that traces a client's messages itself (``hoptrace.faststream``)
+marks the client, and this module leaves that client alone; a send whose headers already
+carry the active span as their ``traceparent`` is passed through untouched.
 """
 
 from __future__ import annotations
 
 import functools
+import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 
+from opentelemetry import trace
+
 from . import _kafka
-from .core import diagnostics
-from .core.hop import consume_scope
+from ._config import get_settings
+from .core import diagnostics, semconv
+from .core.carriers import write_headers
+from .core.hop import consume_scope, produce_scope
 from .core.instrumentor import ClientInstrumentor, Contrib, take_over
 from .core.patching import Patcher, original_of
 
@@ -48,6 +60,38 @@ __all__ = [
 ]
 
 _patcher = Patcher("hoptrace.aiokafka")
+
+#: Set on a client by a framework integration that traces its messages itself
+#: (``hoptrace.faststream``): this module then leaves that client alone.
+_CLAIM: Final = "_hoptrace_claimed_by"
+
+
+def _claimed(client: object) -> bool:
+    return getattr(client, _CLAIM, None) is not None
+
+
+def _traced_already(headers: object) -> bool:
+    """Whether ``headers`` already carry the active span as their ``traceparent``.
+
+    True when the caller sends inside its own ``produce_scope`` (or a framework integration
+    did): the send is traced already and gets no second span.
+    """
+    if not headers or not isinstance(headers, (list, tuple)):
+        return False
+    for item in headers:
+        try:
+            if item[0] != semconv.TRACEPARENT:
+                continue
+            value = item[1]
+            text = bytes(value).decode("ascii") if isinstance(value, (bytes, bytearray)) \
+                else value
+        except Exception:
+            return False
+        if type(text) is not str or len(text) < 52:
+            return False
+        context = trace.get_current_span().get_span_context()
+        return context.is_valid and text[36:52] == format(context.span_id, "016x")
+    return False
 
 
 # ----------------------------------------------------------------- records ---
@@ -95,6 +139,8 @@ async def _send(
     timestamp_ms: Any,
     headers: Any,
 ) -> Any:
+    if _traced_already(headers):
+        return await original(producer, topic, value, key, partition, timestamp_ms, headers)
     try:
         scope = _kafka.send_scope(topic, headers, key, timestamp_ms is not None)
     except Exception as exc:
@@ -125,6 +171,112 @@ def _sent(span: Any, future: Any) -> None:
         _kafka.end_send(span, None, None, exc)
         return
     _kafka.end_send_with(span, future.result())
+
+
+# ------------------------------------------------------------ batch sends ---
+
+
+class _BatchSend:
+    """The ``send`` span of one ``BatchBuilder`` and the header values its records carry."""
+
+    __slots__ = ("count", "scope", "values")
+
+    def __init__(self, scope: produce_scope, values: dict[str, str]) -> None:
+        self.scope = scope
+        self.values = values
+        self.count = 0
+
+
+#: The batch each builder is filling; an entry goes with its builder.
+_batches: weakref.WeakKeyDictionary[Any, _BatchSend] = weakref.WeakKeyDictionary()
+
+
+def _open_batch(builder: Any) -> _BatchSend:
+    """Start the batch's send span (its topic comes at ``send_batch``), detached at once."""
+    values: dict[str, str] = {}
+    # Kafka stamps each record (CreateTime): no send-time header unless a timestamp is set.
+    scope = produce_scope(values, "", _kafka.SYSTEM, sent_time=False).open()
+    scope.detach()
+    state = _BatchSend(scope, values)
+    _batches[builder] = state
+    # A builder dropped without send_batch() still ends its span (when it is collected).
+    weakref.finalize(builder, scope.close)
+    return state
+
+
+def _append(
+    original: Callable[..., Any], builder: Any, timestamp: Any, key: Any, value: Any,
+    headers: Any,
+) -> Any:
+    if _traced_already(headers):
+        return original(builder, timestamp=timestamp, key=key, value=value, headers=headers)
+    outgoing = headers
+    state = None
+    try:
+        if get_settings().enabled:
+            state = _batches.get(builder)
+            if state is None:
+                state = _open_batch(builder)
+            values = state.values
+            if timestamp is not None:  # a set timestamp says nothing about the send time
+                values = {**values, get_settings().sent_time_header: str(time.time_ns())}
+            outgoing = write_headers(headers if headers is not None else [], values, copy=True)
+    except Exception as exc:
+        if isinstance(exc, TypeError):  # headers of a type aiokafka rejects: its error
+            outgoing = headers
+        else:
+            diagnostics.internal_error("aiokafka.append", exc)
+        state = None
+    metadata = original(builder, timestamp=timestamp, key=key, value=value, headers=outgoing)
+    if metadata is not None and state is not None:
+        state.count += 1
+    return metadata
+
+
+async def _send_batch(
+    original: Callable[..., Awaitable[Any]], producer: Any, batch: Any, topic: str,
+    partition: Any,
+) -> Any:
+    state = _batches.pop(batch, None)
+    if state is None:
+        return await original(producer, batch, topic, partition=partition)
+    scope = state.scope
+    try:
+        span = scope.span
+        if span is not None and span.is_recording():
+            span.update_name(semconv.send_span_name(topic))
+        scope.set_attribute(semconv.MESSAGING_DESTINATION_NAME, topic)
+        scope.set_attribute(semconv.MESSAGING_BATCH_MESSAGE_COUNT, state.count)
+    except Exception as exc:
+        diagnostics.internal_error("aiokafka.send_batch", exc)
+    try:
+        future = await original(producer, batch, topic, partition=partition)
+    except BaseException as exc:
+        scope.close(exc)
+        raise
+    try:
+        future.add_done_callback(functools.partial(_sent, scope))
+    except Exception as exc:
+        diagnostics.internal_error("aiokafka.send_batch", exc)
+        scope.close()
+    return future
+
+
+class TracedBatch:
+    """A ``BatchBuilder`` from :meth:`TracedProducer.create_batch`: ``append`` is traced."""
+
+    def __init__(self, builder: Any) -> None:
+        self._builder = builder
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._builder, name)
+
+    def append(self, *, timestamp: Any, key: Any, value: Any, headers: Any = None) -> Any:
+        """Append a record carrying the batch's context; return its metadata, or None if full."""
+        return _append(
+            original_of(type(self._builder).append), self._builder, timestamp, key, value,
+            headers,
+        )
 
 
 class TracedProducer:
@@ -167,6 +319,16 @@ class TracedProducer:
         future = await self.send(topic, value, key, partition, timestamp_ms, headers)
         return await future
 
+    def create_batch(self) -> TracedBatch:
+        """Return a new batch whose records carry the batch's context."""
+        return TracedBatch(self._producer.create_batch())
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: Any) -> Any:
+        """Send a batch inside one ``send {topic}`` span; return aiokafka's delivery future."""
+        builder = batch._builder if isinstance(batch, TracedBatch) else batch
+        original = original_of(type(self._producer).send_batch)
+        return await _send_batch(original, self._producer, builder, topic, partition)
+
     async def __aenter__(self) -> TracedProducer:
         await self._producer.start()
         return self
@@ -192,7 +354,8 @@ async def _getone(
 ) -> Any:
     _kafka.close_pending(consumer)
     record = await original(consumer, *partitions)
-    _open_record_scope(consumer, record)
+    if not _claimed(consumer):
+        _open_record_scope(consumer, record)
     return record
 
 
@@ -206,7 +369,7 @@ async def _getmany(
     _kafka.close_pending(consumer)
     start = _kafka.now_ns()
     batch = await original(consumer, *partitions, timeout_ms=timeout_ms, max_records=max_records)
-    if batch:
+    if batch and not _claimed(consumer):
         _kafka.receive_spans(
             (
                 _kafka.BatchEntry(r.topic, r.partition, r.offset, r.headers)
@@ -356,8 +519,28 @@ def instrument() -> None:
 
         return stop
 
+    def wrap_append(original: Callable[..., Any]) -> Callable[..., Any]:
+        def append(
+            self: Any, *, timestamp: Any, key: Any, value: Any, headers: Any = None
+        ) -> Any:
+            return _append(original, self, timestamp, key, value, headers)
+
+        return append
+
+    def wrap_send_batch(original: Callable[..., Any]) -> Callable[..., Any]:
+        async def send_batch(self: Any, batch: Any, topic: str, *, partition: Any) -> Any:
+            return await _send_batch(original, self, batch, topic, partition)
+
+        return send_batch
+
+    from aiokafka.producer.message_accumulator import (  # type: ignore[import-untyped]
+        BatchBuilder,
+    )
+
     # send_and_wait calls self.send, so it is covered by the send wrapper.
     _patcher.wrap(AIOKafkaProducer, "send", wrap_send)
+    _patcher.wrap(AIOKafkaProducer, "send_batch", wrap_send_batch)
+    _patcher.wrap(BatchBuilder, "append", wrap_append)
     _patcher.wrap(AIOKafkaConsumer, "getone", wrap_getone)
     _patcher.wrap(AIOKafkaConsumer, "getmany", wrap_getmany)
     _patcher.wrap(AIOKafkaConsumer, "__aiter__", wrap_aiter)

@@ -414,3 +414,128 @@ def test_send_time_travels_in_the_record_timestamp_unless_the_caller_sets_it(
     for offset in (0, 1):
         wait = by_offset[offset].attributes[semconv.QUEUE_WAIT_MS]
         assert 0 <= wait < 60_000, (offset, wait)
+
+
+# ------------------------------------------------------------ batch sends ---
+
+
+async def _send_batches(producer: Any, topic: str, batches: list[list[bytes]],
+                        batch_factory: Any = None) -> list[str]:
+    """Send each list of values as one batch in its own transaction; return the IDs."""
+    ids = []
+    for values in batches:
+        with hoptrace.transaction("bulk") as tx:
+            batch = (batch_factory or producer.create_batch)()
+            for i, value in enumerate(values):
+                # The caller's own headers survive; a stale traceparent is replaced.
+                headers = [("x-app", b"1")] if i % 2 else [("traceparent", b"00-" + b"1" * 32
+                                                             + b"-" + b"2" * 16 + b"-01")]
+                assert batch.append(key=None, value=value, timestamp=None,
+                                    headers=headers) is not None
+            partition = sorted(await producer.partitions_for(topic))[0]
+            fut = await producer.send_batch(batch, topic, partition=partition)
+            await fut
+        ids.append(tx.transaction_id or "")
+    return ids
+
+
+def _check_batch_records(spans: Any, topic: str, ids: list[str], records: list[Any],
+                         per_batch: int) -> None:
+    sends = spans.named(f"send {topic}")
+    assert len(sends) == len(ids)
+    by_tx = {s.attributes[semconv.TRANSACTION_ID]: s for s in sends}
+    assert set(by_tx) == set(ids)
+    for send in sends:
+        assert send.attributes[semconv.MESSAGING_BATCH_MESSAGE_COUNT] == per_batch
+        assert send.attributes[semconv.MESSAGING_DESTINATION_NAME] == topic
+        assert semconv.KAFKA_OFFSET in send.attributes  # ended at the broker's ack
+    header = get_settings().transaction_header
+    assert len(records) == len(ids) * per_batch
+    for record in records:
+        headers = dict(record.headers)
+        send = by_tx[headers[header].decode()]
+        traceparent = headers["traceparent"].decode()
+        assert traceparent[3:35] == f"{send.context.trace_id:032x}"
+        assert traceparent[36:52] == f"{send.context.span_id:016x}"
+        assert record.headers.count(("x-app", b"1")) == (record.offset % per_batch) % 2
+        assert sum(1 for k, _ in record.headers if k == "traceparent") == 1
+
+
+def test_send_batch_every_record_carries_the_batch_context(
+    kafka_bootstrap: str, spans: Any, instrumented: None
+) -> None:
+    """create_batch/append/send_batch: each record carries the batch's send span and the
+    transaction; one send span per batch, with its size, ended at the ack; the consumer's
+    process spans are children of it."""
+    topic = new_topic("sendbatch")
+
+    async def run() -> tuple[list[str], list[Any], list[str | None]]:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            ids = await _send_batches(producer, topic, [[b"a", b"b", b"c"], [b"d", b"e", b"f"]])
+        finally:
+            await producer.stop()
+        consumer = consumer_for(kafka_bootstrap, topic)
+        await consumer.start()
+        records, seen = [], []
+        try:
+            while len(records) < 6:
+                msg = await consumer.getone()  # (wait_for would run it in another task)
+                records.append(msg)
+                seen.append(hoptrace.current_transaction_id())
+        finally:
+            await consumer.stop()
+        return ids, records, seen
+
+    ids, records, seen = asyncio.run(run())
+    _check_batch_records(spans, topic, ids, records, 3)
+    assert seen == [ids[0]] * 3 + [ids[1]] * 3
+    sends = {s.context.span_id for s in spans.named(f"send {topic}")}
+    processes = spans.named(f"process {topic}")
+    assert len(processes) == 6 and {p.parent.span_id for p in processes} == sends
+
+
+def test_traced_producer_batches_without_patching(kafka_bootstrap: str, spans: Any) -> None:
+    topic = new_topic("tracedbatch")
+
+    async def run() -> tuple[list[str], list[Any]]:
+        producer = hk.TracedProducer(AIOKafkaProducer(bootstrap_servers=kafka_bootstrap))
+        async with producer:
+            ids = await _send_batches(producer, topic, [[b"a", b"b"]])
+        consumer = consumer_for(kafka_bootstrap, topic)
+        await consumer.start()
+        try:
+            return ids, [await asyncio.wait_for(consumer.getone(), 10) for _ in range(2)]
+        finally:
+            await consumer.stop()
+
+    ids, records = asyncio.run(run())
+    _check_batch_records(spans, topic, ids, records, 2)
+
+
+def test_send_inside_a_produce_scope_gets_no_second_span(
+    kafka_bootstrap: str, spans: Any, instrumented: None
+) -> None:
+    """A record whose headers already carry the active span (a framework traced the send)
+    is passed through untouched."""
+    topic = new_topic("traced")
+
+    async def run() -> Any:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            with hoptrace.produce_scope([], topic, "kafka") as scope:
+                await producer.send_and_wait(topic, b"v", headers=scope.carrier)
+                batch = producer.create_batch()
+                batch.append(key=None, value=b"w", timestamp=None, headers=scope.carrier)
+                partition = sorted(await producer.partitions_for(topic))[0]
+                await (await producer.send_batch(batch, topic, partition=partition))
+            return scope
+        finally:
+            await producer.stop()
+
+    scope = asyncio.run(run())
+    sends = spans.named(f"send {topic}")
+    assert len(sends) == 1 and sends[0].attributes[semconv.TRANSACTION_ID] == \
+        scope.transaction_id
