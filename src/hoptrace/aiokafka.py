@@ -35,6 +35,7 @@ import functools
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any, Final
 
 from opentelemetry import trace
@@ -129,7 +130,31 @@ def _group(consumer: Any) -> str | None:
 # ---------------------------------------------------------------- producer ---
 
 
+#: True while aiokafka's own ``send`` runs: it appends the record to a ``BatchBuilder``
+#: itself, and that append is part of the send, not a batch of the caller's.
+_in_send: ContextVar[bool] = ContextVar("hoptrace_aiokafka_in_send", default=False)
+
+
 async def _send(
+    original: Callable[..., Awaitable[Any]],
+    producer: Any,
+    topic: str,
+    value: Any,
+    key: Any,
+    partition: Any,
+    timestamp_ms: Any,
+    headers: Any,
+) -> Any:
+    token = _in_send.set(True)
+    try:
+        return await _send_traced(
+            original, producer, topic, value, key, partition, timestamp_ms, headers
+        )
+    finally:
+        _in_send.reset(token)
+
+
+async def _send_traced(
     original: Callable[..., Awaitable[Any]],
     producer: Any,
     topic: str,
@@ -208,7 +233,7 @@ def _append(
     original: Callable[..., Any], builder: Any, timestamp: Any, key: Any, value: Any,
     headers: Any,
 ) -> Any:
-    if _traced_already(headers):
+    if _in_send.get() or _traced_already(headers):
         return original(builder, timestamp=timestamp, key=key, value=value, headers=headers)
     outgoing = headers
     state = None
