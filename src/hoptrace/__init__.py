@@ -18,14 +18,9 @@ Integrations live in one module per client: ``hoptrace.celery``, ``hoptrace.aiok
 
 from __future__ import annotations
 
-from ._config import ConfigurationError, Settings, configure, get_settings, reset
+from .core import __version__
 from .core.carriers import HeadersGetter, HeadersSetter
-from .core.context import (
-    current_span_id,
-    current_trace_id,
-    current_transaction_id,
-    transaction,
-)
+from .core.context import current_span_id, current_trace_id, current_transaction_id
 from .core.diagnostics import diagnostics, rejections, reset_diagnostics
 from .core.hop import (
     HopInfo,
@@ -37,8 +32,8 @@ from .core.hop import (
 )
 from .core.propagation import extract, inject
 from .core.propagator import TransactionIdPropagator
-
-__version__ = "0.1.0"
+from .core.settings import ConfigurationError, Settings, configure, get_settings, reset
+from .core.transaction import transaction
 
 __all__ = [
     "ConfigurationError",

@@ -10,30 +10,33 @@ the transaction ID is attached to the context and set on the span.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import cast
 
-from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from ._config import Settings, get_settings
-from .core import diagnostics, semconv
+from .core import diagnostics, metrics, semconv
 from .core.context import (
     BAGGAGE_KEY,
     SPAN_KEY,
     TRANSACTION_KEY,
     bind_transaction,
     current_transaction_id,
-    end_span,
-    generate_transaction_id,
+    get_current,
     mint_span_context,
-    restore,
     sdk_installed,
+    span_in,
 )
-from .core.hop import incoming_parent, start_child_span
-from .core.propagation import read
+from .core.hop import (
+    _Scope,
+    incoming_attributes,
+    incoming_parent,
+    incoming_transaction,
+    start_child_span,
+)
+from .core.propagation import Incoming, read
 from .core.propagator import configured_textmap
+from .core.settings import Settings
 
 
 def propagation_header_names(settings: Settings) -> dict[str, str]:
@@ -70,11 +73,14 @@ def header_carrier(
     return carrier
 
 
-class server_scope:
+class server_scope(_Scope):
     """The context of one HTTP request, attached from ``open()`` until ``close()``.
 
     Starts a ``{method}`` SERVER span (renamed ``{method} {route}`` once the route is known),
-    a child of a valid incoming ``traceparent``; or reuses a span already active.
+    a child of a valid incoming ``traceparent``; or reuses a span already active. The
+    transaction ID, the parent-or-link choice and the span's attributes for rejected or
+    untrusted context are the consume scope's (:mod:`hoptrace.core.hop`), as is the
+    attach/close plumbing; a ``close()`` always restores the context the request found.
     """
 
     __slots__ = (
@@ -82,11 +88,9 @@ class server_scope:
         "_path",
         "_scheme",
         "_status",
-        "_token",
         "_trust",
         "carrier",
         "reused",
-        "span",
         "transaction_id",
     )
 
@@ -98,67 +102,37 @@ class server_scope:
         scheme: str,
         trust_incoming: bool | None = None,
     ) -> None:
+        super().__init__()
         self.carrier = carrier
         self._trust = trust_incoming
         self._method = method
         self._path = path
         self._scheme = scheme
         self._status: int | None = None
-        self._token: object | None = None
-        self.span: Span | None = None
         self.reused = False
         self.transaction_id: str | None = None
 
-    def open(self) -> server_scope:
-        """Read the request's context, start or reuse the server span, and attach both."""
-        settings = get_settings()
-        if not settings.enabled:
-            return self
-        try:
-            self._open(settings)
-        except Exception as exc:
-            diagnostics.internal_error("server_scope.open", exc)
-        return self
-
     def _open(self, settings: Settings) -> None:
+        """Read the request's context, start or reuse the server span, and attach both."""
         incoming = read(self.carrier, settings)
-        ambient = otel_context.get_current()
+        ambient = get_current()
         trusted = settings.trust_incoming if self._trust is None else self._trust
-        upstream: str | None = None
-        if trusted:
-            tx = (
-                incoming.transaction_id
-                or current_transaction_id(ambient)
-                or generate_transaction_id()
-            )
-        else:
-            # Never the caller's ID, nor one an outer instrumentation restored from its
-            # baggage; only one that hoptrace set in this process.
-            upstream = incoming.transaction_id
-            own = ambient.get(TRANSACTION_KEY)
-            tx = own if isinstance(own, str) else generate_transaction_id()
+        # Untrusted: never the caller's ID, nor one an outer instrumentation restored from
+        # its baggage; only one that hoptrace set in this process.
+        inherited = current_transaction_id(ambient) if trusted else ambient.get(TRANSACTION_KEY)
+        tx, upstream = incoming_transaction(
+            incoming, trusted, inherited if isinstance(inherited, str) else None
+        )
         self.transaction_id = tx
-        values: dict[str, object] = {**ambient}
-        active = cast("Span | None", ambient.get(SPAN_KEY))
+        active = span_in(ambient)
         if active is not None and active.get_span_context().is_valid:
-            # An outer instrumentation already made the server span: reuse it.
-            self.reused = True
-            self.span = active
-            if active.is_recording():
-                active.set_attribute(semconv.TRANSACTION_ID, tx)
-                if upstream is not None:
-                    active.set_attribute(semconv.TRANSACTION_UPSTREAM_ID, upstream)
-            baggage = ambient.get(BAGGAGE_KEY)
-            if incoming.baggage is not None and trusted and not baggage:
-                baggage = incoming.baggage
-            bind_transaction(values, tx, baggage, settings)
-            self._token = otel_context.attach(Context(values))
+            self._reuse(active, ambient, incoming, trusted, tx, upstream, settings)
             return
-
         links: list[Link] = []
         parent, keep = incoming_parent(incoming.span_context, settings, None, links,
                                        link_mode=False, trust=trusted)
-        baggage = incoming.baggage if keep else None
+        baggage = incoming.baggage if keep and incoming.baggage is not None \
+            else ambient.get(BAGGAGE_KEY)
         span: Span | None = None
         if not settings.propagation_only and sdk_installed():
             attrs: dict[str, AttributeValue] = {
@@ -167,21 +141,36 @@ class server_scope:
                 semconv.URL_SCHEME: self._scheme,
                 semconv.TRANSACTION_ID: tx,
             }
-            if incoming.rejected:
-                attrs[semconv.CONTEXT_REJECTED] = list(incoming.rejected)
-            if upstream is not None:
-                attrs[semconv.TRANSACTION_UPSTREAM_ID] = upstream
             span = self.span = start_child_span(
-                self._method, parent, SpanKind.SERVER, attrs, links, None, "server_scope.span",
-                baggage if baggage is not None else ambient.get(BAGGAGE_KEY),
+                self._method, parent, SpanKind.SERVER,
+                incoming_attributes(attrs, incoming, upstream), links, None, "server_scope.span",
+                baggage,
             )
         if span is None:
             span = parent if parent is not None else NonRecordingSpan(mint_span_context())
-        values[SPAN_KEY] = span
-        bind_transaction(
-            values, tx, baggage if baggage is not None else ambient.get(BAGGAGE_KEY), settings
-        )
-        self._token = otel_context.attach(Context(values))
+        values: dict[str, object] = {**ambient, SPAN_KEY: span}
+        # pathway origin, when metrics on
+        bind_transaction(values, tx, metrics.stamp_baggage(baggage), settings)
+        self._attach(Context(values))
+
+    def _reuse(
+        self, active: Span, ambient: Context, incoming: Incoming, trusted: bool, tx: str,
+        upstream: str | None, settings: Settings,
+    ) -> None:
+        """An outer instrumentation already made the server span: add the transaction to it."""
+        self.reused = True
+        self.span = active
+        if active.is_recording():
+            active.set_attribute(semconv.TRANSACTION_ID, tx)
+            if upstream is not None:
+                active.set_attribute(semconv.TRANSACTION_UPSTREAM_ID, upstream)
+        baggage = ambient.get(BAGGAGE_KEY)
+        if incoming.baggage is not None and trusted and not baggage:
+            baggage = incoming.baggage
+        baggage = metrics.stamp_baggage(baggage)  # pathway origin, when metrics on
+        values: dict[str, object] = {**ambient}
+        bind_transaction(values, tx, baggage, settings)
+        self._attach(Context(values))
 
     def set_route(self, route: str | None) -> None:
         """Name the span ``{method} {route}`` (a route template such as ``/items/{id}``)."""
@@ -202,17 +191,14 @@ class server_scope:
 
     def close(self, exc: BaseException | None = None) -> None:
         """End the span this scope started (recording ``exc``) and detach the context."""
-        token, self._token = self._token, None
-        span, self.span = self.span, None
-        if span is not None and not self.reused and span.is_recording():
-            if exc is None and self._status is not None and self._status >= 500:
-                span.set_status(Status(StatusCode.ERROR))
-            end_span(span, exc, "server_scope.close")
-        if token is not None and not restore(token):
-            diagnostics.count("scope.closed_elsewhere")
+        span = self.span
+        if self.reused:
+            self.span = None  # the outer instrumentation's span: it ends it
+        elif (span is not None and exc is None and self._status is not None
+              and self._status >= 500 and span.is_recording()):
+            span.set_status(Status(StatusCode.ERROR))
+        self._close(exc, True)
 
-    def detach(self) -> None:
+    def release_context(self) -> None:
         """Detach the request's context now and leave the span open for a later ``close()``."""
-        token, self._token = self._token, None
-        if token is not None and not restore(token):
-            diagnostics.count("scope.closed_elsewhere")
+        self._release(True)

@@ -19,9 +19,9 @@ from typing import Any, cast
 
 from opentelemetry import context as otel_context
 
-from ._config import get_settings
 from ._edge import header_carrier, propagation_header_names, server_scope
 from .core import diagnostics
+from .core.settings import get_settings
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], object]]
@@ -148,4 +148,4 @@ class TransactionMiddleware:
             raise
         finally:
             # _Body re-attaches the request's context while the server iterates the body.
-            edge.detach()
+            edge.release_context()

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 import hoptrace
-from hoptrace import _config
+from hoptrace.core import settings as _config
 
 
 @pytest.fixture(autouse=True)
@@ -224,3 +224,18 @@ def test_renamed_header_is_used_on_both_sides() -> None:
         headers = hoptrace.inject({})
     assert headers["x-request-id"] == "r-1" and "x-transaction-id" not in headers
     assert hoptrace.current_transaction_id(hoptrace.extract({"x-request-id": "r-2"})) == "r-2"
+
+
+def test_the_old_import_path_is_the_settings_module_itself() -> None:
+    # Settings live in the core; ``hoptrace._config`` stays importable as the same module,
+    # so a setting made through either path is the one the engine reads.
+    import importlib
+
+    old = importlib.import_module("hoptrace._config")
+    assert old is _config
+    from hoptrace._config import configure, get_settings
+
+    configure(link_mode="link")
+    assert _config.get_settings().link_mode == "link"
+    assert get_settings() is _config.get_settings() is hoptrace.get_settings()
+    _config.reset()

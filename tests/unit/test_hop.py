@@ -279,7 +279,7 @@ def test_detach_now_end_later_for_acknowledged_sends(spans: Any) -> None:
     import threading
 
     scope = hoptrace.produce_scope([], "t", "kafka").open()
-    scope.detach()
+    scope.release_context()
     assert hoptrace.current_trace_id() is None  # context gone, span still open
     assert spans.named("send t") == []
     ack = threading.Thread(target=lambda: (scope.set_attribute("messaging.kafka.offset", 7), scope.close()))

@@ -277,3 +277,33 @@ def test_produce_scope_outside_a_transaction_keeps_the_carriers_id(spans: Any) -
         carrier = s.carrier
     assert inside == "keep-4" and carrier["x-transaction-id"] == "keep-4"
     assert spans.one("send orders").attributes["hoptrace.transaction.id"] == "keep-4"
+
+
+def test_max_baggage_bytes_counts_utf8_bytes_of_an_incoming_header(caplog: Any) -> None:
+    """A text header is measured as the bytes it takes on the wire, as a bytes header is."""
+    hoptrace.configure(max_baggage_bytes=40, warning_interval=0)
+    try:
+        entry = "k=" + "é" * 30  # 32 characters, 62 bytes in UTF-8
+        for header in (entry, entry.encode("utf-8")):
+            caplog.clear()
+            ctx = hoptrace.extract({"baggage": header})
+            assert baggage.get_baggage("k", ctx) is None
+            assert "ignored incoming baggage (size)" in caplog.text, header
+    finally:
+        hoptrace.configure(max_baggage_bytes=8192, warning_interval=60)
+
+
+def test_max_baggage_bytes_trims_the_outgoing_header_at_the_limit() -> None:
+    """A header exactly at the limit is kept whole; one byte under, an entry is dropped."""
+    token = context.attach(baggage.set_baggage("a", "b", baggage.set_baggage("k", "v")))
+    try:
+        with hoptrace.transaction():
+            full = hoptrace.inject({})["baggage"]
+            hoptrace.configure(max_baggage_bytes=len(full))
+            assert hoptrace.inject({})["baggage"] == full  # exactly at the limit: kept whole
+            hoptrace.configure(max_baggage_bytes=len(full) - 1)
+            trimmed = hoptrace.inject({})["baggage"]
+    finally:
+        hoptrace.configure(max_baggage_bytes=8192)
+        context.detach(token)
+    assert len(trimmed.encode()) < len(full) and "transaction.id=" in trimmed

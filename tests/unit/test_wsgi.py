@@ -154,3 +154,18 @@ def test_untrusted_edge_never_adopts_the_callers_transaction(spans):
     span = spans.one("GET /orders/<int:order_id>")
     assert span.parent is None and f"{span.context.trace_id:032x}" != UPSTREAM_TRACE
     assert span.attributes[semconv.TRANSACTION_UPSTREAM_ID] == "caller-1"
+
+
+def test_request_scope_restores_the_context_it_found_even_after_a_leaked_attach(spans):
+    from opentelemetry import context
+
+    from hoptrace._edge import server_scope
+
+    before = context.get_current()
+    edge = server_scope([], "GET", "/leak", "http").open()
+    inside = hoptrace.current_transaction_id()
+    context.attach(context.set_value("leaked", 1))  # a handler that never detaches
+    edge.close()
+    assert inside is not None
+    assert context.get_current() is before
+    assert spans.one("GET").end_time is not None

@@ -33,8 +33,8 @@ _DECODE_LIMIT: Final = 8192
 #: Longest value :class:`HeadersGetter` hands to a propagator.
 _GETTER_LIMIT: Final = 65536
 
-#: A header appeared more than once in a list carrier.
-DUPLICATE: Final = object()
+#: The default that tells a mapping carrier has no such header.
+MISSING: Final = object()
 
 
 class Rejected(str):
@@ -68,8 +68,8 @@ def read_headers(carrier: object, names: Sequence[str] | frozenset[str]) -> dict
         elif kind is dict or isinstance(carrier, Mapping):
             get = carrier.get  # type: ignore[attr-defined]
             for name in names:
-                value = get(name, DUPLICATE)
-                if value is not DUPLICATE:
+                value = get(name, MISSING)
+                if value is not MISSING:
                     found[name] = value
     except Exception:
         return {}
@@ -126,10 +126,16 @@ def is_many(value: object) -> bool:
     return isinstance(value, _Many)
 
 
+def utf8_size(text: str) -> int:
+    """The size of ``text`` in bytes on the wire (UTF-8): the W3C limits count bytes."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
 def as_text(value: object, max_len: int) -> str | Rejected:
-    """Return ``value`` as text, or the reason it cannot be used. Never raises."""
+    """Return ``value`` as text, or the reason it cannot be used (``max_len`` counts UTF-8
+    bytes). Never raises."""
     if type(value) is str:
-        return value if len(value) <= max_len else REJECT_SIZE
+        return value if utf8_size(value) <= max_len else REJECT_SIZE
     if isinstance(value, (bytes, bytearray, memoryview)):
         if len(value) > max_len:
             return REJECT_SIZE
@@ -139,7 +145,7 @@ def as_text(value: object, max_len: int) -> str | Rejected:
             return REJECT_ENCODING
     if isinstance(value, str):  # a str subclass: normalise it
         text = str(value)
-        return text if len(text) <= max_len else REJECT_SIZE
+        return text if utf8_size(text) <= max_len else REJECT_SIZE
     return REJECT_TYPE
 
 

@@ -7,7 +7,7 @@ import threading
 import time
 from collections import Counter
 
-from .._config import get_settings
+from .settings import get_settings
 
 logger = logging.getLogger("hoptrace")
 

@@ -17,7 +17,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, NamedTuple, cast
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
 from opentelemetry.context import Context, create_key
 from opentelemetry.trace import (
@@ -29,8 +29,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
-from .._config import get_settings
-from . import diagnostics, semconv
+from . import diagnostics, metrics, semconv
 from .carriers import Carrier, write_headers
 from .context import (
     BAGGAGE_KEY,
@@ -49,12 +48,13 @@ from .context import (
     span_in,
 )
 from .propagation import Incoming, carried_transaction_id, read, render
-from .spans import TrustedAttributes, start_span
+from .settings import get_settings
+from .spans import UncheckedAttributes, start_span
 
 Attributes = Mapping[str, AttributeValue]
 
 #: The span a hoptrace scope made current, to tell it apart from a user's own ambient span.
-_SCOPE_SPAN_KEY: Final = create_key("hoptrace.consume_scope_span")
+HOP_SPAN_KEY: Final = create_key("hoptrace.hop_span")
 
 
 class HopInfo(NamedTuple):
@@ -176,18 +176,66 @@ def first_attempt_span_id(producer: SpanContext, destination: str) -> int:
     return (mixed ^ (mixed >> 31)) or 1
 
 
+def incoming_transaction(
+    incoming: Incoming, trusted: bool, inherited: str | None = None
+) -> tuple[str, str | None]:
+    """The transaction ID a handler runs in, and the sender's ID to record beside it (or None).
+
+    A trusted sender's ID is kept; else ``inherited`` (one already in force here), else a new
+    one. An untrusted sender never chooses whom its messages are correlated with: its ID is
+    only recorded, as the upstream ID.
+    """
+    if trusted:
+        return incoming.transaction_id or inherited or generate_transaction_id(), None
+    return inherited or generate_transaction_id(), incoming.transaction_id
+
+
+def incoming_attributes(
+    attrs: dict[str, AttributeValue], incoming: Incoming, upstream: str | None
+) -> dict[str, AttributeValue]:
+    """Add what the incoming side records on its span: rejected context, the upstream ID."""
+    if incoming.rejected:
+        attrs[semconv.CONTEXT_REJECTED] = list(incoming.rejected)
+    if upstream is not None:
+        attrs[semconv.TRANSACTION_UPSTREAM_ID] = upstream
+    return attrs
+
+
+_S = TypeVar("_S", bound="_Scope")
+
+
 class _Scope:
     """Shared open/close plumbing: a span, an attached context token, a closed flag."""
 
-    __slots__ = ("_attached", "_closed", "_token", "span")
+    __slots__ = ("_attached", "_closed", "_token", "metrics_record", "span")
+
+    #: Where an error ending the span is counted: ``{class name}.close``.
+    _where = "_Scope.close"
+    _opening = "_Scope.open"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._where = cls.__name__ + ".close"  # built once, not at every close
+        cls._opening = cls.__name__ + ".open"
 
     def __init__(self) -> None:
         self.span: Span | None = None
         self._token: object | None = None
         self._attached: Context | None = None
         self._closed = False
+        self.metrics_record: metrics.Record | None = None  # what close() records, if on
 
-    def open(self) -> Any:  # pragma: no cover - overridden
+    def open(self: _S) -> _S:
+        """Open the scope (:meth:`_open`) unless hoptrace is disabled; never raises."""
+        settings = get_settings()
+        if settings.enabled:
+            try:
+                self._open(settings)
+            except Exception as exc:
+                diagnostics.internal_error(self._opening, exc)
+        return self
+
+    def _open(self, settings: Any) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def _attach(self, ctx: Context) -> None:
@@ -215,9 +263,9 @@ class _Scope:
             return
         if not nested and attached is not None:
             current = get_current()
-            mark = attached.get(_SCOPE_SPAN_KEY)
+            mark = attached.get(HOP_SPAN_KEY)
             if current is not attached and (
-                mark is None or current.get(_SCOPE_SPAN_KEY) is not mark
+                mark is None or current.get(HOP_SPAN_KEY) is not mark
             ):
                 diagnostics.count("scope.left_already")
                 return
@@ -232,12 +280,13 @@ class _Scope:
         if self._closed:
             return
         self._closed = True
+        metrics.closed(self.metrics_record, exc)
         span, self.span = self.span, None
         if span is not None:
-            end_span(span, exc, type(self).__name__ + ".close")
+            end_span(span, exc, self._where)
         self._release(nested)
 
-    def detach(self) -> None:
+    def release_context(self) -> None:
         """Detach the context now but keep the span open until :meth:`close`.
 
         For sends acknowledged later, in another context (a delivery callback): detach where
@@ -248,8 +297,8 @@ class _Scope:
     def set_attribute(self, key: str, value: AttributeValue) -> None:
         """Add an attribute to the scope's span, if it records."""
         span = self.span
-        if isinstance(span, TrustedAttributes):
-            span.set_trusted_attribute(key, value)
+        if isinstance(span, UncheckedAttributes):
+            span.set_unchecked_attribute(key, value)
         elif span is not None and span.is_recording():
             span.set_attribute(key, value)
 
@@ -327,47 +376,18 @@ class produce_scope(_Scope):
                 self.carrier = {}
             return self
         try:
-            parent = get_current()
-            tx = current_transaction_id(parent)
-            if tx is None and carrier is not None:
-                # Outside any transaction, a message that already carries a valid ID (one
-                # a framework or another instrumentation passes on) keeps it.
-                tx = carried_transaction_id(carrier)
-            if tx is None:
-                tx = generate_transaction_id()
-            self.transaction_id = tx
-            span: Span | None = None
-            if not settings.propagation_only and sdk_installed():
-                attrs: dict[str, AttributeValue] = {
-                    semconv.MESSAGING_SYSTEM: self._system,
-                    semconv.MESSAGING_OPERATION_NAME: semconv.OP_SEND,
-                    semconv.MESSAGING_OPERATION_TYPE: semconv.OP_SEND,
-                    semconv.MESSAGING_DESTINATION_NAME: self._destination,
-                    semconv.TRANSACTION_ID: tx,
-                }
-                if self._message_id is not None:
-                    attrs[semconv.MESSAGING_MESSAGE_ID] = self._message_id
-                _add_attributes(attrs, self._attributes)
-                try:
-                    span = start_span(
-                        semconv.send_span_name(self._destination), parent, SpanKind.PRODUCER,
-                        attrs,
-                    )
-                except Exception as exc:
-                    diagnostics.internal_error("produce_scope.span", exc)
-                self.span = span
-            if span is None:
-                active = span_in(parent)
-                if (active is None or not active.get_span_context().is_valid) and (
-                    not sdk_installed()
-                ):
-                    # No tracing backend: mint the trace here, so the caller's log lines in
-                    # this block and the message share one trace ID.
-                    span = NonRecordingSpan(mint_span_context())
+            parent = metrics.stamp_origin(get_current())  # pathway origin, when metrics on
+            self.metrics_record = metrics.send_started(self._system, self._destination,
+                                                       self._attributes)
+            tx = self.transaction_id = (
+                current_transaction_id(parent) or self._carried(carrier)
+                or generate_transaction_id()
+            )
+            span = self._start_span(parent, tx, settings)
             if span is not None or tx is not parent.get(TRANSACTION_KEY):
                 scoped: dict[str, object] = {**parent}
                 if span is not None:
-                    scoped[SPAN_KEY] = scoped[_SCOPE_SPAN_KEY] = span
+                    scoped[SPAN_KEY] = scoped[HOP_SPAN_KEY] = span
                 bind_transaction(scoped, tx, parent.get(BAGGAGE_KEY), settings)
                 ctx = Context(scoped)
                 self._attach(ctx)
@@ -386,6 +406,42 @@ class produce_scope(_Scope):
             if self.carrier is None:
                 self.carrier = {}
         return self
+
+    @staticmethod
+    def _carried(carrier: Carrier) -> str | None:
+        # Outside any transaction, a message that already carries a valid ID (one a
+        # framework or another instrumentation passes on) keeps it.
+        return carried_transaction_id(carrier) if carrier is not None else None
+
+    def _start_span(self, parent: Context, tx: str, settings: Any) -> Span | None:
+        """Start the send span; None when spans are off and a trace is active already."""
+        span: Span | None = None
+        if not settings.propagation_only and sdk_installed():
+            attrs: dict[str, AttributeValue] = {
+                semconv.MESSAGING_SYSTEM: self._system,
+                semconv.MESSAGING_OPERATION_NAME: semconv.OP_SEND,
+                semconv.MESSAGING_OPERATION_TYPE: semconv.OP_SEND,
+                semconv.MESSAGING_DESTINATION_NAME: self._destination,
+                semconv.TRANSACTION_ID: tx,
+            }
+            if self._message_id is not None:
+                attrs[semconv.MESSAGING_MESSAGE_ID] = self._message_id
+            _add_attributes(attrs, self._attributes)
+            try:
+                span = self.span = start_span(
+                    semconv.send_span_name(self._destination), parent, SpanKind.PRODUCER, attrs,
+                )
+            except Exception as exc:
+                diagnostics.internal_error("produce_scope.span", exc)
+        if span is None:
+            active = span_in(parent)
+            if (active is None or not active.get_span_context().is_valid) and (
+                not sdk_installed()
+            ):
+                # No tracing backend: mint the trace here, so the caller's log lines in
+                # this block and the message share one trace ID.
+                span = NonRecordingSpan(mint_span_context())
+        return span
 
 
 class consume_scope(_Scope):
@@ -456,120 +512,103 @@ class consume_scope(_Scope):
         self.queue_wait_ms: float | None = None
         self._active: SpanContext | None = None
 
-    def open(self) -> consume_scope:
-        """Extract the message's context, start the span and attach both."""
-        settings = get_settings()
-        if not settings.enabled:
-            return self
-        try:
-            self._open(settings)
-        except Exception as exc:
-            diagnostics.internal_error("consume_scope.open", exc)
-        return self
-
     def _open(self, settings: Any) -> None:
+        """Extract the message's context, start the span and attach both."""
         now_ns = time.time_ns()
         incoming = read(self._carrier, settings)
         self.incoming = incoming
         ambient = get_current()
-        upstream: str | None = None
-        if settings.trust_incoming:
-            tx = incoming.transaction_id or generate_transaction_id()
-        else:  # an untrusted sender never chooses whom its messages are correlated with
-            upstream = incoming.transaction_id
-            tx = generate_transaction_id()
+        tx, upstream = incoming_transaction(incoming, settings.trust_incoming)
         self.transaction_id = tx
         remote = incoming.span_context
-        baggage = incoming.baggage
-        links: list[Link] = []
         ambient_span = ambient.get(SPAN_KEY)
         ambient_sc = ambient_span.get_span_context() if ambient_span is not None else None  # type: ignore[attr-defined]
         ambient_valid = ambient_sc is not None and ambient_sc.is_valid
-        if (
-            ambient_valid
-            and remote is not None
-            and ambient.get(_SCOPE_SPAN_KEY) is ambient_span
-        ):
+        if ambient_valid and remote is not None and ambient.get(HOP_SPAN_KEY) is ambient_span:
             # Another message's scope still open here (a consumer polled inside a handler, two
             # consumers in one loop, a handler that a client runs while it publishes) is no
             # ambient parent for a message that carries its own context: each message keeps
             # its own trace. (Without one, as for an eager Celery task run inside another, the
             # open scope stays the parent.)
             ambient_valid = False
-
+        links: list[Link] = []
         parent_span, trusted = incoming_parent(
             remote, settings, cast(Span, ambient_span) if ambient_valid else None, links
         )
-        if not trusted:
-            baggage = None
         if self._links:
-            for item in self._links:
-                links.append(item if isinstance(item, Link) else Link(item))
-        recording = not settings.propagation_only and sdk_installed()
-        span_id: int | None = None
-        if recording and self._redelivered is not None and parent_span is not None \
-                and remote is not None and parent_span.get_span_context() is remote:
-            first = first_attempt_span_id(remote, self._destination)
-            if not self._redelivered:
-                span_id = first
-            elif not any(link.context.span_id == first for link in links):
-                links.append(Link(
-                    SpanContext(remote.trace_id, first, True, remote.trace_flags),
-                    {semconv.LINK_REASON: "redelivery"},
-                ))
-
+            links.extend(item if isinstance(item, Link) else Link(item) for item in self._links)
+        baggage = incoming.baggage if trusted else None
+        carried = baggage if baggage is not None else ambient.get(BAGGAGE_KEY)
         sent = incoming.sent_ns if incoming.sent_ns is not None else self._sent_ns
         skew = False
         if sent is not None:
             wait = (now_ns - sent) / 1e6
             if wait < 0:
-                wait = 0.0
-                skew = True
+                wait, skew = 0.0, True
                 diagnostics.count("clock_skew")
             self.queue_wait_ms = wait
-
-        span: Any
-        if not recording:
-            span = parent_span if parent_span is not None else NonRecordingSpan(mint_span_context())
-        else:
-            attrs: dict[str, AttributeValue] = {
-                semconv.MESSAGING_SYSTEM: self._system,
-                semconv.MESSAGING_OPERATION_NAME: self._operation,
-                semconv.MESSAGING_OPERATION_TYPE: semconv.OP_PROCESS,
-                semconv.MESSAGING_DESTINATION_NAME: self._destination,
-                semconv.TRANSACTION_ID: tx,
-            }
-            if self._message_id is not None:
-                attrs[semconv.MESSAGING_MESSAGE_ID] = self._message_id
-            if self.queue_wait_ms is not None:
-                attrs[semconv.QUEUE_WAIT_MS] = self.queue_wait_ms
-                if skew:
-                    attrs[semconv.CLOCK_SKEW] = True
-            if incoming.rejected:
-                attrs[semconv.CONTEXT_REJECTED] = list(incoming.rejected)
-            if upstream is not None:
-                attrs[semconv.TRANSACTION_UPSTREAM_ID] = upstream
-            _add_attributes(attrs, self._attributes)
+        span: Any = None
+        if not settings.propagation_only and sdk_installed():
             span = self.span = start_child_span(
                 self._name or semconv.process_span_name(self._destination), parent_span,
-                SpanKind.CONSUMER, attrs, links, span_id, "consume_scope.span",
-                baggage if baggage is not None else ambient.get(BAGGAGE_KEY),
+                SpanKind.CONSUMER, self._span_attributes(tx, incoming, upstream, skew), links,
+                None if self._redelivered is None
+                else self._span_id(remote, parent_span, links),
+                "consume_scope.span", carried,
             )
-            if span is None:
-                span = parent_span or NonRecordingSpan(mint_span_context())
+        if span is None:
+            span = parent_span if parent_span is not None else NonRecordingSpan(mint_span_context())
         hop = _new_tuple(HopInfo, (self._system, self._destination, self._message_id))
         values: dict[str, object]
         if baggage is not None and baggage.get(settings.baggage_key) is tx:
             # The common case: the baggage is the sender's, with this transaction's entry.
             values = {**ambient, SPAN_KEY: span, TRANSACTION_KEY: tx, BAGGAGE_KEY: baggage,
-                      HOP_KEY: hop, _SCOPE_SPAN_KEY: span}
+                      HOP_KEY: hop, HOP_SPAN_KEY: span}
         else:
-            values = {**ambient, SPAN_KEY: span, HOP_KEY: hop, _SCOPE_SPAN_KEY: span}
-            bind_transaction(
-                values, tx, baggage if baggage is not None else ambient.get(BAGGAGE_KEY), settings
-            )
+            values = {**ambient, SPAN_KEY: span, HOP_KEY: hop, HOP_SPAN_KEY: span}
+            bind_transaction(values, tx, carried, settings)
         self._active = span.get_span_context()
+        self.metrics_record = metrics.consumed(
+            self._system, self._operation, self._destination, self._attributes,
+            self.queue_wait_ms, skew, baggage, now_ns, self._redelivered, self._carrier)
         self._attach(Context(values))
+
+    def _span_id(
+        self, remote: SpanContext | None, parent_span: Span | None, links: list[Link]
+    ) -> int | None:
+        """The first delivery's fixed span ID; a redelivery links to it instead (parent mode)."""
+        if parent_span is None or remote is None or parent_span.get_span_context() is not remote:
+            return None
+        first = first_attempt_span_id(remote, self._destination)
+        if not self._redelivered:
+            return first
+        if not any(link.context.span_id == first for link in links):
+            links.append(Link(
+                SpanContext(remote.trace_id, first, True, remote.trace_flags),
+                {semconv.LINK_REASON: "redelivery"},
+            ))
+        return None
+
+    def _span_attributes(
+        self, tx: str, incoming: Incoming, upstream: str | None, skew: bool
+    ) -> dict[str, AttributeValue]:
+        attrs: dict[str, AttributeValue] = {
+            semconv.MESSAGING_SYSTEM: self._system,
+            semconv.MESSAGING_OPERATION_NAME: self._operation,
+            semconv.MESSAGING_OPERATION_TYPE: semconv.OP_PROCESS,
+            semconv.MESSAGING_DESTINATION_NAME: self._destination,
+            semconv.TRANSACTION_ID: tx,
+        }
+        if self._message_id is not None:
+            attrs[semconv.MESSAGING_MESSAGE_ID] = self._message_id
+        if self.queue_wait_ms is not None:
+            attrs[semconv.QUEUE_WAIT_MS] = self.queue_wait_ms
+            if skew:
+                attrs[semconv.CLOCK_SKEW] = True
+        if incoming.rejected or upstream is not None:
+            incoming_attributes(attrs, incoming, upstream)
+        _add_attributes(attrs, self._attributes)
+        return attrs
 
     @property
     def span_context(self) -> SpanContext | None:
@@ -638,7 +677,9 @@ __all__: Final = [
     "HopInfo",
     "consume_scope",
     "current_hop",
+    "incoming_attributes",
     "incoming_parent",
+    "incoming_transaction",
     "produce_scope",
     "receive_scope",
     "start_child_span",

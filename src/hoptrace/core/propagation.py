@@ -37,13 +37,6 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from .._config import (
-    TRANSACTION_ID_PATTERN,
-    Settings,
-    get_settings,
-    new_transaction_id,
-    on_change,
-)
 from . import diagnostics, semconv
 from .carriers import (
     Carrier,
@@ -52,21 +45,25 @@ from .carriers import (
     as_text,
     is_many,
     read_headers,
+    utf8_size,
     write_headers,
 )
 from .context import (
-    BAGGAGE_KEY,
     SENT_NS_KEY,
-    SPAN_KEY,
     TRANSACTION_KEY,
     bind_transaction,
     current_transaction_id,
-    generate_transaction_id,
-    get_current,
-    mint_span_context,
-    sdk_installed,
 )
+from .ids import generate_transaction_id, mint_span_context
+from .otel_shims import BAGGAGE_KEY, SPAN_KEY, get_current, sdk_installed
 from .propagator import baggage_entry, configured_textmap, propagate_module
+from .settings import (
+    TRANSACTION_ID_PATTERN,
+    Settings,
+    get_settings,
+    new_transaction_id,
+    on_change,
+)
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _TRACESTATE_KEY = re.compile(
@@ -255,7 +252,7 @@ def _joined_text(incoming: Incoming, header: str, raw: object, max_len: int) -> 
                 return None
             parts.append(text)
         joined = ",".join(parts)
-        if len(joined) > max_len:
+        if utf8_size(joined) > max_len:
             _reject(incoming, header, "size", joined)
             return None
         return joined
@@ -351,7 +348,7 @@ def _text(incoming: Incoming, header: str, raw: object, max_len: int, joined: bo
     """Return a header value as text (fast path for plain str and bytes), or None if rejected."""
     kind = type(raw)
     if kind is str:
-        if len(raw) <= max_len:  # type: ignore[arg-type]
+        if utf8_size(raw) <= max_len:  # type: ignore[arg-type]
             return raw  # type: ignore[return-value]
         _reject(incoming, header, "size", raw)
         return None
@@ -385,82 +382,76 @@ def read(carrier: Carrier | object, settings: Settings) -> Incoming:
                     names.transaction, names.sent, names.mirror_prefix,
                     settings.max_baggage_bytes, _MAX_TRANSACTION,
                 )
-                if fast is not None:
+                if fast is not None:  # all of it valid already
                     trace_id, span_id, sampled, tx, mirrored, sent_ns = fast
                     if trace_id is not None:
                         incoming.span_context = _span_context(
                             trace_id, span_id, _SAMPLED if sampled else _NOT_SAMPLED,
                             _DEFAULT_STATE,
                         )
-                    if tx is not None:
-                        incoming.transaction_id = tx
-                        if mirrored:
-                            incoming.baggage = {names.baggage_key: tx}
-                    if sent_ns is not None:
-                        incoming.sent_ns = sent_ns
+                    incoming.transaction_id = tx
+                    if mirrored:  # (only with a transaction ID)
+                        incoming.baggage = {names.baggage_key: tx}
+                    incoming.sent_ns = sent_ns
                     return incoming
-            get = carrier.get
-            tp_raw = get(semconv.TRACEPARENT, _MISSING)
-            ts_raw = get(semconv.TRACESTATE, _MISSING)
-            bag_raw = get(semconv.BAGGAGE, _MISSING)
-            tx_raw = get(names.transaction, _MISSING)
-            sent_raw = get(names.sent, _MISSING)
+            raw = carrier
         else:
             raw = read_headers(carrier, names.wanted)
             if not raw:
                 return incoming
-            tp_raw = raw.get(semconv.TRACEPARENT, _MISSING)
-            ts_raw = raw.get(semconv.TRACESTATE, _MISSING)
-            bag_raw = raw.get(semconv.BAGGAGE, _MISSING)
-            tx_raw = raw.get(names.transaction, _MISSING)
-            sent_raw = raw.get(names.sent, _MISSING)
-
-        if tp_raw is not _MISSING:
-            if type(tp_raw) is str and len(tp_raw) == 55 and _TRACEPARENT_00(tp_raw):
-                # The common case, inlined: a well-formed version-00 traceparent.
-                trace_id = int(tp_raw[3:35], 16)
-                span_id = int(tp_raw[36:52], 16)
-                parsed = (trace_id, span_id, tp_raw[54] in _ODD) if trace_id and span_id else None
-                if parsed is None:
-                    _reject(incoming, semconv.TRACEPARENT, "zero_id", tp_raw)
-            else:
-                text = _text(incoming, semconv.TRACEPARENT, tp_raw, _MAX_TRACEPARENT, False)
-                parsed = _parse_traceparent(incoming, text) if text is not None else None
-            if parsed is not None:
-                state = _DEFAULT_STATE
-                if ts_raw is not _MISSING:
-                    ts_text = _text(
-                        incoming, semconv.TRACESTATE, ts_raw, settings.max_tracestate_bytes, True
-                    )
-                    if ts_text:
-                        state = _parse_tracestate(incoming, ts_text) or _DEFAULT_STATE
-                incoming.span_context = _span_context(
-                    parsed[0], parsed[1], _SAMPLED if parsed[2] else _NOT_SAMPLED, state
-                )
-
-        if tx_raw is not _MISSING:
-            _take_transaction(incoming, tx_raw)
-
-        if bag_raw is not _MISSING:
-            bag_text = (
-                bag_raw
-                if type(bag_raw) is str and len(bag_raw) <= settings.max_baggage_bytes
-                else _text(incoming, semconv.BAGGAGE, bag_raw, settings.max_baggage_bytes, True)
-            )
-            if bag_text is not None:
-                tx = incoming.transaction_id
-                if tx is not None and bag_text == names.mirror_prefix + tx:
-                    incoming.baggage = {names.baggage_key: tx}  # the common case: only the mirror
-                else:
-                    incoming.baggage = _parse_baggage(incoming, bag_text, settings)
-                    if tx is None:
-                        _take_mirror(incoming, names.baggage_key)
-
-        if sent_raw is not _MISSING:
-            _take_sent(incoming, sent_raw)
+        _take_all(incoming, raw, names, settings)
     except Exception as exc:
         diagnostics.internal_error("extract", exc)
     return incoming
+
+
+def _take_all(
+    incoming: Incoming, raw: dict[str, object], names: _Names, settings: Settings
+) -> None:
+    """Fill ``incoming`` from the raw header values in ``raw``, validating each."""
+    get = raw.get
+    tp_raw = get(semconv.TRACEPARENT, _MISSING)
+    if tp_raw is not _MISSING:
+        text = (
+            tp_raw
+            if type(tp_raw) is str and len(tp_raw) <= _MAX_TRACEPARENT
+            else _text(incoming, semconv.TRACEPARENT, tp_raw, _MAX_TRACEPARENT, False)
+        )
+        parsed = _parse_traceparent(incoming, text) if text is not None else None
+        if parsed is not None:
+            ts_raw = get(semconv.TRACESTATE, _MISSING)
+            incoming.span_context = _span_context(
+                parsed[0], parsed[1], _SAMPLED if parsed[2] else _NOT_SAMPLED,
+                _DEFAULT_STATE if ts_raw is _MISSING else _trace_state(incoming, ts_raw, settings),
+            )
+    tx_raw = get(names.transaction, _MISSING)
+    if tx_raw is not _MISSING:
+        _take_transaction(incoming, tx_raw)
+    bag_raw = get(semconv.BAGGAGE, _MISSING)
+    if bag_raw is not _MISSING:
+        text = (
+            bag_raw
+            if type(bag_raw) is str and len(bag_raw) <= settings.max_baggage_bytes
+            and bag_raw.isascii()
+            else _text(incoming, semconv.BAGGAGE, bag_raw, settings.max_baggage_bytes, True)
+        )
+        if text is not None:
+            tx = incoming.transaction_id
+            if tx is not None and text == names.mirror_prefix + tx:
+                incoming.baggage = {names.baggage_key: tx}  # the common case: only the mirror
+            else:
+                incoming.baggage = _parse_baggage(incoming, text, settings)
+                if tx is None:
+                    _take_mirror(incoming, names.baggage_key)
+    sent_raw = get(names.sent, _MISSING)
+    if sent_raw is not _MISSING:
+        _take_sent(incoming, sent_raw)
+
+
+def _trace_state(incoming: Incoming, raw: object, settings: Settings) -> TraceState:
+    """The trace state from the tracestate header's raw value; the empty one if none is valid."""
+    text = _text(incoming, semconv.TRACESTATE, raw, settings.max_tracestate_bytes, True)
+    return (_parse_tracestate(incoming, text) if text else None) or _DEFAULT_STATE
 
 
 def _take_transaction(incoming: Incoming, raw: object) -> None:
@@ -584,15 +575,17 @@ def _encode_baggage(
     if transaction_id is not None:
         parts.append(f"{mirror}={transaction_id}")
     header = ",".join(parts)
-    if len(parts) > settings.max_baggage_members or len(header) > settings.max_baggage_bytes:
+    if (len(parts) > settings.max_baggage_members
+            or utf8_size(header) > settings.max_baggage_bytes):
         kept: list[str] = []
         size = 0
         for part in reversed(parts):  # keep the mirror (last) first
             if len(kept) >= settings.max_baggage_members:
                 break
-            if size + len(part) + (1 if kept else 0) > settings.max_baggage_bytes:
+            grown = size + utf8_size(part) + (1 if kept else 0)
+            if grown > settings.max_baggage_bytes:
                 continue
-            size += len(part) + (1 if kept else 0)
+            size = grown
             kept.append(part)
         diagnostics.warn(
             "dropped.baggage.outgoing",
@@ -676,82 +669,98 @@ def render(
 
     ``sent_time=False`` leaves the send time out, for messages whose broker stamps it.
     """
-    names = _names
     if values is None:
         values = {}
     if _propagate_now is None or _propagate_now._HTTP_TEXT_FORMAT is not _w3c_now:
         textmap = _through()
         if textmap is not None:
             return _render_through(textmap, ctx, settings, values, sent_time)
-    span = ctx.get(SPAN_KEY)
-    sc = span.get_span_context() if span is not None else None  # type: ignore[attr-defined]
-    valid = False
-    if sc is not None:
-        if _TUPLE_LAYOUT:
-            # One C-level unpack instead of six property calls (layout checked at import).
-            trace_id, span_id, _, flags, state, valid = sc
-        else:  # pragma: no cover - another OTel layout
-            trace_id, span_id, valid = sc.trace_id, sc.span_id, sc.is_valid
-            flags, state = sc.trace_flags, sc.trace_state
-    tx = ctx.get(TRANSACTION_KEY)
-    entries = ctx.get(BAGGAGE_KEY)
+    tx: Any = ctx.get(TRANSACTION_KEY)
+    entries: Any = ctx.get(BAGGAGE_KEY)
     if entries:
         if tx is None:
             tx = current_transaction_id(ctx)  # restored by another instrumentation's baggage
-        if len(entries) == 1 and tx is not None and (  # type: ignore[arg-type]
-            entries.get(names.baggage_key) is tx  # type: ignore[attr-defined]
-            or entries.get(names.baggage_key) == tx  # type: ignore[attr-defined]
-        ):
+        if len(entries) == 1 and tx is not None and entries.get(_names.baggage_key) == tx:
             entries = None  # only the transaction's own entry, which the mirror writes
-    if not valid and not sdk_installed():
-        # No tracing backend: mint the IDs here, unsampled. With an SDK, no traceparent: the
-        # first hop that makes a span decides the trace. One draw of random bytes gives the
-        # trace ID, the span ID and, outside a transaction, the transaction ID
-        # (new_transaction_id's 16 bytes).
-        own_tx = tx is None and settings.transaction_id_generator is new_transaction_id
-        if tx is None and not own_tx:
-            tx = generate_transaction_id()
-        raw = randbytes(40 if own_tx else 24)
-        if _mint_common is not None and not entries and _mint_common(
+    span = ctx.get(SPAN_KEY)
+    valid = False
+    if span is not None:
+        sc = span.get_span_context()  # type: ignore[attr-defined]
+        # One C-level unpack instead of six property calls (layout checked at import).
+        trace_id, span_id, _, flags, state, valid = sc if _TUPLE_LAYOUT else _as_tuple(sc)
+    if not valid:
+        if not sdk_installed():
+            return _write_minted(values, tx, entries, settings, sent_time)
+        # With an SDK, no traceparent: the first hop that makes a span decides the trace.
+        trace_id = span_id = state = None
+        flags = 0
+    tx = tx or generate_transaction_id()
+    if (
+        _write_common is not None
+        and not entries
+        and (state is None or state is _DEFAULT_STATE or not state)
+        and _write_common(
+            values, trace_id, span_id, bool(flags & 1), semconv.TRACEPARENT, _names.transaction,
+            tx, semconv.BAGGAGE, _names.mirror_prefix if settings.baggage_mirror else None,
+            _names.sent if sent_time else None,
+        )
+    ):
+        return values
+    return _write_text(
+        values, trace_id, span_id, flags & 1, state, tx, entries, settings, sent_time
+    )
+
+
+def _as_tuple(sc: SpanContext) -> tuple[Any, ...]:  # pragma: no cover - another OTel layout
+    return (sc.trace_id, sc.span_id, sc.is_remote, sc.trace_flags, sc.trace_state, sc.is_valid)
+
+
+def _write_minted(
+    values: dict[str, Any], tx: str | None, entries: Any, settings: Settings, sent_time: bool
+) -> dict[str, Any]:
+    """Write headers for a context without a trace and without an SDK: mint the IDs, unsampled.
+
+    One draw of random bytes gives the trace ID, the span ID and, outside a transaction, the
+    transaction ID (new_transaction_id's 16 bytes).
+    """
+    own_tx = tx is None and settings.transaction_id_generator is new_transaction_id
+    if tx is None and not own_tx:
+        tx = generate_transaction_id()
+    raw = randbytes(40 if own_tx else 24)
+    if _mint_common is not None and not entries:
+        names = _names
+        if _mint_common(
             values, raw, semconv.TRACEPARENT, names.transaction, tx, semconv.BAGGAGE,
             names.mirror_prefix if settings.baggage_mirror else None,
             names.sent if sent_time else None,
         ):
             return values
-        trace_id = int.from_bytes(raw[:16], "big") or 1
-        span_id = int.from_bytes(raw[16:24], "big") or 1
-        flags, state, valid = 0, None, True
-        if own_tx:
-            tx = raw[24:].hex()
-    if tx is None:
-        tx = generate_transaction_id()
-    if (
-        _write_common is not None
-        and not entries
-        and (not valid or state is None or state is _DEFAULT_STATE or not state)
-        and _write_common(
-            values, trace_id if valid else None, span_id if valid else None,
-            bool(flags & 1) if valid else False, semconv.TRACEPARENT, names.transaction, tx,
-            semconv.BAGGAGE, names.mirror_prefix if settings.baggage_mirror else None,
-            names.sent if sent_time else None,
-        )
-    ):
-        return values
-    if valid:
-        values[semconv.TRACEPARENT] = (
-            f"00-{trace_id:032x}-{span_id:016x}-{'01' if flags & 1 else '00'}"
-        )
+    if own_tx:
+        tx = raw[24:].hex()
+    return _write_text(
+        values, int.from_bytes(raw[:16], "big") or 1, int.from_bytes(raw[16:24], "big") or 1, 0,
+        None, tx, entries, settings, sent_time,  # type: ignore[arg-type]
+    )
+
+
+def _write_text(
+    values: dict[str, Any], trace_id: int | None, span_id: int | None, sampled: int,
+    state: TraceState | None, tx: str, entries: Any, settings: Settings, sent_time: bool,
+) -> dict[str, Any]:
+    """Write the headers in Python: what the C writers defer to."""
+    names = _names
+    if trace_id is not None:
+        flags = "01" if sampled else "00"
+        values[semconv.TRACEPARENT] = f"00-{trace_id:032x}-{span_id:016x}-{flags}"
         if state is not None and state is not _DEFAULT_STATE and state:
             values[semconv.TRACESTATE] = state.to_header()
     values[names.transaction] = tx
     if entries:
         values[semconv.BAGGAGE] = _encode_baggage(
-            entries,  # type: ignore[arg-type]
-            tx if settings.baggage_mirror else None,  # type: ignore[arg-type]
-            settings,
+            entries, tx if settings.baggage_mirror else None, settings
         )
     elif settings.baggage_mirror:
-        values[semconv.BAGGAGE] = names.mirror_prefix + tx  # type: ignore[operator]
+        values[semconv.BAGGAGE] = names.mirror_prefix + tx
     if sent_time:
         values[names.sent] = str(time_ns())
     return values

@@ -30,9 +30,9 @@ from opentelemetry.propagators.textmap import (
     default_setter,
 )
 
-from .._config import TRANSACTION_ID_PATTERN, get_settings
 from . import diagnostics, semconv
 from .context import BAGGAGE_KEY, TRANSACTION_KEY, current_transaction_id, get_current
+from .settings import TRANSACTION_ID_PATTERN, get_settings
 
 _valid_id = TRANSACTION_ID_PATTERN.fullmatch
 _MAX_BAGGAGE = 8192

@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanKind
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from .._config import get_settings
 from . import diagnostics
-from .context import tracer
+from .otel_shims import tracer
+from .settings import get_settings
 
 #: [tracer, recorder or None] for the tracer last seen.
 _recorder_cache: list[Any] = [None, None]
@@ -31,12 +31,12 @@ _logger = logging.getLogger("hoptrace")
 _import_failure_logged: list[bool] = [False]
 
 
-class TrustedAttributes:
+class UncheckedAttributes:
     """Mixin for spans that take hoptrace's own, already valid attribute values as they are."""
 
     __slots__ = ()
 
-    def set_trusted_attribute(self, key: str, value: AttributeValue) -> None:  # pragma: no cover
+    def set_unchecked_attribute(self, key: str, value: AttributeValue) -> None:  # pragma: no cover
         """Set an attribute whose value hoptrace built (a str, bool, int or float)."""
         raise NotImplementedError
 
@@ -77,7 +77,10 @@ def start_span(
     ID generator's.
     """
     current = tracer()
-    recorder = _recorder_for(current) if get_settings().fast_spans else None
+    recorder = None
+    if get_settings().fast_spans:
+        cache = _recorder_cache  # the tracer last seen and its recorder: no call when it holds
+        recorder = cache[1] if cache[0] is current else _recorder_for(current)
     if recorder is not None:
         return recorder.start(name, context, kind, attributes, links, start_time, span_id)  # type: ignore[no-any-return]
     return current.start_span(
@@ -86,4 +89,27 @@ def start_span(
     )
 
 
-__all__: Final = ["TrustedAttributes", "start_span"]
+def describe(exc: BaseException) -> str:
+    """``Type: message`` for a span status; the type alone when ``str(exc)`` raises."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:
+        return type(exc).__name__
+
+
+def end_span(span: Span, exc: BaseException | None, where: str) -> None:
+    """End ``span``, first recording ``exc`` as its error; the span is ended whatever happens."""
+    try:
+        if exc is not None and span.is_recording():
+            span.set_status(Status(StatusCode.ERROR, describe(exc)))
+            span.record_exception(exc)
+    except Exception as err:  # an exception whose __str__ or __repr__ raises, say
+        diagnostics.internal_error(where, err)
+    finally:
+        try:
+            span.end()
+        except Exception as err:
+            diagnostics.internal_error(where, err)
+
+
+__all__: Final = ["UncheckedAttributes", "describe", "end_span", "start_span"]

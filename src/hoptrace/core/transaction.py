@@ -1,0 +1,119 @@
+"""``transaction()``: the edge scope that starts a new transaction ID and its span."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, Final, TypeVar, cast
+
+from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, Span, SpanKind
+from opentelemetry.util.types import AttributeValue
+
+from . import semconv
+from .context import TRANSACTION_KEY, bind_transaction, span_in
+from .hop import _Scope
+from .ids import generate_transaction_id, mint_span_context, validate_transaction_id
+from .otel_shims import BAGGAGE_KEY, SPAN_KEY, get_current, sdk_installed
+from .settings import ConfigurationError, Settings
+from .spans import start_span
+
+TFunc = TypeVar("TFunc", bound=Callable[..., Any])
+
+
+class transaction(_Scope):
+    """Open an edge scope: a new transaction ID and a span, as a context manager or decorator.
+
+    The span is a child of any span already active (an HTTP server span, say), else the root
+    of a new trace. Without an OTel SDK, or in propagation-only mode, a W3C-valid unsampled
+    trace and span ID are minted so every log line still shares a trace ID.
+    """
+
+    __slots__ = ("_attributes", "_fixed_id", "_name", "transaction_id")
+
+    def __init__(
+        self,
+        name: str | None = None,
+        transaction_id: str | None = None,
+        *,
+        attributes: dict[str, Any] | None = None,
+    ) -> None:
+        if name is not None and not isinstance(name, str):
+            raise ConfigurationError(f"name must be a str or None, got {type(name).__name__}")
+        if transaction_id is not None:
+            validate_transaction_id(transaction_id)
+        super().__init__()
+        self._name = name
+        self._fixed_id = transaction_id
+        self._attributes = attributes
+        #: The transaction ID of this scope once entered (or the one given).
+        self.transaction_id: str | None = transaction_id
+
+    def open(self) -> transaction:
+        """Start the span, attach it with the transaction ID; ``close()`` ends both."""
+        if self._token is not None:
+            raise RuntimeError(
+                "this hoptrace.transaction is already open; create a new hoptrace.transaction() "
+                "for a nested transaction"
+            )
+        self._closed = False  # the same object may be entered again once closed
+        return super().open()
+
+    def _open(self, settings: Settings) -> None:
+        tx = self._fixed_id or generate_transaction_id()
+        self.transaction_id = tx
+        parent = get_current()
+        span = self.span = self._start_span(parent, tx, settings)
+        entries = parent.get(BAGGAGE_KEY)
+        if settings.baggage_mirror and not entries:  # the common case, in one dict build
+            values: dict[str, object] = {
+                **parent, SPAN_KEY: span, TRANSACTION_KEY: tx,
+                BAGGAGE_KEY: {settings.baggage_key: tx},
+            }
+        else:
+            values = {**parent, SPAN_KEY: span}
+            bind_transaction(values, tx, entries, settings)
+        self._attach(Context(values))
+
+    def _start_span(self, parent: Context, tx: str, settings: Settings) -> Span:
+        if settings.propagation_only or not sdk_installed():
+            active = span_in(parent)
+            if active is not None and active.get_span_context().is_valid:
+                return NonRecordingSpan(mint_span_context(active.get_span_context().trace_id))
+            return NonRecordingSpan(mint_span_context())
+        attrs: dict[str, AttributeValue] = {semconv.TRANSACTION_ID: tx}
+        if self._attributes:
+            attrs.update(self._attributes)
+        return start_span(self._name or "transaction", parent, SpanKind.INTERNAL, attrs)
+
+    def __enter__(self) -> transaction:
+        return self.open()
+
+    async def __aenter__(self) -> transaction:
+        return self.open()
+
+    def __call__(self, func: TFunc) -> TFunc:
+        """Decorate a sync or async function so each call runs in its own new transaction."""
+        name = self._name or getattr(func, "__qualname__", None) or "transaction"
+        fixed_id = self.transaction_id
+        attributes = self._attributes
+
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with transaction(name, fixed_id, attributes=attributes):
+                    return await func(*args, **kwargs)
+
+            return cast(TFunc, async_wrapper)
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with transaction(name, fixed_id, attributes=attributes):
+                return func(*args, **kwargs)
+
+        return cast(TFunc, wrapper)
+
+
+__all__: Final = ["transaction"]
