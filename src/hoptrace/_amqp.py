@@ -1,38 +1,60 @@
-"""AMQP pieces shared by the pika, kombu and aio-pika integrations.
+"""AMQP mapping shared by the pika, kombu and aio-pika integrations.
 
+* :func:`publish` / :func:`publish_async` — the one publish path: a ``send`` span, the
+  context in a copy of the headers, no second span for a publish traced already;
+* :func:`open_delivery` — the process scope of one delivery, linked to its earlier delivery
+  (the redelivery memory lives in :mod:`hoptrace._redelivery`);
 * :func:`delivery_attributes` — the RabbitMQ attributes of one delivery;
-* :func:`broker_sent_ns` — the ``timestamp`` property as nanoseconds, for queue wait;
-* :class:`DeliveryMemory` — a bounded, in-process record of the span each message was last
-  processed in, so a redelivery or a dead-lettered copy can link to the earlier attempt.
-
-A message's identity is the pair (``traceparent``, send-time header) hoptrace wrote at publish
-time, or the AMQP ``message_id`` for messages published without hoptrace. The broker keeps the
-headers unchanged on requeue and copies them when it dead-letters a message, so the identity
-survives both paths; the consumer never has to write to the broker's copy.
+* :func:`broker_sent_ns` — the ``timestamp`` property as nanoseconds, for queue wait.
 """
 
 from __future__ import annotations
 
 import datetime
 import functools
-import threading
-from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar, Token
+from typing import Any, Final, TypeVar
 
-from opentelemetry import trace
-from opentelemetry.trace import Link, SpanContext, TraceFlags
-
-from ._config import get_settings
+from ._client import names_active_span
+from ._redelivery import (
+    MEMORY_SIZE,
+    REASON_DEAD_LETTER,
+    REASON_REDELIVERY,
+    DeliveryMemory,
+    dead_lettered,
+    memory,
+    message_key,
+)
 from .core import diagnostics, semconv
-from .core.hop import consume_scope, spans_active
+from .core.hop import consume_scope, produce_scope, spans_active
+from .core.propagation import inject
 
-#: How many earlier deliveries :data:`memory` keeps; the oldest is forgotten first.
-MEMORY_SIZE: Final = 10_000
+__all__ = [
+    "CALLBACK_MARK",
+    "MEMORY_SIZE",
+    "REASON_DEAD_LETTER",
+    "REASON_REDELIVERY",
+    "DeliveryMemory",
+    "Processing",
+    "broker_sent_ns",
+    "dead_lettered",
+    "delivery_attributes",
+    "memory",
+    "message_id_text",
+    "message_key",
+    "open_delivery",
+    "open_from",
+    "publish",
+    "publish_async",
+    "run_in",
+    "run_in_async",
+    "traced_already",
+    "wrappable",
+    "wrapped",
+]
 
-REASON_REDELIVERY: Final = "redelivery"
-REASON_DEAD_LETTER: Final = "dead_letter"
-_DEATH_HEADER: Final = "x-death"
+R = TypeVar("R")
 
 
 def delivery_attributes(
@@ -81,111 +103,13 @@ def broker_sent_ns(timestamp: object) -> int | None:
 
 
 def traced_already(headers: object) -> bool:
-    """Whether ``headers`` already carry the active span as their parent.
-
-    True when the caller publishes inside its own ``produce_scope`` (or an integration built
-    on top of this one did): the publish is then traced already and gets no second span.
-    """
+    """Whether ``headers`` already carry the active span as their parent (no second span)."""
     if headers is None or not isinstance(headers, Mapping):
         return False
     try:
-        traceparent = headers.get(semconv.TRACEPARENT)
+        return names_active_span(headers.get(semconv.TRACEPARENT))
     except Exception:
         return False
-    if type(traceparent) is not str or len(traceparent) < 52:
-        return False
-    context = trace.get_current_span().get_span_context()
-    return context.is_valid and traceparent[36:52] == format(context.span_id, "016x")
-
-
-def message_key(headers: object, message_id: str | None) -> int | None:
-    """Return the identity of a message across redeliveries, or None if it has none.
-
-    A hash: the memory lives in one process, and an int key keeps each entry small.
-    """
-    traceparent = sent = None
-    if headers is not None and isinstance(headers, Mapping):
-        try:
-            traceparent = headers.get(semconv.TRACEPARENT)
-            sent = headers.get(get_settings().sent_time_header)
-        except Exception:
-            traceparent = sent = None
-        if type(traceparent) is not str:
-            traceparent = None
-        if type(sent) is not str:
-            sent = None
-    if traceparent is None and message_id is None:
-        return None
-    return hash((traceparent, sent, message_id))
-
-
-def dead_lettered(headers: object) -> bool:
-    """Return whether the broker dead-lettered this message at least once (``x-death``)."""
-    if headers is None or not isinstance(headers, Mapping):
-        return False
-    try:
-        return bool(headers.get(_DEATH_HEADER))
-    except Exception:
-        return False
-
-
-class DeliveryMemory:
-    """A bounded LRU: message identity → the span its last delivery was processed in.
-
-    An entry is an int key and a (trace ID, span ID, flags) tuple, about 250 bytes.
-    """
-
-    def __init__(self, size: int = MEMORY_SIZE) -> None:
-        self._size = size
-        self._lock = threading.Lock()
-        self._seen: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
-
-    def links(
-        self, key: int | None, headers: object, redelivered: bool = True
-    ) -> list[Link] | None:
-        """Return a link to the earlier delivery of the message ``key``, if one is known.
-
-        Only a message the broker flags as redelivered, or one it dead-lettered, is looked
-        up; any other delivery is a first attempt.
-        """
-        if key is None:
-            return None
-        dead = dead_lettered(headers)
-        if not (redelivered or dead):
-            return None
-        with self._lock:
-            earlier = self._seen.get(key)
-        if earlier is None:
-            return None
-        reason = REASON_DEAD_LETTER if dead else REASON_REDELIVERY
-        trace_id, span_id, flags = earlier
-        context = SpanContext(trace_id, span_id, False, TraceFlags(flags))
-        return [Link(context, {semconv.LINK_REASON: reason})]
-
-    def remember(self, key: int | None, span_context: SpanContext | None) -> None:
-        """Record that message ``key`` is being processed in ``span_context``."""
-        if key is None or span_context is None or not span_context.is_valid:
-            return
-        entry = (span_context.trace_id, span_context.span_id, int(span_context.trace_flags))
-        with self._lock:
-            seen = self._seen
-            seen[key] = entry
-            seen.move_to_end(key)
-            if len(seen) > self._size:
-                seen.popitem(last=False)
-
-    def forget_all(self) -> None:
-        """Forget every recorded delivery."""
-        with self._lock:
-            self._seen.clear()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._seen)
-
-
-#: The process-wide memory every AMQP integration records deliveries in.
-memory: Final = DeliveryMemory()
 
 
 def open_delivery(
@@ -236,3 +160,214 @@ def open_delivery(
     except Exception as exc:
         diagnostics.internal_error("amqp.open_delivery", exc)
         return None
+
+
+# ----------------------------------------------------------------- publish ---
+
+
+#: True while a publish is traced: a client publishing through another (an adapter over pika,
+#: a subclass calling its parent) makes one span, not two.
+_publishing: ContextVar[bool] = ContextVar("hoptrace_amqp_publishing", default=False)
+
+
+class Send:
+    """What one publish needs: the headers in, the send scope, the headers to send."""
+
+    __slots__ = ("carrier", "guard", "scope")
+
+    def __init__(self) -> None:
+        self.guard: Token[bool] | None = None
+        self.scope: produce_scope | None = None
+        #: The headers to publish, or None to publish the caller's message unchanged.
+        self.carrier: Any = None
+
+    def finish(self, exc: BaseException | None = None) -> None:
+        """End the send span (with ``exc`` as its error) and drop the guard."""
+        try:
+            if self.scope is not None:
+                self.scope.close(exc)
+        finally:
+            if self.guard is not None:
+                _publishing.reset(self.guard)
+
+
+def _begin(
+    headers: Any, system: str, exchange: object, routing_key: object,
+    message_id: object, correlation_id: object, headers_only: bool, label: str,
+) -> Send:
+    send = Send()
+    if _publishing.get() or traced_already(headers):
+        return send
+    send.guard = _publishing.set(True)
+    try:
+        if headers_only and not spans_active():
+            send.carrier = inject(headers, copy=True)
+            return send
+        attrs: dict[str, Any] = {}
+        if type(routing_key) is str:
+            attrs[semconv.RABBITMQ_ROUTING_KEY] = routing_key
+        if type(correlation_id) is str:
+            attrs[semconv.MESSAGING_CONVERSATION_ID] = correlation_id
+        send.scope = produce_scope(
+            headers,
+            semconv.rabbitmq_destination(
+                exchange if type(exchange) is str and exchange else None,
+                str(routing_key or ""),
+            ),
+            system,
+            message_id=message_id_text(message_id),
+            attributes=attrs,
+            copy=True,
+        ).open()
+        send.carrier = send.scope.carrier
+    except Exception as exc:
+        diagnostics.internal_error(label, exc)
+        if send.scope is not None:
+            send.scope.close()
+        send.scope = send.carrier = None
+    return send
+
+
+def publish(
+    call: Callable[[Any], R], headers: object, system: str, *, exchange: object,
+    routing_key: object, message_id: object = None, correlation_id: object = None,
+    headers_only: bool = False, label: str = "amqp.publish",
+) -> R:
+    """Run ``call(carrier)`` inside a ``send {exchange}:{routing_key}`` span.
+
+    ``carrier`` is a copy of ``headers`` with the context added, or None when the publish is
+    to go out unchanged (traced already, nested in a traced publish, or hoptrace failed).
+    ``headers_only``: ``call`` runs no user code, so without a span to make only the headers
+    are written and no context is attached. ``label`` names the call in hoptrace's
+    internal-error counts.
+    """
+    send = _begin(headers, system, exchange, routing_key, message_id, correlation_id,
+                  headers_only, label)
+    try:
+        result = call(send.carrier)
+    except BaseException as exc:
+        send.finish(exc)
+        raise
+    send.finish()
+    return result
+
+
+async def publish_async(
+    call: Callable[[Any], Awaitable[R]], headers: object, system: str, *, exchange: object,
+    routing_key: object, message_id: object = None, correlation_id: object = None,
+    label: str = "amqp.publish",
+) -> R:
+    """:func:`publish` for a coroutine (aio-pika's ``Exchange.publish``)."""
+    send = _begin(headers, system, exchange, routing_key, message_id, correlation_id, False,
+                  label)
+    try:
+        result = await call(send.carrier)
+    except BaseException as exc:
+        send.finish(exc)
+        raise
+    send.finish()
+    return result
+
+
+# ----------------------------------------------------------------- consume ---
+
+
+def open_from(
+    method: object, properties: object, queue: object, system: str, label: str
+) -> consume_scope | None:
+    """Open the process scope of a delivery given as pika-style objects; None on failure.
+
+    ``method`` carries the delivery fields (exchange, routing key, tag, redelivered flag),
+    ``properties`` the message properties (headers, IDs, timestamp); aio-pika's message is
+    both. ``label`` names the caller in hoptrace's internal-error counts.
+    """
+    try:
+        return open_delivery(
+            getattr(properties, "headers", None),
+            system,
+            exchange=getattr(method, "exchange", None),
+            routing_key=getattr(method, "routing_key", None),
+            queue=queue,
+            message_id=getattr(properties, "message_id", None),
+            delivery_tag=getattr(method, "delivery_tag", None),
+            correlation_id=getattr(properties, "correlation_id", None),
+            timestamp=getattr(properties, "timestamp", None),
+            redelivered=getattr(method, "redelivered", True),
+        )
+    except Exception as exc:
+        diagnostics.internal_error(label, exc)
+        return None
+
+
+class Processing:
+    """The process scope of one delivery as a ``with`` / ``async with`` block.
+
+    For code that gives each message exact boundaries (a ``consume()`` loop with holding off,
+    say): the scope opens on entry and closes on exit, recording the block's exception.
+    """
+
+    __slots__ = ("_args", "_scope")
+
+    def __init__(self, method: object, properties: object, queue: object, system: str) -> None:
+        self._args = (method, properties, queue, system)
+        self._scope: consume_scope | None = None
+
+    def __enter__(self) -> consume_scope | None:
+        method, properties, queue, system = self._args
+        self._scope = open_from(method, properties, queue, system, "amqp.processing")
+        return self._scope
+
+    def __exit__(self, *exc_info: Any) -> None:
+        scope, self._scope = self._scope, None
+        if scope is not None:
+            scope.__exit__(*exc_info)
+
+    async def __aenter__(self) -> consume_scope | None:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.__exit__(*exc_info)
+
+
+#: Set on a consumer callback hoptrace wrapped, so it is never wrapped twice.
+CALLBACK_MARK: Final = "__hoptrace_amqp_callback__"
+
+
+def wrappable(callback: object) -> bool:
+    """Whether ``callback`` is a callable hoptrace has not wrapped yet."""
+    return callable(callback) and not getattr(callback, CALLBACK_MARK, False)
+
+
+def wrapped(wrapper: Callable[..., Any], callback: object) -> Callable[..., Any]:
+    """Mark ``wrapper`` as hoptrace's wrapping of ``callback``; return it."""
+    setattr(wrapper, CALLBACK_MARK, True)
+    wrapper.__wrapped__ = callback  # type: ignore[attr-defined]
+    return wrapper
+
+
+def run_in(scope: consume_scope | None, call: Callable[..., R], *args: Any) -> R:
+    """Run a consumer callback inside ``scope`` (opened) and close it, recording any error."""
+    if scope is None:
+        return call(*args)
+    try:
+        result = call(*args)
+    except BaseException as exc:
+        scope.close(exc)
+        raise
+    scope.close()
+    return result
+
+
+async def run_in_async(
+    scope: consume_scope | None, call: Callable[..., Awaitable[R]], *args: Any
+) -> R:
+    """:func:`run_in` for a coroutine callback (aio-pika's ``Queue.consume``)."""
+    if scope is None:
+        return await call(*args)
+    try:
+        result = await call(*args)
+    except BaseException as exc:
+        scope.close(exc)
+        raise
+    scope.close()
+    return result

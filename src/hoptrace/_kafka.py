@@ -1,30 +1,32 @@
 """Kafka mapping shared by the aiokafka, confluent-kafka and kafka-python integrations.
 
 Each client module turns its own record type into the few plain values used here (topic,
-partition, offset, key, headers, timestamp) and gets back hoptrace scopes. This module also
-keeps the *pending* process scopes: the scope an iterator-style call (``getone()``,
-``poll()``, ``next()``) opened for the message it returned, which stays open while the
-caller handles the message and is closed by the next call on the same consumer.
-
-Pending scopes live in a :class:`~contextvars.ContextVar`, so each asyncio task and each
-thread has its own; a scope is always closed in the context that opened it.
+partition, offset, key, headers, timestamp) and gets back hoptrace scopes. It is also the
+one consume path of the three: the scope an iterator-style call (``getone()``, ``poll()``,
+``next()``) holds for the record it returned (:mod:`hoptrace.core.held`), closed by the next
+call, a commit (the client's settle point) or :func:`close_scope`; the explicit per-record
+scope :func:`processing`; :func:`iterate` over a batch; and the :class:`Proxy` base of the
+``Traced*`` wrappers.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextvars import ContextVar, Token
 from typing import Any, Final, NamedTuple
 
 from opentelemetry.util.types import AttributeValue
 
-from .core import diagnostics, semconv
+from .core import diagnostics, held, semconv
 from .core.hop import consume_scope, produce_scope, receive_scope, spans_active
 
 SYSTEM: Final = semconv.SYSTEM_KAFKA
+#: The public names aiokafka's and kafka-python's modules share.
+CLIENT_API: Final = (
+    "TracedConsumer", "TracedProducer", "close_scope", "instrument", "instrumented", "iterate",
+    "processing", "uninstrument",
+)
 #: Kafka record timestamps (CreateTime, LogAppendTime) are whole milliseconds.
 TIMESTAMP_PRECISION_MS: Final = 1
 
@@ -187,6 +189,35 @@ def send_scope(
     ).open()
 
 
+def open_send(
+    topic: str, headers: object, key: object, timestamp_given: bool, label: str
+) -> produce_scope | None:
+    """Open a send scope (see :func:`send_scope`), or None to send the record untraced.
+
+    Headers of a type the client rejects give None silently: the client raises its own error.
+    """
+    try:
+        return send_scope(topic, headers, key, timestamp_given)
+    except Exception as exc:
+        if not isinstance(exc, TypeError):
+            diagnostics.internal_error(label, exc)
+        return None
+
+
+def await_ack(
+    scope: produce_scope, future: Any, hook: Callable[[Any, produce_scope], None], label: str
+) -> Any:
+    """Detach a send's context and end its span when ``future`` reports (``hook`` wires it)."""
+    pending = detach_for_ack(scope)
+    if pending is not None:
+        try:
+            hook(future, pending)
+        except Exception as exc:
+            diagnostics.internal_error(label, exc)
+            end_send(pending, None, None, None)
+    return future
+
+
 def end_send_with(scope: produce_scope | None, metadata: object) -> None:
     """End a detached send with the partition and offset of the client's record metadata."""
     end_send(
@@ -194,9 +225,9 @@ def end_send_with(scope: produce_scope | None, metadata: object) -> None:
     )
 
 
-def detach_send(scope: produce_scope) -> produce_scope | None:
+def detach_for_ack(scope: produce_scope) -> produce_scope | None:
     """Detach ``scope``'s context where it was attached; return it if a span awaits the ack."""
-    scope.detach()
+    scope.release_context()
     return scope if scope.span is not None else None
 
 
@@ -206,7 +237,7 @@ def end_send(
     offset: int | None,
     exc: BaseException | None,
 ) -> None:
-    """End a send detached by :func:`detach_send`, with the record's partition and offset."""
+    """End a send detached by :func:`detach_for_ack`, with the record's partition and offset."""
     if scope is None:
         return
     try:
@@ -220,151 +251,62 @@ def end_send(
     scope.close(exc)
 
 
-# --------------------------------------------------------- pending scopes ---
+# ------------------------------------------------------------ consume path ---
 
 
-class Pending:
-    """A process scope opened by an iterator-style call, kept open for the caller's handler."""
+def processing(record: Any, group: str | None = None) -> consume_scope:
+    """Return the ``process {topic}`` scope of a consumed record (``with`` or ``async with``).
 
-    __slots__ = ("owner", "scope", "token")
-
-    def __init__(self, owner: object, scope: consume_scope, token: Token[None]) -> None:
-        self.owner = owner
-        self.scope = scope
-        self.token = token
-
-
-_pending: ContextVar[tuple[Pending, ...]] = ContextVar("hoptrace_kafka_pending", default=())
-#: Set once per pending scope; resetting its token succeeds only in the very context that
-#: opened the scope, which tells the owner apart from a task that inherited a copy.
-_owner_mark: ContextVar[None] = ContextVar("hoptrace_kafka_owner_mark", default=None)
-
-
-def _owned(entry: Pending) -> bool:
-    try:
-        _owner_mark.reset(entry.token)
-        return True
-    except (ValueError, RuntimeError):
-        return False
-
-
-#: Each consumer's latest pending scope, whichever task or thread opened it. A scope opened
-#: in a task that is gone (``asyncio.wait_for(consumer.getone())`` on Python < 3.12 runs
-#: ``getone`` in a child task) is ended at the consumer's next request instead of never.
-_latest: weakref.WeakKeyDictionary[object, Pending] = weakref.WeakKeyDictionary()
-
-
-def open_pending(owner: object, scope: consume_scope) -> Pending | None:
-    """Open ``scope`` for ``owner``'s latest message and keep it until the next request."""
-    try:
-        try:
-            previous = _latest.pop(owner, None)
-        except TypeError:  # an owner that takes no weak reference
-            previous = None
-        if previous is not None:
-            previous.scope.close()  # a no-op if its own task already closed it
-        scope.open()
-        entry = Pending(owner, scope, _owner_mark.set(None))
-        _pending.set((*_pending.get(), entry))
-        try:
-            _latest[owner] = entry
-        except TypeError:
-            pass
-        return entry
-    except Exception as exc:
-        diagnostics.internal_error("kafka.open_pending", exc)
-        return None
-
-
-def close_pending(owner: object | None = None) -> None:
-    """Close ``owner``'s pending scope in this task/thread (and every scope opened after it).
-
-    With ``owner=None`` every pending scope of this task or thread is closed. Scopes that
-    this task only inherited (it was created while another task's scope was open) are
-    forgotten here and left to the task that opened them.
+    For code that wants the record's exact boundaries: the handler runs inside the block, and
+    nothing after it joins the record's trace.
     """
-    stack = _pending.get()
-    if not stack:
-        return
-    index = 0
-    if owner is not None:
-        for i in range(len(stack) - 1, -1, -1):
-            if stack[i].owner is owner:
-                index = i
-                break
-        else:
-            return
-    _close_from(stack, index)
+    return consumer_record_scope(record, group)
 
 
-def _close_from(stack: tuple[Pending, ...], index: int) -> None:
-    _pending.set(stack[:index])
-    for entry in reversed(stack[index:]):
-        try:
-            if _owned(entry):
-                entry.scope.close()
-        except Exception as exc:
-            diagnostics.internal_error("kafka.close_pending", exc)
+def iterate(
+    batch: Mapping[Any, Iterable[Any]] | Iterable[Any], group: str | None = None
+) -> Iterator[Any]:
+    """Yield the records of a batch pull, each inside its own process scope."""
+    return held.scoped(flatten(batch), functools.partial(consumer_record_scope, group=group))
 
 
-def release(entry: Pending) -> None:
-    """Close ``entry`` when its iterator is dropped (``break``, an exception, ``return``).
+class Proxy:
+    """A traced view of a client object; every attribute it does not define is the client's."""
 
-    CPython drops the iterator of a ``for``/``async for`` loop right where the loop ends, in
-    the same task or thread, so the scope is closed there. If the iterator is collected
-    elsewhere (a reference cycle, another task or thread), only the span is ended; the
-    context stays attached in its own task until that task's next request or its end.
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def close_scope(consumer: Any = None) -> None:
+    """Close the process scope a call left held for ``consumer`` in this task or thread.
+
+    With no ``consumer``, close every scope held in this task or thread.
     """
+    held.release(consumer._client if isinstance(consumer, Proxy) else consumer)
+
+
+def hold_record(
+    owner: object, record: Any, scope_of: Callable[[Any, str | None], consume_scope | None],
+    group: str | None,
+) -> Any:
+    """Hold ``record``'s process scope (``scope_of(record, group)``) for ``owner``; return it."""
     try:
-        stack = _pending.get()
-        for i in range(len(stack) - 1, -1, -1):
-            if stack[i] is entry:
-                if _owned(entry):
-                    _close_from(stack, i + 1)  # the scopes opened after it, newest first
-                    _pending.set(stack[:i])
-                    entry.scope.close()
-                    return
-                break
-        span = entry.scope.span
-        if span is not None:
-            entry.scope.span = None
-            span.end()
+        held.hold(owner, scope_of(record, group))
     except Exception as exc:
-        diagnostics.internal_error("kafka.release", exc)
+        diagnostics.internal_error("kafka.consume", exc)
+    return record
 
 
-def latest_pending(owner: object) -> Pending | None:
-    """Return ``owner``'s newest pending scope in this task or thread, if any."""
-    stack = _pending.get()
-    if stack and stack[-1].owner is owner:
-        return stack[-1]
-    return None
-
-
-def scoped_records(
-    records: Iterable[Any], make_scope: Callable[[Any], consume_scope]
-) -> Iterator[Any]:
-    """Yield each record with its process scope open while the caller handles it."""
-    for record in records:
-        try:
-            scope: consume_scope | None = make_scope(record)
-            scope.open()  # type: ignore[union-attr]
-        except Exception as exc:
-            diagnostics.internal_error("kafka.iterate", exc)
-            scope = None
-        try:
-            yield record
-        finally:
-            if scope is not None:
-                scope.close()
-
-
-def iterate_consumer_records(
-    batch: Mapping[Any, Iterable[Any]] | Iterable[Any], group: str | None
-) -> Iterator[Any]:
-    """Yield the ``ConsumerRecord`` objects of a batch pull, each inside its process scope."""
-    return scoped_records(
-        flatten(batch), functools.partial(consumer_record_scope, group=group)
+def receive_records(batch: Mapping[Any, Iterable[Any]], group: str | None, start: int) -> None:
+    """Record the ``receive`` spans of a ``{partition: [ConsumerRecord]}`` batch pull."""
+    receive_spans(
+        (BatchEntry(r.topic, r.partition, r.offset, r.headers)
+         for records in batch.values() for r in records),
+        group,
+        start,
     )
 
 

@@ -13,8 +13,10 @@ Semantics:
 * ``produce()`` makes a ``send {topic}`` span, injects into a copy of the headers (dict or
   list) and ends the span in the delivery report with the partition and offset.
 * ``poll()`` returns a record with its ``process {topic}`` scope open: the handler after it
-  runs in the producer's trace and transaction. The scope closes at the next ``poll()``,
-  ``consume()`` or ``close()`` on that consumer in the same thread, or at :func:`close_scope`.
+  runs in the producer's trace and transaction. The scope is held until the next ``poll()``,
+  ``consume()`` or ``close()`` on that consumer in the same thread, a ``commit()`` or
+  ``store_offsets()`` (the settle points), or :func:`close_scope`
+  (``hold_consume_scope=False`` turns holding off; see ``docs/kafka.md``).
 * ``consume()`` records one ``receive {topic}`` span linking to every record; handle each
   record inside :func:`processing` or iterate with :func:`iterate`.
 """
@@ -28,10 +30,11 @@ from typing import Any, Final
 
 import confluent_kafka
 
-from . import _kafka
-from .core import diagnostics
+from . import _client, _kafka
+from ._kafka import close_scope
+from .core import diagnostics, held
 from .core.hop import consume_scope
-from .core.instrumentor import ClientInstrumentor, Contrib, take_over
+from .core.instrumentor import Contrib, take_over
 
 __all__ = [
     "ConfluentKafkaInstrumentor",
@@ -50,6 +53,12 @@ __all__ = [
 # The C types themselves: confluent_kafka.Producer may already name another tool's subclass.
 _PlainProducer: Any = confluent_kafka.cimpl.Producer
 _PlainConsumer: Any = confluent_kafka.cimpl.Consumer
+#: Contrib's instrumentation of this client, which hoptrace takes over from.
+_CONTRIB: Final = Contrib(
+    "confluent-kafka", "opentelemetry.instrumentation.confluent_kafka",
+    "ConfluentKafkaInstrumentor", "confluent_kafka",
+    "opentelemetry-instrumentation-confluent-kafka",
+)
 
 
 # ----------------------------------------------------------------- records ---
@@ -69,26 +78,16 @@ def processing(message: Any, group: str | None = None) -> consume_scope:
     )
 
 
+def _scope_of(message: Any, group: str | None) -> consume_scope | None:
+    return processing(message, group) if message.error() is None else None
+
+
 def iterate(messages: Iterable[Any], group: str | None = None) -> Iterator[Any]:
     """Yield the messages of a ``consume()`` result, each inside its own process scope.
 
     Messages carrying an error are yielded without a scope.
     """
-    for message in messages:
-        if message.error() is not None:
-            yield message
-            continue
-        with processing(message, group):
-            yield message
-
-
-def close_scope(consumer: Any = None) -> None:
-    """Close the process scope ``poll()`` left open in this thread (all of them if no consumer)."""
-    _kafka.close_pending(_owner(consumer) if consumer is not None else None)
-
-
-def _owner(consumer: Any) -> Any:
-    return consumer._consumer if isinstance(consumer, _ConsumerProxy) else consumer
+    return held.scoped(messages, functools.partial(_scope_of, group=group))
 
 
 # ---------------------------------------------------------------- producer ---
@@ -135,7 +134,7 @@ def _produce(
         )
     # Detach before producing: the delivery callback may run at once in another thread that
     # polls, and must then only end the span, never touch this thread's context.
-    _kafka.detach_send(scope)
+    _kafka.detach_for_ack(scope)
     try:
         original(topic, *args, **kwargs)
     except BaseException as exc:
@@ -220,14 +219,10 @@ def _poll(
     original: Callable[..., Any], owner: Any, group: str | None, args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    _kafka.close_pending(owner)
+    held.release(owner)
     message = original(*args, **kwargs)
     if message is not None:
-        try:
-            if message.error() is None:
-                _kafka.open_pending(owner, processing(message, group))
-        except Exception as exc:
-            diagnostics.internal_error("confluent_kafka.poll", exc)
+        _kafka.hold_record(owner, message, _scope_of, group)
     return message
 
 
@@ -235,7 +230,7 @@ def _consume(
     original: Callable[..., Any], owner: Any, group: str | None, args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    _kafka.close_pending(owner)
+    held.release(owner)
     start = _kafka.now_ns()
     messages = original(*args, **kwargs)
     if messages:
@@ -260,49 +255,70 @@ def _group_of(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | None:
     return group if isinstance(group, str) else None
 
 
-class Consumer(_PlainConsumer):  # type: ignore[misc]
-    """``confluent_kafka.Consumer`` whose ``poll()`` opens the message's process scope."""
+class _Consuming:
+    """The traced consumer methods, over ``_target()`` (the C consumer) and ``_owner``."""
+
+    _hoptrace_group: str | None
+
+    def _target(self) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _owner(self) -> Any:
+        return self
+
+    def poll(self, *args: Any, **kwargs: Any) -> Any:
+        """Return the next message with its process scope held until the next poll."""
+        return _poll(self._target().poll, self._owner(), self._hoptrace_group, args, kwargs)
+
+    def consume(self, *args: Any, **kwargs: Any) -> Any:
+        """Return a batch of messages and record a ``receive`` span linking to each one."""
+        return _consume(
+            self._target().consume, self._owner(), self._hoptrace_group, args, kwargs
+        )
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        """Commit, then close the scope held for the last message (its settle point)."""
+        try:
+            return self._target().commit(*args, **kwargs)
+        finally:
+            held.settle(self._owner())
+
+    def store_offsets(self, *args: Any, **kwargs: Any) -> Any:
+        """Store offsets, then close the scope held for the last message (its settle point)."""
+        try:
+            return self._target().store_offsets(*args, **kwargs)
+        finally:
+            held.settle(self._owner())
+
+    def close(self, *args: Any, **kwargs: Any) -> Any:
+        """Close this thread's held scope, then the consumer."""
+        held.release(self._owner())
+        return self._target().close(*args, **kwargs)
+
+
+class Consumer(_Consuming, _PlainConsumer):  # type: ignore[misc]
+    """``confluent_kafka.Consumer`` whose ``poll()`` holds the message's process scope."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._hoptrace_group = _group_of(args, kwargs)
 
-    def poll(self, *args: Any, **kwargs: Any) -> Any:
-        """Return the next message with its process scope open until the next poll."""
-        return _poll(super().poll, self, self._hoptrace_group, args, kwargs)
-
-    def consume(self, *args: Any, **kwargs: Any) -> Any:
-        """Return a batch of messages and record a ``receive`` span linking to each one."""
-        return _consume(super().consume, self, self._hoptrace_group, args, kwargs)
-
-    def close(self, *args: Any, **kwargs: Any) -> Any:
-        """Close this thread's pending scope, then the consumer."""
-        _kafka.close_pending(self)
-        return super().close(*args, **kwargs)
+    def _target(self) -> Any:
+        return super(_Consuming, self)
 
 
-class _ConsumerProxy:
+class _ConsumerProxy(_Consuming, _kafka.Proxy):
     """A traced view of an existing consumer; every other attribute is the consumer's."""
 
     def __init__(self, consumer: Any, group: str | None) -> None:
-        self._consumer = consumer
-        self._group = group
+        super().__init__(consumer)
+        self._hoptrace_group = group
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._consumer, name)
+    def _target(self) -> Any:
+        return self._client
 
-    def poll(self, *args: Any, **kwargs: Any) -> Any:
-        """Return the next message with its process scope open until the next poll."""
-        return _poll(self._consumer.poll, self._consumer, self._group, args, kwargs)
-
-    def consume(self, *args: Any, **kwargs: Any) -> Any:
-        """Return a batch of messages and record a ``receive`` span linking to each one."""
-        return _consume(self._consumer.consume, self._consumer, self._group, args, kwargs)
-
-    def close(self, *args: Any, **kwargs: Any) -> Any:
-        """Close this thread's pending scope, then the consumer."""
-        _kafka.close_pending(self._consumer)
-        return self._consumer.close(*args, **kwargs)
+    def _owner(self) -> Any:
+        return self._client
 
 
 def wrap_consumer(consumer: Any, group_id: str | None = None) -> Any:
@@ -313,15 +329,6 @@ def wrap_consumer(consumer: Any, group_id: str | None = None) -> Any:
 # ---------------------------------------------------------------- patching ---
 
 _lock = threading.Lock()
-
-
-#: OpenTelemetry contrib's instrumentation of the same client, which hoptrace takes over from.
-_CONTRIB: Final = Contrib(
-    "confluent-kafka", "opentelemetry.instrumentation.confluent_kafka",
-    "ConfluentKafkaInstrumentor", "confluent_kafka",
-    "opentelemetry-instrumentation-confluent-kafka",
-)
-
 
 def instrument() -> None:
     """Make ``confluent_kafka.Producer``/``Consumer`` the traced subclasses (idempotent).
@@ -351,13 +358,7 @@ def instrumented() -> bool:
     return confluent_kafka.Producer is Producer
 
 
-class ConfluentKafkaInstrumentor(ClientInstrumentor):
+class ConfluentKafkaInstrumentor(_client.Instrumentor):
     """hoptrace's confluent-kafka instrumentation, for ``opentelemetry-instrument``."""
 
     dependencies = ("confluent-kafka >= 2.3, < 3",)
-
-    def _instrument(self, **kwargs: Any) -> None:
-        instrument()
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        uninstrument()

@@ -42,9 +42,9 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind
 from opentelemetry.util.types import AttributeValue
 
-from . import _amqp, _kafka
+from . import _amqp, _client, _kafka
 from ._config import get_settings
-from .core import diagnostics, semconv
+from .core import diagnostics, held, semconv
 from .core.context import (
     BAGGAGE_KEY,
     HOP_KEY,
@@ -56,7 +56,7 @@ from .core.context import (
     get_current,
     restore,
 )
-from .core.hop import _SCOPE_SPAN_KEY, HopInfo, consume_scope, current_hop, produce_scope
+from .core.hop import HOP_SPAN_KEY, HopInfo, consume_scope, current_hop, produce_scope
 from .core.patching import Patcher
 from .core.propagation import carried_transaction_id, read, render
 
@@ -64,7 +64,7 @@ __all__ = ["HoptraceMiddleware", "iterate", "record_scope"]
 
 #: Set on the client objects (consumers, FastStream subscribers) whose messages the middleware
 #: traces; client-level integrations check it and step aside.
-CLAIM_ATTRIBUTE: Final = "_hoptrace_claimed_by"
+CLAIM_ATTRIBUTE: Final = _client.CLAIM_ATTRIBUTE
 _TELEMETRY_SCOPE: Final = "opentelemetry.instrumentation.faststream"
 
 _Telemetry: Any
@@ -75,11 +75,7 @@ except ImportError:  # pragma: no cover
 
 
 def _claim(client: object) -> None:
-    if client is not None and getattr(client, CLAIM_ATTRIBUTE, None) is None:
-        try:
-            setattr(client, CLAIM_ATTRIBUTE, "faststream")
-        except (AttributeError, TypeError):  # a C type, or __slots__
-            pass
+    _client.claim(client, "faststream")
 
 
 def _runs_hoptrace(subscriber: Any) -> bool:
@@ -88,7 +84,7 @@ def _runs_hoptrace(subscriber: Any) -> bool:
 
 #: hoptrace.aio_pika leaves a consume callback carrying this mark unwrapped: "traced by
 #: hoptrace already".
-_AIO_PIKA_TRACED: Final = "__hoptrace_aio_pika_callback__"
+_AIO_PIKA_TRACED: Final = _amqp.CALLBACK_MARK
 
 
 def _claim_subscriber(subscriber: Any) -> None:
@@ -334,17 +330,12 @@ def iterate(message: Any, items: Iterable[Any] | None = None) -> Iterator[Any]:
     ``items`` are what the handler got, in the batch's order (its decoded bodies, say).
     """
     records = items if items is not None else message.raw_message
-    for index, item in enumerate(records):
-        try:
-            scope = record_scope(message, index).open()
-        except Exception as exc:
-            diagnostics.internal_error("faststream.iterate", exc)
-            scope = None
-        try:
+    indexed = held.scoped(enumerate(records), lambda pair: record_scope(message, pair[0]))
+    try:
+        for _, item in indexed:
             yield item
-        finally:
-            if scope is not None:
-                scope.close()
+    finally:
+        indexed.close()
 
 
 class _Adopted:
@@ -366,36 +357,9 @@ class _Adopted:
         baggage: object = ambient.get(BAGGAGE_KEY)
         if batch:
             attrs[semconv.MESSAGING_BATCH_MESSAGE_COUNT] = len(deliveries)
-            if span.is_recording() and hasattr(span, "add_link"):
-                linked = {(link.context.trace_id, link.context.span_id)
-                          for link in getattr(span, "links", None) or ()}
-                for sc, message_id in _record_contexts(deliveries, settings):
-                    if (sc.trace_id, sc.span_id) not in linked:
-                        span.add_link(sc, {semconv.MESSAGING_MESSAGE_ID: message_id}
-                                      if message_id else None)
+            _link_records(span, deliveries, settings)
         else:
-            incoming = read(first.carrier, settings)
-            if settings.trust_incoming:
-                tx = incoming.transaction_id
-                if incoming.baggage is not None:
-                    baggage = incoming.baggage
-            elif incoming.transaction_id is not None:
-                attrs[semconv.TRANSACTION_UPSTREAM_ID] = incoming.transaction_id
-            if incoming.rejected:
-                attrs[semconv.CONTEXT_REJECTED] = list(incoming.rejected)
-            attrs.update(first.attributes())
-            if first.message_id is not None:
-                attrs[semconv.MESSAGING_MESSAGE_ID] = first.message_id
-            sent = incoming.sent_ns if incoming.sent_ns is not None else first.sent_ns
-            if sent is not None:
-                wait = (time.time_ns() - sent) / 1e6
-                if wait < 0:
-                    wait = 0.0
-                    attrs[semconv.CLOCK_SKEW] = True
-                    diagnostics.count("clock_skew")
-                attrs[semconv.QUEUE_WAIT_MS] = wait
-                if incoming.sent_ns is None and not first.precise:
-                    attrs[semconv.QUEUE_WAIT_PRECISION_MS] = _kafka.TIMESTAMP_PRECISION_MS
+            tx, baggage = _single_attributes(first, settings, attrs, baggage)
         if tx is None:
             tx = generate_transaction_id()
         attrs[semconv.TRANSACTION_ID] = tx
@@ -403,7 +367,7 @@ class _Adopted:
             span.set_attributes(attrs)
         hop = HopInfo(first.system, first.destination, None if batch else first.message_id)
         values: dict[str, object] = {**ambient, SPAN_KEY: span, HOP_KEY: hop,
-                                     _SCOPE_SPAN_KEY: span}
+                                     HOP_SPAN_KEY: span}
         bind_transaction(values, tx, baggage, settings)
         self.span_context = span.get_span_context()
         self._token = attach(Context(values))
@@ -412,6 +376,48 @@ class _Adopted:
         token, self._token = self._token, None
         if token is not None:
             restore(token)
+
+
+def _link_records(span: Span, deliveries: list[_Delivery], settings: Any) -> None:
+    """Link a batch's adopted span to every record's producer (once each)."""
+    if not span.is_recording() or not hasattr(span, "add_link"):
+        return
+    linked = {(link.context.trace_id, link.context.span_id)
+              for link in getattr(span, "links", None) or ()}
+    for sc, message_id in _record_contexts(deliveries, settings):
+        if (sc.trace_id, sc.span_id) not in linked:
+            span.add_link(sc, {semconv.MESSAGING_MESSAGE_ID: message_id}
+                          if message_id else None)
+
+
+def _single_attributes(
+    first: _Delivery, settings: Any, attrs: dict[str, AttributeValue], baggage: object
+) -> tuple[str | None, object]:
+    """Fill ``attrs`` for one adopted message; return its transaction ID and baggage."""
+    tx: str | None = None
+    incoming = read(first.carrier, settings)
+    if settings.trust_incoming:
+        tx = incoming.transaction_id
+        if incoming.baggage is not None:
+            baggage = incoming.baggage
+    elif incoming.transaction_id is not None:
+        attrs[semconv.TRANSACTION_UPSTREAM_ID] = incoming.transaction_id
+    if incoming.rejected:
+        attrs[semconv.CONTEXT_REJECTED] = list(incoming.rejected)
+    attrs.update(first.attributes())
+    if first.message_id is not None:
+        attrs[semconv.MESSAGING_MESSAGE_ID] = first.message_id
+    sent = incoming.sent_ns if incoming.sent_ns is not None else first.sent_ns
+    if sent is not None:
+        wait = (time.time_ns() - sent) / 1e6
+        if wait < 0:
+            wait = 0.0
+            attrs[semconv.CLOCK_SKEW] = True
+            diagnostics.count("clock_skew")
+        attrs[semconv.QUEUE_WAIT_MS] = wait
+        if incoming.sent_ns is None and not first.precise:
+            attrs[semconv.QUEUE_WAIT_PRECISION_MS] = _kafka.TIMESTAMP_PRECISION_MS
+    return tx, baggage
 
 
 def _record_contexts(deliveries: list[_Delivery], settings: Any) -> list[tuple[Any, Any]]:

@@ -10,56 +10,35 @@ or wrap chosen ones: :class:`TracedProducer` / :class:`TracedConsumer`.
 * ``send()`` makes a ``send {topic}`` span that ends when the broker acknowledges the record
   (partition and offset added) or the send fails; the headers go into a new list.
 * ``for msg in consumer`` and ``next(consumer)`` return each record with its
-  ``process {topic}`` scope open until the next record is requested, the loop ends or
-  breaks, ``close()`` is called, or :func:`close_scope`.
+  ``process {topic}`` scope held open until the next record is requested, the loop ends or
+  breaks, ``commit()`` settles it, ``close()`` is called, or :func:`close_scope`
+  (``hold_consume_scope=False`` turns holding off; see ``docs/kafka.md``).
 * ``poll()`` records one ``receive {topic}`` span linking to every record; handle each
   record inside :func:`processing` or iterate with :func:`iterate`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Final
 
-from . import _kafka
-from .core import diagnostics
-from .core.hop import consume_scope
-from .core.instrumentor import ClientInstrumentor, Contrib, take_over
+from . import _client, _kafka
+from ._kafka import close_scope as close_scope
+from ._kafka import iterate as iterate
+from ._kafka import processing
+from .core import held
+from .core.instrumentor import Contrib, take_over
 from .core.patching import Patcher, original_of
 
-__all__ = [
-    "KafkaPythonInstrumentor",
-    "TracedConsumer",
-    "TracedProducer",
-    "close_scope",
-    "instrument",
-    "instrumented",
-    "iterate",
-    "processing",
-    "uninstrument",
-]
+__all__ = ["KafkaPythonInstrumentor", *_kafka.CLIENT_API]
 
 _patcher = Patcher("hoptrace.kafka_python")
-
-
-def processing(record: Any, group: str | None = None) -> consume_scope:
-    """Return the ``process {topic}`` scope of a consumed record (``with`` or ``async with``)."""
-    return _kafka.consumer_record_scope(record, group)
-
-
-def iterate(
-    batch: Mapping[Any, Iterable[Any]] | Iterable[Any], group: str | None = None
-) -> Iterator[Any]:
-    """Yield the records of a ``poll()`` result, each inside its own process scope."""
-    return _kafka.iterate_consumer_records(batch, group)
-
-
-def close_scope(consumer: Any = None) -> None:
-    """Close the process scope ``next()`` left open in this thread (all of them if no consumer)."""
-    if isinstance(consumer, TracedConsumer):
-        consumer = consumer._consumer
-    _kafka.close_pending(consumer)
+#: Contrib's instrumentation of this client, which hoptrace takes over from.
+_CONTRIB: Final = Contrib(
+    "kafka-python", "opentelemetry.instrumentation.kafka",
+    "KafkaInstrumentor", "kafka", "opentelemetry-instrumentation-kafka-python",
+)
 
 
 def _group(consumer: Any) -> str | None:
@@ -83,26 +62,20 @@ def _send(
     partition: Any,
     timestamp_ms: Any,
 ) -> Any:
-    try:
-        scope = _kafka.send_scope(topic, headers, key, timestamp_ms is not None)
-    except Exception as exc:
-        if not isinstance(exc, TypeError):
-            diagnostics.internal_error("kafka_python.send", exc)
+    scope = _kafka.open_send(topic, headers, key, timestamp_ms is not None, "kafka_python.send")
+    if scope is None:
         return original(producer, topic, value, key, headers, partition, timestamp_ms)
     try:
         future = original(producer, topic, value, key, scope.carrier, partition, timestamp_ms)
     except BaseException as exc:
         scope.close(exc)
         raise
-    span = _kafka.detach_send(scope)
-    if span is not None:
-        try:
-            future.add_callback(_acked, span)
-            future.add_errback(_failed, span)
-        except Exception as exc:
-            diagnostics.internal_error("kafka_python.send", exc)
-            _kafka.end_send(span, None, None, None)
-    return future
+    return _kafka.await_ack(scope, future, _on_ack, "kafka_python.send")
+
+
+def _on_ack(future: Any, span: Any) -> None:
+    future.add_callback(_acked, span)
+    future.add_errback(_failed, span)
 
 
 def _acked(span: Any, metadata: Any) -> None:
@@ -113,27 +86,14 @@ def _failed(span: Any, exc: BaseException) -> None:
     _kafka.end_send(span, None, None, exc)
 
 
-class TracedProducer:
+class TracedProducer(_kafka.Proxy):
     """Wraps a ``KafkaProducer`` so ``send`` is traced (no patching)."""
 
-    def __init__(self, producer: Any) -> None:
-        self._producer = producer
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._producer, name)
-
-    def send(
-        self,
-        topic: str,
-        value: Any = None,
-        key: Any = None,
-        headers: Any = None,
-        partition: Any = None,
-        timestamp_ms: Any = None,
-    ) -> Any:
+    def send(self, topic: str, value: Any = None, key: Any = None, headers: Any = None,
+             partition: Any = None, timestamp_ms: Any = None) -> Any:
         """Send a record inside a ``send {topic}`` span; return kafka-python's future."""
-        original = original_of(type(self._producer).send)
-        return _send(original, self._producer, topic, value, key, headers, partition, timestamp_ms)
+        original = original_of(type(self._client).send)
+        return _send(original, self._client, topic, value, key, headers, partition, timestamp_ms)
 
 
 # ---------------------------------------------------------------- consumer ---
@@ -145,17 +105,13 @@ _in_next: ContextVar[bool] = ContextVar("hoptrace_kafka_python_in_next", default
 
 
 def _next(original: Callable[..., Any], consumer: Any) -> Any:
-    _kafka.close_pending(consumer)
+    held.release(consumer)
     token = _in_next.set(True)
     try:
         record = original(consumer)
     finally:
         _in_next.reset(token)
-    try:
-        _kafka.open_pending(consumer, processing(record, _group(consumer)))
-    except Exception as exc:
-        diagnostics.internal_error("kafka_python.next", exc)
-    return record
+    return _kafka.hold_record(consumer, record, processing, _group(consumer))
 
 
 def _poll(
@@ -163,86 +119,40 @@ def _poll(
 ) -> Any:
     if _in_next.get():
         return original(consumer, *args, **kwargs)
-    _kafka.close_pending(consumer)
+    held.release(consumer)
     start = _kafka.now_ns()
     batch = original(consumer, *args, **kwargs)
     if batch:
-        _kafka.receive_spans(
-            (
-                _kafka.BatchEntry(r.topic, r.partition, r.offset, r.headers)
-                for records in batch.values()
-                for r in records
-            ),
-            _group(consumer),
-            start,
-        )
+        _kafka.receive_records(batch, _group(consumer), start)
     return batch
 
 
-class _Iteration:
-    """The iterator ``for`` gets: it closes the last record's scope when dropped."""
-
-    __slots__ = ("_consumer", "_entry", "_step")
-
-    def __init__(self, consumer: Any, step: Callable[[], Any]) -> None:
-        self._consumer = consumer
-        self._step = step
-        self._entry: _kafka.Pending | None = None
-
-    def __iter__(self) -> _Iteration:
-        return self
-
-    def __next__(self) -> Any:
-        record = self._step()
-        self._entry = _kafka.latest_pending(self._consumer)
-        return record
-
-    def __del__(self) -> None:
-        entry = self._entry
-        if entry is not None:
-            self._entry = None
-            try:
-                _kafka.release(entry)
-            except Exception:  # interpreter shutdown: module globals may be gone
-                pass
-
-
-class TracedConsumer:
+class TracedConsumer(_kafka.Proxy):
     """Wraps a ``KafkaConsumer`` so records are handled in their trace (no patching)."""
 
-    def __init__(self, consumer: Any) -> None:
-        self._consumer = consumer
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._consumer, name)
-
-    def __iter__(self) -> _Iteration:
-        return _Iteration(self._consumer, self.__next__)
+    def __iter__(self) -> held.HeldIteration:
+        return held.HeldIteration(self._client, self.__next__)
 
     def __next__(self) -> Any:
-        """Return the next record with its process scope open until the next request."""
-        return _next(original_of(type(self._consumer).__next__), self._consumer)
+        """Return the next record with its process scope held until the next request."""
+        return _next(original_of(type(self._client).__next__), self._client)
 
     def poll(self, *args: Any, **kwargs: Any) -> Any:
         """Return a batch of records and record a ``receive`` span linking to each one."""
-        return _poll(original_of(type(self._consumer).poll), self._consumer, args, kwargs)
+        return _poll(original_of(type(self._client).poll), self._client, args, kwargs)
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        """Commit, then close the scope held for the last record (its settle point)."""
+        commit = held.settling(original_of(type(self._client).commit))
+        return commit(self._client, *args, **kwargs)
 
     def close(self, *args: Any, **kwargs: Any) -> Any:
-        """Close this thread's pending scope, then the consumer."""
-        _kafka.close_pending(self._consumer)
-        return self._consumer.close(*args, **kwargs)
+        """Close this thread's held scope, then the consumer."""
+        held.release(self._client)
+        return self._client.close(*args, **kwargs)
 
 
 # ---------------------------------------------------------------- patching ---
-
-
-#: OpenTelemetry contrib's instrumentation of the same client, which hoptrace takes over from.
-_CONTRIB: Final = Contrib(
-    "kafka-python", "opentelemetry.instrumentation.kafka",
-    "KafkaInstrumentor", "kafka",
-    "opentelemetry-instrumentation-kafka-python",
-)
-
 
 def instrument() -> None:
     """Patch ``KafkaProducer.send`` and ``KafkaConsumer`` iteration and ``poll`` (idempotent)."""
@@ -250,15 +160,8 @@ def instrument() -> None:
     from kafka import KafkaConsumer, KafkaProducer  # type: ignore[import-untyped]
 
     def wrap_send(original: Callable[..., Any]) -> Callable[..., Any]:
-        def send(
-            self: Any,
-            topic: str,
-            value: Any = None,
-            key: Any = None,
-            headers: Any = None,
-            partition: Any = None,
-            timestamp_ms: Any = None,
-        ) -> Any:
+        def send(self: Any, topic: str, value: Any = None, key: Any = None, headers: Any = None,
+                 partition: Any = None, timestamp_ms: Any = None) -> Any:
             return _send(original, self, topic, value, key, headers, partition, timestamp_ms)
 
         return send
@@ -272,9 +175,7 @@ def instrument() -> None:
     def wrap_iter(original: Callable[..., Any]) -> Callable[..., Any]:
         def __iter__(self: Any) -> Any:
             iterator = original(self)
-            if iterator is not self:
-                return iterator
-            return _Iteration(self, self.__next__)
+            return iterator if iterator is not self else held.HeldIteration(self, self.__next__)
 
         return __iter__
 
@@ -284,37 +185,19 @@ def instrument() -> None:
 
         return poll
 
-    def wrap_close(original: Callable[..., Any]) -> Callable[..., Any]:
-        def close(self: Any, *args: Any, **kwargs: Any) -> Any:
-            _kafka.close_pending(self)
-            return original(self, *args, **kwargs)
-
-        return close
-
-    _patcher.wrap(KafkaProducer, "send", wrap_send)
-    _patcher.wrap(KafkaConsumer, "__next__", wrap_next)
-    _patcher.wrap(KafkaConsumer, "__iter__", wrap_iter)
-    _patcher.wrap(KafkaConsumer, "poll", wrap_poll)
-    _patcher.wrap(KafkaConsumer, "close", wrap_close)
+    _client.wrap_each(_patcher, {
+        KafkaProducer: {"send": wrap_send},
+        KafkaConsumer: {
+            "__next__": wrap_next, "__iter__": wrap_iter, "poll": wrap_poll,
+            "close": held.releasing, "commit": held.settling, "commit_async": held.settling,
+        },
+    })
 
 
-def uninstrument() -> None:
-    """Put kafka-python's original methods back (idempotent)."""
-    _patcher.restore()
+uninstrument, instrumented = _client.switches(_patcher, "kafka-python")
 
 
-def instrumented() -> bool:
-    """Return whether :func:`instrument` is in force."""
-    return _patcher.active
-
-
-class KafkaPythonInstrumentor(ClientInstrumentor):
+class KafkaPythonInstrumentor(_client.Instrumentor):
     """hoptrace's kafka-python instrumentation, for ``opentelemetry-instrument`` (entry point)."""
 
     dependencies = ("kafka-python >= 2.0.2, < 4",)
-
-    def _instrument(self, **kwargs: Any) -> None:
-        instrument()
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        uninstrument()

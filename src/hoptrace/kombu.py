@@ -22,13 +22,10 @@ headers were already written by the span active at that moment (someone traced i
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
 from typing import Any, Final
 
-from . import _amqp
+from . import _amqp, _client
 from .core import diagnostics, semconv
-from .core.hop import produce_scope
-from .core.instrumentor import ClientInstrumentor
 from .core.patching import Patcher
 
 __all__ = ["CELERY_TASK_HEADER", "instrument", "is_instrumented", "uninstrument"]
@@ -37,7 +34,6 @@ __all__ = ["CELERY_TASK_HEADER", "instrument", "is_instrumented", "uninstrument"
 CELERY_TASK_HEADER: Final = "task"
 
 _patcher: Final = Patcher("hoptrace.kombu")
-_publishing: ContextVar[bool] = ContextVar("hoptrace_kombu_publishing", default=False)
 _SYSTEMS: Final = {"amqp": semconv.SYSTEM_RABBITMQ, "redis": semconv.SYSTEM_REDIS}
 _PUBLISH_DEFAULTS: Final = (
     "routing_key", "delivery_mode", "mandatory", "immediate", "priority", "content_type",
@@ -71,47 +67,23 @@ def _wrap_publish(original: Callable[..., Any]) -> Callable[..., Any]:
             kwargs = {**dict(zip(_PUBLISH_DEFAULTS, args, strict=False)), **kwargs}
             args = ()
         headers = kwargs.get("headers")
-        if _publishing.get() or _is_celery(headers) or _amqp.traced_already(headers):
-            return original(self, body, *args, **kwargs)
-        guard = _publishing.set(True)
-        try:
-            scope = None
-            try:
-                routing_key = kwargs.get("routing_key")
-                if routing_key is None:
-                    routing_key = self.routing_key
-                exchange = _exchange_name(kwargs.get("exchange") or self.exchange)
-                attrs: dict[str, Any] = {}
-                if type(routing_key) is str:
-                    attrs[semconv.RABBITMQ_ROUTING_KEY] = routing_key
-                correlation_id = kwargs.get("correlation_id")
-                if type(correlation_id) is str:
-                    attrs[semconv.MESSAGING_CONVERSATION_ID] = correlation_id
-                scope = produce_scope(
-                    headers,
-                    semconv.rabbitmq_destination(exchange, str(routing_key or "")),
-                    _system(self.channel),
-                    message_id=_amqp.message_id_text(kwargs.get("message_id")),
-                    attributes=attrs,
-                    copy=True,
-                ).open()
-                kwargs["headers"] = scope.carrier
-            except Exception as exc:
-                diagnostics.internal_error("kombu.publish", exc)
-                if scope is not None:
-                    scope.close()
-                scope = None
-            if scope is None:
-                return original(self, body, *args, **kwargs)
-            try:
-                result = original(self, body, *args, **kwargs)
-            except BaseException as exc:
-                scope.close(exc)
-                raise
-            scope.close()
-            return result
-        finally:
-            _publishing.reset(guard)
+        if _is_celery(headers):
+            return original(self, body, **kwargs)
+        routing_key = kwargs.get("routing_key")
+        if routing_key is None:
+            routing_key = getattr(self, "routing_key", None)
+
+        def send(carrier: Any) -> Any:
+            if carrier is not None:
+                kwargs["headers"] = carrier
+            return original(self, body, **kwargs)
+
+        return _amqp.publish(
+            send, headers, _system(self.channel),
+            exchange=_exchange_name(kwargs.get("exchange") or getattr(self, "exchange", None)),
+            routing_key=routing_key, message_id=kwargs.get("message_id"),
+            correlation_id=kwargs.get("correlation_id"), label="kombu.publish",
+        )
 
     return publish
 
@@ -154,15 +126,7 @@ def _wrap_receive(original: Callable[..., Any]) -> Callable[..., Any]:
                 )
         except Exception as exc:
             diagnostics.internal_error("kombu.receive", exc)
-        if scope is None:
-            return original(self, message)
-        try:
-            result = original(self, message)
-        except BaseException as exc:
-            scope.close(exc)
-            raise
-        scope.close()
-        return result
+        return _amqp.run_in(scope, original, self, message)
 
     return _receive_callback
 
@@ -175,23 +139,10 @@ def instrument() -> None:
     _patcher.wrap(Consumer, "_receive_callback", _wrap_receive)
 
 
-def uninstrument() -> None:
-    """Undo :func:`instrument`."""
-    _patcher.restore()
+uninstrument, is_instrumented = _client.switches(_patcher, "kombu")
 
 
-def is_instrumented() -> bool:
-    """Return whether :func:`instrument` is in force."""
-    return _patcher.active
-
-
-class KombuInstrumentor(ClientInstrumentor):
+class KombuInstrumentor(_client.Instrumentor):
     """hoptrace's kombu instrumentation, for ``opentelemetry-instrument`` (entry point)."""
 
     dependencies = ("kombu >= 5.3, < 6",)
-
-    def _instrument(self, **kwargs: Any) -> None:
-        instrument()
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        uninstrument()

@@ -22,7 +22,8 @@ transaction ID and baggage attached:
   loop body does not end it);
 * ``BlockingChannel.basic_get``: from its return until that message is acked, nacked or
   rejected (when the caller's context is the one the get attached), the next ``basic_get``
-  or ``consume`` on the channel, or the channel's close;
+  or ``consume`` on the channel, or the channel's close. With ``hold_consume_scope=False``
+  neither ``consume()`` nor ``basic_get`` holds a scope (see ``docs/rabbitmq.md``);
 * asynchronous ``Channel.basic_get`` callbacks: for the callback's run.
 
 A message delivered again (``basic_nack``/``basic_reject`` with requeue, a consumer that died
@@ -34,32 +35,30 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
 from typing import Any, Final, TypeVar, cast
 
-from opentelemetry import context as otel_context
-
-from . import _amqp
-from .core import diagnostics, semconv
-from .core.hop import consume_scope, produce_scope, spans_active
-from .core.instrumentor import ClientInstrumentor, Contrib, take_over
+from . import _amqp, _client
+from .core import diagnostics, held, semconv
+from .core.hop import consume_scope
+from .core.instrumentor import Contrib, take_over
 from .core.patching import Patcher, original_of
-from .core.propagation import inject
 
 __all__ = [
     "PikaInstrumentor",
     "instrument",
     "instrument_channel",
     "is_instrumented",
+    "processing",
     "traced_publish",
     "uninstrument",
 ]
 
-_SYSTEM: Final = semconv.SYSTEM_RABBITMQ
-_HELD: Final = "_hoptrace_pika_held"
-_CALLBACK_MARK: Final = "__hoptrace_pika_callback__"
 _patcher: Final = Patcher("hoptrace.pika")
-_publishing: ContextVar[bool] = ContextVar("hoptrace_pika_publishing", default=False)
+#: Contrib's instrumentation of this client, which hoptrace takes over from.
+_CONTRIB: Final = Contrib(
+    "pika", "opentelemetry.instrumentation.pika",
+    "PikaInstrumentor", "pika", "opentelemetry-instrumentation-pika",
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,66 +80,19 @@ def _copy_properties(properties: Any, headers: Any) -> Any:
 
 
 def _traced_call(
-    exchange: Any,
-    routing_key: Any,
-    properties: Any,
-    call: Callable[[Any], Any],
+    exchange: Any, routing_key: Any, properties: Any, call: Callable[[Any], Any],
     headers_only: bool = False,
 ) -> Any:
-    """Run ``call(new_properties)`` inside a ``send`` span; the one publish path of this module.
+    """Run ``call(new_properties)`` inside a ``send`` span; the one publish path of this module."""
+    def send(carrier: Any) -> Any:
+        return call(properties if carrier is None else _copy_properties(properties, carrier))
 
-    ``headers_only``: ``call`` runs no user code (pika's own ``basic_publish``), so when no
-    span is to be made the headers are all there is to do, and no context is attached.
-    """
-    if _publishing.get() or _amqp.traced_already(getattr(properties, "headers", None)):
-        return call(properties)
-    guard = _publishing.set(True)
-    try:
-        if headers_only and not spans_active():
-            try:
-                headers = inject(getattr(properties, "headers", None), copy=True)
-                new_properties = _copy_properties(properties, headers)
-            except Exception as exc:
-                diagnostics.internal_error("pika.basic_publish", exc)
-                new_properties = properties
-            return call(new_properties)
-        scope: produce_scope | None = None
-        new_properties = properties
-        try:
-            headers = getattr(properties, "headers", None)
-            attrs: dict[str, Any] = {}
-            if type(routing_key) is str:
-                attrs[semconv.RABBITMQ_ROUTING_KEY] = routing_key
-            correlation_id = getattr(properties, "correlation_id", None)
-            if type(correlation_id) is str:
-                attrs[semconv.MESSAGING_CONVERSATION_ID] = correlation_id
-            scope = produce_scope(
-                headers,
-                semconv.rabbitmq_destination(exchange if type(exchange) is str else None,
-                                             str(routing_key)),
-                _SYSTEM,
-                message_id=_amqp.message_id_text(getattr(properties, "message_id", None)),
-                attributes=attrs,
-                copy=True,
-            ).open()
-            new_properties = _copy_properties(properties, scope.carrier)
-        except Exception as exc:
-            diagnostics.internal_error("pika.basic_publish", exc)
-            if scope is not None:
-                scope.close()
-            scope = None
-            new_properties = properties
-        if scope is None:
-            return call(new_properties)
-        try:
-            result = call(new_properties)
-        except BaseException as exc:
-            scope.close(exc)
-            raise
-        scope.close()
-        return result
-    finally:
-        _publishing.reset(guard)
+    return _amqp.publish(
+        send, getattr(properties, "headers", None), semconv.SYSTEM_RABBITMQ, exchange=exchange,
+        routing_key=routing_key, message_id=getattr(properties, "message_id", None),
+        correlation_id=getattr(properties, "correlation_id", None), headers_only=headers_only,
+        label="pika.basic_publish",
+    )
 
 
 def _wrap_basic_publish(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -192,44 +144,29 @@ def traced_publish(func: F) -> F:
 
 def _open(queue: Any, method: Any, properties: Any) -> consume_scope | None:
     """Open the process scope of one delivery (``Basic.Deliver`` or ``Basic.GetOk``)."""
-    try:
-        return _amqp.open_delivery(
-            getattr(properties, "headers", None),
-            _SYSTEM,
-            exchange=getattr(method, "exchange", None),
-            routing_key=getattr(method, "routing_key", None),
-            queue=queue,
-            message_id=getattr(properties, "message_id", None),
-            delivery_tag=getattr(method, "delivery_tag", None),
-            correlation_id=getattr(properties, "correlation_id", None),
-            timestamp=getattr(properties, "timestamp", None),
-            redelivered=getattr(method, "redelivered", True),
-        )
-    except Exception as exc:
-        diagnostics.internal_error("pika.consume", exc)
-        return None
+    return _amqp.open_from(method, properties, queue, semconv.SYSTEM_RABBITMQ, "pika.consume")
+
+
+def processing(method: Any, properties: Any, queue: str | None = None) -> _amqp.Processing:
+    """Return the process scope of one delivery as a ``with`` block (exact boundaries).
+
+    For ``consume()`` / ``basic_get`` loops that want the scope to end with the block rather
+    than at the next call, typically with ``hold_consume_scope=False``.
+    """
+    return _amqp.Processing(method, properties, queue, semconv.SYSTEM_RABBITMQ)
 
 
 def _wrap_callback(queue: Any, callback: Any) -> Any:
     """Return ``callback`` run inside a process scope per message (wrapped at most once)."""
-    if not callable(callback) or getattr(callback, _CALLBACK_MARK, False):
+    if not _amqp.wrappable(callback):
         return callback
 
     def on_message(channel: Any, method: Any, properties: Any, body: Any) -> Any:
-        scope = _open(queue, method, properties)
-        if scope is None:
-            return callback(channel, method, properties, body)
-        try:
-            result = callback(channel, method, properties, body)
-        except BaseException as exc:
-            scope.close(exc)
-            raise
-        scope.close()
-        return result
+        return _amqp.run_in(
+            _open(queue, method, properties), callback, channel, method, properties, body
+        )
 
-    setattr(on_message, _CALLBACK_MARK, True)
-    on_message.__wrapped__ = callback  # type: ignore[attr-defined]
-    return on_message
+    return _amqp.wrapped(on_message, callback)
 
 
 def _internal_callback(callback: Any) -> bool:
@@ -265,70 +202,17 @@ def _wrap_async_basic_get(original: Callable[..., Any]) -> Callable[..., Any]:
     return basic_get
 
 
-class _Held:
-    """A process scope left open after a blocking call returned a message to the caller."""
-
-    __slots__ = ("context", "delivery_tag", "scope", "settle_closes")
-
-    def __init__(self, scope: consume_scope, delivery_tag: Any, settle_closes: bool) -> None:
-        self.scope = scope
-        self.delivery_tag = delivery_tag
-        self.settle_closes = settle_closes
-        self.context = otel_context.get_current()
-
-
-def _hold(channel: Any, queue: Any, method: Any, properties: Any, settle_closes: bool) -> None:
-    scope = _open(queue, method, properties)
-    if scope is None:
-        return
-    try:
-        held = _Held(scope, getattr(method, "delivery_tag", None), settle_closes)
-        setattr(channel, _HELD, held)
-    except Exception as exc:
-        scope.close()
-        diagnostics.internal_error("pika.hold", exc)
-
-
-def _release(channel: Any, settled: Any = None, *, multiple: bool = False) -> None:
-    """Close the scope held on ``channel``; for a settle, only if it covers that message."""
-    held: _Held | None = getattr(channel, _HELD, None)
-    if held is None:
-        return
-    if settled is not None:
-        if not held.settle_closes:
-            return
-        tag = held.delivery_tag
-        covered = (
-            settled == tag
-            or (settled == 0 and multiple)
-            or (multiple and type(tag) is int and type(settled) is int and tag <= settled)
-        )
-        if not covered or otel_context.get_current() is not held.context:
-            return
-    try:
-        setattr(channel, _HELD, None)
-        held.scope.close()
-    except Exception as exc:
-        diagnostics.internal_error("pika.release", exc)
+def _hold(channel: Any, queue: Any, method: Any, properties: Any) -> None:
+    held.hold(channel, _open(queue, method, properties), getattr(method, "delivery_tag", None),
+              opened=True)
 
 
 def _traced_consume(channel: Any, queue: Any, messages: Iterator[Any]) -> Iterator[Any]:
-    try:
-        while True:
-            _release(channel)
-            try:
-                item = next(messages)
-            except StopIteration:
-                return
-            method = item[0] if type(item) is tuple and item else None
-            if method is not None:
-                _hold(channel, queue, method, item[1], False)
-            yield item
-    finally:
-        _release(channel)
-        close = getattr(messages, "close", None)
-        if close is not None:
-            close()
+    def scope_of(item: Any) -> consume_scope | None:
+        method = item[0] if type(item) is tuple and item else None
+        return _open(queue, method, item[1]) if method is not None else None
+
+    return held.held_items(channel, messages, scope_of, opened=True)
 
 
 def _wrap_consume(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -340,11 +224,11 @@ def _wrap_consume(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _wrap_blocking_basic_get(original: Callable[..., Any]) -> Callable[..., Any]:
     def basic_get(self: Any, queue: Any, *args: Any, **kwargs: Any) -> Any:
-        _release(self)
+        held.release(self)
         result = original(self, queue, *args, **kwargs)
         try:
-            if result[0] is not None:
-                _hold(self, queue, result[0], result[1], True)
+            if result[0] is not None and held.enabled():
+                _hold(self, queue, result[0], result[1])
         except Exception as exc:
             diagnostics.internal_error("pika.basic_get", exc)
         return result
@@ -352,27 +236,16 @@ def _wrap_blocking_basic_get(original: Callable[..., Any]) -> Callable[..., Any]
     return basic_get
 
 
+def _settled(self: Any, delivery_tag: Any = 0, *args: Any, **kwargs: Any) -> tuple[Any, Any, bool]:
+    return self, delivery_tag, bool(kwargs.get("multiple", args[0] if args else False))
+
+
+def _rejected(self: Any, delivery_tag: Any = 0, *args: Any, **kwargs: Any) -> tuple[Any, Any, bool]:
+    return self, delivery_tag, False
+
+
 def _wrap_settle(original: Callable[..., Any]) -> Callable[..., Any]:
-    def settle(self: Any, delivery_tag: Any = 0, *args: Any, **kwargs: Any) -> Any:
-        try:
-            result = original(self, delivery_tag, *args, **kwargs)
-        finally:
-            if getattr(self, _HELD, None) is not None:
-                multiple = bool(kwargs.get("multiple", args[0] if args else False))
-                if original.__name__ == "basic_reject":
-                    multiple = False
-                _release(self, delivery_tag, multiple=multiple)
-        return result
-
-    return settle
-
-
-def _wrap_release_first(original: Callable[..., Any]) -> Callable[..., Any]:
-    def release_first(self: Any, *args: Any, **kwargs: Any) -> Any:
-        _release(self)
-        return original(self, *args, **kwargs)
-
-    return release_first
+    return held.settling(original, _rejected if original.__name__ == "basic_reject" else _settled)
 
 
 # ------------------------------------------------------------------------ instrument ---
@@ -399,18 +272,9 @@ def _targets(
         (BlockingChannel, "basic_ack", _wrap_settle),
         (BlockingChannel, "basic_nack", _wrap_settle),
         (BlockingChannel, "basic_reject", _wrap_settle),
-        (BlockingChannel, "cancel", _wrap_release_first),
-        (BlockingChannel, "close", _wrap_release_first),
+        (BlockingChannel, "cancel", held.releasing),
+        (BlockingChannel, "close", held.releasing),
     ]
-
-
-#: OpenTelemetry contrib's instrumentation of the same client, which hoptrace takes over from.
-_CONTRIB: Final = Contrib(
-    "pika", "opentelemetry.instrumentation.pika",
-    "PikaInstrumentor", "pika",
-    "opentelemetry-instrumentation-pika",
-)
-
 
 def instrument() -> None:
     """Trace every pika channel: publish, consume callbacks, ``consume()`` and ``basic_get``."""
@@ -419,14 +283,7 @@ def instrument() -> None:
         _patcher.wrap(owner, attribute, make_wrapper)
 
 
-def uninstrument() -> None:
-    """Undo :func:`instrument`; channels instrumented one by one stay instrumented."""
-    _patcher.restore()
-
-
-def is_instrumented() -> bool:
-    """Return whether :func:`instrument` is in force."""
-    return _patcher.active
+uninstrument, is_instrumented = _client.switches(_patcher, "pika")
 
 
 def instrument_channel(channel: Any) -> Any:
@@ -448,13 +305,7 @@ def instrument_channel(channel: Any) -> Any:
     return channel
 
 
-class PikaInstrumentor(ClientInstrumentor):
+class PikaInstrumentor(_client.Instrumentor):
     """hoptrace's pika instrumentation, for ``opentelemetry-instrument`` (entry point)."""
 
     dependencies = ("pika >= 1.3, < 2",)
-
-    def _instrument(self, **kwargs: Any) -> None:
-        instrument()
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        uninstrument()

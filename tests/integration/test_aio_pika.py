@@ -278,4 +278,4 @@ def run_example(name: str, env: dict[str, str]) -> str:
 
 @pytest.mark.asyncio
 async def test_example_runs(amqp_url: str) -> None:
-    run_example("rabbitmq_aio_pika", {"HOPTRACE_EXAMPLE_AMQP_URL": brokers.pika_url(amqp_url)})
+    run_example("rabbitmq_aio_pika", {"HOPTRACE_AMQP_URL": amqp_url})

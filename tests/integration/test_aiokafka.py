@@ -328,7 +328,7 @@ def test_example_aiokafka_runs(kafka_bootstrap: str) -> None:
     script = Path(__file__).resolve().parents[2] / "examples" / "kafka_aiokafka.py"
     out = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-        env={**os.environ, "HOPTRACE_TEST_KAFKA_BOOTSTRAP": kafka_bootstrap},
+        env={**os.environ, "HOPTRACE_KAFKA_BOOTSTRAP": kafka_bootstrap},
     )
     assert out.returncode == 0, out.stdout + out.stderr
     lines = re.findall(r"tx=([0-9a-f]{32}) trace=([0-9a-f]{32})  (\w+)", out.stdout)

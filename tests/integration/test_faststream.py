@@ -428,10 +428,10 @@ def test_example_app_runs(name: str) -> None:
 
     kit = _kit(name)
     script = Path(__file__).resolve().parents[2] / "examples" / "faststream_app.py"
-    env = {**os.environ, "HOPTRACE_TEST_KAFKA_BOOTSTRAP": brokers.require("kafka").url
-           if name == "kafka" else os.environ.get("HOPTRACE_TEST_KAFKA_BOOTSTRAP", ""),
-           "HOPTRACE_EXAMPLE_AMQP_URL": kit.url if name == "rabbit" else "",
-           "HOPTRACE_EXAMPLE_REDIS_URL": kit.url if name == "redis" else ""}
+    env = {**os.environ, "HOPTRACE_KAFKA_BOOTSTRAP": brokers.require("kafka").url
+           if name == "kafka" else os.environ.get("HOPTRACE_KAFKA_BOOTSTRAP", ""),
+           "HOPTRACE_AMQP_URL": kit.url if name == "rabbit" else os.environ.get("HOPTRACE_AMQP_URL", ""),
+           "HOPTRACE_REDIS_URL": kit.url if name == "redis" else os.environ.get("HOPTRACE_REDIS_URL", "")}
     env = {k: v for k, v in env.items() if v}
     out = subprocess.run([sys.executable, str(script), "--broker", name], capture_output=True,
                          text=True, timeout=60, env=env)

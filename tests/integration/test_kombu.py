@@ -292,7 +292,7 @@ def test_uninstrument_restores_kombu(broker: tuple[str, str], queue: Any, spans:
     assert spans.all() == []
 
 
-def run_example(name: str, env: dict[str, str]) -> str:
+def run_example(name: str, env: dict[str, str], *args: str) -> str:
     """Run examples/NAME.py; check every log line of the hop carries one transaction ID."""
     import os
     import re
@@ -301,7 +301,7 @@ def run_example(name: str, env: dict[str, str]) -> str:
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[2] / "examples" / f"{name}.py"
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
                           timeout=60, env={**os.environ, **env}, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     txs = re.findall(r"^orders\s+tx=(\S+) trace=(\S+)", proc.stdout, re.M)
@@ -311,4 +311,8 @@ def run_example(name: str, env: dict[str, str]) -> str:
 
 
 def test_example_runs(broker: tuple[str, str]) -> None:
-    run_example("rabbitmq_kombu", {"HOPTRACE_EXAMPLE_KOMBU_URL": broker[0]})
+    url, system = broker
+    if system == "redis":  # `python examples/rabbitmq_kombu.py redis`: HOPTRACE_REDIS_URL
+        run_example("rabbitmq_kombu", {"HOPTRACE_REDIS_URL": url}, "redis")
+    else:
+        run_example("rabbitmq_kombu", {"HOPTRACE_AMQP_URL": url})

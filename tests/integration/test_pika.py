@@ -428,5 +428,5 @@ def run_example(name: str, env: dict[str, str]) -> str:
 
 
 def test_example_runs(amqp_url: str) -> None:
-    out = run_example("rabbitmq_pika", {"HOPTRACE_EXAMPLE_AMQP_URL": brokers.pika_url(amqp_url)})
+    out = run_example("rabbitmq_pika", {"HOPTRACE_AMQP_URL": amqp_url})
     assert "process amq.default:" in out and "<- send amq.default:" in out

@@ -60,3 +60,19 @@ def test_publish_copies_the_message(spans: Any) -> None:
     assert "traceparent" in sent[0].headers
     assert spans.one("send shop:created").attributes["messaging.destination.name"] == (
         "shop:created")
+
+
+def test_processing_gives_a_message_exact_boundaries(spans: Any) -> None:
+    with hoptrace.transaction("edge") as tx:
+        headers = hoptrace.inject({})
+    message = SimpleNamespace(headers=headers, exchange="", routing_key="q", delivery_tag=1,
+                              message_id=None, correlation_id=None, timestamp=None,
+                              redelivered=False)
+
+    async def handle() -> str | None:
+        async with hoptrace.aio_pika.processing(message, "q"):
+            return hoptrace.current_transaction_id()
+
+    assert asyncio.run(handle()) == tx.transaction_id
+    assert hoptrace.current_transaction_id() is None
+    assert len(spans.named("process amq.default:q:q")) == 1

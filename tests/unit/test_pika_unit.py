@@ -147,3 +147,18 @@ def test_delivery_memory_is_bounded_and_links_by_message_identity() -> None:
     assert _amqp.message_key({"traceparent": b"raw"}, None) is None
     assert _amqp.message_key(None, "id-1") == _amqp.message_key(None, "id-1")
     assert _amqp.message_key(None, "id-1") != _amqp.message_key(None, "id-2")
+
+
+def test_processing_gives_a_delivery_exact_boundaries_and_records_errors(spans: Any) -> None:
+    with hoptrace.transaction("edge") as tx:
+        headers = hoptrace.inject({})
+    method = pika.spec.Basic.Deliver(delivery_tag=3, exchange="", routing_key="q")
+    properties = pika.BasicProperties(headers=headers)
+    with hoptrace.pika.processing(method, properties, "q"):
+        assert hoptrace.current_transaction_id() == tx.transaction_id
+    assert hoptrace.current_transaction_id() is None
+    with pytest.raises(ValueError), hoptrace.pika.processing(method, properties, "q"):
+        raise ValueError("handler failed")
+    first, second = spans.named("process amq.default:q:q")
+    assert first.status.is_ok and not second.status.is_ok
+    assert first.attributes["messaging.rabbitmq.message.delivery_tag"] == 3

@@ -1,0 +1,402 @@
+"""The one "scope held between two wrapped calls" mechanism.
+
+An iterator or poll client hands the caller a message and returns: ``next()`` on a
+``consume()`` generator, ``async for``, ``poll()``, ``getone()``, ``basic_get``. The handler
+then runs *between* two calls hoptrace wraps, so no ``with`` block can surround it. The
+message's process scope is opened by :func:`hold` and stays current until
+
+* the owner's next call (:func:`release`, called first thing by every wrapped call);
+* the client's own settle point for that message, where it has one (commit,
+  ``store_offsets``, ack/nack/reject): :func:`settle`;
+* the loop that got it ends (:class:`HeldIteration`, :class:`AsyncHeldIteration`,
+  :func:`held_items`), however it ends: exhausted, ``break``, an exception, ``close()``.
+
+Held scopes live in a :class:`~contextvars.ContextVar` stack, so each thread and each asyncio
+task has its own, and a scope is closed in the context that opened it. Ownership is tested by
+resetting a per-scope token: that succeeds only in the very context that set it, which tells
+the opener apart from a task that merely inherited a copy of its context.
+
+The setting ``hold_consume_scope=False`` turns holding off: the wrapped calls then open no
+scope, and the caller gives each message its exact boundaries with the client's
+``processing(message)`` scope (or ``iterate()``).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from asyncio import current_task
+from asyncio.events import _get_running_loop
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
+from contextvars import ContextVar, Token
+from typing import Any
+
+from opentelemetry.context import get_current
+
+from . import diagnostics
+from .hop import consume_scope
+from .settings import get_settings
+
+__all__ = [
+    "AsyncHeldIteration",
+    "Held",
+    "HeldIteration",
+    "drop",
+    "enabled",
+    "held_items",
+    "hold",
+    "latest",
+    "release",
+    "release_all",
+    "releasing",
+    "releasing_async",
+    "scoped",
+    "settle",
+    "settling",
+    "settling_async",
+]
+
+
+class Held:
+    """A process scope kept open after the call that returned its message."""
+
+    __slots__ = ("context", "key", "mark", "owner", "scope", "settles", "where")
+
+    def __init__(
+        self, owner: object, scope: consume_scope, key: object, settles: bool,
+        mark: Token[None], where: Any,
+    ) -> None:
+        self.owner = owner
+        self.scope = scope
+        self.key = key
+        self.settles = settles
+        self.mark = mark
+        #: The context the scope made current: a settle closes the scope only from there.
+        self.context = scope._attached
+        #: The task or thread that holds it.
+        self.where = where
+
+
+_stack: ContextVar[tuple[Held, ...]] = ContextVar("hoptrace_held", default=())
+#: Set once per held scope; resetting its token succeeds only in the very context that set it.
+_mark: ContextVar[None] = ContextVar("hoptrace_held_mark", default=None)
+#: Each owner's held scopes, one per task or thread that holds one. A scope opened in a task
+#: that is gone (``asyncio.wait_for(consumer.getone())`` on Python < 3.12 runs the call in a
+#: child task) is ended at the owner's next call instead of never.
+_by_owner: weakref.WeakKeyDictionary[object, dict[Any, Held]] = weakref.WeakKeyDictionary()
+
+
+def enabled() -> bool:
+    """Return whether wrapped calls hold a scope open (the ``hold_consume_scope`` setting)."""
+    return get_settings().hold_consume_scope
+
+
+def _gone(where: Any) -> bool:
+    done = getattr(where, "done", None)
+    if done is not None:
+        return bool(done())
+    return not where.is_alive()
+
+
+def _owned(entry: Held) -> bool:
+    try:
+        _mark.reset(entry.mark)
+        return True
+    except (ValueError, RuntimeError):
+        return False
+
+
+def hold(
+    owner: object, scope: consume_scope | None, key: object = None, *, settles: bool = True,
+    opened: bool = False,
+) -> Held | None:
+    """Open ``scope`` for the message ``owner``'s call just returned; keep it until the next.
+
+    ``key`` names the message for :func:`settle`; ``settles=False`` keeps the scope open
+    through a settle (a ``consume()`` loop body that acks before it is done); ``opened``:
+    the caller opened ``scope`` already. Returns None, with nothing opened, when holding is
+    off or ``scope`` is None.
+    """
+    if scope is None:
+        return None
+    try:
+        loop = _get_running_loop()
+        where = current_task(loop) if loop is not None else threading.current_thread()
+        try:
+            slots = _by_owner.get(owner)
+            if slots is None:
+                slots = _by_owner[owner] = {}
+        except TypeError:  # an owner that takes no weak reference
+            slots = None
+        if slots and (len(slots) > 1 or where not in slots):
+            for other in [w for w in slots if w is not where and _gone(w)]:
+                slots.pop(other).scope.close()
+        if not get_settings().hold_consume_scope:
+            if opened:
+                scope.close()
+            return None
+        if not opened:
+            scope.open()
+        entry = Held(owner, scope, key, settles, _mark.set(None), where)
+        _stack.set((*_stack.get(), entry))
+        if slots is not None:
+            slots[where] = entry
+        return entry
+    except Exception as exc:
+        diagnostics.internal_error("held.hold", exc)
+        return None
+
+
+def release(owner: object | None = None) -> None:
+    """Close ``owner``'s held scope in this task/thread, and every scope held after it.
+
+    With ``owner=None`` every held scope of this task or thread is closed. Scopes this task
+    only inherited are forgotten here and left to the task that opened them.
+    """
+    stack = _stack.get()
+    if not stack:
+        return
+    index = 0
+    if owner is not None:
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i].owner is owner:
+                index = i
+                break
+        else:
+            return
+    _close_from(stack, index)
+
+
+def release_all(owner: object) -> None:
+    """Close every scope held for ``owner``, in every task or thread (the owner closes).
+
+    This task's scopes close as :func:`release` closes them; another task's only end their
+    span (that task's context is its own).
+    """
+    release(owner)
+    try:
+        slots = _by_owner.pop(owner, None)
+    except TypeError:
+        return
+    for entry in (slots or {}).values():
+        _end_span(entry)
+
+
+def _end_span(entry: Held) -> None:
+    span = entry.scope.span
+    if span is not None:
+        entry.scope.span = None
+        span.end()
+
+
+def _close_from(stack: tuple[Held, ...], index: int) -> None:
+    _stack.set(stack[:index])
+    for entry in reversed(stack[index:]):
+        try:
+            if _owned(entry):
+                entry.scope.close()
+        except Exception as exc:
+            diagnostics.internal_error("held.release", exc)
+
+
+def _covers(held_key: object, settled: object, multiple: bool) -> bool:
+    if settled is None or settled is held_key or settled == held_key:
+        return True
+    if not multiple:
+        return False
+    if settled == 0:
+        return True
+    return type(held_key) is int and type(settled) is int and held_key <= settled
+
+
+def settle(owner: object | None, key: object = None, multiple: bool = False) -> None:
+    """Close the scope held for a message the caller just settled (ack, commit …).
+
+    ``key=None`` settles whatever ``owner`` holds (a commit of the consumer's position);
+    ``multiple`` treats ``key`` as "this delivery tag and every earlier one" (0: all). The
+    scope closes only while its own context is still the current one: a settle made inside
+    a span the handler opened leaves it to the next call.
+    """
+    stack = _stack.get()
+    if not stack:
+        return
+    entry = stack[-1]
+    if (owner is not None and entry.owner is not owner) or not entry.settles:
+        return
+    if not _covers(entry.key, key, multiple) or get_current() is not entry.context:
+        return
+    _close_from(stack, len(stack) - 1)
+
+
+def releasing(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a client method that ends the owner's use (``close``, ``cancel``): release first."""
+    def release_first(self: Any, *args: Any, **kwargs: Any) -> Any:
+        release(self)
+        return original(self, *args, **kwargs)
+
+    return release_first
+
+
+def releasing_async(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """:func:`releasing` for a coroutine method (aiokafka's ``stop``)."""
+    async def release_first(self: Any, *args: Any, **kwargs: Any) -> Any:
+        release(self)
+        return await original(self, *args, **kwargs)
+
+    return release_first
+
+
+def settling(
+    original: Callable[..., Any], which: Callable[..., tuple[object, object, bool]] | None = None,
+) -> Callable[..., Any]:
+    """Wrap a client's settle method (commit, ack …): once it ran, :func:`settle` what it settled.
+
+    ``which(self, *args, **kwargs)`` returns ``(owner, key, multiple)``; by default the owner is
+    the client object itself and the settle covers whatever it holds (a commit).
+    """
+    def settle_after(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            settle(*(which(self, *args, **kwargs) if which else (self, None, False)))
+
+    return settle_after
+
+
+def settling_async(
+    original: Callable[..., Awaitable[Any]],
+    which: Callable[..., tuple[object, object, bool]] | None = None,
+) -> Callable[..., Awaitable[Any]]:
+    """:func:`settling` for a coroutine method (aiokafka's ``commit``, aio-pika's ``ack``)."""
+    async def settle_after(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            settle(*(which(self, *args, **kwargs) if which else (self, None, False)))
+
+    return settle_after
+
+
+def latest(owner: object) -> Held | None:
+    """Return ``owner``'s newest held scope in this task or thread, if any."""
+    stack = _stack.get()
+    if stack and stack[-1].owner is owner:
+        return stack[-1]
+    return None
+
+
+def drop(entry: Held) -> None:
+    """Close ``entry`` because the loop that got its message ended (``break``, ``return`` …).
+
+    CPython drops a ``for``/``async for`` iterator right where the loop ends, in the same
+    task or thread, so the scope is closed there. Collected elsewhere (a reference cycle,
+    another task or thread), only the span is ended; the context stays in its own task until
+    that task's next call or its end.
+    """
+    try:
+        stack = _stack.get()
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i] is entry:
+                if _owned(entry):
+                    _close_from(stack, i + 1)  # the scopes held after it, newest first
+                    _stack.set(stack[:i])
+                    entry.scope.close()
+                    return
+                break
+        _end_span(entry)
+    except Exception as exc:
+        diagnostics.internal_error("held.drop", exc)
+
+
+class HeldIteration:
+    """The iterator a ``for`` loop gets: each step may hold a scope; dropped, it closes it.
+
+    ``step`` is the wrapped call (it releases and holds for ``owner``); other attributes are
+    ``owner``'s.
+    """
+
+    __slots__ = ("_entry", "_owner", "_step")
+
+    def __init__(self, owner: Any, step: Callable[[], Any]) -> None:
+        self._owner = owner
+        self._step = step
+        self._entry: Held | None = None
+
+    def __iter__(self) -> HeldIteration:
+        return self
+
+    def __next__(self) -> Any:
+        item = self._step()
+        self._entry = latest(self._owner)
+        return item
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._owner, name)
+
+    def __del__(self) -> None:
+        entry = self._entry
+        if entry is not None:
+            self._entry = None
+            try:
+                drop(entry)
+            except Exception:  # interpreter shutdown: module globals may be gone
+                pass
+
+
+class AsyncHeldIteration(HeldIteration):
+    """:class:`HeldIteration` for ``async for``: ``step`` returns an awaitable."""
+
+    __slots__ = ()
+
+    def __aiter__(self) -> AsyncHeldIteration:
+        return self
+
+    async def __anext__(self) -> Any:
+        item = await self._step()
+        self._entry = latest(self._owner)
+        return item
+
+
+def held_items(
+    owner: object, items: Iterator[Any], scope_of: Callable[[Any], consume_scope | None],
+    *, settles: bool = False, opened: bool = False,
+) -> Iterator[Any]:
+    """Yield ``items``, each with ``scope_of(item)`` held until the loop asks for the next.
+
+    For a client's own generator (pika's ``consume()``): leaving the loop in any way closes
+    the last scope, then closes ``items``. ``opened``: ``scope_of`` opens the scope itself.
+    """
+    try:
+        while True:
+            release(owner)
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            if get_settings().hold_consume_scope:
+                hold(owner, scope_of(item), settles=settles, opened=opened)
+            yield item
+    finally:
+        release(owner)
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+def scoped(
+    items: Iterable[Any], scope_of: Callable[[Any], consume_scope | None]
+) -> Generator[Any, None, None]:
+    """Yield each item inside its own scope, open exactly while the caller handles it."""
+    for item in items:
+        try:
+            scope = scope_of(item)
+            if scope is not None:
+                scope.open()
+        except Exception as exc:
+            diagnostics.internal_error("held.scoped", exc)
+            scope = None
+        try:
+            yield item
+        finally:
+            if scope is not None:
+                scope.close()
