@@ -1,0 +1,325 @@
+"""A lean path for hoptrace's histogram records into the OTel SDK (imported only with an SDK).
+
+An SDK ``Histogram.record`` builds a ``Measurement`` (copying and cleaning the attributes),
+asks the exemplar filter, then, for each reader's storage and each View matching the
+instrument, copies the attributes again, filters them by the View's keys, hashes them and
+looks up the aggregation that holds their point. For hoptrace's instruments the attributes of
+an edge are one dict, built once and never changed, so all of that gives the same
+aggregations every time.
+
+:class:`LeanHistogram` wraps one SDK histogram. The first record of each attribute dict goes
+through ``Histogram.record``; then it finds, in each reader's storage, the aggregation the SDK
+made for it (one per matching View; a View's ``DropAggregation`` is left out). Later records
+of the same dict take the exemplar filter's decision as the SDK takes it (its trace-based and
+always-off filters inlined, any other one asked with the same arguments), and call each
+aggregation's own ``aggregate`` with a measurement of the same fields: the buckets, sum, min,
+max, count, temporality and exemplars are the SDK's own doing.
+
+At first use, :func:`lean_histogram` checks that the SDK's record path has a shape this module
+knows (opentelemetry-sdk 1.20 to 1.45; the names each step reads, as ``_sdk_spans`` does). A
+record goes the SDK's whole way when the shape is unknown, the value is not finite and
+non-negative, the instrument's meter is disabled, a reader was added or removed since the
+aggregations were found (a new storage mapping), the aggregations cannot be found exactly
+once each, or more attribute dicts come than this module keeps bindings for.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import types
+from collections.abc import Mapping
+from time import time_ns
+from typing import Any, Final, NamedTuple
+
+from opentelemetry.context import get_current
+from opentelemetry.sdk.metrics._internal import _view_instrument_match as _match
+from opentelemetry.sdk.metrics._internal import aggregation as _aggregation
+from opentelemetry.sdk.metrics._internal import instrument as _instrument
+from opentelemetry.sdk.metrics._internal import measurement_consumer as _consumer
+from opentelemetry.sdk.metrics._internal import metric_reader_storage as _storage
+from opentelemetry.trace import INVALID_SPAN, Span
+from opentelemetry.trace.propagation import _SPAN_KEY
+
+_logger = logging.getLogger("hoptrace")
+
+_INF: Final = math.inf
+#: At most this many attribute dicts bound per histogram; more take the SDK's whole path.
+_MAX_BINDINGS: Final = 4096
+
+
+class _Measurement(NamedTuple):
+    """The fields of the SDK's ``Measurement`` that an aggregation reads, built in C."""
+
+    value: float
+    time_unix_nano: int
+    instrument: Any
+    context: Any
+    attributes: Any
+
+
+_new_measurement = tuple.__new__
+
+# The names each step of the SDK's record path reads (recursively through nested code), for
+# the versions this module knows. Read from opentelemetry-sdk 1.20.0 to 1.45.1's sources.
+_RECORD_NAMES: Final = (
+    # 1.20-1.27: record(amount, attributes); no exemplars
+    frozenset({"Measurement", "_logger", "_measurement_consumer", "consume_measurement",
+               "name", "warning"}),
+    # 1.28-1.40: a context and a time
+    frozenset({"Measurement", "_logger", "_measurement_consumer", "consume_measurement",
+               "get_current", "name", "time_ns", "warning"}),
+    # 1.41-1.43: a disabled meter goes to the API's no-op
+    frozenset({"Measurement", "_is_enabled", "_logger", "_measurement_consumer",
+               "consume_measurement", "get_current", "name", "record", "super", "time_ns",
+               "warning"}),
+    # 1.44-1.45: non-finite values dropped
+    frozenset({"Measurement", "_is_enabled", "_logger", "_measurement_consumer",
+               "consume_measurement", "get_current", "isfinite", "math", "name", "record",
+               "super", "time_ns", "warning"}),
+)
+_CONSUMER_NAMES: Final = (
+    frozenset({"_reader_storages", "consume_measurement", "values"}),  # 1.20-1.27
+    frozenset({"_reader_storages", "_sdk_config", "attributes", "consume_measurement",
+               "context", "exemplar_filter", "should_sample", "time_unix_nano", "value",
+               "values"}),  # 1.28-1.45
+)
+_STORAGE_NAMES: Final = frozenset({"_get_or_init_view_instrument_match",
+                                   "consume_measurement", "instrument"})
+_GET_MATCHES_NAMES: Final = frozenset({
+    "_DEFAULT_VIEW", "_ViewInstrumentMatch", "_handle_view_instrument_match",
+    "_instrument_class_aggregation", "_instrument_view_instrument_matches", "_lock", "append",
+})
+_MATCH_BASE: Final = frozenset({
+    "DefaultAggregation", "__class__", "_aggregation", "_attribute_keys",
+    "_attributes_aggregation", "_create_aggregation", "_instrument",
+    "_instrument_class_aggregation", "_lock", "_view", "aggregate", "attributes", "isinstance",
+    "items",
+})
+_MATCH_NAMES: Final = (
+    _MATCH_BASE | {"frozenset", "_start_time_unix_nano"},  # 1.20-1.26
+    _MATCH_BASE | {"frozenset", "time_ns"},  # 1.27
+    _MATCH_BASE | {"frozenset", "time_ns", "_exemplar_reservoir_factory"},  # 1.28-1.41
+    _MATCH_BASE | {"frozenset", "time_ns", "_exemplar_reservoir_factory", "dict"},  # 1.42-1.44
+    _MATCH_BASE | {"_hash_attributes", "time_ns", "_exemplar_reservoir_factory", "dict"},  # 1.45
+)
+_MATCH_COLLECT_NAMES: Final = frozenset({"_attributes_aggregation", "_lock", "append",
+                                         "collect", "values"})
+
+
+def _names(function: object) -> frozenset[str] | None:
+    """The names a plain function's code reads, nested code included; None if not plain."""
+    if type(function) is not types.FunctionType:
+        return None
+    found: set[str] = set()
+    stack = [function.__code__]
+    while stack:
+        code = stack.pop()
+        found.update(code.co_names)
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return frozenset(found)
+
+
+def _sdk_version() -> tuple[int, ...]:
+    try:
+        from opentelemetry.sdk.version import __version__
+    except ImportError:  # pragma: no cover - every SDK release has it
+        return ()
+    return tuple(int(part) for part in re.findall(r"\d+", __version__)[:2])
+
+
+def _shape() -> tuple[str | None, bool]:
+    """Why the installed SDK's record path is not one this module knows (None if it is).
+
+    The second value says whether it offers exemplars (1.28 and later).
+    """
+    version = _sdk_version()
+    if not (1, 20) <= version <= (1, 45):
+        return f"opentelemetry-sdk {'.'.join(map(str, version)) or '?'} is not one it knows", False
+    record = _names(_instrument.Histogram.__dict__.get("record"))
+    if record not in _RECORD_NAMES:
+        return "Histogram.record has a shape it does not know", False
+    consumer = _names(_consumer.SynchronousMeasurementConsumer.__dict__.get("consume_measurement"))
+    if consumer not in _CONSUMER_NAMES:
+        return "the measurement consumer has a shape it does not know", False
+    storage = _storage.MetricReaderStorage.__dict__
+    if (_names(storage.get("consume_measurement")) != _STORAGE_NAMES
+            or _names(storage.get("_get_or_init_view_instrument_match")) != _GET_MATCHES_NAMES):
+        return "the reader storage has a shape it does not know", False
+    match = _match._ViewInstrumentMatch.__dict__
+    if (_names(match.get("consume_measurement")) not in _MATCH_NAMES
+            or _names(match.get("collect")) != _MATCH_COLLECT_NAMES):
+        return "the view-instrument match has a shape it does not know", False
+    exemplars = consumer == _CONSUMER_NAMES[1]
+    if exemplars != (record != _RECORD_NAMES[0]):
+        return "the SDK's record steps disagree on exemplars", False
+    return None, exemplars
+
+
+_known: tuple[str | None, bool] | None = None
+
+
+def _strictly_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Same keys, and values of the same types that compare equal (True is not 1)."""
+    if len(a) != len(b):
+        return False
+    for key, value in a.items():
+        if key not in b:
+            return False
+        other = b[key]
+        if type(other) is not type(value) or other != value:
+            return False
+    return True
+
+
+class LeanHistogram:
+    """Records into one SDK histogram; see the module docstring."""
+
+    __slots__ = ("_bindings", "_consumer", "_exemplars", "_gated", "_histogram", "_record")
+
+    def __init__(self, histogram: Any, exemplars: bool) -> None:
+        self._histogram = histogram
+        self._record = histogram.record
+        self._consumer = histogram._measurement_consumer
+        self._exemplars = exemplars
+        self._gated = "_is_enabled" in (_names(type(histogram).record) or ())
+        #: id(attribute dict) -> (that dict, the storages mapping it was found in, the
+        #: aggregations' ``aggregate`` methods or None when they could not be found exactly,
+        #: the exemplar filter's ``should_sample`` or a marker for an inlined one)
+        self._bindings: dict[int, tuple[Any, Any, Any, Any]] = {}
+
+    def __call__(self, amount: float, attributes: dict[str, Any]) -> None:
+        """Record ``amount`` for ``attributes`` (a dict the caller never changes)."""
+        bound = self._bindings.get(id(attributes))
+        if (
+            bound is None
+            or bound[0] is not attributes
+            or bound[1] is not self._consumer._reader_storages
+        ):
+            self._record(amount, attributes)
+            self._bind(attributes)
+            return
+        if (
+            bound[2] is None  # its aggregations could not be found exactly
+            or not 0 <= amount < _INF
+            or (self._gated and not self._histogram._is_enabled())
+        ):
+            self._record(amount, attributes)  # the SDK warns, drops, or does nothing
+            return
+        if self._exemplars:
+            ctx = get_current()
+            sample = bound[3]
+            if sample is _TRACE_BASED:  # TraceBasedExemplarFilter.should_sample, inlined
+                span = ctx.get(_SPAN_KEY)
+                keep = (span is not None and isinstance(span, Span) and span != INVALID_SPAN
+                        and span.get_span_context().trace_flags.sampled)
+                now = time_ns() if keep else 0  # (the time is read only with an exemplar)
+            elif sample is _ALWAYS_OFF:
+                keep, now = False, 0
+            else:
+                now = time_ns()
+                keep = sample(amount, now, attributes, ctx)
+            measurement = _new_measurement(
+                _Measurement, (amount, now, self._histogram, ctx, attributes))
+            for aggregate in bound[2]:
+                aggregate(measurement, keep)
+        else:
+            measurement = _new_measurement(
+                _Measurement, (amount, 0, self._histogram, None, attributes))
+            for aggregate in bound[2]:
+                aggregate(measurement)
+
+    def _bind(self, attributes: dict[str, Any]) -> None:
+        """Find the aggregations the SDK made for ``attributes`` (or note that it cannot)."""
+        bindings = self._bindings
+        bindings.pop(id(attributes), None)
+        if len(bindings) >= _MAX_BINDINGS:
+            return
+        storages = self._consumer._reader_storages
+        sinks = self._find(storages, attributes)
+        # (The SDK's configuration is frozen: its exemplar filter stays.)
+        sample = _sampler(self._consumer._sdk_config.exemplar_filter) \
+            if self._exemplars and sinks is not None else None
+        bindings[id(attributes)] = (attributes, storages, sinks, sample)
+
+    def _find(self, storages: Any, attributes: dict[str, Any]) -> tuple[Any, ...] | None:
+        """The ``aggregate`` methods of the aggregations for ``attributes``; None if not exact."""
+        sinks: list[Any] = []
+        for storage in storages.values():
+            matches = storage._instrument_view_instrument_matches.get(self._histogram)
+            if type(matches) is not list:
+                return None
+            for match in matches:
+                keys = match._view._attribute_keys
+                expected = (attributes if keys is None
+                            else {k: v for k, v in attributes.items() if k in keys})
+                with match._lock:
+                    found = [agg for agg in match._attributes_aggregation.values()
+                             if isinstance(getattr(agg, "_attributes", None), Mapping)
+                             and _strictly_equal(agg._attributes, expected)]
+                if len(found) != 1:
+                    return None
+                aggregation = found[0]
+                if type(aggregation).__module__ != _aggregation.__name__:
+                    return None  # not one of the SDK's own aggregations
+                if type(aggregation) is not _aggregation._DropAggregation:
+                    sinks.append(aggregation.aggregate)
+        return tuple(sinks)
+
+
+_TRACE_BASED: Final = object()
+_ALWAYS_OFF: Final = object()
+#: The names TraceBasedExemplarFilter.should_sample (1.28-1.45) and get_current_span read.
+_TRACE_BASED_NAMES: Final = frozenset({"INVALID_SPAN", "get_current_span", "get_span_context",
+                                       "sampled", "trace", "trace_flags"})
+_CURRENT_SPAN_NAMES: Final = frozenset({"INVALID_SPAN", "Span", "_SPAN_KEY", "get_value",
+                                        "isinstance"})
+
+
+def _sampler(exemplar_filter: Any) -> Any:
+    """The filter's ``should_sample``; a marker for the SDK's trace-based or always-off one."""
+    try:
+        from opentelemetry.sdk.metrics._internal.exemplar import exemplar_filter as filters
+        from opentelemetry.trace import propagation
+    except ImportError:  # pragma: no cover - checked by _shape already
+        return exemplar_filter.should_sample
+    kind = type(exemplar_filter)
+    method = kind.__dict__.get("should_sample")
+    if (kind is filters.TraceBasedExemplarFilter and _names(method) == _TRACE_BASED_NAMES
+            and _names(propagation.get_current_span) == _CURRENT_SPAN_NAMES
+            and propagation._SPAN_KEY == _SPAN_KEY
+            and getattr(propagation, "INVALID_SPAN", None) is INVALID_SPAN
+            and "should_sample" not in vars(exemplar_filter)):
+        return _TRACE_BASED
+    if (kind is filters.AlwaysOffExemplarFilter and _names(method) == frozenset()
+            and "should_sample" not in vars(exemplar_filter)
+            and method.__code__.co_consts[-1:] == (False,)):  # type: ignore[union-attr]
+        return _ALWAYS_OFF
+    return exemplar_filter.should_sample
+
+
+def lean_histogram(histogram: Any) -> Any:
+    """``histogram``'s lean recorder, or its own ``record`` when its SDK is not a known shape."""
+    global _known
+    if _known is None:
+        try:
+            _known = _shape()
+        except Exception as exc:  # a shape so different that the probe itself failed
+            _known = (f"the probe failed ({type(exc).__name__}: {exc})", False)
+        if _known[0] is not None:
+            _logger.debug("hoptrace: SDK histograms take the SDK's path: %s", _known[0])
+    reason, exemplars = _known
+    if (
+        reason is not None
+        or not isinstance(histogram, _instrument.Histogram)
+        or type(histogram).record is not _instrument.Histogram.__dict__["record"]
+        or "record" in vars(histogram)
+        or type(getattr(histogram, "_measurement_consumer", None))
+        is not _consumer.SynchronousMeasurementConsumer
+    ):
+        return histogram.record
+    return LeanHistogram(histogram, exemplars)
+
+
+__all__: Final = ["LeanHistogram", "lean_histogram"]

@@ -1,0 +1,530 @@
+"""Per-edge metrics through the OpenTelemetry Metrics API, recorded by the hop scopes.
+
+Every integration gets them because :mod:`hoptrace.core.hop` calls this module from its
+produce and consume scopes (and the HTTP edge and Celery add the origin time, retries and
+dead letters). See docs/metrics.md for each metric, its attributes and buckets.
+
+Cost: with no ``MeterProvider`` set (the API's proxy) or a no-op one, each call reads one
+module attribute, compares it and returns; no attribute dict is built. The proxy provider
+becomes the real one whenever the application sets it, so "off" is never cached for good:
+the instruments are rebuilt the first time a scope sees another provider. With a provider,
+instruments are made once and attribute dicts are cached per edge (and per edge and
+``error.type``), so every record of an edge passes the same dict. Counters are hoptrace's
+own locked tallies, read by observable counters at collection. An SDK histogram records
+through :mod:`hoptrace.core._sdk_metrics`, which feeds the SDK's own aggregations for that
+dict directly after its first record, with the same exported data.
+
+Cardinality: the attributes are the system, operation, destination, consumer group, server
+address and port, and Celery's task name; never a message or transaction ID. Temporary
+RabbitMQ queues (``amq.gen-…``) are folded into one destination.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from opentelemetry import metrics as otel_metrics
+from opentelemetry.context import Context
+from opentelemetry.metrics import MeterProvider, NoOpMeterProvider, Observation
+
+from . import diagnostics, semconv
+from .context import BAGGAGE_KEY
+from .settings import METRIC_NAMES, Settings, get_settings, on_change
+
+try:  # the global provider, read without a call; the public getter is the fallback
+    from opentelemetry.metrics import _internal as _api
+except ImportError:  # pragma: no cover - another API layout
+    _api = None  # type: ignore[assignment]
+
+# Metric names (the same strings as settings.METRIC_NAMES).
+SENT_MESSAGES: Final = "messaging.client.sent.messages"
+CONSUMED_MESSAGES: Final = "messaging.client.consumed.messages"
+OPERATION_DURATION: Final = "messaging.client.operation.duration"
+PROCESS_DURATION: Final = "messaging.process.duration"
+QUEUE_WAIT: Final = "hoptrace.queue_wait"
+CLOCK_SKEW: Final = "hoptrace.queue_wait.clock_skew"
+PATHWAY: Final = "hoptrace.pathway.duration"
+RETRIES: Final = "hoptrace.retries"
+DEAD_LETTERS: Final = "hoptrace.dead_letters"
+
+# Attributes beyond the messaging ones (semconv.py holds those).
+ERROR_TYPE: Final = "error.type"
+SERVER_ADDRESS: Final = "server.address"
+SERVER_PORT: Final = "server.port"
+RETRY_KIND: Final = "hoptrace.retry.kind"
+DEAD_LETTER_KIND: Final = "hoptrace.dead_letter.kind"
+
+#: The baggage entry carrying when the transaction began (ms since the epoch).
+ORIGIN_BAGGAGE_KEY: Final = "hoptrace.origin_ms"
+
+#: The messaging semantic conventions' advisory buckets for their duration histograms (s).
+SEMCONV_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
+                          5.0, 7.5, 10.0)
+#: Queue wait and pathway buckets (s): 100 µs to 10 minutes.
+LATENCY_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                          0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+#: Headers a broker adds when it dead-letters a message (RabbitMQ).
+_DEATH_HEADER: Final = "x-death"
+#: An origin older than this (ms) is garbage, not a transaction still running.
+_MAX_ORIGIN_AGE_MS: Final = 30 * 24 * 3600 * 1000
+_MAX_EDGES: Final = 2048
+
+_SEND: Final = 0
+_PROCESS: Final = 1
+_OTHER: Final = 2
+
+assert set(METRIC_NAMES) == {SENT_MESSAGES, CONSUMED_MESSAGES, OPERATION_DURATION,
+                             PROCESS_DURATION, QUEUE_WAIT, CLOCK_SKEW, PATHWAY, RETRIES,
+                             DEAD_LETTERS}
+
+
+class Record:
+    """What a scope's close records: its kind, start time, edge attributes and instruments."""
+
+    __slots__ = ("attributes", "instruments", "kind", "start")
+
+    def __init__(self, kind: int, start: int, attributes: dict[str, Any],
+                 instruments: _Instruments) -> None:
+        self.kind = kind
+        self.start = start
+        self.attributes = attributes
+        self.instruments = instruments
+
+
+class _Tally:
+    """Counts per attribute set, reported by an observable counter at each collection.
+
+    A synchronous SDK counter costs as much per ``add`` as a histogram ``record`` (it copies,
+    cleans and hashes the attributes every time); a locked dict increment costs ~1/20th.
+    The SDK still exports a monotonic cumulative sum, as for a Counter.
+    """
+
+    __slots__ = ("_counts", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[tuple[str, Any], ...], int] = {}
+
+    def add(self, amount: int, attributes: dict[str, Any]) -> None:
+        known = _tally_keys.get(id(attributes))  # an edge's cached dict: its key, built once
+        key = known[1] if known is not None and known[0] is attributes \
+            else tuple(attributes.items())
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + amount
+
+    def observe(self, _options: Any = None) -> list[Observation]:
+        with self._lock:
+            counts = list(self._counts.items())
+        return [Observation(value, dict(key)) for key, value in counts]
+
+
+class _Instruments:
+    """The instruments of one provider; None for each metric switched off."""
+
+    def __init__(self, provider: MeterProvider, settings: Settings) -> None:
+        off = settings.disabled_metrics
+        meter = provider.get_meter("hoptrace", _version(), schema_url=semconv.SCHEMA_URL)
+
+        def on(name: str) -> bool:
+            return name not in off
+
+        def counter(name: str, description: str) -> Any:
+            if not on(name):
+                return None
+            tally = _Tally()
+            meter.create_observable_counter(
+                name, callbacks=[tally.observe], unit="{message}", description=description)
+            return tally.add
+
+        def histogram(name: str, description: str, buckets: tuple[float, ...]) -> Any:
+            if not on(name):
+                return None
+            try:  # advisory buckets: API >= 1.23
+                made = meter.create_histogram(
+                    name, unit="s", description=description,
+                    explicit_bucket_boundaries_advisory=list(buckets),
+                )
+            except TypeError:
+                made = meter.create_histogram(name, unit="s", description=description)
+            return _recorder(made)
+
+        self.sent = counter(SENT_MESSAGES, "Messages the producer attempted to send.")
+        self.consumed = counter(CONSUMED_MESSAGES, "Messages delivered to the application.")
+        self.operation = histogram(
+            OPERATION_DURATION, "Duration of a send or receive operation.", SEMCONV_BUCKETS)
+        self.process = histogram(
+            PROCESS_DURATION, "Duration of processing one message.", SEMCONV_BUCKETS)
+        self.queue_wait = histogram(
+            QUEUE_WAIT, "Time from send to the start of processing, per edge.", LATENCY_BUCKETS)
+        self.skew = counter(
+            CLOCK_SKEW, "Messages whose send time was after their receipt (wait clamped to 0).")
+        self.pathway = histogram(
+            PATHWAY, "Time from the start of the transaction to this message's processing.",
+            LATENCY_BUCKETS)
+        self.retries = counter(RETRIES, "Retried tasks and broker redeliveries.")
+        self.dead_letters = counter(DEAD_LETTERS, "Messages dead-lettered or rejected for good.")
+
+
+def _recorder(histogram: Any) -> Callable[[float, dict[str, Any]], None]:
+    """How to record into ``histogram``: the lean path for an SDK histogram, else ``record``."""
+    if type(histogram).__module__.startswith("opentelemetry.sdk."):
+        try:
+            from ._sdk_metrics import lean_histogram
+        except ImportError:  # pragma: no cover - another SDK layout
+            pass
+        else:
+            return lean_histogram(histogram)  # type: ignore[no-any-return]
+    return histogram.record  # type: ignore[no-any-return]
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+_UNSET: Final = object()
+_lock = threading.Lock()
+_explicit: MeterProvider | None = None
+_seen: object = _UNSET
+_live: _Instruments | None = None
+_edges: dict[tuple[object, ...], dict[str, Any]] = {}
+#: id(an edge's cached attribute dict) -> (that dict, its items as a tally key)
+_tally_keys: dict[int, tuple[dict[str, Any], tuple[tuple[str, Any], ...]]] = {}
+#: (id(an edge's attribute dict), error.type) -> (that dict, it with error.type)
+_error_edges: dict[tuple[int, str], tuple[dict[str, Any], dict[str, Any]]] = {}
+
+
+def use_meter_provider(provider: MeterProvider | None) -> None:
+    """Record into ``provider`` instead of the global one (None: back to the global one)."""
+    global _explicit, _seen
+    with _lock:
+        _explicit = provider
+        _seen = _UNSET
+
+
+def _reset(_settings: Settings | None = None) -> None:
+    global _seen
+    with _lock:
+        _seen = _UNSET
+        _edges.clear()
+        _tally_keys.clear()
+        _error_edges.clear()
+
+
+on_change(_reset)
+
+
+def _current_provider() -> object:
+    if _explicit is not None:
+        return _explicit
+    if _api is not None:
+        return _api._METER_PROVIDER
+    provider = otel_metrics.get_meter_provider()  # pragma: no cover - another API layout
+    return None if type(provider).__name__ == "_ProxyMeterProvider" else provider
+
+
+def _instruments() -> _Instruments | None:
+    """The live instruments, or None when no provider records (checked on every call)."""
+    if _explicit is None and _api is not None:  # the common case, inlined
+        if _api._METER_PROVIDER is _seen:
+            return _live
+        return _rebuild(_api._METER_PROVIDER)
+    provider = _current_provider()
+    if provider is _seen:
+        return _live
+    return _rebuild(provider)
+
+
+def _rebuild(seen: object) -> _Instruments | None:
+    global _seen, _live
+    with _lock:
+        provider = seen
+        if provider is None and os.environ.get("OTEL_PYTHON_METER_PROVIDER"):
+            provider = otel_metrics.get_meter_provider()  # loads the named provider
+        live: _Instruments | None = None
+        settings = get_settings()
+        if (
+            isinstance(provider, MeterProvider)
+            and not isinstance(provider, NoOpMeterProvider)
+            and "*" not in settings.disabled_metrics
+        ):
+            try:
+                live = _Instruments(provider, settings)
+            except Exception as exc:
+                diagnostics.internal_error("metrics.instruments", exc)
+        _live = live
+        _seen = seen
+        return live
+
+
+def enabled() -> bool:
+    """Return whether hoptrace records metrics now (a provider is set, some metric is on)."""
+    return _instruments() is not None
+
+
+# --------------------------------------------------------------------- attributes
+
+
+def _edge_fields(extra: object) -> tuple[Any, Any, Any, Any, Any]:
+    """The metric-worthy fields of a scope's extra attributes (a mapping or a callable)."""
+    if extra is None:
+        return None, None, None, None, None
+    if callable(extra):
+        try:
+            extra = extra()
+        except Exception as exc:
+            diagnostics.internal_error("metrics.attributes", exc)
+            return None, None, None, None, None
+    if not isinstance(extra, Mapping):
+        return None, None, None, None, None
+    get = extra.get
+    return (get(semconv.MESSAGING_DESTINATION_NAME), get(semconv.MESSAGING_CONSUMER_GROUP_NAME),
+            get(SERVER_ADDRESS), get(SERVER_PORT), get(semconv.CELERY_TASK_NAME))
+
+
+def _low_cardinality(destination: str) -> str:
+    """Fold RabbitMQ's server-named temporary queues (``amq.gen-…``) into one name."""
+    at = destination.find("amq.gen-")
+    return destination if at < 0 else destination[:at] + "amq.gen-*"
+
+
+def edge_attributes(system: str, operation: str, destination: str, extra: object) -> dict[str, Any]:
+    """The attributes of one edge's metrics (cached: the same dict for the same edge)."""
+    named, group, address, port, task = _edge_fields(extra)
+    if isinstance(named, str) and named:
+        destination = named
+    key = (system, operation, destination, group, address, port, task)
+    attrs = _edges.get(key)
+    if attrs is not None:
+        return attrs
+    attrs = {
+        semconv.MESSAGING_SYSTEM: system,
+        semconv.MESSAGING_OPERATION_NAME: operation,
+        semconv.MESSAGING_DESTINATION_NAME: _low_cardinality(destination),
+    }
+    if isinstance(group, str) and group:
+        attrs[semconv.MESSAGING_CONSUMER_GROUP_NAME] = group
+    if isinstance(address, str) and address:
+        attrs[SERVER_ADDRESS] = address
+    if isinstance(port, int) and not isinstance(port, bool):
+        attrs[SERVER_PORT] = port
+    if isinstance(task, str) and task:
+        attrs[semconv.CELERY_TASK_NAME] = task
+    if len(_edges) < _MAX_EDGES:
+        _edges[key] = attrs
+        _tally_keys[id(attrs)] = (attrs, tuple(attrs.items()))
+    else:
+        diagnostics.count("metrics.edges_over_cache")
+    return attrs
+
+
+def _with_error(attrs: dict[str, Any], error: str) -> dict[str, Any]:
+    """``attrs`` plus ``error.type``: one dict per edge and error type, like the edge's own."""
+    key = (id(attrs), error)
+    known = _error_edges.get(key)
+    if known is not None and known[0] is attrs:
+        return known[1]
+    with_error = {**attrs, ERROR_TYPE: error}
+    if len(_error_edges) < _MAX_EDGES:
+        _error_edges[key] = (attrs, with_error)
+    return with_error
+
+
+def error_type(exc: BaseException) -> str:
+    """The ``error.type`` of an exception: its fully qualified class name."""
+    cls = type(exc)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+# --------------------------------------------------------------------- origin (pathway)
+
+
+def stamp_baggage(baggage: Any) -> Any:
+    """Return ``baggage`` with the transaction's origin time added, if the pathway is on.
+
+    A baggage that carries an origin already (from upstream) keeps it. Returns ``baggage``
+    itself when metrics are off or the pathway metric is switched off: no bytes on the wire.
+    """
+    live = _instruments()
+    if live is None or live.pathway is None:
+        return baggage
+    try:
+        if baggage and ORIGIN_BAGGAGE_KEY in baggage:
+            return baggage
+        stamped = {ORIGIN_BAGGAGE_KEY: str(time.time_ns() // 1_000_000)}
+        return {**baggage, **stamped} if baggage else stamped
+    except Exception as exc:
+        diagnostics.internal_error("metrics.stamp_origin", exc)
+        return baggage
+
+
+def stamp_origin(ctx: Context) -> Context:
+    """Return ``ctx`` whose baggage carries the origin time (``ctx`` itself when off)."""
+    live = _instruments()
+    if live is None or live.pathway is None:
+        return ctx
+    baggage = ctx.get(BAGGAGE_KEY)
+    stamped = stamp_baggage(baggage)
+    if stamped is baggage:
+        return ctx
+    return Context({**ctx, BAGGAGE_KEY: stamped})
+
+
+def origin_ms(baggage: object, now_ms: int) -> int | None:
+    """The origin time a baggage carries (ms since the epoch), or None if absent or garbage."""
+    if not baggage or not isinstance(baggage, Mapping):
+        return None
+    raw = baggage.get(ORIGIN_BAGGAGE_KEY)
+    if type(raw) is not str or not 0 < len(raw) <= 16 or not raw.isdigit() or not raw.isascii():
+        return None
+    value = int(raw)
+    if now_ms - value > _MAX_ORIGIN_AGE_MS:
+        return None
+    return value
+
+
+# --------------------------------------------------------------------- scope hooks
+
+
+def send_started(system: str, destination: str, extra: object) -> Record | None:
+    """Start timing a send; :func:`closed` records it. None when metrics are off."""
+    live = _instruments()
+    if live is None or (live.sent is None and live.operation is None):
+        return None
+    try:
+        attrs = edge_attributes(system, semconv.OP_SEND, destination, extra)
+        return Record(_SEND, time.perf_counter_ns(), attrs, live)
+    except Exception as exc:
+        diagnostics.internal_error("metrics.send", exc)
+        return None
+
+
+def consumed(
+    system: str,
+    operation: str,
+    destination: str,
+    extra: object,
+    queue_wait_ms: float | None,
+    skew: bool,
+    baggage: object,
+    now_ns: int,
+    redelivered: bool | None,
+    carrier: object,
+) -> Record | None:
+    """Record one delivery (count, queue wait, skew, pathway, redelivery, dead letter).
+
+    Returns the record :func:`closed` completes with the processing duration, or None when
+    metrics are off.
+    """
+    live = _instruments()
+    if live is None:
+        return None
+    try:
+        attrs = edge_attributes(system, operation, destination, extra)
+        if live.consumed is not None:
+            live.consumed(1, attrs)
+        if queue_wait_ms is not None and live.queue_wait is not None:
+            live.queue_wait(queue_wait_ms / 1e3, attrs)
+        if skew and live.skew is not None:
+            live.skew(1, attrs)
+        if baggage and live.pathway is not None:
+            now_ms = now_ns // 1_000_000
+            origin = origin_ms(baggage, now_ms)
+            if origin is not None:
+                live.pathway(max(0, now_ms - origin) / 1e3, attrs)
+        if redelivered is True and live.retries is not None:
+            live.retries(1, {**attrs, RETRY_KIND: "redelivery"})
+        if (
+            live.dead_letters is not None
+            and (type(carrier) is dict or isinstance(carrier, Mapping))
+            and carrier.get(_DEATH_HEADER)
+        ):
+            live.dead_letters(1, {**attrs, DEAD_LETTER_KIND: "x-death"})
+        # (Returned even with the duration switched off: Celery counts retries through it.)
+        kind = _PROCESS if operation == semconv.OP_PROCESS else _OTHER
+        return Record(kind, time.perf_counter_ns(), attrs, live)
+    except Exception as exc:
+        diagnostics.internal_error("metrics.consume", exc)
+        return None
+
+
+def closed(record: Record | None, exc: BaseException | None) -> None:
+    """Record a scope's end: a send's count and duration, or a processing duration."""
+    if record is None:
+        return
+    live = record.instruments  # those of the open (a provider set in between: no matter)
+    try:
+        duration = (time.perf_counter_ns() - record.start) / 1e9
+        attrs = record.attributes
+        if exc is not None:
+            attrs = _with_error(attrs, error_type(exc))
+        if record.kind == _SEND:
+            if live.sent is not None:
+                live.sent(1, attrs)
+            if live.operation is not None:
+                live.operation(duration, attrs)
+        elif record.kind == _PROCESS:
+            if live.process is not None:
+                live.process(duration, attrs)
+        elif live.operation is not None:
+            live.operation(duration, attrs)
+    except Exception as error:
+        diagnostics.internal_error("metrics.close", error)
+
+
+def retried(record: Record | None, kind: str = "retry") -> None:
+    """Count one retry of the message whose consume scope holds ``record``."""
+    _count(record, "retries", RETRY_KIND, kind)
+
+
+def dead_lettered(record: Record | None, kind: str) -> None:
+    """Count one message the consumer dead-lettered (``kind`` says how, e.g. ``rejected``)."""
+    _count(record, "dead_letters", DEAD_LETTER_KIND, kind)
+
+
+def _count(record: Record | None, which: str, key: str, kind: str) -> None:
+    if record is None:
+        return
+    add: Callable[[int, dict[str, Any]], None] | None = getattr(record.instruments, which)
+    if add is None:
+        return
+    try:
+        add(1, {**record.attributes, key: kind})
+    except Exception as exc:
+        diagnostics.internal_error("metrics." + which, exc)
+
+
+__all__: Final = [
+    "CLOCK_SKEW",
+    "CONSUMED_MESSAGES",
+    "DEAD_LETTERS",
+    "LATENCY_BUCKETS",
+    "OPERATION_DURATION",
+    "ORIGIN_BAGGAGE_KEY",
+    "PATHWAY",
+    "PROCESS_DURATION",
+    "QUEUE_WAIT",
+    "RETRIES",
+    "SEMCONV_BUCKETS",
+    "SENT_MESSAGES",
+    "Record",
+    "closed",
+    "consumed",
+    "dead_lettered",
+    "edge_attributes",
+    "enabled",
+    "error_type",
+    "origin_ms",
+    "retried",
+    "send_started",
+    "stamp_baggage",
+    "stamp_origin",
+    "use_meter_provider",
+]

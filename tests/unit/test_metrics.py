@@ -1,0 +1,334 @@
+"""Per-edge metrics read back through the SDK's InMemoryMetricReader."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.metrics import _internal as metrics_api
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+import hoptrace
+from hoptrace.core import metrics
+
+
+class Metrics:
+    """The points an InMemoryMetricReader collected, looked up by metric and attributes."""
+
+    def __init__(self, reader: InMemoryMetricReader) -> None:
+        self.reader = reader
+
+    def points(self, name: str) -> list[Any]:
+        data = self.reader.get_metrics_data()
+        found: list[Any] = []
+        for resource in data.resource_metrics if data else []:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        found.extend(metric.data.data_points)
+        return found
+
+    def by_destination(self, name: str) -> dict[str, Any]:
+        return {p.attributes["messaging.destination.name"]: p for p in self.points(name)}
+
+    def names(self) -> set[str]:
+        data = self.reader.get_metrics_data()
+        return {m.name for r in (data.resource_metrics if data else [])
+                for s in r.scope_metrics for m in s.metrics}
+
+
+@pytest.fixture
+def recorded() -> Iterator[Metrics]:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    metrics.use_meter_provider(provider)
+    try:
+        yield Metrics(reader)
+    finally:
+        metrics.use_meter_provider(None)
+        provider.shutdown()
+
+
+def send(destination: str, system: str = "rabbitmq", carrier: Any = None) -> dict[str, Any]:
+    with hoptrace.produce_scope(carrier, destination, system) as scope:
+        pass
+    return scope.carrier  # type: ignore[no-any-return]
+
+
+def test_counts_and_queue_wait_per_edge(recorded: Metrics, spans: Any) -> None:
+    sent = {"orders": 3, "refunds": 2}
+    for destination, count in sent.items():
+        for _ in range(count):
+            headers = send(destination)
+            with hoptrace.consume_scope(headers, destination, "rabbitmq"):
+                pass
+    for name in (metrics.SENT_MESSAGES, metrics.CONSUMED_MESSAGES):
+        assert {d: p.value for d, p in recorded.by_destination(name).items()} == sent
+    waits = recorded.by_destination(metrics.QUEUE_WAIT)
+    assert {d: p.count for d, p in waits.items()} == sent
+    assert all(0 <= p.sum < 5 for p in waits.values())
+    assert list(waits["orders"].explicit_bounds) == list(metrics.LATENCY_BUCKETS)
+    assert dict(waits["orders"].attributes) == {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": "orders",
+    }
+    (send_point,) = [p for p in recorded.points(metrics.OPERATION_DURATION)
+                     if p.attributes["messaging.destination.name"] == "orders"]
+    assert send_point.count == 3 and send_point.attributes["messaging.operation.name"] == "send"
+    assert list(send_point.explicit_bounds) == list(metrics.SEMCONV_BUCKETS)
+    assert {d: p.count for d, p in recorded.by_destination(metrics.PROCESS_DURATION).items()} == sent
+    assert recorded.points(metrics.CLOCK_SKEW) == []
+
+
+def test_without_a_tracing_sdk_metrics_are_still_recorded(recorded: Metrics, no_sdk: None) -> None:
+    headers = send("jobs", "kafka")
+    with hoptrace.consume_scope(headers, "jobs", "kafka"):
+        pass
+    assert recorded.by_destination(metrics.SENT_MESSAGES)["jobs"].value == 1
+    assert recorded.by_destination(metrics.QUEUE_WAIT)["jobs"].count == 1
+
+
+def test_kafka_group_is_an_attribute_but_partition_and_key_are_not(recorded: Metrics) -> None:
+    from hoptrace._kafka import record_scope
+
+    headers = send("payments", "kafka")
+    with record_scope("payments", 3, 17, b"k", headers, None, "billing"):
+        pass
+    (point,) = recorded.points(metrics.CONSUMED_MESSAGES)
+    assert dict(point.attributes) == {
+        "messaging.system": "kafka",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": "payments",
+        "messaging.consumer.group.name": "billing",
+    }
+
+
+def test_negative_queue_wait_is_clamped_to_zero_and_counted(recorded: Metrics) -> None:
+    future = str(time.time_ns() + 60 * 10**9)
+    for _ in range(2):
+        with hoptrace.consume_scope({"x-hoptrace-sent-ns": future}, "late", "rabbitmq"):
+            pass
+    (wait,) = recorded.points(metrics.QUEUE_WAIT)
+    assert wait.count == 2 and wait.sum == 0
+    (skew,) = recorded.points(metrics.CLOCK_SKEW)
+    assert skew.value == 2 and skew.attributes["messaging.destination.name"] == "late"
+
+
+def test_pathway_runs_from_the_first_send_through_every_hop(recorded: Metrics, spans: Any) -> None:
+    with hoptrace.transaction("checkout"):
+        first = send("step-1")
+    assert metrics.ORIGIN_BAGGAGE_KEY in first["baggage"]
+    time.sleep(0.02)
+    with hoptrace.consume_scope(first, "step-1", "rabbitmq"):
+        second = send("step-2", "kafka")  # republished inside the handler: same origin
+    time.sleep(0.02)
+    with hoptrace.consume_scope(second, "step-2", "kafka"):
+        pass
+    origin_1 = first["baggage"].split(metrics.ORIGIN_BAGGAGE_KEY + "=")[1].split(",")[0]
+    origin_2 = second["baggage"].split(metrics.ORIGIN_BAGGAGE_KEY + "=")[1].split(",")[0]
+    assert origin_1 == origin_2
+    pathway = recorded.by_destination(metrics.PATHWAY)
+    assert pathway["step-1"].count == 1 and pathway["step-2"].count == 1
+    assert 0.02 <= pathway["step-1"].sum < pathway["step-2"].sum
+    assert pathway["step-2"].sum >= 0.04
+    # The queue wait of the second hop alone is shorter than its pathway.
+    assert recorded.by_destination(metrics.QUEUE_WAIT)["step-2"].sum < pathway["step-2"].sum
+
+
+@pytest.mark.parametrize("garbage", ["abc", "-5", "9" * 17, "%EF%BC%91%EF%BC%92", "", "1"])
+def test_a_garbage_origin_is_ignored_without_a_warning(
+    recorded: Metrics, caplog: pytest.LogCaptureFixture, garbage: str
+) -> None:
+    headers = send("orders")
+    headers["baggage"] = f"{metrics.ORIGIN_BAGGAGE_KEY}={garbage},transaction.id=t-1"
+    with caplog.at_level(logging.WARNING, logger="hoptrace"), \
+            hoptrace.consume_scope(headers, "orders", "rabbitmq"):
+        assert hoptrace.current_transaction_id() is not None
+    assert recorded.points(metrics.PATHWAY) == []
+    assert recorded.by_destination(metrics.CONSUMED_MESSAGES)["orders"].value == 1
+    assert [r for r in caplog.records if "origin" in r.getMessage()] == []
+    assert not any(k.startswith("internal_error") for k in hoptrace.diagnostics())
+
+
+def test_failures_carry_error_type(recorded: Metrics) -> None:
+    with pytest.raises(ValueError), hoptrace.consume_scope(send("orders"), "orders", "rabbitmq"):
+        raise ValueError("bad order")
+    with pytest.raises(ConnectionError), hoptrace.produce_scope(None, "orders", "rabbitmq"):
+        raise ConnectionError("broker gone")
+    (process,) = recorded.points(metrics.PROCESS_DURATION)
+    assert process.attributes["error.type"] == "ValueError"
+    sent = {p.attributes.get("error.type"): p.value for p in recorded.points(metrics.SENT_MESSAGES)}
+    assert sent == {None: 1, "ConnectionError": 1}
+
+
+def test_redeliveries_and_dead_letters_are_counted(recorded: Metrics) -> None:
+    headers = send("orders")
+    with hoptrace.consume_scope(headers, "orders", "rabbitmq", redelivered=False):
+        pass
+    with hoptrace.consume_scope(headers, "orders", "rabbitmq", redelivered=True):
+        pass
+    dead = {**headers, "x-death": [{"count": 1, "reason": "rejected", "queue": "orders"}]}
+    with hoptrace.consume_scope(dead, "dlx:orders:orders.dlq", "rabbitmq"):
+        pass
+    (retry,) = recorded.points(metrics.RETRIES)
+    assert retry.value == 1 and retry.attributes["hoptrace.retry.kind"] == "redelivery"
+    (letter,) = recorded.points(metrics.DEAD_LETTERS)
+    assert letter.value == 1
+    assert letter.attributes["hoptrace.dead_letter.kind"] == "x-death"
+    assert letter.attributes["messaging.destination.name"] == "dlx:orders:orders.dlq"
+
+
+def test_temporary_queues_fold_into_one_destination(recorded: Metrics) -> None:
+    for _ in range(3):
+        name = f"amq.default:reply:amq.gen-{uuid.uuid4().hex}"
+        with hoptrace.consume_scope(send("reply"), name, "rabbitmq"):
+            pass
+    (point,) = recorded.points(metrics.CONSUMED_MESSAGES)
+    assert point.value == 3
+    assert point.attributes["messaging.destination.name"] == "amq.default:reply:amq.gen-*"
+
+
+def test_each_metric_switches_off(recorded: Metrics) -> None:
+    hoptrace.configure(disabled_metrics={metrics.QUEUE_WAIT, metrics.PATHWAY})
+    headers = send("orders")
+    assert metrics.ORIGIN_BAGGAGE_KEY not in headers.get("baggage", "")  # no bytes for it
+    with hoptrace.consume_scope(headers, "orders", "rabbitmq"):
+        pass
+    names = recorded.names()
+    assert metrics.CONSUMED_MESSAGES in names
+    assert metrics.QUEUE_WAIT not in names and metrics.PATHWAY not in names
+
+
+def test_star_switches_every_metric_off(recorded: Metrics, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOPTRACE_DISABLED_METRICS", "*")
+    hoptrace.configure()
+    with hoptrace.consume_scope(send("orders"), "orders", "rabbitmq"):
+        pass
+    assert recorded.names() == set()
+    assert metrics.enabled() is False
+
+
+def test_an_unknown_metric_name_is_a_configuration_error() -> None:
+    with pytest.raises(hoptrace.ConfigurationError, match=r"hoptrace\.queue_waits"):
+        hoptrace.configure(disabled_metrics={"hoptrace.queue_waits"})
+
+
+def test_off_without_a_provider_and_on_once_the_global_one_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(metrics_api, "_METER_PROVIDER", None)
+    monkeypatch.delenv("OTEL_PYTHON_METER_PROVIDER", raising=False)
+    assert metrics.enabled() is False
+    headers = send("orders")
+    assert metrics.ORIGIN_BAGGAGE_KEY not in headers.get("baggage", "")
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    # The application sets its provider later: the next message records into it.
+    monkeypatch.setattr(metrics_api, "_METER_PROVIDER", provider)
+    try:
+        with hoptrace.consume_scope(send("orders"), "orders", "rabbitmq"):
+            pass
+        assert Metrics(reader).by_destination(metrics.CONSUMED_MESSAGES)["orders"].value == 1
+    finally:
+        provider.shutdown()
+
+
+def test_http_edge_stamps_the_origin(recorded: Metrics) -> None:
+    from hoptrace._edge import server_scope
+
+    scope = server_scope([], "GET", "/", "http").open()
+    try:
+        headers = send("orders")
+    finally:
+        scope.close()
+    assert metrics.ORIGIN_BAGGAGE_KEY in headers["baggage"]
+
+
+# ------------------------------------------------------------------------- Celery
+
+celery = pytest.importorskip("celery")
+
+
+def celery_app() -> Any:
+    from celery import Celery
+    from celery.exceptions import Reject
+
+    app = Celery(f"m-{uuid.uuid4().hex[:6]}", broker="memory://", backend="cache+memory://",
+                 set_as_current=False)
+    app.conf.update(task_default_queue=f"q-{uuid.uuid4().hex[:6]}")
+
+    @app.task(name="m.flaky", bind=True, shared=False, max_retries=5)
+    def flaky(self: Any) -> int:
+        if self.request.retries < 2:
+            raise self.retry(exc=RuntimeError("again"), countdown=0)
+        return int(self.request.retries)
+
+    @app.task(name="m.reject", shared=False)
+    def reject(requeue: bool) -> None:
+        raise Reject("poison", requeue=requeue)
+
+    return app
+
+
+def run_like_a_worker(app: Any, name: str, args: list[Any], request: dict[str, Any]) -> Any:
+    from celery.app.trace import build_tracer
+
+    task = app.tasks[name]
+    tracer = build_tracer(name, task, app=app, eager=False, propagate=False)
+    request.setdefault("delivery_info", {"routing_key": "jobs", "exchange": ""})
+    return tracer(request.setdefault("id", str(uuid.uuid4())), args, {}, request)
+
+
+def test_celery_retries_and_rejections_are_counted(recorded: Metrics, spans: Any) -> None:
+    import hoptrace.celery
+
+    hoptrace.celery.instrument()
+    try:
+        app = celery_app()
+        for retries in (0, 1, 2):  # two attempts retry, the third succeeds
+            run_like_a_worker(app, "m.flaky", [], {"retries": retries})
+        run_like_a_worker(app, "m.reject", [False], {})
+        run_like_a_worker(app, "m.reject", [True], {})  # requeued: not dead-lettered
+    finally:
+        hoptrace.celery.uninstrument()
+    retries = [p for p in recorded.points(metrics.RETRIES)
+               if p.attributes["hoptrace.retry.kind"] == "retry"]
+    assert [(p.attributes["celery.task.name"], p.value) for p in retries] == [("m.flaky", 2)]
+    (letter,) = recorded.points(metrics.DEAD_LETTERS)
+    assert letter.value == 1
+    assert letter.attributes["celery.task.name"] == "m.reject"
+    assert letter.attributes["hoptrace.dead_letter.kind"] == "rejected"
+    sent = recorded.by_destination(metrics.SENT_MESSAGES)
+    assert sum(p.value for p in sent.values()) == 2  # the two retries Celery published
+
+
+def test_celery_retries_are_counted_with_the_process_duration_off(
+    recorded: Metrics, spans: Any
+) -> None:
+    import hoptrace.celery
+
+    hoptrace.configure(disabled_metrics={metrics.PROCESS_DURATION})
+    hoptrace.celery.instrument()
+    try:
+        run_like_a_worker(celery_app(), "m.flaky", [], {"retries": 0})
+    finally:
+        hoptrace.celery.uninstrument()
+    (retry,) = recorded.points(metrics.RETRIES)
+    assert retry.value == 1 and metrics.PROCESS_DURATION not in recorded.names()
+
+
+def test_an_unknown_name_in_the_environment_warns_and_keeps_every_metric(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HOPTRACE_DISABLED_METRICS", "hoptrace.queue_wait,nope")
+    with caplog.at_level(logging.WARNING, logger="hoptrace"):
+        settings = hoptrace.configure()
+    assert settings.disabled_metrics == frozenset()
+    assert any("HOPTRACE_DISABLED_METRICS" in r.getMessage() and "nope" in r.getMessage()
+               for r in caplog.records)

@@ -1,0 +1,306 @@
+"""The lean histogram path exports exactly what the SDK's own ``Histogram.record`` exports.
+
+Each test builds two MeterProviders alike: one records through
+:class:`hoptrace.core._sdk_metrics.LeanHistogram`, the other through ``Histogram.record``. The
+same values go to both, with the same attribute dicts, in the same contexts (a sampled span,
+an unsampled one, none), and the collected data must be equal: names, descriptions, units,
+temporality, attributes, bucket bounds and counts, sum, min, max, count and exemplars (all but
+timestamps, which no two collections share).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
+from opentelemetry.sdk.metrics.view import (
+    DropAggregation,
+    ExplicitBucketHistogramAggregation,
+    ExponentialBucketHistogramAggregation,
+    View,
+)
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+import hoptrace
+from hoptrace.core import _sdk_metrics, metrics
+
+BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0]
+SEND = {"messaging.system": "rabbitmq", "messaging.operation.name": "send",
+        "messaging.destination.name": "shop:orders", "server.port": 5672}
+RECV = {"messaging.system": "kafka", "messaging.operation.name": "process",
+        "messaging.destination.name": "orders", "messaging.consumer.group.name": "g1"}
+VALUES = [0.0, 0.001, 0.004, 0.005, 0.0051, 0.02, 0.3, 0.3, 1.0, 7.5, 12.0, 600.0]
+#: Whether the installed SDK offers exemplars (1.28 and later).
+EXEMPLARS = _sdk_metrics._shape()[1]
+DELTA: dict[type, AggregationTemporality] = {Histogram: AggregationTemporality.DELTA}
+
+_sampled = TracerProvider().get_tracer("test")
+_unsampled = TracerProvider(sampler=ALWAYS_OFF).get_tracer("test")
+
+
+@contextmanager
+def active(kind: str) -> Iterator[None]:
+    """Run the block with a sampled span, an unsampled one, or none current."""
+    if kind == "none":
+        yield
+        return
+    tracer = _sampled if kind == "sampled" else _unsampled
+    span = tracer.start_span("hop")
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+        span.end()
+
+
+def snapshot(reader: InMemoryMetricReader) -> list[Any]:
+    """What the reader exports, timestamps left out, in a comparable order."""
+    data = reader.get_metrics_data()
+    out: list[Any] = []
+    for resource in data.resource_metrics if data else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                points = []
+                for p in metric.data.data_points:
+                    row: dict[str, Any] = {"attributes": dict(p.attributes or {})}
+                    for field in ("count", "sum", "min", "max", "bucket_counts", "explicit_bounds",
+                                  "scale", "zero_count", "positive", "negative", "value"):
+                        if hasattr(p, field):
+                            row[field] = getattr(p, field)
+                    row["exemplars"] = [
+                        (e.value, dict(e.filtered_attributes or {}), e.span_id, e.trace_id)
+                        for e in getattr(p, "exemplars", ())
+                    ]
+                    points.append(row)
+                points.sort(key=lambda row: sorted(map(str, row["attributes"].items())))
+                out.append((metric.name, metric.description, metric.unit,
+                            type(metric.data).__name__,
+                            getattr(metric.data, "aggregation_temporality", None), points))
+    return sorted(out, key=lambda m: m[0])
+
+
+class Pair:
+    """Two providers alike: ``lean`` records through LeanHistogram, ``sdk`` through record."""
+
+    def __init__(self, readers: Callable[[], list[InMemoryMetricReader]], **kwargs: Any) -> None:
+        self.lean_readers, self.sdk_readers = readers(), readers()
+        self.lean_provider = MeterProvider(metric_readers=self.lean_readers, **kwargs)
+        self.sdk_provider = MeterProvider(metric_readers=self.sdk_readers, **kwargs)
+        self.lean: list[Any] = []
+        self.sdk: list[Any] = []
+
+    def histogram(self, name: str) -> tuple[Any, Any]:
+        made = []
+        for provider in (self.lean_provider, self.sdk_provider):
+            meter = provider.get_meter("hoptrace")
+            try:
+                made.append(meter.create_histogram(
+                    name, unit="s", description="d", explicit_bucket_boundaries_advisory=BUCKETS))
+            except TypeError:  # API < 1.23: the default buckets
+                made.append(meter.create_histogram(name, unit="s", description="d"))
+        lean = _sdk_metrics.lean_histogram(made[0])
+        assert isinstance(lean, _sdk_metrics.LeanHistogram), "the installed SDK is a known shape"
+        self.lean.append(lean)
+        return lean, made[1].record
+
+    def record(self, pair: tuple[Any, Any], value: float, attrs: dict[str, Any]) -> None:
+        pair[0](value, attrs)
+        pair[1](value, attrs)
+
+    def compare(self) -> list[Any]:
+        got = [snapshot(r) for r in self.lean_readers]
+        want = [snapshot(r) for r in self.sdk_readers]
+        assert repr(got) == repr(want)  # (repr: a NaN sum, recorded by SDKs before 1.44)
+        return got
+
+    def lean_was_used(self) -> None:
+        assert any(h._bindings for h in self.lean), "the lean path never bound an attribute set"
+
+    def close(self) -> None:
+        self.lean_provider.shutdown()
+        self.sdk_provider.shutdown()
+
+
+def feed(pair: Pair, histograms: list[tuple[Any, Any]], kinds: tuple[str, ...]) -> None:
+    for kind in kinds:
+        with active(kind):
+            for h in histograms:
+                for value in VALUES:
+                    pair.record(h, value, SEND)
+                    pair.record(h, value / 3, RECV)
+
+
+@pytest.mark.parametrize("temporality", ["cumulative", "delta"])
+@pytest.mark.parametrize("exemplar_filter", ["trace_based", "always_on", "always_off"])
+def test_same_points_and_exemplars(
+    temporality: str, exemplar_filter: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_METRICS_EXEMPLAR_FILTER", exemplar_filter)
+    preferred = DELTA if temporality == "delta" else None
+    pair = Pair(lambda: [InMemoryMetricReader(preferred_temporality=preferred)])
+    try:
+        hs = [pair.histogram("hoptrace.queue_wait"), pair.histogram("messaging.process.duration")]
+        feed(pair, hs, ("sampled", "none", "unsampled"))
+        first = pair.compare()
+        feed(pair, hs, ("unsampled", "sampled"))  # a second collection: delta starts again
+        second = pair.compare()
+        pair.lean_was_used()
+        points = [p for metric in first[0] for p in metric[5]]
+        assert sum(p["count"] for p in points) == 2 * 2 * 3 * len(VALUES)
+        assert second[0] != first[0] or temporality == "cumulative"
+        exemplars = [e for p in points for e in p["exemplars"]]
+        assert bool(exemplars) == (EXEMPLARS and exemplar_filter != "always_off")
+    finally:
+        pair.close()
+
+
+def test_views_rename_drop_rebucket_and_filter_attributes() -> None:
+    views = [
+        View(instrument_name="hoptrace.queue_wait", name="renamed.wait",
+             aggregation=ExplicitBucketHistogramAggregation([0.01, 1.0, 100.0])),
+        View(instrument_name="hoptrace.queue_wait", name="wait.by.system",
+             attribute_keys={"messaging.system"}),
+        View(instrument_name="hoptrace.pathway.duration", aggregation=DropAggregation()),
+        View(instrument_name="messaging.process.duration",
+             aggregation=ExponentialBucketHistogramAggregation(max_size=20)),
+    ]
+    pair = Pair(lambda: [InMemoryMetricReader()], views=views)
+    try:
+        hs = [pair.histogram(n) for n in ("hoptrace.queue_wait", "hoptrace.pathway.duration",
+                                          "messaging.process.duration")]
+        feed(pair, hs, ("sampled", "none"))
+        got = pair.compare()
+        pair.lean_was_used()
+        names = {metric[0] for metric in got[0]}
+        assert names == {"renamed.wait", "wait.by.system", "messaging.process.duration"}
+        by_system = next(m for m in got[0] if m[0] == "wait.by.system")[5]
+        assert [p["attributes"] for p in by_system] == [{"messaging.system": "kafka"},
+                                                        {"messaging.system": "rabbitmq"}]
+        # The exemplars keep the attributes the View filtered out of the point.
+        assert any(e[1].get("messaging.destination.name") for p in by_system
+                                for e in p["exemplars"]) == EXEMPLARS
+    finally:
+        pair.close()
+
+
+def test_two_readers_and_a_reader_added_later() -> None:
+    pair = Pair(lambda: [InMemoryMetricReader(),
+                         InMemoryMetricReader(preferred_temporality=DELTA)])
+    try:
+        hs = [pair.histogram("hoptrace.queue_wait")]
+        feed(pair, hs, ("sampled",))
+        pair.compare()
+        late = InMemoryMetricReader(), InMemoryMetricReader()
+        if not hasattr(pair.lean_provider, "add_metric_reader"):  # pragma: no cover - SDK < 1.43
+            return
+        pair.lean_provider.add_metric_reader(late[0])
+        pair.sdk_provider.add_metric_reader(late[1])
+        feed(pair, hs, ("none", "sampled"))
+        pair.compare()
+        assert snapshot(late[0]) == snapshot(late[1])
+        assert sum(p["count"] for m in snapshot(late[0]) for p in m[5]) == 2 * 2 * len(VALUES)
+        pair.lean_was_used()
+    finally:
+        pair.close()
+
+
+def test_values_the_sdk_refuses_go_its_way() -> None:
+    pair = Pair(lambda: [InMemoryMetricReader()])
+    try:
+        h = pair.histogram("hoptrace.queue_wait")
+        pair.record(h, 0.5, SEND)  # binds
+        for value in (-1.0, math.inf, math.nan, 0.25):
+            pair.record(h, value, SEND)
+        got = pair.compare()
+        assert got[0][0][5][0]["count"] >= 2  # (before 1.44 the SDK records inf and NaN too)
+    finally:
+        pair.close()
+
+
+def test_aggregations_not_found_exactly_take_the_sdk_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    searches: list[object] = []
+    find = _sdk_metrics.LeanHistogram._find
+
+    def counted(self: Any, storages: Any, attributes: Any) -> Any:
+        searches.append(attributes)
+        find(self, storages, attributes)
+        return None  # as if two aggregations had matched
+
+    monkeypatch.setattr(_sdk_metrics.LeanHistogram, "_find", counted)
+    pair = Pair(lambda: [InMemoryMetricReader()])
+    try:
+        h = pair.histogram("hoptrace.queue_wait")
+        feed(pair, [h], ("sampled", "none"))
+        got = pair.compare()
+        assert sum(p["count"] for p in got[0][0][5]) == 2 * 2 * len(VALUES)
+        assert searches == [SEND, RECV]  # searched once per dict, not at every record
+    finally:
+        pair.close()
+
+
+def test_unknown_shape_falls_back_to_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    h = provider.get_meter("hoptrace").create_histogram("h")
+    monkeypatch.setattr(_sdk_metrics, "_known", ("a shape it does not know", False))
+    assert _sdk_metrics.lean_histogram(h) == h.record
+    monkeypatch.setattr(_sdk_metrics, "_known", None)
+    monkeypatch.setattr(h, "record", lambda *a, **k: None)  # someone wrapped this instrument
+    assert not isinstance(_sdk_metrics.lean_histogram(h), _sdk_metrics.LeanHistogram)
+    provider.shutdown()
+
+
+def run_hops(provider: MeterProvider) -> Any:
+    """Thirty hops over three edges, a seventh of the handlers failing; the live instruments."""
+    metrics.use_meter_provider(provider)
+    try:
+        for i in range(30):
+            with hoptrace.produce_scope(None, f"shop:q{i % 3}", "rabbitmq") as send:
+                carrier = send.carrier
+            try:
+                with hoptrace.consume_scope(carrier, f"shop:q{i % 3}", "rabbitmq"):
+                    if i % 7 == 0:
+                        raise KeyError("handler failed")
+            except KeyError:
+                pass
+        return metrics._instruments()
+    finally:
+        metrics.use_meter_provider(None)
+
+
+def test_hoptrace_scopes_export_the_same_with_and_without_the_lean_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lean_reader, sdk_reader = InMemoryMetricReader(), InMemoryMetricReader()
+    lean_provider = MeterProvider(metric_readers=[lean_reader])
+    sdk_provider = MeterProvider(metric_readers=[sdk_reader])
+    live = run_hops(lean_provider)
+    assert isinstance(live.process, _sdk_metrics.LeanHistogram) and live.process._bindings
+    monkeypatch.setattr(_sdk_metrics, "_known", ("forced off for the comparison", False))
+    live = run_hops(sdk_provider)
+    assert not isinstance(live.process, _sdk_metrics.LeanHistogram)
+
+    def histograms(reader: InMemoryMetricReader) -> list[Any]:
+        # (Counts, not buckets: these are real durations; the tests above compare buckets.)
+        return [(m[0], [(p["attributes"], p["count"]) for p in m[5]])
+                for m in snapshot(reader) if m[3] == "Histogram"]
+
+    got, want = histograms(lean_reader), histograms(sdk_reader)
+    assert got == want
+    assert {name for name, _ in got} == {metrics.OPERATION_DURATION, metrics.PROCESS_DURATION,
+                                        metrics.QUEUE_WAIT, metrics.PATHWAY}
+    errors = [p for name, points in got if name == metrics.PROCESS_DURATION for p in points
+              if p[0].get("error.type") == "KeyError"]
+    assert sum(p[1] for p in errors) == 5
+    lean_provider.shutdown()
+    sdk_provider.shutdown()
