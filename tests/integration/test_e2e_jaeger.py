@@ -22,7 +22,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import backends
 import brokers
 import pytest
 
@@ -58,11 +58,7 @@ SPANS_PER_REQUEST = {WEB: 2, WORKER: 2, RELAY: 2, SINK: 1}
 KINDS = {1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
 
 # ----------------------------------------------------------------------------- Jaeger ---
-# TODO: switch to tests/integration/backends.py (jaeger_query_url()) once it exists.
-JAEGER_URL_ENV = "HOPTRACE_JAEGER_URL"
-OTLP_ENDPOINT_ENV = "HOPTRACE_OTLP_ENDPOINT"
-DEFAULT_JAEGER_URL = "http://127.0.0.1:16686"
-DEFAULT_OTLP_ENDPOINT = "http://127.0.0.1:4318"
+# The Jaeger comes from backends.py (HOPTRACE_JAEGER_URL, HOPTRACE_JAEGER_OTLP_URL).
 
 
 @dataclass(frozen=True)
@@ -104,30 +100,11 @@ class Jaeger:
         return parse_otlp(found.get("result"))
 
 
-def skip_or_fail(reason: str) -> None:
-    if brokers.is_ci():
-        pytest.fail(f"{reason} [CI is set, so this fails instead of skipping]", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def jaeger() -> Jaeger:
     """The Jaeger to export to and query; skips (fails under CI) when it does not answer."""
-    query_url = os.environ.get(JAEGER_URL_ENV, "").strip() or DEFAULT_JAEGER_URL
-    otlp = os.environ.get(OTLP_ENDPOINT_ENV, "").strip() or DEFAULT_OTLP_ENDPOINT
-    backend = Jaeger(query_url.rstrip("/"), otlp.rstrip("/"))
-    try:
-        backend.get("/api/services")
-    except (OSError, ValueError) as exc:
-        skip_or_fail(f"Jaeger query API not answering at {query_url} ({exc}; set "
-                     f"{JAEGER_URL_ENV} or start Jaeger)")
-    parts = urllib.parse.urlsplit(backend.otlp_endpoint)
-    try:
-        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4318), 1).close()
-    except OSError as exc:
-        skip_or_fail(f"Jaeger OTLP endpoint not answering at {otlp} ({exc}; set "
-                     f"{OTLP_ENDPOINT_ENV})")
-    return backend
+    query_url = backends.jaeger_query_url()
+    return Jaeger(query_url, backends.jaeger_otlp_url(query_url))
 
 
 # ------------------------------------------------------------------------- OTLP JSON ---

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -11,15 +12,26 @@ from collections import defaultdict
 from hoptrace.cli.spanfile import group_traces, read_spans
 from hoptrace.core import semconv
 
+# Captured output takes its width from COLUMNS (pytest may set it narrow): keep rows whole.
+WIDE = {**os.environ, "COLUMNS": "200"}
+
 
 def test_demo_runs_three_hops_under_one_transaction_per_request(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "hoptrace.cli", "demo", "--brokers", "memory", "--out", str(tmp_path), "--requests", "2"],
-        capture_output=True,
+        [
+            sys.executable, "-m", "hoptrace.cli", "demo", "--brokers", "memory",
+            "--out", str(tmp_path), "--requests", "2", "--jaeger", "http://127.0.0.1:1",
+        ],
+        capture_output=True, env=WIDE,
         text=True,
         timeout=120,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+    # No Jaeger answering: one line says so, and the demo works from the file as before.
+    (no_jaeger,) = [line for line in out.stdout.splitlines() if line.startswith("Jaeger")]
+    assert no_jaeger.startswith("Jaeger: none answering (cannot reach Jaeger at http://127.0.0.1:1")
+    assert "the spans go to the file only" in no_jaeger
+    assert "round trip" not in out.stdout
     lines = re.findall(r"tx=(\S+) trace=(\S+)\s+(web|worker|shipping)\s", out.stdout)
     by_tx: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for tx, trace_id, hop in lines:
@@ -61,7 +73,7 @@ def test_demo_runs_three_hops_under_one_transaction_per_request(tmp_path):
     assert html.count('class="span-bar') == sum(len(t.spans) for t in traces.values()) == 10
     stats = subprocess.run(
         [sys.executable, "-m", "hoptrace.cli", "stats", str(spans_path), "--json"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True, env=WIDE, text=True, timeout=60, check=True,
     )
     edges = {(e["producer_service"], e["consumer_service"]): e for e in json.loads(stats.stdout)["edges"]}
     assert set(edges) == {("web", "worker"), ("worker", "shipping")}
@@ -71,9 +83,11 @@ def test_demo_runs_three_hops_under_one_transaction_per_request(tmp_path):
 def test_demo_without_brokers_on_the_given_ports_runs_in_memory(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "hoptrace.cli", "demo", "--out", str(tmp_path),
-         "--amqp-url", "amqp://guest:guest@127.0.0.1:1//", "--kafka", "127.0.0.1:1"],
-        capture_output=True, text=True, timeout=120,
+         "--amqp-url", "amqp://guest:guest@127.0.0.1:1//", "--kafka", "127.0.0.1:1",
+         "--jaeger", "off"],
+        capture_output=True, env=WIDE, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "running in memory" in out.stdout
+    assert "Jaeger: off (--jaeger off); the spans go to the file only." in out.stdout
     assert (tmp_path / "spans.jsonl").exists()

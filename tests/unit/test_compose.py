@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 BROKERS_FILE = ROOT / "tests" / "integration" / "brokers.py"
 KAFKA_POM = ROOT / "scripts" / "kafka" / "pom.xml"
+BROKERS_SCRIPT = ROOT / "scripts" / "brokers"
 
 # compose service -> key in brokers.DEFAULTS
 SERVICE_FOR_KIND = {"amqp": "rabbitmq", "redis": "redis", "kafka": "kafka"}
@@ -75,9 +77,9 @@ def published_ports(service: dict[str, Any]) -> dict[int, int]:
 def test_defaults_cover_every_broker(brokers: ModuleType) -> None:
     assert set(brokers.DEFAULTS) == set(SERVICE_FOR_KIND)
     assert brokers.ENV_VARS == {
-        "amqp": "HOPTRACE_TEST_AMQP_URL",
-        "redis": "HOPTRACE_TEST_REDIS_URL",
-        "kafka": "HOPTRACE_TEST_KAFKA_BOOTSTRAP",
+        "amqp": "HOPTRACE_AMQP_URL",
+        "redis": "HOPTRACE_REDIS_URL",
+        "kafka": "HOPTRACE_KAFKA_BOOTSTRAP",
     }
 
 
@@ -118,8 +120,23 @@ def test_kafka_image_matches_scripts_brokers_version(services: dict[str, Any]) -
 
 def test_jaeger_exposes_otlp_and_ui(services: dict[str, Any]) -> None:
     jaeger = services["jaeger"]
-    assert jaeger["image"].startswith("jaegertracing/all-in-one")
-    assert str(jaeger["environment"]["COLLECTOR_OTLP_ENABLED"]).lower() == "true"
+    assert jaeger["image"].startswith("jaegertracing/jaeger:")  # v2: OTLP on by default
     ports = published_ports(jaeger)
     for port in (4317, 4318, 16686):
         assert ports.get(port) == port, f"jaeger does not publish {port}: {ports}"
+
+
+def _script_setting(name: str) -> str:
+    match = re.search(rf"^{name}=(\S+)$", BROKERS_SCRIPT.read_text(encoding="utf-8"), re.M)
+    assert match, f"{name} missing from scripts/brokers"
+    return match.group(1)
+
+
+def test_jaeger_image_is_the_release_scripts_brokers_builds(services: dict[str, Any]) -> None:
+    # Jaeger tags each release twice (v1.76.0 / v2.13.0): the script builds the Go module
+    # version and names its v2 twin, which is the image tag.
+    v1, v2 = _script_setting("JAEGER_VERSION"), _script_setting("JAEGER_V2_VERSION")
+    assert re.fullmatch(r"v1\.\d+\.\d+", v1) and re.fullmatch(r"v2\.\d+\.\d+", v2)
+    # the twins move together: v1.(63 + n) is v2.n, from v1.63.0 / v2.0.0 on
+    assert int(v1.split(".")[1]) - 63 == int(v2.split(".")[1])
+    assert services["jaeger"]["image"] == f"jaegertracing/jaeger:{v2.removeprefix('v')}"

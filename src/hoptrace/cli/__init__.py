@@ -6,6 +6,8 @@
     hoptrace view spans.jsonl             # waterfall per trace in the terminal
     hoptrace view spans.jsonl --html report.html
     hoptrace stats spans.jsonl [--json]   # per-edge queue wait / processing, slowest traces
+    hoptrace view --jaeger http://127.0.0.1:16686 --service api --since 15m
+    hoptrace stats --jaeger http://127.0.0.1:16686    # (or --tempo URL) read a tracing backend
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from .analysis import critical_path, edge_stats, slowest_traces
+from .backends import make_reader, read_backend, source_options
 from .html_report import render_html
 from .spanfile import (
     SpanFileError,
@@ -32,18 +34,19 @@ from .spanfile import (
     paused_gc,
     read_spans,
 )
-from .waterfall import BAR_WIDTH, format_ms, print_traces
+from .stats_report import StatsReport, print_lines
+from .waterfall import BAR_WIDTH, print_traces
 
 __all__ = ["main"]
 
 
 def _console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
-    # Piped or captured output is not cut to 80 columns: tables and bars stay whole.
+    # Piped or captured output is as wide as COLUMNS says, else 160 columns.
     width = None
     if not stream.isatty():
         columns = os.environ.get("COLUMNS", "")
-        width = max(160, int(columns) if columns.isdigit() else 0)
+        width = int(columns) if columns.isdigit() and int(columns) > 0 else 160
     return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
 
@@ -70,6 +73,20 @@ def load_spans(path: str, console: Console | None = None) -> list[SpanRecord]:
         raise click.ClickException(f"{path}: {exc.strerror or exc}") from None
 
 
+def load_source(
+    file: str | None, source: dict[str, Any], trace_id: str | None = None
+) -> tuple[list[SpanRecord], str]:
+    """Spans from FILE or from the backend the options name, and a label for where from."""
+    reader = make_reader(source)
+    if reader is not None and file:
+        raise click.UsageError("give a span FILE or --jaeger/--tempo, not both")
+    if reader is not None:
+        return read_backend(reader, source, trace_id, _console(stderr=True))
+    if not file:
+        raise click.UsageError("give a span FILE, or --jaeger URL / --tempo URL")
+    return load_spans(file), file
+
+
 def select_traces(traces: dict[str, Trace], wanted: str | None) -> list[Trace]:
     """Return the traces in start order; only the one matching ``wanted`` if given.
 
@@ -85,7 +102,7 @@ def select_traces(traces: dict[str, Trace], wanted: str | None) -> list[Trace]:
     if not found:
         found = [t for t in ordered if t.trace_id.startswith(key)]
     if not found:
-        raise click.ClickException(f"no trace or transaction {wanted!r} in the file")
+        raise click.ClickException(f"no trace or transaction {wanted!r} in the spans read")
     return found
 
 
@@ -96,7 +113,8 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False))
+@source_options
 @click.option(
     "--trace", "trace_id", help="Show only this trace (trace ID, prefix, or transaction ID)."
 )
@@ -105,10 +123,18 @@ def main() -> None:
 )
 @click.option("--limit", default=20, show_default=True, help="Show at most this many traces.")
 @click.option("--width", default=BAR_WIDTH, show_default=True, help="Width of the timeline bars.")
-def view(file: str, trace_id: str | None, html_out: str | None, limit: int, width: int) -> None:
-    """Draw each trace in FILE as a waterfall (JSONL from hoptrace, or OTLP JSON)."""
+def view(
+    file: str | None,
+    trace_id: str | None,
+    html_out: str | None,
+    limit: int,
+    width: int,
+    **source: Any,
+) -> None:
+    """Draw each trace in FILE (JSONL from hoptrace, or OTLP JSON), or in Jaeger or Tempo,
+    as a waterfall."""
     console = _console()
-    spans = load_spans(file)
+    spans, file = load_source(file, source, trace_id)
     traces = group_traces(spans)
     if not traces:
         raise click.ClickException(f"{file}: no spans")
@@ -128,19 +154,24 @@ def view(file: str, trace_id: str | None, html_out: str | None, limit: int, widt
         console.print(f"HTML report: {html_out}")
 
 
-def _pct(summary: dict[str, float | None], key: str) -> str:
-    value = summary[key]
-    return format_ms(value) if value is not None else "-"
-
-
 @main.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False))
+@source_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--top", default=5, show_default=True, help="How many slowest traces to list.")
 @click.option("--trace", "trace_id", help="Critical path of this trace (default: the slowest).")
-def stats(file: str, as_json: bool, top: int, trace_id: str | None) -> None:
-    """Queue wait and processing time per edge, the slowest traces, and a critical path."""
-    spans = load_spans(file)
+@click.option("--wide", is_flag=True, help="Every percentile, and messages sent, per edge.")
+def stats(
+    file: str | None,
+    as_json: bool,
+    top: int,
+    trace_id: str | None,
+    wide: bool = False,
+    **source: Any,
+) -> None:
+    """Queue wait, processing, throughput and unpaired sends per edge, the slowest traces,
+    and a critical path, from FILE or from Jaeger or Tempo."""
+    spans, file = load_source(file, source)
     if not spans:
         raise click.ClickException(f"{file}: no spans")
     with paused_gc():
@@ -149,85 +180,12 @@ def stats(file: str, as_json: bool, top: int, trace_id: str | None) -> None:
     slowest = slowest_traces(traces.values(), top)
     target = select_traces(traces, trace_id)[0] if trace_id else (slowest[0] if slowest else None)
     path = critical_path(target) if target is not None else None
+    report = StatsReport(file, len(spans), len(traces), edges, slowest, path)
     if as_json:
-        report: dict[str, Any] = {
-            "file": file,
-            "spans": len(spans),
-            "traces": len(traces),
-            "edges": [edge.as_dict() for edge in edges],
-            "slowest_traces": [
-                {
-                    "trace_id": t.trace_id,
-                    "transaction_id": t.transaction_id,
-                    "duration_ms": t.duration_ms,
-                    "spans": len(t.spans),
-                    "errors": t.error_count,
-                }
-                for t in slowest
-            ],
-            "critical_path": path.as_dict() if path is not None else None,
-        }
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(report.as_dict(), indent=2))
         return
     console = _console()
-    console.print(f"{len(spans)} spans in {len(traces)} traces from {file}\n")
-    table = Table(title="edges: producer → destination → consumer", title_justify="left")
-    for column in ("producer", "destination", "consumer", "count"):
-        table.add_column(column, no_wrap=True, justify="right" if column == "count" else "left")
-    percentiles = ("wait p50", "wait p95", "wait p99", "proc p50", "proc p95", "proc p99")
-    for column in (*percentiles, "errors"):
-        table.add_column(column, justify="right", no_wrap=True)
-    for edge in edges:
-        wait = edge.as_dict()["queue_wait_ms"]
-        proc = edge.as_dict()["processing_ms"]
-        table.add_row(
-            edge.producer_service,
-            edge.destination,
-            edge.consumer_service,
-            str(edge.count),
-            _pct(wait, "p50"),
-            _pct(wait, "p95"),
-            _pct(wait, "p99"),
-            _pct(proc, "p50"),
-            _pct(proc, "p95"),
-            _pct(proc, "p99"),
-            f"{edge.error_rate:.1%}",
-        )
-    if not edges:
-        table.caption = "no consumer spans in the file"
-    console.print(table)
-    slow = Table(title="slowest traces", title_justify="left")
-    for column in ("trace", "transaction", "duration", "spans", "errors"):
-        slow.add_column(column, no_wrap=True)
-    for t in slowest:
-        slow.add_row(
-            t.trace_id, t.transaction_id or "-", format_ms(t.duration_ms), str(len(t.spans)),
-            str(t.error_count),
-        )
-    console.print(slow)
-    if path is not None:
-        took = format_ms(path.trace.duration_ms)
-        console.print(f"critical path of trace {path.trace.trace_id} ({took})", soft_wrap=True)
-        crit = Table()
-        for column in ("span", "service", "queue wait", "own time"):
-            crit.add_column(column, no_wrap=True)
-        for step in path.steps:
-            crit.add_row(
-                ("✗ " if step.span.is_error else "") + step.span.name,
-                step.span.service,
-                format_ms(step.queue_wait_ms) if step.queue_wait_ms is not None else "",
-                format_ms(step.self_ms),
-            )
-        console.print(crit)
-        dominant = path.dominant
-        if dominant is not None:
-            what, step = dominant
-            value = step.queue_wait_ms if what == "queue_wait" else step.self_ms
-            label = "waiting in the queue before" if what == "queue_wait" else "processing in"
-            console.print(
-                f"dominant: {format_ms(value or 0.0)} {label} {step.span.name!r} "
-                f"({step.span.service})"
-            )
+    print_lines(console, report.lines(console.width, wide))
 
 
 def _register_demo() -> None:

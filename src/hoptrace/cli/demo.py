@@ -8,29 +8,45 @@ Runs with no broker: kombu's ``memory://`` transport and an in-process Celery wo
 4. a kombu consumer handles it.
 
 Each hop logs one line; every line carries the request's transaction ID. The spans go to a
-JSONL file, which the demo then draws as a waterfall and as an HTML report.
+JSONL file, which the demo then draws as a waterfall and as an HTML report. When a Jaeger
+answers (``scripts/brokers up`` runs one), the spans also go to it over OTLP, and the demo
+reads them back from its query API, as ``hoptrace view --jaeger`` does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import click
 from opentelemetry import trace
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .backends import JaegerReader
+    from .spanfile import Trace
 
 LOGGER = "hoptrace.demo"
 TASK = "demo.charge_card"
 #: How often kombu's in-memory transport polls its queues (its default is one second).
 POLL_S = 0.05
+#: Where ``scripts/brokers up`` runs Jaeger: its query API, and OTLP over HTTP.
+DEFAULT_JAEGER_URL = "http://127.0.0.1:16686"
+OTLP_HTTP_PORT = 4318
+#: How long the demo waits for Jaeger to hold every span it exported.
+JAEGER_WAIT_S = 20.0
 
 
 #: The demo's three "services" share one process; this says whose code is running.
@@ -110,11 +126,13 @@ def run_demo(
     brokers: str = "memory",
     amqp_url: str | None = None,
     kafka_bootstrap: str | None = None,
+    otlp_endpoint: str | None = None,
 ) -> tuple[Path, list[str], list[str | None]]:
     """Run the flow ``requests`` times (on ``memory://``, or on the local brokers).
 
-    Return the span file, each response's transaction ID, and the transaction ID of each
-    demo log line.
+    The spans go to ``spans.jsonl`` in ``out_dir``, and over OTLP/HTTP to ``otlp_endpoint``
+    (e.g. ``http://127.0.0.1:4318``) when one is given. Return the span file, each
+    response's transaction ID, and the transaction ID of each demo log line.
     """
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -132,6 +150,15 @@ def run_demo(
         providers[name].add_span_processor(
             SimpleSpanProcessor(JsonLinesSpanExporter(spans_path))
         )
+        if otlp_endpoint:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+            providers[name].add_span_processor(
+                BatchSpanProcessor(
+                    OTLPSpanExporter(endpoint=otlp_endpoint.rstrip("/") + "/v1/traces", timeout=5)
+                )
+            )
     trace.set_tracer_provider(_PerServiceProvider(providers))
 
     logs.install()
@@ -267,6 +294,101 @@ async def _post_checkout(web: Any, order_id: int) -> tuple[str, str]:
     return response.headers["x-transaction-id"], response.json()["task_id"]
 
 
+def find_jaeger(option: str) -> tuple[JaegerReader | None, str]:
+    """The Jaeger to export to (None if none answers), and one line saying what was found.
+
+    ``option`` is ``auto`` (``HOPTRACE_JAEGER_URL``, else the local default), ``off``, or a
+    query URL.
+    """
+    from .backends import BackendError, JaegerReader
+
+    if option == "off":
+        return None, "Jaeger: off (--jaeger off); the spans go to the file only."
+    url = option
+    if option == "auto":
+        url = os.environ.get("HOPTRACE_JAEGER_URL") or DEFAULT_JAEGER_URL
+    try:
+        reader = JaegerReader(url, timeout=2.0)
+        reader.services()
+    except BackendError as exc:
+        return None, (
+            f"Jaeger: none answering ({exc}); the spans go to the file only "
+            "(`scripts/brokers up jaeger` starts one)."
+        )
+    return reader, f"Jaeger answers at {reader.url}: the spans go there too, over OTLP."
+
+
+def otlp_endpoint_for(reader: JaegerReader) -> str:
+    """Jaeger's OTLP/HTTP receiver: the query API's host, port 4318."""
+    host = urlsplit(reader.url).hostname or "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{OTLP_HTTP_PORT}"
+
+
+def read_back(
+    reader: JaegerReader, file_traces: list[Trace], since_ns: int, wait_s: float = JAEGER_WAIT_S
+) -> dict[str, Trace]:
+    """Read this run's traces back from Jaeger, waiting until it holds every span of them."""
+    from .backends import TimeWindow, fetch_window
+    from .spanfile import group_traces
+
+    wanted = {t.trace_id: len(t.spans) for t in file_traces}
+    services = sorted({root.service for t in file_traces for root in t.roots})
+    deadline = time.monotonic() + wait_s
+    while True:
+        window = TimeWindow(since_ns, time.time_ns() + 1_000_000_000)
+        found = fetch_window(reader, services, window, page_size=max(100, 2 * len(wanted)))
+        grouped = group_traces(found.spans)
+        ours = {trace_id: t for trace_id, t in grouped.items() if trace_id in wanted}
+        complete = all(len(ours[t].spans) >= n for t, n in wanted.items() if t in ours)
+        if (len(ours) == len(wanted) and complete) or time.monotonic() >= deadline:
+            return ours
+        time.sleep(0.25)
+
+
+def show_round_trip(
+    console: Console, reader: JaegerReader, file_traces: list[Trace], since_ns: int
+) -> Trace | None:
+    """Print what Jaeger gave back; return the first trace as read from it (None: it failed)."""
+    from .backends import BackendError
+    from .waterfall import format_ms
+
+    try:
+        back = read_back(reader, file_traces, since_ns)
+    except BackendError as exc:
+        console.print(f"[red]Jaeger round trip failed: {exc}[/red]")
+        return None
+    same = [
+        t
+        for t in file_traces
+        if t.trace_id in back
+        and {(s.span_id, s.parent_span_id) for s in back[t.trace_id].spans}
+        == {(s.span_id, s.parent_span_id) for s in t.spans}
+    ]
+    spans = sum(len(t.spans) for t in back.values())
+    console.print(
+        f"Jaeger round trip: read back {len(back)} of {len(file_traces)} traces ({spans} spans) "
+        f"from {reader.url}; {len(same)} match the file span for span, parents included.",
+        soft_wrap=True,
+    )
+    if len(same) != len(file_traces):
+        console.print("[red]Jaeger did not give back every span the demo exported[/red]")
+        return None
+    slowest = max(back.values(), key=lambda t: t.duration_ms)
+    console.print(
+        f"slowest trace ({format_ms(slowest.duration_ms)}), as OTLP JSON: "
+        f"{reader.trace_url(slowest.trace_id)}",
+        soft_wrap=True,
+    )
+    ui = reader.ui_url(slowest.trace_id)
+    console.print(
+        f"in the Jaeger UI: {ui}" if ui else "(this Jaeger serves no UI: a source build)",
+        soft_wrap=True,
+    )
+    first = file_traces[0].trace_id
+    return back[first]
+
+
 @click.command()
 @click.option(
     "--out",
@@ -293,12 +415,30 @@ async def _post_checkout(web: Any, order_id: int) -> tuple[str, str]:
 @click.option(
     "--kafka", "kafka_bootstrap", default=None, help="Kafka bootstrap for --brokers local."
 )
+@click.option(
+    "--jaeger",
+    "jaeger_option",
+    default="auto",
+    show_default=True,
+    metavar="URL|auto|off",
+    help="Also export to this Jaeger over OTLP and read the traces back from its query API. "
+    f"auto: $HOPTRACE_JAEGER_URL, else {DEFAULT_JAEGER_URL}, when it answers.",
+)
+@click.option(
+    "--otlp",
+    "otlp_option",
+    default=None,
+    metavar="URL",
+    help=f"Jaeger's OTLP/HTTP endpoint (default: the --jaeger host, port {OTLP_HTTP_PORT}).",
+)
 def demo(
     out_dir: str | None,
     requests: int | None,
     brokers: str,
     amqp_url: str | None,
     kafka_bootstrap: str | None,
+    jaeger_option: str,
+    otlp_option: str | None,
 ) -> None:
     """Run HTTP → Celery → message consumer with one transaction ID, then show the trace.
 
@@ -327,10 +467,19 @@ def demo(
         from .demo_brokers import DEFAULT_AMQP_URL, DEFAULT_KAFKA, check_brokers
 
         check_brokers(amqp_url or DEFAULT_AMQP_URL, kafka_bootstrap or DEFAULT_KAFKA)
+    jaeger, found_jaeger = find_jaeger(jaeger_option)
+    click.echo(found_jaeger)
+    otlp = (otlp_option or otlp_endpoint_for(jaeger)) if jaeger is not None else None
     target = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="hoptrace-demo-"))
     click.echo("log lines (each hop logs one; all share the request's transaction ID):")
+    started_ns = time.time_ns() - 1_000_000_000
     spans_path, transactions, logged = run_demo(
-        target, requests, brokers=brokers, amqp_url=amqp_url, kafka_bootstrap=kafka_bootstrap
+        target,
+        requests,
+        brokers=brokers,
+        amqp_url=amqp_url,
+        kafka_bootstrap=kafka_bootstrap,
+        otlp_endpoint=otlp,
     )
     traces = sorted(group_traces(read_spans(spans_path)).values(), key=lambda t: t.start_ns)
     first = next((t for t in traces if t.transaction_id == transactions[0]), None)
@@ -338,6 +487,15 @@ def demo(
 
     console = _console()
     console.print()
+    round_trip_ok = True
+    if jaeger is not None and first is not None:
+        ordered = [first, *(t for t in traces if t is not first)]
+        from_jaeger = show_round_trip(console, jaeger, ordered, started_ns)
+        round_trip_ok = from_jaeger is not None
+        if from_jaeger is not None:
+            console.print(f"the first request's trace, as read back from Jaeger ({jaeger.url}):")
+            first = from_jaeger
+        console.print()
     if first is not None:
         print_traces(console, [first])
     html_path = target / "report.html"
@@ -348,9 +506,17 @@ def demo(
     console.print(
         f"next: hoptrace view {spans_path}  |  hoptrace stats {spans_path}", soft_wrap=True
     )
+    if jaeger is not None:
+        root = first.spans[0].service if first is not None and first.spans else "web"
+        console.print(
+            f"      hoptrace stats --jaeger {jaeger.url} --service {root} --since 15m",
+            soft_wrap=True,
+        )
     # Each request logged one line per hop, all with its transaction ID.
     hops = 4 if brokers == "local" else 3
     expected = sorted(tx for tx in transactions for _ in range(hops))
     if first is None or sorted(str(tx) for tx in logged) != expected:
         console.print("[red]the hops did not share one transaction ID per request[/red]")
+        sys.exit(1)
+    if not round_trip_ok:
         sys.exit(1)

@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import click
 
@@ -63,7 +63,8 @@ def _pika_parameters(amqp_url: str) -> Any:
     import pika  # type: ignore[import-untyped]
 
     parts = urlsplit(amqp_url)
-    vhost = parts.path[1:] if parts.path not in ("", "/", "//") else "/"
+    # "//" is kombu's spelling of the default vhost; "/%2F" is pika's and the URL standard's
+    vhost = unquote(parts.path[1:]) if parts.path not in ("", "/", "//") else "/"
     return pika.ConnectionParameters(
         host=parts.hostname or "127.0.0.1",
         port=parts.port or 5672,
@@ -106,6 +107,62 @@ class _KafkaLoop:
         self.loop.close()
 
 
+class _Shipping:
+    """The final consumer: pika, in its own thread, until told to stop."""
+
+    def __init__(
+        self,
+        amqp_url: str,
+        queue: str,
+        expected: int,
+        log: logging.Logger,
+        set_service: Callable[[str], object],
+    ) -> None:
+        self.amqp_url, self.queue, self.log, self.set_service = amqp_url, queue, log, set_service
+        self.remaining = expected
+        self.handled = threading.Event()  # every expected message was handled
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="shipping", daemon=True)
+
+    def _run(self) -> None:
+        import pika
+
+        self.set_service("shipping")
+        connection = pika.BlockingConnection(_pika_parameters(self.amqp_url))
+        channel = connection.channel()
+        channel.basic_consume(self.queue, self._on_message)
+        while not self.stop.is_set():
+            connection.process_data_events(time_limit=0.1)
+        connection.close()
+
+    def _on_message(self, ch: Any, method: Any, properties: Any, body: bytes) -> None:
+        self.log.info("shipping order %s shipped", json.loads(body)["order"])
+        ch.basic_ack(method.delivery_tag)
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.handled.set()
+
+    def close(self) -> None:
+        """Stop consuming and wait for the thread."""
+        self.stop.set()
+        self.thread.join(10)
+
+
+async def _post_all(web: Any, requests: int) -> list[str]:
+    """POST ``requests`` checkouts at once; return their transaction IDs."""
+    import httpx
+
+    transport = httpx.ASGITransport(app=web)
+    async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+
+        async def post(order_id: int) -> str:
+            response = await client.post("/checkout", json={"id": order_id})
+            response.raise_for_status()
+            return str(response.headers["x-transaction-id"])
+
+        return list(await asyncio.gather(*(post(i) for i in range(1, requests + 1))))
+
+
 def run_brokers_demo(
     requests: int,
     log: logging.Logger,
@@ -117,7 +174,6 @@ def run_brokers_demo(
 
     The caller has installed the tracer provider and the log handler.
     """
-    import httpx
     import pika
     from aiokafka import (  # type: ignore[import-untyped]
         AIOKafkaConsumer,
@@ -195,58 +251,23 @@ def run_brokers_demo(
 
     relay_task = asyncio.run_coroutine_threadsafe(relay(), kafka.loop)
 
-    # The final consumer: pika, in its own thread.
-    handled = threading.Event()
-    remaining = [requests]
-    stop_final = threading.Event()
-
-    def final() -> None:
-        set_service("shipping")
-        connection = pika.BlockingConnection(_pika_parameters(amqp_url))
-        channel = connection.channel()
-
-        def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
-            log.info("shipping order %s shipped", json.loads(body)["order"])
-            ch.basic_ack(method.delivery_tag)
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                handled.set()
-
-        channel.basic_consume(final_queue, on_message)
-        while not stop_final.is_set():
-            connection.process_data_events(time_limit=0.1)
-        connection.close()
-
-    final_thread = threading.Thread(target=final, name="shipping", daemon=True)
-    final_thread.start()
+    shipping = _Shipping(amqp_url, final_queue, requests, log, set_service)
+    shipping.thread.start()
 
     transactions: list[str] = []
     web = web_app(charge_card, log)
-
-    async def post_all() -> list[str]:
-        transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
-
-            async def post(order_id: int) -> str:
-                response = await client.post("/checkout", json={"id": order_id})
-                response.raise_for_status()
-                return response.headers["x-transaction-id"]
-
-            return list(await asyncio.gather(*(post(i) for i in range(1, requests + 1))))
-
     try:
         with start_worker(
             app, pool="solo", perform_ping_check=False, shutdown_timeout=30
         ):
             set_service("web")
-            transactions = asyncio.run(post_all())
-            if not handled.wait(60):
+            transactions = asyncio.run(_post_all(web, requests))
+            if not shipping.handled.wait(60):
                 raise click.ClickException(
-                    f"only {requests - remaining[0]} of {requests} messages reached the end"
+                    f"only {requests - shipping.remaining} of {requests} messages reached the end"
                 )
     finally:
-        stop_final.set()
-        final_thread.join(10)
+        shipping.close()
         relay_task.cancel()
 
         async def stop_kafka() -> None:

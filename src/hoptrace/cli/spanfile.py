@@ -219,6 +219,25 @@ def _otlp_records(obj: dict[str, Any]) -> Iterator[SpanRecord]:
                 )
 
 
+def otlp_records(document: Any) -> list[SpanRecord]:
+    """Every span in one OTLP JSON document (``resourceSpans``, or Tempo's ``batches``).
+
+    Raises ValueError, naming what is wrong, on anything else.
+    """
+    if not isinstance(document, dict):
+        raise ValueError(f"expected a JSON object, got {type(document).__name__}")
+    if "resourceSpans" not in document and isinstance(document.get("batches"), list):
+        document = {"resourceSpans": document["batches"]}
+    if not isinstance(document.get("resourceSpans"), list):
+        raise ValueError("no resourceSpans list: not an OTLP JSON trace")
+    try:
+        return list(_otlp_records(document))
+    except KeyError as exc:
+        raise ValueError(_describe(exc)) from None
+    except (TypeError, AttributeError) as exc:
+        raise ValueError(f"malformed OTLP JSON: {exc}") from None
+
+
 def _records_of(obj: Any) -> Iterator[SpanRecord]:
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")

@@ -56,26 +56,29 @@ def trace_header(trace: Trace) -> Text:
 
 _DURATION_WIDTH = 8
 _WAIT_WIDTH = 10
+_MIN_LABEL = 20
+_MIN_BAR = 10
 
 
 def trace_table(trace: Trace, width: int = BAR_WIDTH, total_width: int | None = None) -> Table:
     """Return the waterfall of one trace as a rich Table.
 
-    With ``total_width`` (the console's width), long span names are cut with ``…`` so that
-    the service, timeline and figures always show whole.
+    With ``total_width`` (the console's width), the timeline narrows (to 10 cells at least)
+    and long span names are cut with ``…``, so that the service and the figures always show
+    whole.
     """
     trace.link_sends()  # queue waits never begin before their send span
     start = trace.start_ns
     total = max(trace.end_ns - start, 1)
-    service_width = min(max((len(span.service) for span in trace.spans), default=7), 24)
+    service_width = max(min(max((len(span.service) for span in trace.spans), default=7), 24), 7)
     label_width: int | None = None
     if total_width is not None:
-        label_width = max(
-            20, total_width - service_width - width - _DURATION_WIDTH - _WAIT_WIDTH - 4
-        )
+        fixed = service_width + _DURATION_WIDTH + _WAIT_WIDTH + 4  # 4: the gaps between columns
+        width = max(_MIN_BAR, min(width, total_width - fixed - _MIN_LABEL))
+        label_width = max(_MIN_LABEL, total_width - fixed - width)
     table = Table(box=None, pad_edge=False, expand=False, padding=(0, 1, 0, 0))
     table.add_column("span", no_wrap=True, max_width=label_width)
-    table.add_column("service", no_wrap=True, style="magenta", width=max(service_width, 7))
+    table.add_column("service", no_wrap=True, style="magenta", width=service_width)
     table.add_column("timeline", no_wrap=True, width=width)
     table.add_column("duration", justify="right", no_wrap=True, width=_DURATION_WIDTH)
     table.add_column(
@@ -105,7 +108,7 @@ def trace_table(trace: Trace, width: int = BAR_WIDTH, total_width: int | None = 
 def print_traces(console: Console, traces: list[Trace], width: int = BAR_WIDTH) -> None:
     """Print the waterfall of each trace, with a legend once."""
     for trace in traces:
-        console.print(trace_header(trace), soft_wrap=True)
+        console.print(trace_header(trace))  # wrapped between words at the console's width
         console.print(trace_table(trace, width, console.width))
         console.print()
     if traces:
