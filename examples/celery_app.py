@@ -1,6 +1,7 @@
 """Celery with hoptrace: a chain, a chord and a retry in one trace and one transaction each.
 
-Needs RabbitMQ (broker) and Redis (results) on localhost (``scripts/brokers up``). Run::
+Needs RabbitMQ (broker) and Redis (results): the local ones (``scripts/brokers up``), or those
+named by ``HOPTRACE_AMQP_URL`` and ``HOPTRACE_REDIS_URL``. Run::
 
     python examples/celery_app.py
 
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from broker_urls import amqp_url, redis_url
 from celery import Celery, chain, chord, signals
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -35,8 +37,8 @@ import hoptrace
 import hoptrace.celery
 import hoptrace.logs
 
-BROKER = os.environ.get("HOPTRACE_EXAMPLE_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
-BACKEND = os.environ.get("HOPTRACE_EXAMPLE_BACKEND", "redis://127.0.0.1:6379/0")
+BROKER = amqp_url()
+BACKEND = redis_url()
 QUEUE = os.environ.get("HOPTRACE_EXAMPLE_QUEUE", "hoptrace-example")
 SPANS_FILE = Path(os.environ.get("HOPTRACE_EXAMPLE_SPANS",
                                  Path(tempfile.gettempdir()) / "hoptrace-example-spans.jsonl"))

@@ -1,13 +1,20 @@
 """JSON log lines that carry the transaction ID, trace ID and hop details, with stdlib logging
 and with structlog. Needs no broker: ``python examples/json_logging.py``.
+
+structlog is your logging library, not a hoptrace dependency: without it installed, the example
+prints the two stdlib lines and says so on stderr (``pip install structlog`` for the third).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
-import structlog
+try:
+    import structlog
+except ModuleNotFoundError:  # optional: see the docstring
+    structlog = None  # type: ignore[assignment]
 
 import hoptrace
 from hoptrace import logs
@@ -24,7 +31,10 @@ def setup_stdlib() -> logging.Logger:
     return logger
 
 
-def setup_structlog() -> structlog.stdlib.BoundLogger:
+def setup_structlog() -> Any:
+    if structlog is None:
+        print("json_logging.py: structlog is not installed; skipping its line", file=sys.stderr)
+        return None
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -45,7 +55,8 @@ def main() -> None:
     # ... the headers cross a queue ...
     with hoptrace.consume_scope(headers, "payments", "rabbitmq", message_id="msg-7"):
         log.info("payment captured")
-        slog.info("payment captured", amount=42)
+        if slog is not None:
+            slog.info("payment captured", amount=42)
 
 
 if __name__ == "__main__":

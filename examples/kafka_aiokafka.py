@@ -1,7 +1,7 @@
 """aiokafka through a real Kafka broker: the handler of each record runs in the producer's trace.
 
 Run ``scripts/brokers up kafka`` and then ``python examples/kafka_aiokafka.py`` (the broker
-address comes from ``HOPTRACE_TEST_KAFKA_BOOTSTRAP``, default ``127.0.0.1:9092``). It sends
+address comes from ``HOPTRACE_KAFKA_BOOTSTRAP``, default ``127.0.0.1:9092``). It sends
 two orders, each in its own transaction, handles them with ``async for`` and prints the log
 lines and the span tree: ``send orders-…`` with ``process orders-…`` as its child.
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from broker_urls import kafka_bootstrap
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -25,7 +25,7 @@ import hoptrace
 import hoptrace.aiokafka
 from hoptrace import logs
 
-BOOTSTRAP = os.environ.get("HOPTRACE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+BOOTSTRAP = kafka_bootstrap()
 log = logging.getLogger("orders")
 
 

@@ -1,7 +1,7 @@
 """kafka-python through a real Kafka broker: ``for msg in consumer`` runs in each record's trace.
 
 Run ``scripts/brokers up kafka`` and then ``python examples/kafka_python.py`` (the broker
-address comes from ``HOPTRACE_TEST_KAFKA_BOOTSTRAP``, default ``127.0.0.1:9092``). It sends
+address comes from ``HOPTRACE_KAFKA_BOOTSTRAP``, default ``127.0.0.1:9092``). It sends
 two orders, each in its own transaction, iterates over them and prints the log lines and the
 span tree: ``send orders-…`` with ``process orders-…`` as its child.
 """
@@ -9,10 +9,10 @@ span tree: ``send orders-…`` with ``process orders-…`` as its child.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import uuid
 
+from broker_urls import kafka_bootstrap
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from opentelemetry import trace
@@ -24,7 +24,7 @@ import hoptrace
 import hoptrace.kafka_python
 from hoptrace import logs
 
-BOOTSTRAP = os.environ.get("HOPTRACE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+BOOTSTRAP = kafka_bootstrap()
 log = logging.getLogger("orders")
 
 

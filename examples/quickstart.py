@@ -1,8 +1,9 @@
 """The smallest end-to-end hop: a producer and a consumer on kombu's in-memory transport.
 
-Needs no broker. Run it with ``make demo`` or ``python examples/quickstart.py``. Every log
-line it prints carries the same transaction ID and trace ID, from the request that started
-the flow, through the queue, into the consumer's handler.
+Needs no broker (kombu, from ``pip install 'hoptrace[all]'`` or ``[kombu]``). Run it with
+``python examples/quickstart.py`` (in a checkout: ``.venv/bin/python``, the venv ``make demo``
+builds). Every log line it prints carries the same transaction ID and trace ID, from the
+request that started the flow, through the queue, into the consumer's handler.
 """
 
 from __future__ import annotations

@@ -5,24 +5,24 @@ Run against a local RabbitMQ (``scripts/brokers up rabbitmq``)::
     python examples/rabbitmq_aio_pika.py
 
 Inside the loop body every log line carries the publisher's transaction ID and trace ID.
-Set ``HOPTRACE_EXAMPLE_AMQP_URL`` to use another broker.
+Set ``HOPTRACE_AMQP_URL`` to use another broker (see ``examples/broker_urls.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 import uuid
 
 import aio_pika
+from broker_urls import amqp_url
 
 import hoptrace
 import hoptrace.aio_pika
 from hoptrace import logs
 
-URL = os.environ.get("HOPTRACE_EXAMPLE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+URL = amqp_url()
 log = logging.getLogger("orders")
 
 

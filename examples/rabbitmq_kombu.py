@@ -5,18 +5,18 @@ Run against a local RabbitMQ (``scripts/brokers up rabbitmq``)::
     python examples/rabbitmq_kombu.py
 
 The worker's log lines carry the transaction ID of the request that published the message.
-Set ``HOPTRACE_EXAMPLE_KOMBU_URL`` to use another broker (``redis://127.0.0.1:6379/0`` works
-too).
+Set ``HOPTRACE_AMQP_URL`` to use another broker; ``python examples/rabbitmq_kombu.py redis`` runs
+it on Redis (``HOPTRACE_REDIS_URL``) instead.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import uuid
 from typing import Any
 
+from broker_urls import amqp_url, redis_url
 from kombu import Connection, Exchange, Queue
 from kombu.mixins import ConsumerMixin
 
@@ -24,7 +24,8 @@ import hoptrace
 import hoptrace.kombu
 from hoptrace import logs
 
-URL = os.environ.get("HOPTRACE_EXAMPLE_KOMBU_URL", "amqp://guest:guest@127.0.0.1:5672//")
+# `python examples/rabbitmq_kombu.py redis` runs it on Redis (kombu's Redis transport).
+URL = redis_url() if sys.argv[1:] == ["redis"] else amqp_url()
 log = logging.getLogger("orders")
 
 

@@ -6,17 +6,18 @@ Run against a local RabbitMQ (``scripts/brokers up rabbitmq``)::
 
 Every log line carries the transaction ID and trace ID of the request that published the
 message, and the span tree at the end shows ``process`` as the child of ``send``.
-Set ``HOPTRACE_EXAMPLE_AMQP_URL`` to use another broker.
+Set ``HOPTRACE_AMQP_URL`` to use another broker (``//`` or ``/%2F`` for the default vhost:
+see ``examples/broker_urls.py``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import uuid
 
 import pika
+from broker_urls import amqp_url
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -26,7 +27,7 @@ import hoptrace
 import hoptrace.pika
 from hoptrace import logs
 
-URL = os.environ.get("HOPTRACE_EXAMPLE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+URL = amqp_url()
 log = logging.getLogger("orders")
 
 

@@ -27,10 +27,37 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def _route_of(scope: Scope) -> str | None:
-    """Return the matched route template (Starlette / FastAPI set ``scope["route"]``)."""
+    """Return the matched route template, or None when the app does not say.
+
+    FastAPI and Starlette >= 1.7 set ``scope["route"]``. Older Starlette leaves only the matched
+    ``scope["endpoint"]`` (its router updates the request's scope in place): the template is
+    then that of the one route in ``scope["app"].routes`` (searched through mounts) with this
+    endpoint. An endpoint served by several routes names none.
+    """
     route = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else None
+    if isinstance(path, str):
+        return path
+    endpoint = scope.get("endpoint")
+    routes = getattr(scope.get("app"), "routes", None)
+    if endpoint is None or not routes:
+        return None
+    found = _paths_of(endpoint, routes, 0)
+    return found[0] if len(found) == 1 else None
+
+
+def _paths_of(endpoint: object, routes: Any, depth: int) -> list[str]:
+    """The paths of the routes in ``routes`` (and in mounted apps' routes) serving ``endpoint``."""
+    found: list[str] = []
+    if depth > 8 or not isinstance(routes, list):
+        return found
+    for route in routes:
+        path = getattr(route, "path", None)
+        if getattr(route, "endpoint", None) is endpoint and isinstance(path, str):
+            found.append(path)
+        else:
+            found += _paths_of(endpoint, getattr(route, "routes", None), depth + 1)
+    return found
 
 
 class TransactionMiddleware:

@@ -4,8 +4,9 @@ A plain helper module (no fixtures): ``tests/integration/conftest.py`` wires
 fixtures on top of it. For each kind of broker (``"amqp"``, ``"redis"``,
 ``"kafka"``) :func:`locate` looks, in order, at
 
-1. the environment: ``HOPTRACE_TEST_AMQP_URL``, ``HOPTRACE_TEST_REDIS_URL``,
-   ``HOPTRACE_TEST_KAFKA_BOOTSTRAP``;
+1. the environment: ``HOPTRACE_AMQP_URL``, ``HOPTRACE_REDIS_URL``,
+   ``HOPTRACE_KAFKA_BOOTSTRAP`` (the variables the examples read too; an AMQP URL's ``//``
+   default vhost is rewritten to ``/%2F``, which pika needs and every other client accepts);
 2. testcontainers, when the ``testcontainers`` package is installed and a
    Docker engine answers (one container per kind per process, stopped at
    exit; set ``HOPTRACE_TEST_TESTCONTAINERS=0`` to never use Docker);
@@ -37,14 +38,14 @@ Kind = Literal["amqp", "redis", "kafka"]
 Source = Literal["env", "testcontainers", "local"]
 
 DEFAULTS: dict[str, str] = {
-    "amqp": "amqp://guest:guest@127.0.0.1:5672//",
+    "amqp": "amqp://guest:guest@127.0.0.1:5672/%2F",
     "redis": "redis://127.0.0.1:6379/0",
     "kafka": "127.0.0.1:9092",
 }
 
-AMQP_URL_ENV = "HOPTRACE_TEST_AMQP_URL"
-REDIS_URL_ENV = "HOPTRACE_TEST_REDIS_URL"
-KAFKA_BOOTSTRAP_ENV = "HOPTRACE_TEST_KAFKA_BOOTSTRAP"
+AMQP_URL_ENV = "HOPTRACE_AMQP_URL"
+REDIS_URL_ENV = "HOPTRACE_REDIS_URL"
+KAFKA_BOOTSTRAP_ENV = "HOPTRACE_KAFKA_BOOTSTRAP"
 ENV_VARS: dict[str, str] = {
     "amqp": AMQP_URL_ENV,
     "redis": REDIS_URL_ENV,
@@ -92,7 +93,8 @@ _atexit_registered = False
 
 def pika_url(url: str) -> str:
     """Kombu/Celery write the default vhost as ``amqp://...//``; pika reads that as
-    vhost ``""`` (-> ``NOT_ALLOWED - vhost not found``) and needs ``/%2F``."""
+    vhost ``""`` (-> ``NOT_ALLOWED - vhost not found``) and needs ``/%2F``, which kombu, Celery,
+    aio-pika and FastStream read as ``/`` too. (``examples/broker_urls.py`` does the same.)"""
     parts = urlsplit(url)
     if parts.path == "//":
         return parts._replace(path="/%2F").geturl()
@@ -181,7 +183,7 @@ def _start_container(kind: str) -> tuple[Any, BrokerLocation]:
         container.start()
         host = container.get_container_host_ip()
         port = container.get_exposed_port(container.port)
-        url = f"amqp://{container.username}:{container.password}@{host}:{port}//"
+        url = f"amqp://{container.username}:{container.password}@{host}:{port}/%2F"
     elif kind == "redis":
         container = cls(image=os.environ.get("HOPTRACE_TEST_REDIS_IMAGE", "redis:7"))
         container.start()
@@ -232,7 +234,8 @@ def locate(kind: str) -> BrokerLocation | None:
     k = normalize_kind(kind)
     env_url = os.environ.get(ENV_VARS[k], "").strip()
     if env_url:
-        return BrokerLocation(kind=k, url=env_url, source="env")
+        return BrokerLocation(kind=k, url=pika_url(env_url) if k == "amqp" else env_url,
+                              source="env")
     location = _from_testcontainers(k)
     if location is not None:
         return location
@@ -281,7 +284,7 @@ def _local_only(location: BrokerLocation, action: str) -> None:
 def _control(kind: str, command: str) -> BrokerLocation:
     k = normalize_kind(kind)
     location = require(k)
-    # HOPTRACE_TEST_KAFKA_BOOTSTRAP naming 127.0.0.1:$HOPTRACE_KAFKA_PORT is scripts/brokers'
+    # HOPTRACE_KAFKA_BOOTSTRAP naming 127.0.0.1:$HOPTRACE_KAFKA_PORT is scripts/brokers'
     # own Kafka on that port (the script agrees), not an external one.
     own_kafka = (
         k == "kafka"

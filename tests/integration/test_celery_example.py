@@ -20,7 +20,7 @@ def test_celery_example_runs(amqp_url: str, redis_url: str) -> None:
     done = subprocess.run(
         [sys.executable, str(EXAMPLE)],
         capture_output=True, text=True, timeout=120,
-        env={"HOPTRACE_EXAMPLE_BROKER": amqp_url, "HOPTRACE_EXAMPLE_BACKEND": redis_url,
+        env={"HOPTRACE_AMQP_URL": amqp_url, "HOPTRACE_REDIS_URL": redis_url,
              "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -30,7 +30,8 @@ APP = Path(__file__).resolve().parent / "otel_apps" / "two_brokers.py"
 BIN = Path(sys.executable).parent
 INSTRUMENT = BIN / "opentelemetry-instrument"
 APP_PREFIX = "hoptrace-app "
-RUN_TIMEOUT = 20.0
+# A hang guard, not a speed check (the app waits 10 s at most per hop; a loaded machine is slow).
+RUN_TIMEOUT = 120.0
 
 HOPTRACE_CLIENTS = ("celery", "kombu", "pika", "aio-pika", "aiokafka", "confluent-kafka",
                      "kafka-python")
@@ -129,7 +130,7 @@ def run_app(amqp_url: str, kafka_bootstrap: str, topics: list[str], **extra_env:
     started = time.monotonic()
     proc = subprocess.run(
         [str(INSTRUMENT), sys.executable, str(APP)],
-        env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT + 10, check=False,
+        env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False,
     )
     seconds = time.monotonic() - started
     app_lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(APP_PREFIX)]
@@ -185,7 +186,6 @@ def check_hops(run: Run) -> None:
 
 def check_clean_start(run: Run) -> None:
     assert run.returncode == 0, run.explain()
-    assert run.seconds < RUN_TIMEOUT, f"the run took {run.seconds:.1f}s\n{run.explain()}"
     for marker in ("Traceback", "Failed to auto initialize", "Instrumenting of",
                    "Importing of", "internal error"):
         assert marker not in run.stderr, run.explain()

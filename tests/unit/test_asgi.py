@@ -218,6 +218,41 @@ def test_lifespan_and_other_scopes_pass_through(spans):
     assert len([s for s in spans.all() if s.kind is SpanKind.SERVER]) == 1
 
 
+def _without_scope_route(app):
+    """Inner middleware that removes ``scope["route"]`` once the router has run, as
+    Starlette < 1.7 (which never sets it) leaves the scope."""
+
+    async def wrapped(scope, receive, send):
+        try:
+            await app(scope, receive, send)
+        finally:
+            scope.pop("route", None)
+
+    return wrapped
+
+
+@pytest.mark.parametrize(
+    ("routes", "path", "name"),
+    [
+        (ROUTES, "/items/3", "GET /items/{item_id}"),
+        # One endpoint behind two templates: the route is unknown, the span keeps the method.
+        ([Route("/items/{item_id}", item), Route("/things/{thing_id}", item)], "/items/3", "GET"),
+    ],
+    ids=["one-route", "endpoint-on-two-routes"],
+)
+def test_route_is_found_from_the_endpoint_when_starlette_does_not_set_it(
+    spans, routes, path, name
+):
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(TransactionMiddleware), Middleware(_without_scope_route)],
+    )
+    assert TestClient(app).get(path).status_code == 200
+    (span,) = [s for s in spans.all() if s.kind is SpanKind.SERVER]
+    assert span.name == name
+    assert span.attributes.get(semconv.HTTP_ROUTE) == (name.partition(" ")[2] or None)
+
+
 def test_example_http_asgi_runs_and_every_line_shares_the_callers_transaction():
     import re
     import subprocess

@@ -34,7 +34,11 @@ TIMEOUT = 10.0
 
 
 def emit(record: dict[str, Any]) -> None:
-    print(PREFIX + json.dumps(record, sort_keys=True), flush=True)
+    # One write of the whole line: print() writes the text and its newline separately, and the
+    # console exporter's thread (writing its spans to the same stdout) can land in between,
+    # which splits this line and the exporter's JSON. (The test runs with PYTHONUNBUFFERED=1.)
+    sys.stdout.write(PREFIX + json.dumps(record, sort_keys=True) + "\n")
+    sys.stdout.flush()
 
 
 def handler_view() -> dict[str, Any]:
