@@ -56,7 +56,7 @@ from opentelemetry.trace import (
 import hoptrace
 from hoptrace.core import spans as spans_module
 from hoptrace.core._sdk_spans import HopSpan
-from hoptrace.core.spans import TrustedAttributes
+from hoptrace.core.spans import UncheckedAttributes
 
 # --------------------------------------------------------------------------------------------
 # The harness: one provider, two runs, everything observable recorded.
@@ -310,8 +310,8 @@ def apply(span: Any, op: tuple[Any, ...]) -> Any:
     if name == "set_attributes":
         return span.set_attributes(op[1])
     if name == "trusted":  # as hoptrace's scopes set their own attributes
-        if isinstance(span, TrustedAttributes):
-            return span.set_trusted_attribute(op[1], op[2])
+        if isinstance(span, UncheckedAttributes):
+            return span.set_unchecked_attribute(op[1], op[2])
         return span.set_attribute(op[1], op[2]) if span.is_recording() else None
     if name == "add_event":
         return span.add_event(op[1], op[2], op[3])

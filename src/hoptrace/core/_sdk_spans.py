@@ -7,8 +7,10 @@ version of that method this module knows (SDK 1.20 to 1.45). The span it starts 
 and dropped counts, status, ``record_exception``, the lock, ``end`` and the ``ReadableSpan``
 snapshot that ``on_end`` gets. Two steps cost less than in the SDK:
 
-- a ``ParentBased`` sampler whose delegates are all ``StaticSampler`` (the SDK's default)
-  decides by table lookup, with the same decision and trace state;
+- a ``ParentBased`` sampler whose four parent delegates are ``StaticSampler`` (the SDK's
+  default, and ``ParentBased(TraceIdRatioBased(r))``) decides a child by table lookup, with
+  the same decision and trace state; a root goes straight to the root delegate, called as
+  ``ParentBased`` calls it;
 - attribute values the SDK would store unchanged (a plain ``str``, ``bool``, ``int`` or
   ``float`` under a non-empty ``str`` key, within the span's count and length limits) go into
   the span's ``BoundedAttributes`` as they are, not through its per-value check. Any other
@@ -36,7 +38,7 @@ from opentelemetry.sdk.trace.sampling import Decision, ParentBased, StaticSample
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 from opentelemetry.util.types import AttributeValue
 
-from .spans import TrustedAttributes
+from .spans import UncheckedAttributes
 
 _logger = logging.getLogger("hoptrace")
 
@@ -113,24 +115,28 @@ def start_span_variant() -> Variant | None:
     return None
 
 
-def _static_decisions(sampler: object) -> tuple[Decision, ...] | None:
-    """Decisions of a ParentBased sampler whose delegates all decide statically, else None.
+def _static_decisions(sampler: object) -> tuple[Decision | None, ...] | None:
+    """Decisions of a ParentBased sampler whose parent delegates decide statically, else None.
 
     The order is: root, local parent sampled, local not sampled, remote sampled, remote not
-    sampled.
+    sampled. The root's entry is None when the root delegate is not a ``StaticSampler``
+    (``TraceIdRatioBased``, say): that one is then asked, as ``ParentBased`` would ask it.
     """
     if type(sampler) is not ParentBased or set(vars(sampler)) != set(_SAMPLER_FIELDS):
         return None
     for cls in (ParentBased, StaticSampler):
         if type(cls.__dict__.get("should_sample")) is not FunctionType:
             return None
-    decisions = []
+    decisions: list[Decision | None] = []
     for name in _SAMPLER_FIELDS:
         delegate = getattr(sampler, name)
         decision = getattr(delegate, "_decision", None)
-        if type(delegate) is not StaticSampler or not isinstance(decision, Decision):
+        if type(delegate) is StaticSampler and isinstance(decision, Decision):
+            decisions.append(decision)
+        elif name == "_root":
+            decisions.append(None)
+        else:
             return None
-        decisions.append(decision)
     return tuple(decisions)
 
 
@@ -265,23 +271,9 @@ class Recorder:
         else:
             trace_id = parent.trace_id
         sampler = tracer.sampler
-        if sampler is not self._sampler:
-            self._sampler, self._decisions = sampler, _static_decisions(sampler)
-        decisions = self._decisions
-        given: Mapping[str, Any] | None
-        decision: Any
-        if decisions is not None:
-            # What ParentBased over StaticSamplers returns, without the calls.
-            if parent is None:
-                decision, trace_state = decisions[0], None
-            else:
-                decision = decisions[(3 if parent.is_remote else 1)
-                                     + (0 if parent.trace_flags.sampled else 1)]
-                trace_state = parent.trace_state
-            given = attributes
-        else:
-            result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
-            decision, trace_state, given = result.decision, result.trace_state, result.attributes
+        decision, trace_state, given = self._sample(
+            sampler, context, parent, trace_id, name, kind, attributes, links
+        )
         random = False
         if variant.random_flag == 2:
             random = (id_generator.is_trace_id_random() if parent is None
@@ -322,10 +314,36 @@ class Recorder:
         return span
 
 
-class HopSpan(_Span, TrustedAttributes):
+    def _sample(
+        self, sampler: Any, context: Context, parent: SpanContext | None, trace_id: int,
+        name: str, kind: SpanKind, attributes: dict[str, AttributeValue],
+        links: Sequence[Link] | None,
+    ) -> tuple[Any, Any, Mapping[str, Any] | None]:
+        """The sampling decision, trace state and attributes, as ``sampler`` would give them."""
+        if sampler is not self._sampler:
+            self._sampler, self._decisions = sampler, _static_decisions(sampler)
+        decisions = self._decisions
+        if decisions is None:
+            result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            return result.decision, result.trace_state, result.attributes
+        # What ParentBased over StaticSamplers returns, without the calls.
+        if parent is None:
+            if decisions[0] is None:  # the root delegate decides, asked as ParentBased asks
+                result = sampler._root.should_sample(
+                    parent_context=context, trace_id=trace_id, name=name, kind=kind,
+                    attributes=attributes, links=links,
+                )
+                return result.decision, result.trace_state, result.attributes
+            return decisions[0], None, attributes
+        decision = decisions[(3 if parent.is_remote else 1)
+                             + (0 if parent.trace_flags.sampled else 1)]
+        return decision, parent.trace_state, attributes
+
+
+class HopSpan(_Span, UncheckedAttributes):
     """A span started by :class:`Recorder`: the SDK's span class, methods and snapshots."""
 
-    def set_trusted_attribute(self, key: str, value: AttributeValue) -> None:
+    def set_unchecked_attribute(self, key: str, value: AttributeValue) -> None:
         """Set an attribute hoptrace built, as hoptrace sets it on any recording span."""
         if self._end_time is None:
             self.set_attribute(key, value)
