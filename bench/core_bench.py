@@ -191,12 +191,11 @@ def run(loops: int, repeats: int) -> dict[str, Any]:
         results["ratios"]["b3_propagation_only_vs_otel_b3"] = ratio(
             "propagation_only_round_trip_b3", "otel_propagate_round_trip_b3"
         )
+    # Issue 15 keeps one core target, a ratio measured in the same run: absolute µs move
+    # with the machine's load.
     results["targets"] = {
-        "propagation_only_round_trip_us<=3": results["propagation_only_round_trip"]["median_us"]
-        <= 3.0,
-        "propagation_only_vs_otel<=0.65": results["ratios"]["propagation_only_vs_otel_propagate"]
-        <= 0.65,
-        "disabled_round_trip_us<=1": results["disabled_round_trip"]["median_us"] <= 1.0,
+        "propagation_only_vs_otel<=0.45": results["ratios"]["propagation_only_vs_otel_propagate"]
+        <= 0.45,
     }
     return results
 

@@ -36,7 +36,7 @@ from common import install_dropping_sdk, ratios, run_variant_subprocess, summari
 
 VARIANTS = (*COMMON_VARIANTS, "noop_middleware")
 
-BOOTSTRAP = os.environ.get("HOPTRACE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+BOOTSTRAP = os.environ.get("HOPTRACE_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 PAYLOAD = b"x" * 100
 
 

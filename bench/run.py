@@ -1,79 +1,454 @@
-"""Run every benchmark (``bench/*_bench.py``) and print one table with the ratios.
+"""``make bench``: every variant per client side by side, then the kept targets; one table.
 
-``make bench`` calls this after ``scripts/brokers up``. Each script writes
-``bench/results/<name>.json``; this collects them into ``bench/results/summary.md``.
+Stages (all by default; name some to run only those):
+
+* ``hop`` — ``bench/hop_bench.py``: per client (confluent-kafka, kafka-python, aiokafka,
+  kombu, pika, aio-pika, celery), produce + consume under every variant, each variant in its
+  own interpreter, the variants interleaved (the order rotates every repetition), five
+  repetitions; the median per message and the spread. Before the repetitions, one short
+  propagation-only run reads the headers hoptrace actually wrote on each client; the
+  ``static`` variant then sends exactly those header bytes, as constants.
+* ``core`` — ``bench/core_bench.py``: hoptrace's inject + extract round trip beside OTel's
+  ``propagate`` round trip.
+* ``soak`` — ``bench/soak_bench.py``: RSS growth over 100,000 messages per consumer.
+* ``metrics`` — ``bench/metrics_bench.py``: metrics on, over spans alone.
+
+Writes ``bench/results/hop.json`` and ``bench/results/summary.md``, prints the table and,
+for each target of issue 15, met or not with the figure.
+
+    python bench/run.py                # the full run (15-25 minutes on 2 busy cores)
+    python bench/run.py --quick        # fewer messages, 3 repetitions, soak of 20,000
+    python bench/run.py hop --clients pika,kombu --variants plain,static,hop_prop
+    python bench/run.py --summary-only # rebuild the table from bench/results
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import socket
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
-
-from common import RESULTS, ratios
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+
+from hop_bench import CLIENTS, VARIANTS, applies  # noqa: E402
+
+STAGES = ("hop", "core", "soak", "metrics")
+TIMES = "\u00d7"  # the multiplication sign of the ratios
+NONE = "\u2013"  # an en dash: nothing to measure
+#: Messages per client and run: each client's run lasts a second or two on a quiet 2-core
+#: machine. Five interleaved repetitions of short runs resist a busy machine better than
+#: fewer long ones.
+COUNTS = {"confluent-kafka": 2000, "kafka-python": 800, "aiokafka": 1000, "kombu": 800,
+          "pika": 800, "aio-pika": 800, "celery": 400}
+QUICK_COUNTS = {client: max(200, n // 4) for client, n in COUNTS.items()}
+#: Column titles of the table, in order.
+TITLES = {
+    "plain": "plain µs/msg",
+    "static": "static headers",
+    "hop_prop": "hoptrace prop-only",
+    "hop_fast": "hoptrace spans",
+    "hop_exact": "hoptrace spans, fast_spans=False",
+    "otel": "OTel contrib",
+    "ddtrace": "ddtrace",
+    "s_hop_prop": "1%: hoptrace prop-only",
+    "s_hop_fast": "1%: hoptrace spans",
+    "s_hop_exact": "1%: hoptrace, fast_spans=False",
+    "s_otel": "1%: OTel contrib",
+    "s_ddtrace": "1%: ddtrace",
+}
 
 
-def fmt(value: object, spec: str = ".1f") -> str:
-    return format(value, spec) if isinstance(value, (int, float)) else "-"
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
-def throughputs(entry: dict[str, object]) -> str:
-    pair = (entry.get("hoptrace_propagation_throughput_ratio"),
-            entry.get("hoptrace_sdk_throughput_ratio"))
-    if pair == (None, None):
-        return "-"
-    return f"{fmt(pair[0], '.2f')}, {fmt(pair[1], '.2f')}"
+def start_dd_agent() -> tuple[subprocess.Popen[bytes], str]:
+    """Start the stub Datadog agent in its own process; return it and its URL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(HERE / "dd_agent_stub.py"), str(port)],
+                            stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.readline()  # "listening on ..."
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def variant_env(variant: str, agent_url: str) -> dict[str, str]:
+    # No DD_*, OTEL_* or hoptrace setting from the caller's shell may change a variant; the
+    # broker addresses (and HOPTRACE_PURE_PYTHON, a build choice) stay.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DD_", "OTEL_", "HOPTRACE_"))
+           or k.endswith(("_URL", "_BOOTSTRAP")) or k == "HOPTRACE_PURE_PYTHON"}
+    env["PYTHONHASHSEED"] = "0"
+    if variant.removeprefix("s_") == "ddtrace":
+        env.update({
+            "DD_TRACE_AGENT_URL": agent_url,
+            "DD_SERVICE": "bench",
+            # Without it ddtrace writes no header on Kafka records (its default).
+            "DD_KAFKA_PROPAGATION_ENABLED": "true",
+            # The stub agent answers only traces: no telemetry, no remote configuration.
+            "DD_INSTRUMENTATION_TELEMETRY_ENABLED": "false",
+            "DD_REMOTE_CONFIGURATION_ENABLED": "false",
+        })
+        if variant.startswith("s_"):
+            env["DD_TRACE_SAMPLING_RULES"] = '[{"sample_rate": 0.01}]'
+    return env
+
+
+def run_hop_variant(variant: str, clients: list[str], counts: dict[str, int],
+                    static: dict[str, dict[str, str]], agent_url: str) -> dict[str, Any]:
+    todo = [c for c in clients if applies(variant, c)]
+    if not todo:
+        return {}
+    cmd = [sys.executable, str(HERE / "hop_bench.py"), "--variant", variant,
+           "--counts", ",".join(f"{c}={counts[c]}" for c in todo),
+           "--static", json.dumps(static)]
+    for attempt in (1, 2):  # once more after a failure: a broker hiccup, a file mid-edit
+        out = subprocess.run(cmd, capture_output=True, text=True,
+                             env=variant_env(variant, agent_url), timeout=900)
+        if out.returncode == 0:
+            return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"   {variant}: attempt {attempt} exited with {out.returncode}:\n"
+              f"{out.stderr[-3000:]}{out.stdout[-500:]}", file=sys.stderr, flush=True)
+    raise RuntimeError(f"{variant} failed twice")
+
+
+def hop_stage(clients: list[str], variants: list[str], counts: dict[str, int],
+              repeats: int) -> dict[str, Any]:
+    """Run every variant on every client, interleaved; return hop.json's content."""
+    agent, agent_url = start_dd_agent()
+    started = time.time()
+    try:
+        print("== hop: probing the headers hoptrace writes", flush=True)
+        probe = run_hop_variant("hop_prop", clients, {c: 200 for c in clients}, {}, agent_url)
+        static = {client: probe[client]["headers"] for client in probe}
+        samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        failed: list[str] = []
+        for rep in range(repeats):
+            order = variants[rep % len(variants):] + variants[:rep % len(variants)]
+            for variant in order:
+                t0 = time.time()
+                try:
+                    result = run_hop_variant(variant, clients, counts, static, agent_url)
+                except Exception as exc:  # one broken variant must not lose the rest
+                    print(f"   {variant}: {exc}", file=sys.stderr, flush=True)
+                    failed.append(f"{variant} (repetition {rep + 1})")
+                    continue
+                for client, row in result.items():
+                    samples.setdefault(client, {}).setdefault(variant, []).append(row)
+                print(f"   repetition {rep + 1}/{repeats} {variant:12} {time.time() - t0:5.1f} s",
+                      flush=True)
+    finally:
+        agent.terminate()
+        agent.wait(10)
+    table: dict[str, dict[str, Any]] = {}
+    for client in clients:
+        for variant, rows in samples.get(client, {}).items():
+            totals = [r["total_us"] for r in rows]
+            spans = sum(r["spans"] for r in rows)
+            table.setdefault(client, {})[variant] = {
+                "median_us": statistics.median(totals),
+                "min_us": min(totals),
+                "max_us": max(totals),
+                "produce_us": statistics.median(r["produce_us"] for r in rows),
+                "consume_us": statistics.median(r["consume_us"] for r in rows),
+                "repeats": len(rows),
+                "spans_per_msg": spans / sum(r["messages"] for r in rows),
+                "bytes_per_span": (sum(r["bytes"] for r in rows) / spans) if spans else None,
+                "headers": rows[-1]["headers"],
+            }
+    return {"counts": counts, "repeats": repeats, "static_headers": static, "table": table,
+            "failed": failed, "seconds": round(time.time() - started),
+            "machine": machine()}
+
+
+def machine() -> dict[str, Any]:
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (0.0, 0.0, 0.0)
+    return {"python": sys.version.split()[0], "platform": platform.platform(),
+            "cpus": os.cpu_count(), "loadavg_at_end": [round(x, 2) for x in load]}
+
+
+# --------------------------------------------------------------------------------------------
+# Figures and targets
+
+
+def overheads(table: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per client and variant: median µs per message over plain's median."""
+    out: dict[str, dict[str, float]] = {}
+    for client, variants in table.items():
+        plain = variants.get("plain")
+        if plain is None:
+            continue
+        out[client] = {v: row["median_us"] - plain["median_us"] for v, row in variants.items()
+                       if v != "plain"}
+    return out
+
+
+def fmt(value: float | None, spec: str = ".1f") -> str:
+    return NONE if value is None else format(value, spec)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b
+
+
+def cheapest_peer(o: dict[str, float]) -> tuple[str, float] | None:
+    peers = [(p, o[p]) for p in ("otel", "ddtrace") if p in o]
+    return min(peers, key=lambda item: item[1]) if peers else None
+
+
+def _overhead_cell(table: dict[str, Any], client: str, variant: str) -> str:
+    row = table[client].get(variant)
+    if row is None:
+        return NONE
+    base = table[client]["plain"]["median_us"]
+    if variant == "plain":
+        return f"{base:.1f}"
+    low, high = row["min_us"] - base, row["max_us"] - base
+    return f"{row['median_us'] - base:.1f} ({low:.0f}..{high:.0f})"
+
+
+def _bytes_cell(row: dict[str, Any] | None) -> str:
+    if row is None or not row["spans_per_msg"] or not row["bytes_per_span"]:
+        return NONE
+    per_span, spans = row["bytes_per_span"], row["spans_per_msg"]
+    return f"{per_span:.0f} B {TIMES} {spans:.2f} = {per_span * spans:.0f} B/msg"
+
+
+SPANLESS = ("plain", "static", "hop_prop", "s_hop_prop")
+
+
+def table_markdown(hop: dict[str, Any]) -> list[str]:
+    """The overhead table, the bytes-per-span table and the headers on the wire."""
+    table = hop["table"]
+    over = overheads(table)
+    clients = [c for c in CLIENTS if c in table and "plain" in table[c]]
+    variants = [v for v in TITLES if any(v in table[c] for c in clients)]
+    lines = [
+        "Overhead per message (produce + consume) over plain, µs: median of "
+        f"{hop['repeats']} interleaved repetitions (in brackets: the variant's lowest and "
+        "highest figure minus plain's median). Last column: hoptrace spans "
+        "(`fast_spans=True`) over the cheapest peer.",
+        "",
+        "| client | " + " | ".join(TITLES[v] for v in variants) + " | hoptrace / peer |",
+        "|---|" + "---|" * (len(variants) + 1),
+    ]
+    for client in clients:
+        peer = cheapest_peer(over[client])
+        r = ratio(over[client].get("hop_fast"), peer[1]) if peer else None
+        cells = [_overhead_cell(table, client, v) for v in variants]
+        lines.append(f"| {client} | " + " | ".join(cells) + f" | {fmt(r, '.2f')}{TIMES} |")
+    spanful = [v for v in variants if v not in SPANLESS]
+    lines += ["", "Bytes per exported span (OTLP protobuf, batch-encoded; ddtrace: its own "
+              "msgpack to the agent) times spans per message:", "",
+              "| client | " + " | ".join(TITLES[v] for v in spanful) + " |",
+              "|---|" + "---|" * len(spanful)]
+    for client in clients:
+        cells = [_bytes_cell(table[client].get(v)) for v in spanful]
+        lines.append(f"| {client} | " + " | ".join(cells) + " |")
+    lines += ["", "Headers on the wire (the last message consumed; name: value bytes):", ""]
+    for client in clients:
+        for v in ("hop_prop", "otel", "ddtrace"):
+            row = table[client].get(v)
+            if row:
+                sizes = ", ".join(f"{k}: {len(val)}" for k, val in row["headers"].items())
+                lines.append(f"- {client}, {TITLES[v]}: {sizes or '(none seen)'}")
+    return lines
+
+
+Target = tuple[str, "bool | None", str]
+
+
+def _client_targets(client: str, o: dict[str, float], rows: dict[str, Any]) -> list[Target]:
+    out: list[Target] = []
+    x = TIMES
+    peer = cheapest_peer(o)
+    if "hop_fast" in o and peer:
+        r = ratio(o["hop_fast"], peer[1])
+        out.append((f"1 {client}: spans ≤ 0.5{x} the cheapest peer", r is not None and r <= 0.5,
+                    f"{o['hop_fast']:.1f} vs {peer[0]} {peer[1]:.1f} µs = {fmt(r, '.2f')}{x}"))
+    if "s_hop_fast" in o and "s_hop_prop" in o:
+        r = ratio(o["s_hop_fast"], o["s_hop_prop"])
+        out.append((f"2 {client}: 1% sampled spans ≤ 1.25{x} its propagation-only",
+                    r is not None and r <= 1.25,
+                    f"{o['s_hop_fast']:.1f} vs {o['s_hop_prop']:.1f} µs = {fmt(r, '.2f')}{x}"))
+    if "s_hop_fast" in o and "s_otel" in o:
+        r = ratio(o["s_hop_fast"], o["s_otel"])
+        out.append((f"2 {client}: 1% sampled spans ≤ 0.5{x} OTel contrib's",
+                    r is not None and r <= 0.5,
+                    f"{o['s_hop_fast']:.1f} vs {o['s_otel']:.1f} µs = {fmt(r, '.2f')}{x}"))
+    if "hop_prop" in o and "static" in o:
+        gap = o["hop_prop"] - o["static"]
+        out.append((f"3 {client}: propagation-only ≤ static headers + 10 µs", gap <= 10,
+                    f"{o['hop_prop']:.1f} vs {o['static']:.1f} µs: {gap:+.1f} µs"))
+    if "hop_fast" in o and "hop_exact" in o and o["hop_exact"] > 0:
+        saving = 1 - o["hop_fast"] / o["hop_exact"]
+        out.append((f"4 {client}: fast_spans saves ≥ 25% of the spans overhead",
+                    saving >= 0.25,
+                    f"{o['hop_fast']:.1f} vs {o['hop_exact']:.1f} µs: {saving * 100:.0f}%"))
+    fast = rows.get("hop_fast", {}).get("bytes_per_span")
+    contrib = rows.get("otel", {}).get("bytes_per_span")
+    if fast and contrib:
+        r = fast / contrib
+        out.append((f"5 {client}: bytes per span ≤ 1.25{x} contrib's", r <= 1.25,
+                    f"{fast:.0f} vs {contrib:.0f} B = {r:.2f}{x}"))
+    return out
+
+
+def hop_targets(hop: dict[str, Any]) -> list[Target]:
+    """(target, met?, figure) for targets 1-5 of issue 15, per client."""
+    over = overheads(hop["table"])
+    out: list[Target] = []
+    for client in CLIENTS:
+        if over.get(client):
+            out += _client_targets(client, over[client], hop["table"][client])
+    return sorted(out, key=lambda t: t[0].split(" ", 1)[0])
+
+
+def kept_targets() -> list[Target]:
+    out: list[Target] = []
+    core = RESULTS / "core.json"
+    if core.exists():
+        data = json.loads(core.read_text())
+        r = data.get("ratios", {}).get("propagation_only_vs_otel_propagate")
+        if r is not None:
+            out.append((f"6 core round trip ≤ 0.45{TIMES} OTel's propagate round trip",
+                        r <= 0.45,
+                        f"{data['propagation_only_round_trip']['median_us']:.2f} vs "
+                        f"{data['otel_propagate_round_trip']['median_us']:.2f} µs = "
+                        f"{r:.2f}{TIMES}"))
+    soak = RESULTS / "soak.json"
+    if soak.exists():
+        rows = json.loads(soak.read_text()).get("rows", [])
+        growths = [r["rss_growth_mb"] for r in rows if "rss_growth_mb" in r]
+        if growths:
+            worst = max(rows, key=lambda r: r.get("rss_growth_mb", -1e9))
+            out.append(("6 memory growth < 5 MB over 100,000 messages", max(growths) < 5,
+                        f"worst {max(growths):.2f} MB ({worst['case']}, {worst['variant']}; "
+                        f"{worst.get('messages')} messages)"))
+    metrics = RESULTS / "metrics.json"
+    if metrics.exists():
+        data = json.loads(metrics.read_text())
+        found = _metrics_figure(data)
+        if found is not None:
+            out.append(("6 metrics on ≤ +10% over spans alone", *found))
+    return out
+
+
+def _metrics_figure(data: Any) -> tuple[bool | None, str] | None:
+    """bench/metrics_bench.py's verdict ('targets') and figure (metrics over spans, in %)."""
+    if not isinstance(data, dict):
+        return None
+    targets = data.get("targets")
+    met = all(bool(v) for v in targets.values()) if isinstance(targets, dict) and targets \
+        else None
+    over = data.get("overheads", {})
+    pct = over.get("metrics_over_spans_pct") if isinstance(over, dict) else None
+    figure = (f"+{pct:.0f}% over spans alone ({over.get('metrics_over_spans_us', 0):.1f} µs "
+              f"per hop, {data.get('case', '')})" if isinstance(pct, (int, float))
+              else "see bench/results/metrics.json")
+    return met, figure
+
+
+def summary(hop: dict[str, Any] | None) -> str:
+    lines = ["# `make bench` summary", ""]
+    if hop is not None:
+        m = hop.get("machine", {})
+        lines += [
+            f"Python {m.get('python')}, {m.get('cpus')} CPUs (brokers on the same machine), "
+            f"load average at the end {m.get('loadavg_at_end')}; "
+            f"messages per client and run: {hop['counts']}; {hop['seconds']} s.", "",
+        ]
+        lines += table_markdown(hop)
+        if hop.get("failed"):
+            lines += ["", "Failed runs: " + ", ".join(hop["failed"])]
+    targets = (hop_targets(hop) if hop else []) + kept_targets()
+    lines += ["", "## Targets (issue 15)", "", "| target | met | figure |", "|---|---|---|"]
+    for name, met, figure in targets:
+        lines.append(f"| {name} | {'n/a' if met is None else ('met' if met else 'NOT MET')} "
+                     f"| {figure} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_docs(text: str) -> None:
+    """Put the summary (without its title) between the markers of docs/performance.md."""
+    doc = HERE.parent / "docs" / "performance.md"
+    begin, end = "<!-- summary:begin -->", "<!-- summary:end -->"
+    page = doc.read_text()
+    if begin not in page or end not in page:
+        print(f"{doc}: no summary markers, not updated", file=sys.stderr)
+        return
+    body = text.split("\n", 2)[2].replace("## Targets (issue 15)", "### Targets")
+    head, rest = page.split(begin, 1)
+    doc.write_text(f"{head}{begin}\n{body}{end}{rest.split(end, 1)[1]}")
+
+
+def run_script(name: str, args: list[str]) -> bool:
+    script = HERE / name
+    if not script.exists():
+        print(f"== {name}: not there, skipped", flush=True)
+        return True
+    print(f"== {name} {' '.join(args)}", flush=True)
+    return subprocess.run([sys.executable, str(script), *args], cwd=HERE).returncode == 0
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer messages and repeats")
-    parser.add_argument(
-        "--summary-only", action="store_true", help="only rebuild the table from bench/results"
-    )
-    parser.add_argument("only", nargs="*", help="names of benchmarks to run (default: all)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stages", nargs="*", help=f"some of {', '.join(STAGES)} (default: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a quarter of the messages, 3 repetitions, soak of 20,000")
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--clients", default=",".join(CLIENTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--summary-only", action="store_true",
+                        help="only rebuild the table from bench/results")
+    parser.add_argument("--update-docs", action="store_true",
+                        help="also put the summary into docs/performance.md")
     args = parser.parse_args()
-    scripts = [] if args.summary_only else sorted(HERE.glob("*_bench.py"))
-    if args.only:
-        scripts = [s for s in scripts if s.stem.removesuffix("_bench") in args.only]
-    failed = []
-    for script in scripts:
-        print(f"== {script.stem}", flush=True)
-        cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else [])
-        if subprocess.run(cmd, cwd=HERE).returncode != 0:
-            failed.append(script.stem)
-    lines = [
-        "| case | plain µs/msg | hoptrace propagation-only overhead µs "
-        "| hoptrace spans overhead µs | OTel contrib overhead µs "
-        "| hoptrace spans / OTel overhead | SDK span floor / OTel overhead "
-        "| throughput / plain: propagation-only, spans |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for path in sorted(RESULTS.glob("*.json")):
-        data = json.loads(path.read_text())
-        if "rows" not in data:
-            continue
-        for entry in ratios(data["rows"]):
-            lines.append(
-                f"| {entry['case']} | {fmt(entry['plain_us'])} "
-                f"| {fmt(entry.get('hoptrace_propagation_overhead_us'))} "
-                f"| {fmt(entry.get('hoptrace_sdk_overhead_us'))} "
-                f"| {fmt(entry.get('otel_overhead_us'))} "
-                f"| {fmt(entry.get('hoptrace_sdk_vs_otel_overhead'), '.2f')} "
-                f"| {fmt(entry.get('floor_sdk_vs_otel_overhead'), '.2f')} "
-                f"| {throughputs(entry)} |"
-            )
-    summary = "\n".join(lines) + "\n"
-    (RESULTS / "summary.md").write_text(summary)
-    print(summary)
-    if failed:
-        print(f"benchmarks that failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    stages = args.stages or list(STAGES)
+    if set(stages) - set(STAGES):
+        parser.error(f"unknown stage(s) {sorted(set(stages) - set(STAGES))}; known: {STAGES}")
+    RESULTS.mkdir(exist_ok=True)
+    ok = True
+    hop_path = RESULTS / "hop.json"
+    if not args.summary_only:
+        if "hop" in stages:
+            counts = QUICK_COUNTS if args.quick else COUNTS
+            repeats = args.repeats or (3 if args.quick else 5)
+            hop = hop_stage(args.clients.split(","), args.variants.split(","), counts, repeats)
+            hop_path.write_text(json.dumps(hop, indent=2) + "\n")
+            ok = ok and not hop["failed"]
+        quick = ["--quick"] if args.quick else []
+        if "core" in stages:
+            ok = run_script("core_bench.py", quick) and ok
+        if "soak" in stages:
+            ok = run_script("soak_bench.py", quick) and ok
+        if "metrics" in stages:
+            ok = run_script("metrics_bench.py", quick) and ok
+    hop_data = json.loads(hop_path.read_text()) if hop_path.exists() else None
+    text = summary(hop_data)
+    (RESULTS / "summary.md").write_text(text)
+    print(text)
+    if args.update_docs:
+        update_docs(text)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ after the last one (after a ``gc.collect()`` each time); the growth between the 
 with the sizes of hoptrace's per-message structures at the end:
 
 * ``hoptrace._amqp.memory`` — the bounded redelivery memory (expected to fill to its cap);
-* ``hoptrace._kafka._pending`` (context-local stack) and ``hoptrace._kafka._latest``;
+* the held scopes of ``hoptrace.core.held`` (its context-local stack and per-owner map);
 * the ``hoptrace.diagnostics()`` counters and ``hoptrace.celery.running_executions()``.
 
 ``celery`` runs up to 10,000 tasks through one prefork child of a real worker instead, and
@@ -46,11 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, install_dropping_sdk, run_variant_subprocess, write_results
 
-KAFKA = os.environ.get("HOPTRACE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
-AMQP = os.environ.get("HOPTRACE_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+KAFKA = os.environ.get("HOPTRACE_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+AMQP = os.environ.get("HOPTRACE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 #: kombu's transport: AMQP by default (on this broker setup it consumes ~3x faster than the
 #: Redis transport, so the soak finishes sooner); set to ``redis://127.0.0.1:6379/0`` for Redis.
-KOMBU_URL = os.environ.get("HOPTRACE_BENCH_KOMBU_URL", "amqp://guest:guest@127.0.0.1:5672//")
+KOMBU_URL = os.environ.get("HOPTRACE_BENCH_KOMBU_URL") or AMQP
 CLIENTS = ("aiokafka", "confluent", "kafka-python", "pika", "kombu", "aio-pika", "celery")
 SOAK_VARIANTS = ("hoptrace_propagation", "hoptrace_sdk")
 #: The same soak with no instrumentation, to tell the client's own growth from hoptrace's. Not
@@ -109,13 +109,18 @@ class Soak:
 def internal_state() -> dict[str, Any]:
     """Sizes of hoptrace's per-message structures, as seen from the calling context."""
     import hoptrace
-    from hoptrace import _amqp, _kafka
+    from hoptrace import _amqp
+    from hoptrace.core import held
 
+    # The scopes held between two calls (a poll and the next, an async for's iterations)
+    # live in hoptrace.core.held: a context-local stack and a per-owner map.
+    by_owner = getattr(held, "_by_owner", {})
+    stack = getattr(held, "_stack", None)
     state: dict[str, Any] = {
         "amqp_memory_size": len(_amqp.memory),
         "amqp_memory_cap": _amqp.MEMORY_SIZE,
-        "kafka_pending_depth": len(_kafka._pending.get()),
-        "kafka_latest_size": len(_kafka._latest),
+        "kafka_pending_depth": len(stack.get()) if stack is not None else 0,
+        "kafka_latest_size": sum(len(scopes) for scopes in list(by_owner.values())),
         "diagnostics": dict(hoptrace.diagnostics()),
     }
     try:
@@ -177,6 +182,12 @@ def confluent_produce(topic: str, total: int) -> None:
                 break
             except BufferError:
                 producer.poll(0.05)
+            except confluent_kafka.KafkaException as exc:
+                # The topic is auto-created by the first record; on a busy broker its
+                # metadata can lag behind: wait and produce again.
+                if exc.args[0].code() != confluent_kafka.KafkaError._UNKNOWN_TOPIC:
+                    raise
+                producer.poll(0.2)
         if i % 1000 == 0:
             producer.poll(0)
     if producer.flush(120) != 0:
@@ -419,8 +430,8 @@ def celery_pool_soak(tasks: int) -> dict[str, Any]:
     import hoptrace
     import hoptrace.celery
 
-    broker = os.environ.get("HOPTRACE_BENCH_CELERY_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
-    backend = os.environ.get("HOPTRACE_BENCH_CELERY_BACKEND", "redis://127.0.0.1:6379/0")
+    broker = os.environ.get("HOPTRACE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+    backend = os.environ.get("HOPTRACE_REDIS_URL", "redis://127.0.0.1:6379/0")
     queue = f"hoptrace-soak-celery-{uuid.uuid4().hex[:8]}"
     app = build_app(broker, backend, queue, name="soak")
     add, stats = app.tasks["traced.add"], app.tasks["traced.process_stats"]

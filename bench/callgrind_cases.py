@@ -1,0 +1,227 @@
+"""Instruction counts of hoptrace's per-message paths on confluent-kafka, with no broker.
+
+The client's C calls are replaced by no-op Python stand-ins, so only hoptrace's own work is
+counted. Each case runs one function N times through ``starmap``, and callgrind counts only
+inside ``starmap_next``: the count is the same whatever else the machine does.
+
+    python bench/callgrind_cases.py                  # every case under callgrind, a table
+    python bench/callgrind_cases.py prop_produce     # some cases
+    python bench/callgrind_cases.py --run CASE 2000  # one case, N calls (what valgrind runs)
+
+Modes (the part of a case's name before ``_``): ``plain``; ``prop`` (propagation-only);
+``fast`` / ``exact`` (SDK spans, ``fast_spans`` on / off, every span sampled); ``sprop`` /
+``sfast`` / ``sexact`` (``ParentBased(TraceIdRatioBased(0.01))`` and a transaction per
+message). See bench/results/profile-notes.md for what the figures say.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+CASES = (
+    "plain_produce", "plain_consume", "prop_produce", "prop_consume",
+    "sprop_produce", "sprop_consume", "sfast_produce", "sfast_consume",
+    "sexact_produce", "sexact_consume", "fast_produce", "fast_consume",
+    "exact_produce", "exact_consume",
+    "piece_inject_dict", "piece_inject_list", "piece_write_list", "piece_gen_tx",
+    "piece_produce_scope_dict", "piece_produce_scope_list", "piece_read_dict",
+    "piece_read_list", "piece_consume_scope_dict", "piece_consume_scope_list",
+    "piece_record_scope", "piece_record_scope_open_close",
+    "span_child_fast", "span_child_exact", "span_root_fast", "span_root_exact",
+)
+CALLS = 2000
+
+
+def _install(mode: str) -> None:
+    import hoptrace
+
+    if mode in ("prop", "sprop", "piece"):
+        hoptrace.configure(propagation_only=True)
+        return
+    if mode == "plain":
+        return
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    sampled = mode.startswith("s") or mode == "span"
+    kwargs = {"sampler": ParentBased(TraceIdRatioBased(0.01))} if sampled else {}
+    provider = TracerProvider(**kwargs)
+    provider.add_span_processor(BatchSpanProcessor(
+        Drop(), max_queue_size=1_000_000, schedule_delay_millis=100
+    ))
+    trace.set_tracer_provider(provider)
+
+
+class _Message:
+    """A confluent-kafka message stand-in."""
+
+    def __init__(self, headers: list[tuple[str, bytes]]) -> None:
+        self._headers = headers
+
+    def topic(self) -> str:
+        return "orders"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return 42
+
+    def key(self) -> None:
+        return None
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return self._headers
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_700_000_000_000)
+
+    def error(self) -> None:
+        return None
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _span_case(case: str) -> Callable[[], object]:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import (
+        NonRecordingSpan,
+        SpanContext,
+        SpanKind,
+        TraceFlags,
+        set_span_in_context,
+    )
+
+    import hoptrace
+    from hoptrace.core.spans import start_span
+
+    hoptrace.configure(fast_spans=case.endswith("fast"))
+    parent = set_span_in_context(NonRecordingSpan(SpanContext(0xABC, 0xDEF, False,
+                                                              TraceFlags(0))))
+    context = parent if "child" in case else Context()
+    attrs: dict[str, Any] = {"messaging.system": "kafka", "messaging.operation.name": "send",
+                             "messaging.operation.type": "send",
+                             "messaging.destination.name": "orders", "transaction.id": "c" * 32}
+    return lambda: start_span("send orders", context, SpanKind.PRODUCER, attrs)
+
+
+def _piece_case(case: str, pairs: list[tuple[str, bytes]]) -> Callable[[], object]:
+    import hoptrace
+    import hoptrace.confluent_kafka as ck
+    from hoptrace._config import get_settings
+    from hoptrace.core import carriers, hop, ids, propagation
+
+    settings = get_settings()
+    as_dict = {k: v.decode() for k, v in pairs}
+    message = _Message(pairs)
+
+    def scope(s: Any) -> None:
+        s.open()
+        s.close()
+
+    return {
+        "piece_inject_dict": lambda: hoptrace.inject({}),
+        "piece_inject_list": lambda: hoptrace.inject([]),
+        "piece_write_list": lambda: carriers.write_headers([], as_dict, copy=False),
+        "piece_gen_tx": ids.generate_transaction_id,
+        "piece_produce_scope_dict": lambda: scope(
+            hop.produce_scope({}, "orders", "kafka", sent_time=False)),
+        "piece_produce_scope_list": lambda: scope(
+            hop.produce_scope([], "orders", "kafka", sent_time=False)),
+        "piece_read_dict": lambda: propagation.read(as_dict, settings),
+        "piece_read_list": lambda: propagation.read(pairs, settings),
+        "piece_consume_scope_dict": lambda: scope(hop.consume_scope(as_dict, "orders", "kafka")),
+        "piece_consume_scope_list": lambda: scope(hop.consume_scope(pairs, "orders", "kafka")),
+        "piece_record_scope": lambda: ck.processing(message, "g"),
+        "piece_record_scope_open_close": lambda: scope(ck.processing(message, "g")),
+    }[case]
+
+
+def build(case: str) -> Callable[[], object]:
+    """The function one call of ``case`` runs."""
+    mode, _, what = case.partition("_")
+    _install(mode)
+    if mode == "span":
+        return _span_case(what)
+    import hoptrace
+    import hoptrace.confluent_kafka as ck
+
+    flag = b"00" if mode.startswith("s") else b"01"
+    pairs = [("traceparent", b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-" + flag),
+             ("x-transaction-id", b"c" * 32), ("baggage", b"transaction.id=" + b"c" * 32)]
+    if mode == "piece":
+        return _piece_case(case, pairs)
+    if mode != "plain":
+        hoptrace.configure(fast_spans=not mode.endswith("exact"),
+                           propagation_only=mode in ("prop", "sprop"))
+    message = _Message(pairs)
+    owner = object()
+    transaction = hoptrace.transaction
+
+    def poll(*args: Any) -> Any:
+        return message
+
+    if what == "consume":
+        if mode == "plain":
+            return lambda: poll(1.0)
+        return lambda: ck._poll(poll, owner, "g", (1.0,), {})
+    if mode == "plain":
+        return lambda: _noop("orders", b"x", headers=pairs)
+    if mode.startswith("s"):
+        def produce() -> None:
+            with transaction("job"):
+                ck._produce(_noop, None, "orders", (b"x",), {})
+        return produce
+    return lambda: ck._produce(_noop, None, "orders", (b"x",), {})
+
+
+def run(case: str, calls: int) -> None:
+    one = build(case)
+    for _ in range(200):  # warm-up: caches, lazy imports, the recorder's probe
+        one()
+    collections.deque(itertools.starmap(one, itertools.repeat((), calls)), maxlen=0)
+
+
+def count(case: str) -> int:
+    """Instructions per call of ``case``, by callgrind."""
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--collect-atstart=no",
+         "--toggle-collect=starmap_next", "--callgrind-out-file=/dev/null",
+         sys.executable, __file__, "--run", case, str(CALLS)],
+        capture_output=True, text=True, check=True,
+    )
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if found is None:
+        raise RuntimeError(out.stderr[-2000:])
+    return int(found.group(1)) // CALLS
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--run"]:
+        run(argv[1], int(argv[2]))
+        return 0
+    for case in argv or CASES:
+        print(f"{case:34} {count(case) / 1000:8.1f}k instructions per call", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
