@@ -33,6 +33,10 @@ test: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+# Every variant per client side by side (plain, static headers, hoptrace propagation-only and
+# with spans, OTel contrib, ddtrace, and the 1%-sampled setup), then the core, memory and
+# metrics targets: one table, in bench/results/summary.md (about 20 minutes; BENCH_ARGS=--quick
+# for about 5, BENCH_ARGS="hop --clients pika" for one stage and client).
 bench: $(STAMP)
 	scripts/brokers up
 	$(PY) bench/run.py $(BENCH_ARGS)
@@ -49,3 +53,35 @@ brokers-down:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build dist
+
+# The version matrix (noxfile.py): Python 3.10-3.13, plus the oldest and the newest release of
+# every dependency; each cell builds the wheel with the C module and runs the unit suite and a
+# fast integration subset. Venvs are reused between runs (nox -r, under build/nox).
+# `make matrix-ci` runs the cells `make test` does not cover (3.10, 3.12, 3.13, oldest).
+# `make matrix MATRIX_ARGS="-s oldest"` picks sessions; `nox -l` lists them.
+.PHONY: matrix matrix-ci package-test
+
+matrix: $(STAMP)
+	scripts/brokers up
+	$(PY) -m nox -r $(MATRIX_ARGS)
+
+# Two shards side by side (one per core; most of a cell's time is one pytest process), each
+# logged to build/matrix-ci-N.log and printed when both are done.
+matrix-ci: $(STAMP)
+	scripts/brokers up
+	mkdir -p build
+	HOPTRACE_MATRIX_SHARD=0/2 $(PY) -m nox -r -t ci $(MATRIX_ARGS) >build/matrix-ci-0.log 2>&1 & \
+	pid=$$!; \
+	HOPTRACE_MATRIX_SHARD=1/2 $(PY) -m nox -r -t ci $(MATRIX_ARGS) >build/matrix-ci-1.log 2>&1; \
+	one=$$?; wait $$pid; zero=$$?; \
+	cat build/matrix-ci-0.log build/matrix-ci-1.log; \
+	echo "matrix-ci: shard 0 exit $$zero, shard 1 exit $$one"; \
+	test $$zero -eq 0 && test $$one -eq 0
+
+# The release check: `python -m build` (the sdist, then the wheel built from it, with
+# the C module), `twine check`, the contents of both, and fresh installs of the wheel with [all]
+# (running `hoptrace demo` and every example: the broker ones need the local brokers) and with
+# no extras (tests/package/check.py).
+package-test: $(STAMP)
+	scripts/brokers up
+	$(PY) tests/package/check.py
