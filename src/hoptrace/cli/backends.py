@@ -55,6 +55,7 @@ JAEGER_SELF_SERVICE = "jaeger"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
+_FRACTION = re.compile(r"^(.*T\d{2}:\d{2}:\d{2})[.,](\d+)(.*)$")
 
 
 class BackendError(Exception):
@@ -80,6 +81,12 @@ def parse_time(text: str) -> int:
         return int(float(value) * 1e9)
     except ValueError:
         pass
+    # Python 3.10's fromisoformat takes no "Z" and only 3 or 6 fraction digits: split the
+    # fraction off and count it in nanoseconds here.
+    split = _FRACTION.match(value)
+    fraction = ""
+    if split is not None:
+        value, fraction = split.group(1) + split.group(3), split.group(2)
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -88,7 +95,7 @@ def parse_time(text: str) -> int:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+    return int(moment.timestamp()) * 1_000_000_000 + int((fraction + "0" * 9)[:9])
 
 
 @dataclass(frozen=True)
