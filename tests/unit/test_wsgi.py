@@ -133,7 +133,12 @@ def test_example_http_wsgi_runs_a_real_server_and_continues_the_upstream_trace()
     from pathlib import Path
 
     example = Path(__file__).resolve().parents[2] / "examples" / "http_wsgi.py"
-    out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=60)
+    import os
+
+    # Captured output takes its width from COLUMNS, which pytest sets to 80: keep lines whole.
+    env = {**os.environ, "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True,
+                         timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     lines = re.findall(r"^inventory tx=(\S+) trace=(\S+)", out.stdout, re.M)
     assert len(lines) == 2
