@@ -10,6 +10,7 @@ the transaction ID is attached to the context and set on the span.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Generic, TypeVar
 
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, Status, StatusCode
@@ -202,3 +203,20 @@ class server_scope(_Scope):
     def release_context(self) -> None:
         """Detach the request's context now and leave the span open for a later ``close()``."""
         self._release(True)
+
+
+_App = TypeVar("_App")
+
+
+class EdgeMiddleware(Generic[_App]):
+    """What the ASGI and WSGI middlewares share: the app and whom they trust."""
+
+    def __init__(self, app: _App, *, trust_incoming: bool | None = None) -> None:
+        """Wrap ``app``. ``trust_incoming=False`` treats callers as untrusted (see Security).
+
+        ``None`` follows the ``trust_incoming`` setting. An untrusted request never continues
+        the caller's trace, baggage or transaction ID: it gets a new transaction, with the
+        caller's ID kept as ``hoptrace.transaction.upstream_id`` on the server span.
+        """
+        self.app = app
+        self.trust_incoming = trust_incoming

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ._config import get_settings
-from ._edge import header_carrier, server_scope
+from ._edge import EdgeMiddleware, header_carrier, server_scope
 from .core import diagnostics
 
 Scope = MutableMapping[str, Any]
@@ -60,18 +60,8 @@ def _paths_of(endpoint: object, routes: Any, depth: int) -> list[str]:
     return found
 
 
-class TransactionMiddleware:
+class TransactionMiddleware(EdgeMiddleware[ASGIApp]):
     """ASGI middleware: one transaction (and server span) per HTTP request."""
-
-    def __init__(self, app: ASGIApp, *, trust_incoming: bool | None = None) -> None:
-        """Wrap ``app``. ``trust_incoming=False`` treats callers as untrusted (see Security).
-
-        ``None`` follows the ``trust_incoming`` setting. An untrusted request never continues
-        the caller's trace, baggage or transaction ID: it gets a new transaction, with the
-        caller's ID kept as ``hoptrace.transaction.upstream_id`` on the server span.
-        """
-        self.app = app
-        self.trust_incoming = trust_incoming
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the request inside its transaction; add the ID to the response headers."""

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 from opentelemetry import context as otel_context
 
-from ._edge import header_carrier, propagation_header_names, server_scope
+from ._edge import EdgeMiddleware, header_carrier, propagation_header_names, server_scope
 from .core import diagnostics
 from .core.settings import get_settings
 
@@ -84,18 +84,8 @@ class _Body:
         self._edge.close(error)
 
 
-class TransactionMiddleware:
+class TransactionMiddleware(EdgeMiddleware[WSGIApp]):
     """WSGI middleware: one transaction (and server span) per HTTP request."""
-
-    def __init__(self, app: WSGIApp, *, trust_incoming: bool | None = None) -> None:
-        """Wrap ``app``. ``trust_incoming=False`` treats callers as untrusted (see Security).
-
-        ``None`` follows the ``trust_incoming`` setting. An untrusted request never continues
-        the caller's trace, baggage or transaction ID: it gets a new transaction, with the
-        caller's ID kept as ``hoptrace.transaction.upstream_id`` on the server span.
-        """
-        self.app = app
-        self.trust_incoming = trust_incoming
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         """Run the request inside its transaction; add the ID to the response headers."""
