@@ -26,7 +26,7 @@ from ._redelivery import (
     memory,
     message_key,
 )
-from .core import diagnostics, semconv
+from .core import diagnostics, metrics, semconv
 from .core.hop import consume_scope, produce_scope, spans_active
 from .core.propagation import inject
 
@@ -200,7 +200,7 @@ def _begin(
         return send
     send.guard = _publishing.set(True)
     try:
-        if headers_only and not spans_active():
+        if headers_only and not (spans_active() or metrics.enabled()):
             send.carrier = inject(headers, copy=True)
             return send
         attrs: dict[str, Any] = {}

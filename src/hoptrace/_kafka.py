@@ -16,10 +16,21 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, NamedTuple
 
+from opentelemetry.context import Context
 from opentelemetry.util.types import AttributeValue
 
-from .core import diagnostics, held, semconv
+from .core import diagnostics, held, metrics, semconv
+from .core.carriers import write_headers
+from .core.context import (
+    TRANSACTION_KEY,
+    current_transaction_id,
+    generate_transaction_id,
+    get_current,
+    sdk_installed,
+)
 from .core.hop import consume_scope, produce_scope, receive_scope, spans_active
+from .core.propagation import carried_transaction_id, render
+from .core.settings import get_settings
 
 SYSTEM: Final = semconv.SYSTEM_KAFKA
 #: The public names aiokafka's and kafka-python's modules share.
@@ -189,6 +200,61 @@ def send_scope(
     ).open()
 
 
+def headers_only() -> bool:
+    """Return whether a send needs only its headers: no span would record, metrics are off.
+
+    For a client call that runs no user code (confluent-kafka's ``produce()``), a send scope
+    then only writes the headers: its context is attached just to be detached again before
+    the call, and its metrics hooks do nothing. :func:`send_headers` writes the same headers
+    without it.
+    """
+    settings = get_settings()
+    return (
+        settings.enabled
+        and (settings.propagation_only or not sdk_installed())
+        and not metrics.enabled()
+    )
+
+
+def send_headers(headers: object, timestamp_given: bool = False) -> Any:
+    """Return the headers a send scope would send (see :func:`send_scope`), without the scope.
+
+    Only for a send that :func:`headers_only` allows. The same headers as the scope path:
+    the current transaction's ID, else a valid one ``headers`` carries, else a new one; the
+    current trace (a new unsampled one without an SDK); a new list for ``None``, else a
+    copy of ``headers`` whose own entries of those names are replaced. Raises TypeError only
+    when ``headers`` is not a list, tuple or mapping.
+    """
+    kind = type(headers)
+    if (headers is not None and kind is not list and kind is not dict
+            and not isinstance(headers, (Mapping, list, tuple))):
+        raise TypeError(
+            f"unsupported carrier type {kind.__name__}: use a dict of headers, "
+            "a list of (key, value) pairs, or a tuple of pairs"
+        )
+    carrier: Any = [] if headers is None else headers
+    try:
+        ctx = get_current()
+        tx = ctx.get(TRANSACTION_KEY)
+        # As the scope chooses: no transaction in force (a malformed one counts as none),
+        # so a valid ID the headers carry is kept, else a new one.
+        if (tx is None and current_transaction_id(ctx) is None) or (
+            tx is not None and not isinstance(tx, str)
+        ):
+            chosen = carried_transaction_id(headers) if headers else None
+            if chosen is None and tx is not None:
+                chosen = generate_transaction_id()
+            if chosen is not None:
+                ctx = Context({**ctx, TRANSACTION_KEY: chosen})
+        values = render(ctx, get_settings(), None, timestamp_given)
+        if headers is None:  # what write_headers makes of a new list, at half the cost
+            return [(name, value.encode("utf-8")) for name, value in values.items()]
+        return write_headers(carrier, values, copy=True)
+    except Exception as exc:
+        diagnostics.internal_error("kafka.send_headers", exc)
+        return carrier
+
+
 def open_send(
     topic: str, headers: object, key: object, timestamp_given: bool, label: str
 ) -> produce_scope | None:
@@ -209,7 +275,9 @@ def await_ack(
 ) -> Any:
     """Detach a send's context and end its span when ``future`` reports (``hook`` wires it)."""
     pending = detach_for_ack(scope)
-    if pending is not None:
+    if pending is None:
+        scope.close()  # no span awaits the ack: end the send now, so metrics count it
+    else:
         try:
             hook(future, pending)
         except Exception as exc:

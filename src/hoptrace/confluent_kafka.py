@@ -11,7 +11,8 @@ and their instances take no new attributes. hoptrace therefore offers
 Semantics:
 
 * ``produce()`` makes a ``send {topic}`` span, injects into a copy of the headers (dict or
-  list) and ends the span in the delivery report with the partition and offset.
+  list) and ends the span in the delivery report with the partition and offset. With no span
+  to make (``propagation_only=True`` or no SDK) and metrics off, it only writes the headers.
 * ``poll()`` returns a record with its ``process {topic}`` scope open: the handler after it
   runs in the producer's trace and transaction. The scope is held until the next ``poll()``,
   ``consume()`` or ``close()`` on that consumer in the same thread, a ``commit()`` or
@@ -116,6 +117,17 @@ def _produce(
     if len(args) > 3:  # on_delivery/timestamp/headers given by position: leave them alone
         original(topic, *args, **kwargs)
         return
+    if _kafka.headers_only():
+        # No span would record, and the scope's context would be detached before the call
+        # below anyway (see detach_for_ack): write just the headers, as the scope would.
+        try:
+            kwargs["headers"] = _kafka.send_headers(
+                kwargs.get("headers"), kwargs.get("timestamp", 0) != 0
+            )
+        except TypeError:  # headers the client rejects: it raises its own error
+            pass
+        original(topic, *args, **kwargs)
+        return
     key = kwargs.get("key", args[1] if len(args) > 1 else None)
     try:
         scope = _kafka.send_scope(
@@ -140,9 +152,10 @@ def _produce(
     except BaseException as exc:
         scope.close(exc)
         raise
-    if not reports_success:
+    if not reports_success or scope.span is None:
         # delivery.report.only.error: no report comes for a success, so end the span now;
         # a failure report later finds it closed and only runs the caller's callback.
+        # Without a span nothing awaits the report: close now, so metrics count the send.
         scope.close()
 
 

@@ -332,3 +332,26 @@ def test_an_unknown_name_in_the_environment_warns_and_keeps_every_metric(
     assert settings.disabled_metrics == frozenset()
     assert any("HOPTRACE_DISABLED_METRICS" in r.getMessage() and "nope" in r.getMessage()
                for r in caplog.records)
+
+
+def test_pika_publish_without_a_tracing_sdk_still_counts_the_send(
+    recorded: Metrics, no_sdk: None
+) -> None:
+    """basic_publish writes only the headers when no span records, but not when metrics do."""
+    pika = pytest.importorskip("pika")
+    import hoptrace.pika
+
+    sent: list[Any] = []
+
+    def original(channel: Any, exchange: str, routing_key: str, body: bytes, properties: Any,
+                 mandatory: bool) -> None:
+        sent.append(properties)
+
+    publish = hoptrace.pika._wrap_basic_publish(original)
+    for body in (b"1", b"2"):
+        publish(None, "", "jobs", body, pika.BasicProperties(headers={}))
+    assert len(sent) == 2 and all("traceparent" in p.headers for p in sent)
+    (count,) = recorded.points(metrics.SENT_MESSAGES)
+    (duration,) = recorded.points(metrics.OPERATION_DURATION)
+    assert count.value == 2 and duration.count == 2
+    assert count.attributes["messaging.system"] == "rabbitmq"

@@ -1,0 +1,86 @@
+"""confluent-kafka produce() with no span to make (propagation-only, or no SDK), real broker.
+
+The produce path then writes only the headers, without a send scope: the consumer's
+handler must still run in the producer's trace and transaction, a transaction ID the
+caller's headers carry must survive, and the caller's own headers must arrive untouched.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import hoptrace
+from hoptrace import _kafka
+
+confluent_kafka = pytest.importorskip("confluent_kafka")
+import hoptrace.confluent_kafka as hc  # noqa: E402
+
+CREATED: list[str] = []
+CARRIED = "d" * 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _delete_topics(kafka_bootstrap: str) -> Iterator[None]:
+    yield
+    if CREATED:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        for future in admin.delete_topics(list(CREATED), operation_timeout=10).values():
+            try:
+                future.result(15)
+            except Exception:
+                pass
+        CREATED.clear()
+
+
+@pytest.mark.parametrize("mode", ["propagation_only", "no_sdk"])
+def test_headers_only_produce_carries_trace_and_transaction(
+    kafka_bootstrap: str, mode: str, request: pytest.FixtureRequest
+) -> None:
+    if mode == "propagation_only":
+        request.getfixturevalue("spans")
+        hoptrace.configure(propagation_only=True)
+    else:
+        request.getfixturevalue("no_sdk")
+    assert _kafka.headers_only()
+    topic = f"hoptrace-confluent-hdr-{uuid.uuid4().hex[:10]}"
+    CREATED.append(topic)
+    delivered: list[int] = []
+    p = hc.Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 1})
+    user = [("x-app", b"1"), ("x-transaction-id", CARRIED.encode())]
+    with hoptrace.transaction("edge") as tx:
+        trace_id = hoptrace.current_trace_id()
+        p.produce(topic, b"in-tx", headers=user,
+                  on_delivery=lambda err, m: delivered.append(m.offset()))
+    p.produce(topic, b"relayed", headers=user)  # outside: the carried ID is kept
+    assert p.flush(15) == 0
+    assert delivered == [0]  # the caller's own callback, untouched
+    assert user == [("x-app", b"1"), ("x-transaction-id", CARRIED.encode())]
+
+    c = hc.Consumer({
+        "bootstrap.servers": kafka_bootstrap, "group.id": f"g-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False, "auto.offset.reset": "earliest",
+    })
+    c.assign([confluent_kafka.TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)])
+    seen: list[tuple[Any, ...]] = []
+    try:
+        while len(seen) < 2:
+            msg = c.poll(0.5)
+            if msg is None or msg.error() is not None:
+                continue
+            seen.append((msg.value(), hoptrace.current_transaction_id(),
+                         hoptrace.current_trace_id(), dict(msg.headers())))
+        hc.close_scope(c)
+    finally:
+        c.close()
+    (v1, tx1, trace1, h1), (v2, tx2, _, h2) = seen
+    assert (v1, v2) == (b"in-tx", b"relayed")
+    assert tx1 == tx.transaction_id and trace1 == trace_id
+    assert tx2 == CARRIED
+    assert h1["x-app"] == h2["x-app"] == b"1"
+    assert hoptrace.current_transaction_id() is None
