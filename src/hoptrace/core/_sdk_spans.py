@@ -16,6 +16,11 @@ snapshot that ``on_end`` gets. Two steps cost less than in the SDK:
   the span's ``BoundedAttributes`` as they are, not through its per-value check. Any other
   value, or any limit they would hit, takes the SDK's path for the whole set.
 
+:meth:`Recorder.dropped_child` answers before any of that: when such a table says the child of
+a given parent is dropped (an unsampled parent, under the default delegates), it returns the
+``NonRecordingSpan`` the SDK would, so a caller need not build the name, attributes or links
+of a span that records nothing.
+
 At first use for a tracer, :func:`recorder_for` checks that the SDK has the shape this module
 knows. When it does not, hoptrace calls ``tracer.start_span`` and says why once, at debug level.
 """
@@ -35,7 +40,7 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, Tracer, _Span
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, StaticSampler
-from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import DEFAULT_TRACE_STATE, Link, SpanContext, SpanKind, TraceFlags
 from opentelemetry.util.types import AttributeValue
 
 from .spans import UncheckedAttributes
@@ -49,6 +54,29 @@ _FLAGS: Final = tuple(
                | (_RANDOM_FLAG if i & 2 else 0))
     for i in range(4)
 )
+
+_tuple_new = tuple.__new__
+_SPAN_ID_MAX: Final = (1 << 64) - 1
+_TRACE_ID_MAX: Final = (1 << 128) - 1
+#: (is_sampled(), is_recording()) of each sampling decision.
+_DECISIONS: Final = {d: (bool(cast(Any, d).is_sampled()), bool(cast(Any, d).is_recording()))
+                     for d in Decision}
+
+
+def _tuple_layout() -> bool:
+    """Whether SpanContext is the 6-tuple (trace_id, span_id, is_remote, flags, state, valid)."""
+    if type(SpanContext.__dict__.get("__new__")) not in (FunctionType, staticmethod):
+        return False
+    flags = TraceFlags(1)
+    made = SpanContext(1, 2, is_remote=False, trace_flags=flags, trace_state=DEFAULT_TRACE_STATE)
+    invalid = SpanContext(1, 0, is_remote=True)
+    return (isinstance(made, tuple) and tuple(made) == (1, 2, False, flags, DEFAULT_TRACE_STATE,
+                                                        True)
+            and tuple(invalid) == (1, 0, True, TraceFlags(0), DEFAULT_TRACE_STATE, False)
+            and made.is_valid and not made.is_remote and made.span_id == 2)
+
+
+_TUPLE_LAYOUT: Final = _tuple_layout()
 
 #: The names ``Tracer.start_span`` reads in SDK 1.20 to 1.39; later versions add to them.
 _NAMES_1_20: Final = frozenset({
@@ -236,13 +264,15 @@ def _plain(attributes: Mapping[str, Any], limits: SpanLimits) -> bool:
 class Recorder:
     """Starts :class:`HopSpan` objects for one SDK tracer, as its ``start_span`` would."""
 
-    __slots__ = ("_decisions", "_sampler", "tracer", "variant")
+    __slots__ = ("_decisions", "_drops", "_sampler", "tracer", "variant")
 
     def __init__(self, tracer: Any, variant: Variant) -> None:
         self.tracer = tracer
         self.variant = variant
-        self._sampler = tracer.sampler
-        self._decisions = _static_decisions(self._sampler)
+        self._sampler: Any = None
+        self._decisions: tuple[Decision | None, ...] | None = None
+        self._drops: tuple[bool, ...] | None = None
+        self._use(tracer.sampler)
 
     def start(
         self,
@@ -280,15 +310,24 @@ class Recorder:
                       else parent.trace_flags.random_trace_id)
         elif variant.random_flag == 1:
             random = id_generator.is_trace_id_random()
-        span_context = SpanContext(
-            trace_id, span_id or id_generator.generate_span_id(), is_remote=False,
-            trace_flags=_FLAGS[decision.is_sampled() | (2 if random else 0)],
-            trace_state=trace_state,
-        )
+        known = _DECISIONS.get(decision) if type(decision) is Decision else None
+        sampled, recording = known if known is not None else (
+            decision.is_sampled(), decision.is_recording())
+        span_id = span_id or id_generator.generate_span_id()
+        flags = _FLAGS[sampled | (2 if random else 0)]
+        if _TUPLE_LAYOUT:  # what SpanContext.__new__ builds, without its property calls
+            span_context = _tuple_new(SpanContext, (
+                trace_id, span_id, False, flags,
+                DEFAULT_TRACE_STATE if trace_state is None else trace_state,
+                0 < trace_id <= _TRACE_ID_MAX and 0 < span_id <= _SPAN_ID_MAX,
+            ))
+        else:  # pragma: no cover - an API whose SpanContext is laid out otherwise
+            span_context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags,
+                                       trace_state=trace_state)
         record_end_metrics = (
             tracer._tracer_metrics.start_span(parent, decision) if variant.gated else None
         )
-        if not decision.is_recording():
+        if not recording:
             return trace_api.NonRecordingSpan(context=span_context)
         limits = tracer._span_limits
         fast = not given or _plain(given, limits)
@@ -313,6 +352,65 @@ class Recorder:
         span.start(start_time=start_time, parent_context=context)
         return span
 
+    def dropped_child(
+        self, parent: SpanContext, span_id: int | None = None
+    ) -> trace_api.Span | None:
+        """The span :meth:`start` would return for a child of ``parent`` that the sampler drops.
+
+        Only for a ``ParentBased`` sampler whose delegate for ``parent`` (local or remote,
+        sampled or not) is a ``StaticSampler`` that drops: that decision reads neither the
+        span's name, kind, attributes, links nor baggage, so the caller need not build them.
+        The span is the SDK's: a ``NonRecordingSpan`` with a new span ID from the ID
+        generator (or ``span_id``), the parent's trace ID and trace state, the trace flags
+        the SDK gives it; the tracer's own metrics count it. Returns None whenever the
+        decision is not such a drop (then :meth:`start` must run, with the attributes).
+        """
+        tracer = self.tracer
+        if tracer.sampler is not self._sampler:
+            self._use(tracer.sampler)
+        drops = self._drops
+        if drops is None or type(parent) is not SpanContext:
+            return None
+        if _TUPLE_LAYOUT:  # one unpack instead of five property calls
+            trace_id, _, remote, flags, state, valid = parent
+        else:  # pragma: no cover - an API whose SpanContext is laid out otherwise
+            trace_id, remote, flags, state, valid = (
+                parent.trace_id, parent.is_remote, parent.trace_flags, parent.trace_state,
+                parent.is_valid)
+        if not valid or not drops[(2 if remote else 0) + (0 if flags & 1 else 1)]:
+            return None
+        variant = self.variant
+        if variant.gated and not tracer._is_enabled():
+            return trace_api.NonRecordingSpan(context=parent)
+        id_generator = tracer.id_generator
+        random = False
+        if variant.random_flag == 2:
+            random = bool(flags & _RANDOM_FLAG)
+        elif variant.random_flag == 1:
+            random = id_generator.is_trace_id_random()
+        span_id = span_id or id_generator.generate_span_id()
+        new_flags = _FLAGS[2 if random else 0]  # not sampled
+        if _TUPLE_LAYOUT:  # what SpanContext.__new__ builds, without its checks repeated
+            span_context = _tuple_new(SpanContext, (
+                trace_id, span_id, False, new_flags,
+                DEFAULT_TRACE_STATE if state is None else state,
+                0 < span_id <= _SPAN_ID_MAX,
+            ))
+        else:  # pragma: no cover
+            span_context = SpanContext(trace_id, span_id, is_remote=False,
+                                       trace_flags=new_flags, trace_state=state)
+        if variant.gated:
+            tracer._tracer_metrics.start_span(parent, Decision.DROP)
+        return trace_api.NonRecordingSpan(context=span_context)
+
+    def _use(self, sampler: Any) -> None:
+        """Read ``sampler``'s static decisions, and which of its parent cases drop."""
+        decisions = _static_decisions(sampler)
+        self._sampler, self._decisions = sampler, decisions
+        # By (remote, parent not sampled): local sampled, local not, remote sampled, remote not.
+        self._drops = None if decisions is None else tuple(
+            decision is Decision.DROP for decision in decisions[1:]
+        )
 
     def _sample(
         self, sampler: Any, context: Context, parent: SpanContext | None, trace_id: int,
@@ -321,7 +419,7 @@ class Recorder:
     ) -> tuple[Any, Any, Mapping[str, Any] | None]:
         """The sampling decision, trace state and attributes, as ``sampler`` would give them."""
         if sampler is not self._sampler:
-            self._sampler, self._decisions = sampler, _static_decisions(sampler)
+            self._use(sampler)
         decisions = self._decisions
         if decisions is None:
             result = sampler.should_sample(context, trace_id, name, kind, attributes, links)

@@ -21,6 +21,7 @@ from typing import Any, Final, NamedTuple, TypeVar, cast
 
 from opentelemetry.context import Context, create_key
 from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
     Link,
     NonRecordingSpan,
     Span,
@@ -49,7 +50,7 @@ from .context import (
 )
 from .propagation import Incoming, carried_transaction_id, read, render
 from .settings import get_settings
-from .spans import UncheckedAttributes, start_span
+from .spans import UncheckedAttributes, dropped_child, start_span
 
 Attributes = Mapping[str, AttributeValue]
 
@@ -154,6 +155,26 @@ def start_child_span(
     except Exception as exc:
         diagnostics.internal_error(where, exc)
         return None
+
+
+#: :func:`_dropped_child` failed (counted): no span, and no second try through the SDK.
+_FAILED: Final[Span] = NonRecordingSpan(INVALID_SPAN_CONTEXT)
+
+
+def _dropped_child(parent: Span, span_id: int | None, where: str) -> Span | None:
+    """The non-recording child of ``parent`` when the sampler is known to drop it, else None.
+
+    Only a valid, unsampled parent is asked about (see :func:`spans.dropped_child`); a failure
+    is counted at ``where`` and returns :data:`_FAILED`.
+    """
+    try:
+        sc = parent.get_span_context()
+        if sc.trace_flags & 1 or not sc.is_valid:  # sampled (one int op, not the property)
+            return None
+        return dropped_child(sc, span_id)
+    except Exception as exc:
+        diagnostics.internal_error(where, exc)
+        return _FAILED
 
 
 #: Each destination's contribution to first-attempt span IDs (a bounded cache).
@@ -417,6 +438,14 @@ class produce_scope(_Scope):
         """Start the send span; None when spans are off and a trace is active already."""
         span: Span | None = None
         if not settings.propagation_only and sdk_installed():
+            active = span_in(parent)
+            if active is not None:
+                # A child the sampler is known to drop: the SDK's non-recording span, without
+                # the attributes it would never keep.
+                dropped = _dropped_child(active, None, "produce_scope.span")
+                if dropped is not None:
+                    self.span = dropped if dropped is not _FAILED else None
+                    return self.span
             attrs: dict[str, AttributeValue] = {
                 semconv.MESSAGING_SYSTEM: self._system,
                 semconv.MESSAGING_OPERATION_NAME: semconv.OP_SEND,
@@ -549,13 +578,21 @@ class consume_scope(_Scope):
             self.queue_wait_ms = wait
         span: Any = None
         if not settings.propagation_only and sdk_installed():
-            span = self.span = start_child_span(
-                self._name or semconv.process_span_name(self._destination), parent_span,
-                SpanKind.CONSUMER, self._span_attributes(tx, incoming, upstream, skew), links,
-                None if self._redelivered is None
-                else self._span_id(remote, parent_span, links),
-                "consume_scope.span", carried,
-            )
+            span_id = (None if self._redelivered is None
+                       else self._span_id(remote, parent_span, links))
+            if parent_span is not None:
+                # A child the sampler is known to drop: the SDK's non-recording span, without
+                # the attributes it would never keep.
+                span = _dropped_child(parent_span, span_id, "consume_scope.span")
+            if span is None:
+                span = start_child_span(
+                    self._name or semconv.process_span_name(self._destination), parent_span,
+                    SpanKind.CONSUMER, self._span_attributes(tx, incoming, upstream, skew),
+                    links, span_id, "consume_scope.span", carried,
+                )
+            elif span is _FAILED:
+                span = None
+            self.span = span
         if span is None:
             span = parent_span if parent_span is not None else NonRecordingSpan(mint_span_context())
         hop = _new_tuple(HopInfo, (self._system, self._destination, self._message_id))

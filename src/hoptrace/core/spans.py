@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from . import diagnostics
@@ -89,6 +89,23 @@ def start_span(
     )
 
 
+def dropped_child(parent: SpanContext, span_id: int | None = None) -> Span | None:
+    """The span a child of ``parent`` gets when the lean recorder knows the sampler drops it.
+
+    None when that is not known (``fast_spans`` off, a tracer or sampler the recorder does not
+    know, a decision that records): then the caller starts the span with :func:`start_span`,
+    attributes and all. The span is the one :func:`start_span` would return.
+    """
+    if not get_settings().fast_spans:
+        return None
+    current = tracer()
+    cache = _recorder_cache
+    recorder = cache[1] if cache[0] is current else _recorder_for(current)
+    if recorder is None:
+        return None
+    return recorder.dropped_child(parent, span_id)  # type: ignore[no-any-return]
+
+
 def describe(exc: BaseException) -> str:
     """``Type: message`` for a span status; the type alone when ``str(exc)`` raises."""
     try:
@@ -112,4 +129,4 @@ def end_span(span: Span, exc: BaseException | None, where: str) -> None:
             diagnostics.internal_error(where, err)
 
 
-__all__: Final = ["UncheckedAttributes", "describe", "end_span", "start_span"]
+__all__: Final = ["UncheckedAttributes", "describe", "dropped_child", "end_span", "start_span"]
