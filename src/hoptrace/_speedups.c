@@ -8,8 +8,9 @@
  * Both functions handle only well-formed input of the exact types hoptrace itself sends:
  *
  * read_common() returns None for anything else (a tracestate, a value that is not a plain ASCII
- * str, an ID that is malformed or zero, baggage other than the transaction ID mirror...), and the
- * Python reader then does the whole read, with its warnings and rejection reasons.
+ * str, an ID that is malformed or zero, baggage other than the transaction ID mirror, alone or
+ * after the pathway's origin entry...), and the Python reader then does the whole read, with its
+ * warnings and rejection reasons.
  *
  * write_common() returns False when it cannot write the values exactly as the Python writer
  * would, and writes nothing then.
@@ -24,6 +25,34 @@ static signed char hex_value[256];
 static const char hex_digits[] = "0123456789abcdef";
 
 static PyObject *time_ns_func = NULL; /* time.time_ns, where clock_gettime is missing */
+
+/* The pathway metric's baggage entry (hoptrace.core.metrics.ORIGIN_BAGGAGE_KEY) and "=", and
+ * the most digits its value may have (ms since the epoch). */
+#define ORIGIN_PREFIX "hoptrace.origin_ms="
+#define ORIGIN_PREFIX_SIZE ((Py_ssize_t)(sizeof(ORIGIN_PREFIX) - 1))
+#define ORIGIN_MAX_DIGITS 16
+
+/* 1 if the mirror prefix m ("<key>=", ASCII) is the origin entry's own key and "=". */
+static int
+origin_key(const unsigned char *m, Py_ssize_t m_size)
+{
+    return m_size == ORIGIN_PREFIX_SIZE && memcmp(m, ORIGIN_PREFIX, (size_t)m_size) == 0;
+}
+
+/* 1 if p[0:n] is 1 to ORIGIN_MAX_DIGITS ASCII digits, else 0. */
+static int
+origin_digits(const unsigned char *p, Py_ssize_t n)
+{
+    if (n < 1 || n > ORIGIN_MAX_DIGITS) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') {
+            return 0;
+        }
+    }
+    return 1;
+}
 
 static void
 init_tables(void)
@@ -116,15 +145,26 @@ lookup(PyObject *carrier, PyObject *key, PyObject **value)
 
 /*
  * read_common(carrier, traceparent_key, tracestate_key, baggage_key, transaction_key,
- *             sent_key, mirror_prefix, max_baggage_bytes, max_transaction)
- *   -> (trace_id, span_id, sampled, transaction_id, mirrored, sent_ns) or None
+ *             sent_key, mirror_prefix, max_baggage_bytes, max_transaction[, with_origin])
+ *   -> (trace_id, span_id, sampled, transaction_id, mirrored, sent_ns, origin) or None
+ *
+ * The baggage may be the mirror alone, or, when with_origin is true, the pathway's origin entry
+ * then the mirror: "hoptrace.origin_ms=<1 to 16 digits>," + mirror_prefix + transaction ID;
+ * origin is then the digits (a str), else None.
  */
 static PyObject *
 read_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "read_common() takes 9 arguments");
+    if (nargs != 9 && nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "read_common() takes 9 or 10 arguments");
         return NULL;
+    }
+    int with_origin = 0;
+    if (nargs == 10) {
+        with_origin = PyObject_IsTrue(args[9]);
+        if (with_origin < 0) {
+            return NULL;
+        }
     }
     PyObject *carrier = args[0];
     if (!PyDict_CheckExact(carrier)) {
@@ -137,7 +177,8 @@ read_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *traceparent = NULL, *tracestate = NULL, *baggage = NULL, *transaction = NULL;
     PyObject *sent = NULL;
-    PyObject *trace_obj = NULL, *span_obj = NULL, *sent_obj = NULL, *result = NULL;
+    PyObject *trace_obj = NULL, *span_obj = NULL, *sent_obj = NULL, *origin_obj = NULL;
+    PyObject *result = NULL;
     /* A tracestate, or an error: the Python reader does it all. */
     if (lookup(carrier, args[2], &tracestate) != 0
         || lookup(carrier, args[1], &traceparent) < 0
@@ -171,19 +212,39 @@ read_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     int mirrored = 0;
+    Py_ssize_t origin_size = 0; /* digits of the origin entry, when the baggage has one */
     if (baggage != NULL) {
-        /* Only the transaction ID mirror, "<key>=<transaction ID>", is the common case. */
+        /* The common case: the transaction ID mirror "<key>=<transaction ID>", alone or after
+         * the origin entry. (The transaction ID is ASCII alphanumeric, checked above.) */
         PyObject *prefix = args[6];
         if (transaction == NULL || !PyUnicode_CheckExact(baggage) || !PyUnicode_CheckExact(prefix)) {
             goto decline;
         }
         Py_ssize_t size = PyUnicode_GET_LENGTH(baggage);
         Py_ssize_t prefix_size = PyUnicode_GET_LENGTH(prefix);
-        if (size > max_baggage || size != prefix_size + PyUnicode_GET_LENGTH(transaction)) {
+        Py_ssize_t mirror_size = prefix_size + PyUnicode_GET_LENGTH(transaction);
+        if (size > max_baggage) {
             goto decline;
         }
-        if (PyUnicode_Tailmatch(baggage, prefix, 0, prefix_size, -1) != 1
-            || PyUnicode_Tailmatch(baggage, transaction, prefix_size, size, 1) != 1) {
+        if (size != mirror_size) {
+            /* "hoptrace.origin_ms=<digits>," then the mirror, all ASCII. */
+            const unsigned char *b = NULL, *m = NULL;
+            Py_ssize_t b_size = 0, m_size = 0;
+            origin_size = size - mirror_size - ORIGIN_PREFIX_SIZE - 1;
+            if (!with_origin || origin_size < 1 || origin_size > ORIGIN_MAX_DIGITS
+                || (b = ascii_of(baggage, &b_size)) == NULL
+                || (m = ascii_of(prefix, &m_size)) == NULL
+                /* a mirror key that is the origin's own key: Python's parse keeps one entry */
+                || origin_key(m, m_size)
+                || memcmp(b, ORIGIN_PREFIX, (size_t)ORIGIN_PREFIX_SIZE) != 0
+                || !origin_digits(b + ORIGIN_PREFIX_SIZE, origin_size)
+                || b[ORIGIN_PREFIX_SIZE + origin_size] != ',') {
+                goto decline;
+            }
+        }
+        Py_ssize_t start = size - mirror_size; /* where the mirror begins */
+        if (PyUnicode_Tailmatch(baggage, prefix, start, start + prefix_size, -1) != 1
+            || PyUnicode_Tailmatch(baggage, transaction, start + prefix_size, size, 1) != 1) {
             PyErr_Clear();
             goto decline;
         }
@@ -217,12 +278,20 @@ read_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         }
     }
-    result = PyTuple_Pack(6, trace_obj != NULL ? trace_obj : Py_None,
+    if (origin_size > 0) {
+        origin_obj = PyUnicode_Substring(baggage, ORIGIN_PREFIX_SIZE,
+                                         ORIGIN_PREFIX_SIZE + origin_size);
+        if (origin_obj == NULL) {
+            goto done;
+        }
+    }
+    result = PyTuple_Pack(7, trace_obj != NULL ? trace_obj : Py_None,
                           span_obj != NULL ? span_obj : Py_None,
                           (flags & 1) ? Py_True : Py_False,
                           transaction != NULL ? transaction : Py_None,
                           mirrored ? Py_True : Py_False,
-                          sent_obj != NULL ? sent_obj : Py_None);
+                          sent_obj != NULL ? sent_obj : Py_None,
+                          origin_obj != NULL ? origin_obj : Py_None);
     goto done;
 decline:
     result = Py_None;
@@ -236,6 +305,7 @@ done:
     Py_XDECREF(trace_obj);
     Py_XDECREF(span_obj);
     Py_XDECREF(sent_obj);
+    Py_XDECREF(origin_obj);
     return result;
 }
 
@@ -322,20 +392,68 @@ now_ns_text(void)
 }
 
 /*
+ * The baggage "hoptrace.origin_ms=<origin>," + mirror_prefix + transaction (what the Python
+ * writer's _encode_baggage gives for the origin entry and the mirror), or NULL with no error set
+ * when a part is not ASCII text of that shape. (NULL with an error set: out of memory.)
+ */
+static PyObject *
+origin_baggage(PyObject *origin, PyObject *mirror_prefix, PyObject *transaction)
+{
+    Py_ssize_t origin_size = 0, prefix_size = 0, tx_size = 0;
+    const unsigned char *o = ascii_of(origin, &origin_size);
+    const unsigned char *m = ascii_of(mirror_prefix, &prefix_size);
+    const unsigned char *t = ascii_of(transaction, &tx_size);
+    if (o == NULL || m == NULL || t == NULL || !origin_digits(o, origin_size)) {
+        return NULL;
+    }
+    Py_ssize_t size = ORIGIN_PREFIX_SIZE + origin_size + 1 + prefix_size + tx_size;
+    PyObject *text = PyUnicode_New(size, 127);
+    if (text == NULL) {
+        return NULL;
+    }
+    char *out = (char *)PyUnicode_DATA(text);
+    memcpy(out, ORIGIN_PREFIX, (size_t)ORIGIN_PREFIX_SIZE);
+    out += ORIGIN_PREFIX_SIZE;
+    memcpy(out, o, (size_t)origin_size);
+    out += origin_size;
+    *out++ = ',';
+    memcpy(out, m, (size_t)prefix_size);
+    memcpy(out + prefix_size, t, (size_t)tx_size);
+    return text;
+}
+
+/* 1 if origin_baggage() can write (origin, mirror_prefix, transaction) as the Python writer
+ * would; 0 if not (a mirror under the origin's own key is one entry in Python). */
+static int
+origin_ok(PyObject *origin, PyObject *mirror_prefix, PyObject *transaction)
+{
+    Py_ssize_t origin_size = 0, m_size = 0, size = 0;
+    const unsigned char *o = ascii_of(origin, &origin_size);
+    const unsigned char *m = ascii_of(mirror_prefix, &m_size);
+    return o != NULL && origin_digits(o, origin_size) && m != NULL && !origin_key(m, m_size)
+           && ascii_of(transaction, &size) != NULL;
+}
+
+/*
  * Store traceparent (if not NULL; a new reference, consumed), the transaction ID, the baggage
- * mirror (if mirror_prefix is not None) and the send time (if sent_key is not None) into the
- * dict values, in that order. keys: traceparent, transaction, baggage. Returns 0, or -1 with an
- * exception set.
+ * (if mirror_prefix is not None: the mirror, after the origin entry if origin is not None) and
+ * the send time (if sent_key is not None) into the dict values, in that order. keys:
+ * traceparent, transaction, baggage. Returns 0, or -1 with an exception set. The caller checked
+ * origin with origin_ok().
  */
 static int
 store(PyObject *values, PyObject *traceparent, PyObject *const *keys, PyObject *transaction,
-      PyObject *mirror_prefix, PyObject *sent_key)
+      PyObject *mirror_prefix, PyObject *sent_key, PyObject *origin)
 {
     PyObject *mirror = NULL, *sent = NULL;
     int status = -1;
     if (mirror_prefix != Py_None) {
-        mirror = PyUnicode_Concat(mirror_prefix, transaction);
+        mirror = origin != Py_None ? origin_baggage(origin, mirror_prefix, transaction)
+                                   : PyUnicode_Concat(mirror_prefix, transaction);
         if (mirror == NULL) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_SystemError, "hoptrace._speedups: unchecked origin");
+            }
             goto done;
         }
     }
@@ -379,26 +497,36 @@ mirror_ok(PyObject *mirror_prefix)
     return mirror_prefix == Py_None || PyUnicode_CheckExact(mirror_prefix);
 }
 
+/* The optional origin argument is usable: None, or (with a mirror) a str origin_ok() takes. */
+static int
+origin_arg_ok(PyObject *origin, PyObject *mirror_prefix, PyObject *transaction)
+{
+    return origin == Py_None
+           || (mirror_prefix != Py_None && origin_ok(origin, mirror_prefix, transaction));
+}
+
 /*
  * write_common(values, trace_id, span_id, sampled, traceparent_key, transaction_key,
- *              transaction_id, baggage_key, mirror_prefix, sent_key) -> bool
+ *              transaction_id, baggage_key, mirror_prefix, sent_key[, origin]) -> bool
  *
  * trace_id None writes no traceparent; mirror_prefix None no baggage; sent_key None no send
- * time. Writes, in the Python writer's order, traceparent, transaction ID, the baggage mirror
- * and the send time into the dict ``values``.
+ * time; origin (1 to 16 ASCII digits, with a mirror) puts the pathway's origin entry before the
+ * mirror in the baggage. Writes, in the Python writer's order, traceparent, transaction ID, the
+ * baggage and the send time into the dict ``values``.
  */
 static PyObject *
 write_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "write_common() takes 10 arguments");
+    if (nargs != 10 && nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "write_common() takes 10 or 11 arguments");
         return NULL;
     }
     PyObject *values = args[0], *trace_id = args[1], *span_id = args[2];
     PyObject *transaction = args[6];
+    PyObject *origin = nargs == 11 ? args[10] : Py_None;
     PyObject *keys[3] = {args[4], args[5], args[7]};
     if (!PyDict_CheckExact(values) || !PyUnicode_CheckExact(transaction)
-        || !mirror_ok(args[8])) {
+        || !mirror_ok(args[8]) || !origin_arg_ok(origin, args[8], transaction)) {
         Py_RETURN_FALSE;
     }
     PyObject *traceparent = NULL;
@@ -417,7 +545,7 @@ write_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
     }
-    if (store(values, traceparent, keys, transaction, args[8], args[9]) < 0) {
+    if (store(values, traceparent, keys, transaction, args[8], args[9], origin) < 0) {
         return NULL;
     }
     Py_RETURN_TRUE;
@@ -435,7 +563,7 @@ big_endian(const unsigned char *p)
 
 /*
  * mint_common(values, random, traceparent_key, transaction_key, transaction_id, baggage_key,
- *             mirror_prefix, sent_key) -> bool
+ *             mirror_prefix, sent_key[, origin]) -> bool
  *
  * Like write_common for a new, unsampled trace whose IDs are the first 16 (trace) and next 8
  * (span) bytes of ``random``, read big-endian. transaction_id None takes the transaction ID
@@ -445,17 +573,24 @@ big_endian(const unsigned char *p)
 static PyObject *
 mint_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "mint_common() takes 8 arguments");
+    if (nargs != 8 && nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "mint_common() takes 8 or 9 arguments");
         return NULL;
     }
     PyObject *values = args[0], *random = args[1], *transaction = args[4];
+    PyObject *origin = nargs == 9 ? args[8] : Py_None;
     PyObject *keys[3] = {args[2], args[3], args[5]};
     if (!PyDict_CheckExact(values) || !PyBytes_CheckExact(random) || !mirror_ok(args[6])) {
         Py_RETURN_FALSE;
     }
     Py_ssize_t size = PyBytes_GET_SIZE(random);
     if (transaction == Py_None ? size != 40 : (size != 24 || !PyUnicode_CheckExact(transaction))) {
+        Py_RETURN_FALSE;
+    }
+    /* (A minted transaction ID is ASCII hex: only the origin and the mirror need checking.) */
+    if (origin != Py_None
+        && (args[6] == Py_None || !origin_ok(origin, args[6], transaction == Py_None
+                                                            ? origin : transaction))) {
         Py_RETURN_FALSE;
     }
     const unsigned char *bytes = (const unsigned char *)PyBytes_AS_STRING(random);
@@ -481,7 +616,7 @@ mint_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     else {
         Py_INCREF(transaction);
     }
-    int status = store(values, traceparent, keys, transaction, args[6], args[7]);
+    int status = store(values, traceparent, keys, transaction, args[6], args[7], origin);
     Py_DECREF(transaction);
     if (status < 0) {
         return NULL;

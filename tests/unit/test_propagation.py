@@ -307,3 +307,37 @@ def test_max_baggage_bytes_trims_the_outgoing_header_at_the_limit() -> None:
         hoptrace.configure(max_baggage_bytes=8192)
         context.detach(token)
     assert len(trimmed.encode()) < len(full) and "transaction.id=" in trimmed
+
+
+ORIGIN_KEY = "hoptrace.origin_ms"  # the pathway metric's entry (hoptrace.core.metrics)
+
+
+@pytest.mark.parametrize("origin", ["1700000000123", "1" * 16, "1" * 17, "12a"])
+def test_the_origin_entry_rides_the_baggage_before_the_mirror(origin: str) -> None:
+    """The pathway's origin entry and the transaction ID: the header, then both back out."""
+    token = context.attach(baggage.set_baggage(ORIGIN_KEY, origin))
+    try:
+        with hoptrace.transaction(transaction_id="order42"):
+            headers = hoptrace.inject({})
+    finally:
+        context.detach(token)
+    assert headers["baggage"] == f"{ORIGIN_KEY}={origin},transaction.id=order42"
+    restored = hoptrace.extract(headers)
+    assert hoptrace.current_transaction_id(restored) == "order42"
+    assert dict(baggage.get_all(restored)) == {ORIGIN_KEY: origin, "transaction.id": "order42"}
+
+
+@pytest.mark.parametrize(
+    ("allow", "kept"),
+    [(None, True), ({ORIGIN_KEY}, True), ({"tenant"}, False), (set(), False)],
+)
+def test_an_incoming_origin_entry_obeys_the_allowlist(allow: Any, kept: bool) -> None:
+    hoptrace.configure(baggage_allowlist=allow)
+    ctx = hoptrace.extract({
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "x-transaction-id": "order42",
+        "baggage": f"{ORIGIN_KEY}=1700000000123,transaction.id=order42",
+    })
+    assert hoptrace.current_transaction_id(ctx) == "order42"
+    expected = {ORIGIN_KEY: "1700000000123"} if kept else {}
+    assert dict(baggage.get_all(ctx)) == {**expected, "transaction.id": "order42"}

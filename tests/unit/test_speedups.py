@@ -29,6 +29,7 @@ import hoptrace
 from hoptrace._config import get_settings
 from hoptrace.core import propagation
 from hoptrace.core.context import BAGGAGE_KEY, SPAN_KEY, TRANSACTION_KEY
+from hoptrace.core.metrics import ORIGIN_BAGGAGE_KEY
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_fuzz_extract import PROFILES, dict_carriers
@@ -91,7 +92,7 @@ def test_the_common_case_is_read_in_c() -> None:
     )
     assert fast == (
         0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, True, TX, True,
-        1700000000000000000,
+        1700000000000000000, None,
     )
     span, bag, tx, sent, rejected = read_both(HEADERS)
     assert span is not None and span[0] == 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -217,6 +218,132 @@ def test_well_formed_headers_read_the_same(
     assert (got_tx, got_sent, rejected) == (tx, sent, ())
 
 
+# --- the pathway's origin entry ------------------------------------------------------------
+
+ORIGIN = "1700000000123"
+WITH_ORIGIN = {**HEADERS, "baggage": f"{ORIGIN_BAGGAGE_KEY}={ORIGIN},transaction.id={TX}"}
+READ_ARGS = ("traceparent", "tracestate", "baggage", "x-transaction-id", "x-hoptrace-sent-ns",
+             "transaction.id=", 8192, 128)
+
+
+def test_the_origin_entry_before_the_mirror_is_read_in_c() -> None:
+    fast = _speedups.read_common(WITH_ORIGIN, *READ_ARGS, True)
+    assert fast is not None and fast[3] == TX and fast[4] is True and fast[6] == ORIGIN
+    assert _speedups.read_common(WITH_ORIGIN, *READ_ARGS, False) is None
+    assert _speedups.read_common(WITH_ORIGIN, *READ_ARGS) is None  # the 9-argument form
+    _span, bag, tx, sent, rejected = read_both(WITH_ORIGIN)
+    assert bag == {ORIGIN_BAGGAGE_KEY: ORIGIN, "transaction.id": TX}
+    assert list(bag) == [ORIGIN_BAGGAGE_KEY, "transaction.id"]  # _parse_baggage's order
+    assert (tx, sent, rejected) == (TX, 1700000000000000000, ())
+
+
+def test_the_origin_read_in_c_shares_the_transaction_id_object() -> None:
+    """hop.py binds the baggage as is when its mirror entry *is* the transaction ID."""
+    with accelerated(True):
+        incoming = propagation.read(WITH_ORIGIN, get_settings())
+    assert incoming.baggage is not None
+    assert incoming.baggage["transaction.id"] is incoming.transaction_id
+    ctx = propagation.extract(WITH_ORIGIN)
+    assert ctx[BAGGAGE_KEY] == {ORIGIN_BAGGAGE_KEY: ORIGIN, "transaction.id": TX}
+    assert ctx[TRANSACTION_KEY] == TX
+
+
+@pytest.mark.parametrize(
+    "bag",
+    [
+        f"{ORIGIN_BAGGAGE_KEY}=,transaction.id={TX}",
+        f"{ORIGIN_BAGGAGE_KEY}={'1' * 16},transaction.id={TX}",
+        f"{ORIGIN_BAGGAGE_KEY}={'1' * 17},transaction.id={TX}",
+        f"{ORIGIN_BAGGAGE_KEY}=12a4,transaction.id={TX}",
+        f"{ORIGIN_BAGGAGE_KEY}=-1234,transaction.id={TX}",
+        f"{ORIGIN_BAGGAGE_KEY}=\u0661\u0662,transaction.id={TX}",
+        f"{ORIGIN_BAGGAGE_KEY}=12%33,transaction.id={TX}",
+        f"{ORIGIN_BAGGAGE_KEY}=123;p=1,transaction.id={TX}",
+        f"{ORIGIN_BAGGAGE_KEY}=123, transaction.id={TX}",
+        f"{ORIGIN_BAGGAGE_KEY}=123,,transaction.id={TX}",
+        f"{ORIGIN_BAGGAGE_KEY}=123;transaction.id={TX}",
+        f"{ORIGIN_BAGGAGE_KEY}=123,transaction.id={TX}x",
+        f"{ORIGIN_BAGGAGE_KEY}=123,transaction.id=other",
+        f"{ORIGIN_BAGGAGE_KEY}=123,transaction.id={TX},tenant=a",
+        f"tenant=a,{ORIGIN_BAGGAGE_KEY}=123,transaction.id={TX}",
+        f"transaction.id={TX},{ORIGIN_BAGGAGE_KEY}=123",
+        f"{ORIGIN_BAGGAGE_KEY.upper()}=123,transaction.id={TX}",
+        f"hoptrace.origin_mx=123,transaction.id={TX}",
+        f"{ORIGIN_BAGGAGE_KEY}=123,{ORIGIN_BAGGAGE_KEY}=456,transaction.id={TX}",
+        f"{ORIGIN_BAGGAGE_KEY}=123,transaction.id={TX}\u00e9",
+        f"{ORIGIN_BAGGAGE_KEY}=123",
+    ],
+    ids=repr,
+)
+def test_every_departure_from_the_origin_shape_reads_the_same(bag: str) -> None:
+    read_both({**HEADERS, "baggage": bag})
+
+
+@pytest.mark.parametrize("profile", [
+    {"baggage_allowlist": frozenset({"tenant"})},
+    {"baggage_allowlist": frozenset({"tenant", ORIGIN_BAGGAGE_KEY})},
+    {"baggage_allowlist": frozenset()},
+    {"max_baggage_members": 1},
+    {"max_baggage_members": 2},
+    {"max_baggage_bytes": len(WITH_ORIGIN["baggage"])},
+    {"max_baggage_bytes": len(WITH_ORIGIN["baggage"]) - 1},
+    {"baggage_key": ORIGIN_BAGGAGE_KEY},
+    {"baggage_key": "corr"},
+    {"transaction_header": "X-Correlation-Id", "baggage_key": "corr"},
+])
+def test_the_origin_shape_reads_the_same_under_other_settings(profile: dict[str, Any]) -> None:
+    hoptrace.configure(**profile)
+    read_both(WITH_ORIGIN)
+    key = get_settings().baggage_key
+    read_both({**HEADERS, "baggage": f"{ORIGIN_BAGGAGE_KEY}={ORIGIN},{key}={TX}"})
+    read_both({**HEADERS, "baggage": f"{key}={ORIGIN},{key}={TX}"})
+
+
+def test_an_allowlist_without_the_origin_keeps_the_python_reader() -> None:
+    hoptrace.configure(baggage_allowlist=frozenset({"tenant"}))
+    _, bag, tx, _, rejected = read_both(WITH_ORIGIN)
+    assert (bag, tx, rejected) == ({"transaction.id": TX}, TX, ())
+
+
+origin_digits = st.text("0123456789", min_size=1, max_size=16)
+origin_values = st.one_of(
+    origin_digits,
+    st.text("0123456789", min_size=17, max_size=20),
+    st.text("0123456789a-%;=, \u0661", min_size=0, max_size=18),
+)
+baggage_keys = st.sampled_from([ORIGIN_BAGGAGE_KEY, "transaction.id", "tenant", "corr"])
+origin_profiles = st.sampled_from([
+    {},
+    {"baggage_allowlist": frozenset({"tenant"})},
+    {"baggage_allowlist": frozenset({ORIGIN_BAGGAGE_KEY})},
+    {"max_baggage_members": 1},
+    {"max_baggage_bytes": 60},
+    {"baggage_key": "corr"},
+    {"baggage_mirror": False},
+])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    origin=origin_values,
+    tx=st.text("abcXYZ0189", min_size=1, max_size=40),
+    extra=st.lists(st.tuples(baggage_keys, origin_values), max_size=2),
+    order=st.permutations([0, 1, 2]),
+    profile=origin_profiles,
+)
+def test_fuzzed_origin_baggage_reads_the_same(
+    origin: str, tx: str, extra: list[tuple[str, str]], order: list[int],
+    profile: dict[str, Any],
+) -> None:
+    hoptrace.configure(**profile)
+    members = [f"{ORIGIN_BAGGAGE_KEY}={origin}", f"transaction.id={tx}",
+               ",".join(f"{k}={v}" for k, v in extra)]
+    bag = ",".join(m for m in (members[i] for i in order) if m)
+    carrier = {**HEADERS, "x-transaction-id": tx, "baggage": bag}
+    read_both(carrier)
+    read_both({**carrier, "baggage": f"{ORIGIN_BAGGAGE_KEY}={origin},transaction.id={tx}"})
+
+
 # --- writing -----------------------------------------------------------------------------
 
 
@@ -280,6 +407,127 @@ def test_writing_under_other_settings_gives_the_same_headers(profile: dict[str, 
     hoptrace.configure(**profile)
     for span in SPANS:
         render_both(_context(span, TX, None), {}, True)
+
+
+ORIGIN_ENTRIES = [
+    {ORIGIN_BAGGAGE_KEY: ORIGIN},
+    {ORIGIN_BAGGAGE_KEY: ORIGIN, "transaction.id": TX},
+    {"transaction.id": TX, ORIGIN_BAGGAGE_KEY: ORIGIN},
+    {ORIGIN_BAGGAGE_KEY: ORIGIN, "transaction.id": "old"},
+    {ORIGIN_BAGGAGE_KEY: "1" * 16, "transaction.id": TX},
+    {ORIGIN_BAGGAGE_KEY: "1" * 17, "transaction.id": TX},
+    {ORIGIN_BAGGAGE_KEY: "", "transaction.id": TX},
+    {ORIGIN_BAGGAGE_KEY: "12a", "transaction.id": TX},
+    {ORIGIN_BAGGAGE_KEY: "1 2", "transaction.id": TX},
+    {ORIGIN_BAGGAGE_KEY: "\u0661\u0662", "transaction.id": TX},
+    {ORIGIN_BAGGAGE_KEY: 1700000000123, "transaction.id": TX},
+    {ORIGIN_BAGGAGE_KEY: ORIGIN, "tenant": "a"},
+    {ORIGIN_BAGGAGE_KEY: ORIGIN, "transaction.id": TX, "tenant": "a"},
+    {"tenant": "a", ORIGIN_BAGGAGE_KEY: ORIGIN},
+]
+
+
+@pytest.mark.parametrize("span", SPANS, ids=repr)
+@pytest.mark.parametrize("tx", [None, TX, "order-42:retry.1", "caf\u00e9", 42])
+@pytest.mark.parametrize("entries", ORIGIN_ENTRIES, ids=repr)
+def test_writing_the_origin_entry_gives_the_same_headers(
+    span: Any, tx: str | None, entries: dict[str, Any]
+) -> None:
+    render_both(_context(span, tx, entries), {}, True)
+
+
+@pytest.mark.parametrize("profile", [
+    {"baggage_mirror": False},
+    {"transaction_header": "X-Correlation-Id", "baggage_key": "corr"},
+    {"baggage_key": ORIGIN_BAGGAGE_KEY},
+    {"max_baggage_members": 1},
+    {"max_baggage_members": 2},
+    {"max_baggage_bytes": len(WITH_ORIGIN["baggage"])},
+    {"max_baggage_bytes": len(WITH_ORIGIN["baggage"]) - 1},
+    {"baggage_allowlist": frozenset({"tenant"})},
+    {"transaction_id_generator": lambda: "order-42"},
+])
+def test_writing_the_origin_entry_under_other_settings_gives_the_same_headers(
+    profile: dict[str, Any]
+) -> None:
+    hoptrace.configure(**profile)
+    key = get_settings().baggage_key
+    for span in SPANS:
+        for tx in (None, TX):
+            for entries in ({ORIGIN_BAGGAGE_KEY: ORIGIN, key: TX}, {ORIGIN_BAGGAGE_KEY: ORIGIN}):
+                render_both(_context(span, tx, entries), {}, True)
+
+
+def test_the_origin_entry_is_written_in_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both writers (a span's IDs, minted IDs) take the origin shape without _write_text."""
+    def no_python(*args: Any) -> Any:
+        raise AssertionError("the Python writer ran")
+
+    with accelerated(True):
+        monkeypatch.setattr(propagation, "_write_text", no_python)
+        for span in (SPANS[2], None):  # None: minted (no SDK in this process's tracing)
+            values = propagation.render(
+                _context(span, TX, {ORIGIN_BAGGAGE_KEY: ORIGIN, "transaction.id": TX}),
+                get_settings(),
+            )
+            assert values["baggage"] == f"{ORIGIN_BAGGAGE_KEY}={ORIGIN},transaction.id={TX}"
+        values = propagation.render(_context(None, None, {ORIGIN_BAGGAGE_KEY: ORIGIN}),
+                                    get_settings())
+        tx = values["x-transaction-id"]
+        assert values["baggage"] == f"{ORIGIN_BAGGAGE_KEY}={ORIGIN},transaction.id={tx}"
+
+
+def test_a_round_trip_with_the_origin_stays_in_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_python(*args: Any) -> Any:
+        raise AssertionError("the Python reader ran")
+
+    with accelerated(True):
+        values = propagation.render(
+            _context(SPANS[2], TX, {ORIGIN_BAGGAGE_KEY: ORIGIN, "transaction.id": TX}),
+            get_settings(),
+        )
+        monkeypatch.setattr(propagation, "_take_all", no_python)
+        incoming = propagation.read(values, get_settings())
+    assert incoming.baggage == {ORIGIN_BAGGAGE_KEY: ORIGIN, "transaction.id": TX}
+    assert incoming.transaction_id == TX and incoming.span_context is not None
+
+
+def test_the_origin_argument_is_checked_in_c() -> None:
+    for origin in ("", "1" * 17, "12a", "\u0661", 12, b"12", "12\u00e9"):
+        values: dict[str, Any] = {}
+        assert _speedups.write_common(values, 5, 6, True, "traceparent", "x", TX, "baggage",
+                                      "transaction.id=", None, origin) is False
+        assert _speedups.mint_common(values, bytes(range(1, 41)), "traceparent", "x", None,
+                                     "baggage", "transaction.id=", None, origin) is False
+        assert values == {}
+    for args in (("transaction.id=", "caf\u00e9"), (None, TX), ("k\u00e9y=", TX)):
+        values = {}
+        assert _speedups.write_common(values, 5, 6, True, "traceparent", "x", args[1],
+                                      "baggage", args[0], None, ORIGIN) is False
+        assert values == {}
+    values = {}
+    assert _speedups.write_common(values, None, None, True, "traceparent", "x", TX, "baggage",
+                                  "transaction.id=", None, None) is True
+    assert values == {"x": TX, "baggage": "transaction.id=" + TX}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    origin=st.one_of(origin_values, st.integers(0, 10**17)),
+    tx=st.one_of(st.none(), st.text("abcXYZ0189-:\u00e9", min_size=1, max_size=40)),
+    extra=st.dictionaries(baggage_keys, origin_values, max_size=2),
+    origin_first=st.booleans(),
+    span=st.sampled_from(SPANS),
+    profile=origin_profiles,
+)
+def test_fuzzed_origin_entries_write_the_same(
+    origin: Any, tx: str | None, extra: dict[str, str], origin_first: bool, span: Any,
+    profile: dict[str, Any],
+) -> None:
+    hoptrace.configure(**profile)
+    entries = {ORIGIN_BAGGAGE_KEY: origin, **extra} if origin_first \
+        else {**extra, ORIGIN_BAGGAGE_KEY: origin}
+    render_both(_context(span, tx, entries), {}, True)
 
 
 def test_writing_into_a_dict_with_entries_keeps_their_order() -> None:
@@ -360,6 +608,8 @@ def test_no_references_or_memory_blocks_leak() -> None:
     raw = bytes(range(1, 41))
     big = 2**127 + 12345
     bad = {"traceparent": HEADERS["traceparent"].upper(), "x-transaction-id": tx}
+    origin = "".join(["1700", "000000123"])
+    bad_origin = {**WITH_ORIGIN, "baggage": f"{ORIGIN_BAGGAGE_KEY}=12a,transaction.id={tx}"}
     args = ("traceparent", "tracestate", "baggage", "x-transaction-id", "x-hoptrace-sent-ns",
             "transaction.id=", 8192, 128)
 
@@ -374,8 +624,18 @@ def test_no_references_or_memory_blocks_leak() -> None:
             _speedups.mint_common({}, raw, "traceparent", "x", None, "baggage",
                                   "transaction.id=", "sent")
             _speedups.mint_common({}, raw[:24], "traceparent", "x", tx, "baggage", None, None)
+            _speedups.read_common(WITH_ORIGIN, *args, True)
+            _speedups.read_common(bad_origin, *args, True)
+            _speedups.write_common({}, big, 2**63 + 7, True, "traceparent", "x", tx, "baggage",
+                                   "transaction.id=", "sent", origin)
+            _speedups.write_common({}, 1, 1, True, "traceparent", "x", tx, "baggage",
+                                   "transaction.id=", "sent", "12a")
+            _speedups.mint_common({}, raw, "traceparent", "x", None, "baggage",
+                                  "transaction.id=", "sent", origin)
+            _speedups.mint_common({}, raw[:24], "traceparent", "x", tx, "baggage",
+                                  "transaction.id=", None, origin)
 
-    watched = (HEADERS["traceparent"], tx, raw, big, HEADERS)
+    watched = (HEADERS["traceparent"], tx, raw, big, HEADERS, origin, WITH_ORIGIN["baggage"])
     rounds(1000)
     gc.collect()
     refs = [sys.getrefcount(x) for x in watched]

@@ -11,10 +11,11 @@
 ``extract`` never raises. Each malformed value is rejected, counted and warned about (at most
 once per interval); what is valid is kept.
 
-The common case of both (well-formed headers of the kinds hoptrace sends, in a dict) runs in
-the optional C module ``hoptrace._speedups`` when it is built and ``HOPTRACE_PURE_PYTHON`` is
-unset; :data:`ACCELERATED` says which is in use. Everything else takes the Python code below,
-which the C code defers to, so both give the same results.
+The common case of both (well-formed headers of the kinds hoptrace sends, in a dict, with a
+baggage holding only the transaction ID, or the pathway metric's origin entry and the
+transaction ID) runs in the optional C module ``hoptrace._speedups`` when it is built and
+``HOPTRACE_PURE_PYTHON`` is unset; :data:`ACCELERATED` says which is in use. Everything else
+takes the Python code below, which the C code defers to, so both give the same results.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from .context import (
     current_transaction_id,
 )
 from .ids import generate_transaction_id, mint_span_context
+from .metrics import ORIGIN_BAGGAGE_KEY
 from .otel_shims import BAGGAGE_KEY, SPAN_KEY, get_current, sdk_installed
 from .propagator import baggage_entry, configured_textmap, propagate_module
 from .settings import (
@@ -106,6 +108,10 @@ _span_context = _fast_span_context if _TUPLE_LAYOUT else _checked_span_context
 _MAX_TRACEPARENT = 512
 _MAX_SENT = 20
 _MAX_TRANSACTION = 128
+
+#: Room the baggage "<origin key>=<digits>,<mirror key>=<tx>" takes beyond the digits, the
+#: mirror key and the transaction ID: the origin key, "=" and ",".
+_ORIGIN_ROOM: Final = len(ORIGIN_BAGGAGE_KEY) + 2
 
 _SAMPLED: Final = TraceFlags(1)
 _NOT_SAMPLED: Final = TraceFlags(0)
@@ -377,20 +383,26 @@ def read(carrier: Carrier | object, settings: Settings) -> Incoming:
         names = _names
         if type(carrier) is dict:
             if _read_common is not None:
+                allow = settings.baggage_allowlist
                 fast = _read_common(
                     carrier, semconv.TRACEPARENT, semconv.TRACESTATE, semconv.BAGGAGE,
                     names.transaction, names.sent, names.mirror_prefix,
                     settings.max_baggage_bytes, _MAX_TRANSACTION,
+                    # The origin entry, where the Python reader would keep it whole.
+                    (allow is None or ORIGIN_BAGGAGE_KEY in allow)
+                    and settings.max_baggage_members > 1,
                 )
                 if fast is not None:  # all of it valid already
-                    trace_id, span_id, sampled, tx, mirrored, sent_ns = fast
+                    trace_id, span_id, sampled, tx, mirrored, sent_ns, origin = fast
                     if trace_id is not None:
                         incoming.span_context = _span_context(
                             trace_id, span_id, _SAMPLED if sampled else _NOT_SAMPLED,
                             _DEFAULT_STATE,
                         )
                     incoming.transaction_id = tx
-                    if mirrored:  # (only with a transaction ID)
+                    if origin is not None:  # as _parse_baggage gives it, with tx itself
+                        incoming.baggage = {ORIGIN_BAGGAGE_KEY: origin, names.baggage_key: tx}
+                    elif mirrored:  # (only with a transaction ID)
                         incoming.baggage = {names.baggage_key: tx}
                     incoming.sent_ns = sent_ns
                     return incoming
@@ -677,11 +689,14 @@ def render(
             return _render_through(textmap, ctx, settings, values, sent_time)
     tx: Any = ctx.get(TRANSACTION_KEY)
     entries: Any = ctx.get(BAGGAGE_KEY)
+    origin: Any = None
     if entries:
         if tx is None:
             tx = current_transaction_id(ctx)  # restored by another instrumentation's baggage
         if len(entries) == 1 and tx is not None and entries.get(_names.baggage_key) == tx:
             entries = None  # only the transaction's own entry, which the mirror writes
+        else:
+            origin = _origin_only(entries, settings)
     span = ctx.get(SPAN_KEY)
     valid = False
     if span is not None:
@@ -697,17 +712,49 @@ def render(
     tx = tx or generate_transaction_id()
     if (
         _write_common is not None
-        and not entries
+        and (not entries or (origin is not None and _origin_fits(origin, tx, settings)))
         and (state is None or state is _DEFAULT_STATE or not state)
         and _write_common(
             values, trace_id, span_id, bool(flags & 1), semconv.TRACEPARENT, _names.transaction,
             tx, semconv.BAGGAGE, _names.mirror_prefix if settings.baggage_mirror else None,
-            _names.sent if sent_time else None,
+            _names.sent if sent_time else None, origin,
         )
     ):
         return values
     return _write_text(
         values, trace_id, span_id, flags & 1, state, tx, entries, settings, sent_time
+    )
+
+
+def _origin_only(entries: Any, settings: Settings) -> str | None:
+    """The origin entry's value when the baggage is that entry and the mirror's, else None.
+
+    Such a baggage is written as ``<origin key>=<value>,<mirror>`` (what ``_encode_baggage``
+    gives: other entries first, the mirror last), which the C writers can do when the value is
+    1 to 16 ASCII digits (they check that, and decline otherwise).
+    """
+    if (not settings.baggage_mirror or len(entries) > 2
+            or settings.baggage_key == ORIGIN_BAGGAGE_KEY):  # (one entry, in Python)
+        return None
+    origin = entries.get(ORIGIN_BAGGAGE_KEY)
+    if type(origin) is not str or (len(entries) == 2 and settings.baggage_key not in entries):
+        return None
+    return origin
+
+
+def _origin_fits(origin: str, tx: object, settings: Settings) -> bool:
+    """Whether the origin entry and the mirror of ``tx`` (None: a minted ID, 32 characters)
+    fit the baggage limits. (Counted in characters: the C writers take only ASCII.)"""
+    if tx is None:
+        size = 32
+    elif type(tx) is str:
+        size = len(tx)
+    else:
+        return False  # a malformed transaction ID in the context: the Python writer
+    return (
+        settings.max_baggage_members > 1
+        and len(origin) + size + len(_names.mirror_prefix) + _ORIGIN_ROOM
+        <= settings.max_baggage_bytes
     )
 
 
@@ -727,12 +774,15 @@ def _write_minted(
     if tx is None and not own_tx:
         tx = generate_transaction_id()
     raw = randbytes(40 if own_tx else 24)
-    if _mint_common is not None and not entries:
+    origin = _origin_only(entries, settings) if entries else None
+    if _mint_common is not None and (
+        not entries or (origin is not None and _origin_fits(origin, tx, settings))
+    ):
         names = _names
         if _mint_common(
             values, raw, semconv.TRACEPARENT, names.transaction, tx, semconv.BAGGAGE,
             names.mirror_prefix if settings.baggage_mirror else None,
-            names.sent if sent_time else None,
+            names.sent if sent_time else None, origin,
         ):
             return values
     if own_tx:
