@@ -20,10 +20,10 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn
 
 from .analysis import critical_path, edge_stats, slowest_traces
-from .backends import make_reader, read_backend, source_options
+from .backends import make_reader, progress_bar, read_backend, source_options
 from .html_report import render_html
 from .spanfile import (
     SpanFileError,
@@ -54,14 +54,14 @@ def load_spans(path: str, console: Console | None = None) -> list[SpanRecord]:
     """Read every span in ``path``, with a progress bar on a terminal; exit on bad input."""
     err = console or _console(stderr=True)
     size = os.path.getsize(path)
-    progress = Progress(
+    progress = progress_bar(
+        err.is_terminal and size >= (4 << 20),
         TextColumn("reading {task.fields[name]}"),
         BarColumn(),
         DownloadColumn(),
         TimeRemainingColumn(),
         console=err,
         transient=True,
-        disable=not err.is_terminal or size < (4 << 20),
     )
     try:
         with progress:

@@ -58,6 +58,27 @@ _TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 _FRACTION = re.compile(r"^(.*T\d{2}:\d{2}:\d{2})[.,](\d+)(.*)$")
 
 
+class _NoProgress:
+    """A progress bar that draws nothing (rich < 14.3 prints a newline for a disabled one)."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: Any, **fields: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **fields: Any) -> None:
+        return None
+
+
+def progress_bar(shown: bool, *columns: Any, **options: Any) -> Any:
+    """A rich Progress when ``shown``, else one that writes nothing at all."""
+    return Progress(*columns, **options) if shown else _NoProgress()
+
+
 class BackendError(Exception):
     """The backend could not be read; the message is one line for the user."""
 
@@ -560,13 +581,13 @@ def read_backend(
             services = [s for s in reader.services() if s != JAEGER_SELF_SERVICE]
             if not services:
                 raise BackendError(f"{reader.name} at {reader.url} has no traces of any service")
-        progress = Progress(
+        progress = progress_bar(
+            err.is_terminal,
             TextColumn(f"reading {reader.name}"),
             BarColumn(),
             TextColumn("{task.completed}/{task.total} windows, {task.fields[traces]} traces"),
             console=err,
             transient=True,
-            disable=not err.is_terminal,
         )
         with progress:
             task = progress.add_task("read", total=len(services), traces=0)
