@@ -239,7 +239,9 @@ def test_sending_under_an_unsampled_parent_sends_what_the_sdk_path_sends(
     headers, inside = seen["shortcut"]
     trace_id, span_id, sent_flags = headers["traceparent"].split("-")[1:]
     assert int(trace_id, 16) == TRACE_ID and sent_flags == "00"
-    assert inside["flags"] == flags  # the random-trace-ID flag, inherited as the SDK does
+    # Not sampled; the random-trace-ID bit is whatever the SDK path gave (checked equal above):
+    # newer SDKs inherit it, SDK 1.20 clears it.
+    assert inside["flags"] & 0x01 == 0
     assert len(span_id) == 16 and int(span_id, 16) not in (0, PARENT_SPAN_ID)
     assert span_id == f"{inside['span_id']:016x}"  # the send span is current while sending
     assert headers["tracestate"] == STATE.to_header()
