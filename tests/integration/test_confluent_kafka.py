@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import brokers
 import pytest
 
 import hoptrace
@@ -27,16 +28,7 @@ CREATED: list[str] = []
 def _delete_topics(kafka_bootstrap: str) -> Iterator[None]:
     """Delete every topic this module created."""
     yield
-    if CREATED:
-        from confluent_kafka.admin import AdminClient
-
-        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-        for future in admin.delete_topics(list(CREATED), operation_timeout=10).values():
-            try:
-                future.result(15)
-            except Exception:
-                pass
-        CREATED.clear()
+    brokers.delete_kafka_topics(kafka_bootstrap, CREATED)
 
 
 def new_topic(tag: str) -> str:

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import brokers
 import pytest
 
 import hoptrace
@@ -26,16 +27,7 @@ CARRIED = "d" * 32
 @pytest.fixture(scope="module", autouse=True)
 def _delete_topics(kafka_bootstrap: str) -> Iterator[None]:
     yield
-    if CREATED:
-        from confluent_kafka.admin import AdminClient
-
-        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-        for future in admin.delete_topics(list(CREATED), operation_timeout=10).values():
-            try:
-                future.result(15)
-            except Exception:
-                pass
-        CREATED.clear()
+    brokers.delete_kafka_topics(kafka_bootstrap, CREATED)
 
 
 @pytest.mark.parametrize("mode", ["propagation_only", "no_sdk"])
