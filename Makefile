@@ -34,8 +34,9 @@ unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 # Every variant per client side by side (plain, static headers, hoptrace propagation-only and
-# with spans, OTel contrib, ddtrace, and the 1%-sampled setup), then the core, memory and
-# metrics targets: one table, in bench/results/summary.md (about 20 minutes; BENCH_ARGS=--quick
+# with spans, OTel contrib, ddtrace, and the 1%-sampled setup) in CPU time (the targets) and
+# wall time, then the core, memory and metrics targets: one summary, in
+# bench/results/summary.md (about 20 minutes, most of it the memory soak; BENCH_ARGS=--quick
 # for about 5, BENCH_ARGS="hop --clients pika" for one stage and client).
 bench: $(STAMP)
 	scripts/brokers up

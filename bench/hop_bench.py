@@ -22,9 +22,14 @@ OTLP protobuf (``encode_spans(...).SerializeToString()``) and drops the bytes; i
 span counts give bytes per span. ddtrace ships with its own encoder to a stub agent
 (``bench/dd_agent_stub.py``), which counts the bytes; a trace processor counts the spans.
 
-Per client, one run produces N messages (timed until every one is acknowledged), then
-consumes them (timed until the last is handled; the handler looks at the current context, as
-logging would). Celery has no worker here: the
+Per client, one run produces N messages (measured until every one is acknowledged), then
+consumes them (measured until the last is handled; the handler looks at the current context,
+as logging would). Each of the two windows (:class:`Window`) measures wall time and the
+process's CPU time (user + system, every thread), and ends by exporting every span the
+variant finished, so export and encoding are inside it. CPU time is the instrumentation's own
+cost, which waiting for a broker on a busy machine does not blur; ``run.py`` takes its
+targets from it. Producer and consumer run in this one process for every client, so no
+other process does the application's work. Celery has no worker here: the
 consume side runs each message through Celery's own worker request
 (``celery.worker.request.Request.execute``: signals, task tracer, the task), i.e. the solo
 pool's work minus its event loop. Celery has no broker in its row at all: ``apply_async``
@@ -39,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import random
@@ -109,6 +115,33 @@ class Sink:
             time.sleep(0.2)
             return cls.spans, dd_agent_bytes()
         return cls.spans, cls.bytes
+
+
+class Window:
+    """One measured window: wall time and the process's CPU time (user + system, all threads).
+
+    The CPU clock counts every thread of this interpreter: the client's own threads
+    (librdkafka's, kafka-python's sender, pika's and aio-pika's I/O), the BatchSpanProcessor's
+    export thread encoding OTLP, ddtrace's writer thread encoding msgpack. Every client runs
+    producer and consumer in this one process (Celery too: see the module doc), so no other
+    process does the application's work. :meth:`stop` first exports every span the variant
+    has finished (``force_flush``; ddtrace: ``tracer.flush()``), so no variant leaves its export
+    cost to run after the window. A garbage collection before the window starts it from the
+    same heap state in every variant.
+    """
+
+    def __init__(self) -> None:
+        gc.collect()
+        self.cpu0 = time.process_time_ns()
+        self.wall0 = time.perf_counter_ns()
+
+    def stop(self) -> tuple[int, int]:
+        """Flush the spans; return (wall ns, CPU ns) since the window started."""
+        if Sink.provider is not None:
+            Sink.provider.force_flush(30_000)
+        if Sink.dd_tracer is not None:
+            Sink.dd_tracer.flush()
+        return time.perf_counter_ns() - self.wall0, time.process_time_ns() - self.cpu0
 
 
 def dd_agent_bytes() -> int:
@@ -335,14 +368,14 @@ def confluent_run(count: int, scope: Callable[[], Any], static: Headers | None) 
     producer.flush(30)
     headers = [(k, v.encode()) for k, v in static.items()] if static else None
     produce = producer.produce
-    start = time.perf_counter_ns()
+    window = Window()
     for i in range(count):
         with scope():
             produce(topic, PAYLOAD, headers=headers)
         if i % 1000 == 0:
             producer.poll(0)
     producer.flush(60)
-    produce_ns = time.perf_counter_ns() - start
+    produce = window.stop()
     consumer = confluent_kafka.Consumer({
         "bootstrap.servers": KAFKA, "group.id": f"bench-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False, "auto.offset.reset": "earliest",
@@ -353,18 +386,18 @@ def confluent_run(count: int, scope: Callable[[], Any], static: Headers | None) 
         if msg is not None and msg.error() is None:
             break
     seen = 0
-    start = time.perf_counter_ns()
+    window = Window()
     while seen < count:
         msg = consumer.poll(5)
         if msg is None or msg.error() is not None:
             continue
         get_current()
         seen += 1
-    consume_ns = time.perf_counter_ns() - start
+    consume = window.stop()
     last = _kafka_headers(msg.headers())
     consumer.close()
     _delete_topic(topic)
-    return produce_ns, consume_ns, last
+    return produce, consume, last
 
 
 def kafka_python_run(count: int, scope: Callable[[], Any], static: Headers | None) -> Any:
@@ -376,29 +409,29 @@ def kafka_python_run(count: int, scope: Callable[[], Any], static: Headers | Non
     producer.send(topic, PAYLOAD).get(30)
     headers = [(k, v.encode()) for k, v in static.items()] if static else None
     send = producer.send
-    start = time.perf_counter_ns()
+    window = Window()
     for _ in range(count):
         with scope():
             send(topic, PAYLOAD, headers=list(headers) if headers else None)
     producer.flush(60)
-    produce_ns = time.perf_counter_ns() - start
+    produce = window.stop()
     producer.close(5)
     consumer = KafkaConsumer(bootstrap_servers=KAFKA, auto_offset_reset="earliest",
                              enable_auto_commit=False, consumer_timeout_ms=30000)
     consumer.assign([TopicPartition(topic, 0)])
     iterator = iter(consumer)
     next(iterator)  # the warm-up record, untimed
-    start = time.perf_counter_ns()
+    window = Window()
     for seen, msg in enumerate(iterator, 1):  # noqa: B007  (the last one's headers are read)
         get_current()
         if seen == count:
             break
-    consume_ns = time.perf_counter_ns() - start
+    consume = window.stop()
     last = _kafka_headers(msg.headers)
     del iterator
     consumer.close()
     _delete_topic(topic)
-    return produce_ns, consume_ns, last
+    return produce, consume, last
 
 
 async def _aiokafka(count: int, scope: Callable[[], Any], static: Headers | None) -> Any:
@@ -412,14 +445,14 @@ async def _aiokafka(count: int, scope: Callable[[], Any], static: Headers | None
         await producer.send_and_wait(topic, PAYLOAD)
         headers = [(k, v.encode()) for k, v in static.items()] if static else None
         futures = []
-        start = time.perf_counter_ns()
+        window = Window()
         for _ in range(count):
             with scope():
                 futures.append(await producer.send(
                     topic, PAYLOAD, headers=list(headers) if headers else None
                 ))
         await asyncio.gather(*futures)
-        produce_ns = time.perf_counter_ns() - start
+        produce = window.stop()
     finally:
         await producer.stop()
     consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, auto_offset_reset="earliest",
@@ -429,18 +462,18 @@ async def _aiokafka(count: int, scope: Callable[[], Any], static: Headers | None
     try:
         await consumer.getone()  # the warm-up record, untimed
         seen = 0
-        start = time.perf_counter_ns()
+        window = Window()
         async for msg in consumer:  # noqa: B007  (the last one's headers are read)
             get_current()
             seen += 1
             if seen == count:
                 break
-        consume_ns = time.perf_counter_ns() - start
+        consume = window.stop()
         last = _kafka_headers(msg.headers)
     finally:
         await consumer.stop()
     _delete_topic(topic)
-    return produce_ns, consume_ns, last
+    return produce, consume, last
 
 
 def aiokafka_run(count: int, scope: Callable[[], Any], static: Headers | None) -> Any:
@@ -476,20 +509,20 @@ def kombu_run(count: int, scope: Callable[[], Any], static: Headers | None) -> A
             producer = conn.Producer()
             publish = producer.publish
             exchange = queue.exchange
-            start = time.perf_counter_ns()
+            window = Window()
             for _ in range(count):
                 with scope():
                     publish({"order": 42}, exchange=exchange, routing_key="k",
                             headers=dict(static) if static else None)
-            produce_ns = time.perf_counter_ns() - start
-            start = time.perf_counter_ns()
+            produce = window.stop()
+            window = Window()
             with conn.Consumer(queue, callbacks=[on_message], prefetch_count=1000):
                 while received < count:
                     conn.drain_events(timeout=30)
-            consume_ns = time.perf_counter_ns() - start
+            consume = window.stop()
         finally:
             queue(conn.channel()).delete()
-    return produce_ns, consume_ns, last
+    return produce, consume, last
 
 
 def pika_run(count: int, scope: Callable[[], Any], static: Headers | None) -> Any:
@@ -516,24 +549,24 @@ def pika_run(count: int, scope: Callable[[], Any], static: Headers | None) -> An
 
     try:
         publish = channel.basic_publish
-        start = time.perf_counter_ns()
+        window = Window()
         for _ in range(count):
             with scope():
                 publish("", queue, PAYLOAD, properties)
-        produce_ns = time.perf_counter_ns() - start
+        produce = window.stop()
         tag = channel.basic_consume(queue, on_message)
-        start = time.perf_counter_ns()
+        window = Window()
         deadline = time.monotonic() + 120
         while received < count and time.monotonic() < deadline:
             connection.process_data_events(time_limit=0.01)
-        consume_ns = time.perf_counter_ns() - start
+        consume = window.stop()
         channel.basic_cancel(tag)
         if received < count:
             raise RuntimeError(f"pika: consumed {received} of {count}")
     finally:
         channel.queue_delete(queue)
         connection.close()
-    return produce_ns, consume_ns, last
+    return produce, consume, last
 
 
 async def _aio_pika(count: int, scope: Callable[[], Any], static: Headers | None) -> Any:
@@ -561,22 +594,22 @@ async def _aio_pika(count: int, scope: Callable[[], Any], static: Headers | None
         exchange = channel.default_exchange
         name = queue.name
         try:
-            start = time.perf_counter_ns()
+            window = Window()
             for _ in range(count):
                 with scope():
                     await exchange.publish(
                         aio_pika.Message(PAYLOAD, headers=dict(static) if static else None),
                         routing_key=name,
                     )
-            produce_ns = time.perf_counter_ns() - start
-            start = time.perf_counter_ns()
+            produce = window.stop()
+            window = Window()
             tag = await queue.consume(on_message)
             await asyncio.wait_for(done.wait(), 120)
-            consume_ns = time.perf_counter_ns() - start
+            consume = window.stop()
             await queue.cancel(tag)
         finally:
             await queue.delete(if_unused=False, if_empty=False)
-    return produce_ns, consume_ns, last
+    return produce, consume, last
 
 
 def aio_pika_run(count: int, scope: Callable[[], Any], static: Headers | None) -> Any:
@@ -619,11 +652,11 @@ def celery_run(count: int, scope: Callable[[], Any], static: Headers | None) -> 
     apply_async = order.apply_async
     extra = {"headers": dict(static)} if static else {}
     apply_async((0,), producer=producer, **extra)  # the first one: lazy set-up, untimed
-    start = time.perf_counter_ns()
+    window = Window()
     for _ in range(count):
         with scope():
             apply_async((1,), producer=producer, **extra)
-    produce_ns = time.perf_counter_ns() - start
+    produce = window.stop()
 
     messages = []  # what the transport would hand the worker: untimed
     for body, kwargs in producer.sent[1:]:
@@ -636,11 +669,11 @@ def celery_run(count: int, scope: Callable[[], Any], static: Headers | None) -> 
             properties=properties,
             delivery_info={"exchange": "", "routing_key": "celery", "redelivered": False},
         ))
-    start = time.perf_counter_ns()
+    window = Window()
     for message in messages:
         Request(message, app=app, task=order, hostname="bench@local").execute()
-    consume_ns = time.perf_counter_ns() - start
-    return produce_ns, consume_ns, _amqp_headers(messages[-1].headers)
+    consume = window.stop()
+    return produce, consume, _amqp_headers(messages[-1].headers)
 
 
 RUNS: dict[str, Callable[[int, Callable[[], Any], Headers | None], Any]] = {
@@ -672,12 +705,17 @@ def run_variant(variant: str, clients: list[str], counts: dict[str, int],
             from ddtrace.contrib.internal.kombu.patch import unpatch
 
             unpatch()
-        produce_ns, consume_ns, last = RUNS[client](count, scope, headers)
+        (produce_ns, produce_cpu), (consume_ns, consume_cpu), last = RUNS[client](
+            count, scope, headers
+        )
         spans1, bytes1 = Sink.totals()
         out[client] = {
             "produce_us": produce_ns / count / 1000,
             "consume_us": consume_ns / count / 1000,
             "total_us": (produce_ns + consume_ns) / count / 1000,
+            "produce_cpu_us": produce_cpu / count / 1000,
+            "consume_cpu_us": consume_cpu / count / 1000,
+            "cpu_us": (produce_cpu + consume_cpu) / count / 1000,
             "messages": count,
             "spans": spans1 - spans0,
             "bytes": bytes1 - bytes0,
