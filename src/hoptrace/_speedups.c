@@ -10,7 +10,9 @@
  * read_common() returns None for anything else (a tracestate, a value that is not a plain ASCII
  * str, an ID that is malformed or zero, baggage other than the transaction ID mirror, alone or
  * after the pathway's origin entry...), and the Python reader then does the whole read, with its
- * warnings and rejection reasons.
+ * warnings and rejection reasons. read_pairs() does the same for a list or tuple of
+ * (str, bytes) pairs, the Kafka clients' headers, and returns None as well for a header seen
+ * twice, a value that is not ASCII bytes or str, or an item that is not an exact 2-tuple.
  *
  * write_common() returns False when it cannot write the values exactly as the Python writer
  * would, and writes nothing then.
@@ -308,6 +310,145 @@ done:
     Py_XDECREF(origin_obj);
     return result;
 }
+
+/* Kafka headers longer than this stay bytes in the Python reader (carriers._DECODE_LIMIT). */
+#define PAIRS_DECODE_LIMIT 8192
+
+/* 1 if the exact, ASCII str key equals the name (an exact ASCII str), else 0. */
+static int
+same_name(PyObject *key, const unsigned char *k, Py_ssize_t k_size, PyObject *name)
+{
+    Py_ssize_t n_size;
+    const unsigned char *n;
+    if (key == name) {
+        return 1;
+    }
+    n = ascii_of(name, &n_size);
+    return n != NULL && n_size == k_size && memcmp(n, k, (size_t)k_size) == 0;
+}
+
+/* A wanted header's value as the Python reader hands it on: an exact str as it is, exact bytes
+ * of ASCII only as the same text. NULL, with no error set, for anything else (None, another
+ * type, longer bytes, non-ASCII bytes): the Python reader then does the whole read. */
+static PyObject *
+pair_text(PyObject *value)
+{
+    if (PyUnicode_CheckExact(value)) {
+        Py_INCREF(value);
+        return value;
+    }
+    if (!PyBytes_CheckExact(value)) {
+        return NULL;
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(value);
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(value);
+    if (size > PAIRS_DECODE_LIMIT) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < size; i++) {
+        if (p[i] & 0x80) {
+            return NULL;
+        }
+    }
+    PyObject *text = PyUnicode_New(size, 127);
+    if (text == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    memcpy(PyUnicode_1BYTE_DATA(text), p, (size_t)size);
+    return text;
+}
+
+/*
+ * read_pairs(carrier, <read_common's other arguments>) -> read_common's result, or None
+ *
+ * read_common for a list or tuple of (str, bytes) pairs, the Kafka clients' headers: each
+ * wanted header once, as an exact str or ASCII bytes of at most PAIRS_DECODE_LIMIT. The Python
+ * reader (carriers.read_headers) gives the same values for such a list. None for anything
+ * else: another carrier type, an item that is not an exact 2-tuple, a key that is not an exact
+ * str, a wanted header seen twice, a value of another type or encoding, a header name that is
+ * not ASCII text.
+ */
+static PyObject *
+read_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9 && nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "read_pairs() takes 9 or 10 arguments");
+        return NULL;
+    }
+    PyObject *carrier = args[0];
+    int is_list = PyList_CheckExact(carrier);
+    if (!is_list && !PyTuple_CheckExact(carrier)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t length;
+    for (int j = 1; j <= 5; j++) {
+        if (ascii_of(args[j], &length) == NULL) {
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *found[5] = {NULL, NULL, NULL, NULL, NULL};
+    PyObject *values = NULL, *result = NULL;
+    /* A list's items are held while read: freeing memory may run code that changes the list. */
+    for (Py_ssize_t i = 0;
+         i < (is_list ? PyList_GET_SIZE(carrier) : PyTuple_GET_SIZE(carrier)); i++) {
+        PyObject *item = is_list ? PyList_GET_ITEM(carrier, i) : PyTuple_GET_ITEM(carrier, i);
+        Py_INCREF(item);
+        int ok = PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2
+                 && PyUnicode_CheckExact(PyTuple_GET_ITEM(item, 0));
+        int wanted = -1;
+        if (ok) {
+            PyObject *key = PyTuple_GET_ITEM(item, 0);
+            const unsigned char *k = ascii_of(key, &length);
+            /* A key that is not ASCII is none of the (ASCII) names: skipped, as Python does. */
+            for (int j = 0; k != NULL && j < 5; j++) {
+                if (same_name(key, k, length, args[1 + j])) {
+                    wanted = j;
+                    break;
+                }
+            }
+            if (wanted >= 0) {
+                if (found[wanted] != NULL) {
+                    ok = 0; /* seen twice: the Python reader rejects it, with its reason */
+                }
+                else {
+                    found[wanted] = pair_text(PyTuple_GET_ITEM(item, 1));
+                    ok = found[wanted] != NULL;
+                }
+            }
+        }
+        Py_DECREF(item);
+        if (!ok) {
+            goto decline;
+        }
+    }
+    values = PyDict_New();
+    if (values == NULL) {
+        goto done;
+    }
+    for (int j = 0; j < 5; j++) {
+        if (found[j] != NULL && PyDict_SetItem(values, args[1 + j], found[j]) < 0) {
+            goto done;
+        }
+    }
+    PyObject *common[10];
+    common[0] = values;
+    for (Py_ssize_t j = 1; j < nargs; j++) {
+        common[j] = args[j];
+    }
+    result = read_common(module, common, nargs);
+    goto done;
+decline:
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    for (int j = 0; j < 5; j++) {
+        Py_XDECREF(found[j]);
+    }
+    Py_XDECREF(values);
+    return result;
+}
+
 
 static void
 put_hex(char *out, unsigned long long value, int digits)
@@ -627,6 +768,8 @@ mint_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef speedups_methods[] = {
     {"read_common", (PyCFunction)(void (*)(void))read_common, METH_FASTCALL,
      "The common case of reading hoptrace's headers from a dict, or None."},
+    {"read_pairs", (PyCFunction)(void (*)(void))read_pairs, METH_FASTCALL,
+     "read_common for a list or tuple of (str, bytes) header pairs, or None."},
     {"write_common", (PyCFunction)(void (*)(void))write_common, METH_FASTCALL,
      "The common case of writing hoptrace's headers into a dict; False if not handled."},
     {"mint_common", (PyCFunction)(void (*)(void))mint_common, METH_FASTCALL,

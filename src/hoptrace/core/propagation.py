@@ -11,7 +11,8 @@
 ``extract`` never raises. Each malformed value is rejected, counted and warned about (at most
 once per interval); what is valid is kept.
 
-The common case of both (well-formed headers of the kinds hoptrace sends, in a dict, with a
+The common case of both (well-formed headers of the kinds hoptrace sends, in a dict, or for
+``extract`` also in a list or tuple of ``(str, bytes)`` pairs as the Kafka clients give, with a
 baggage holding only the transaction ID, or the pathway metric's origin entry and the
 transaction ID) runs in the optional C module ``hoptrace._speedups`` when it is built and
 ``HOPTRACE_PURE_PYTHON`` is unset; :data:`ACCELERATED` says which is in use. Everything else
@@ -129,6 +130,8 @@ def _load_speedups() -> Any:
 
 _speedups = _load_speedups()
 _read_common = _speedups.read_common if _speedups is not None else None
+#: The same for a list or tuple of (str, bytes) pairs, Kafka's headers (None: a stale build).
+_read_pairs = getattr(_speedups, "read_pairs", None)
 _write_common = _speedups.write_common if _speedups is not None else None
 _mint_common = _speedups.mint_common if _speedups is not None else None
 #: Whether the C module ``hoptrace._speedups`` handles the common case of inject and extract.
@@ -381,10 +384,12 @@ def read(carrier: Carrier | object, settings: Settings) -> Incoming:
     incoming = Incoming()
     try:
         names = _names
-        if type(carrier) is dict:
-            if _read_common is not None:
+        kind = type(carrier)
+        if kind is dict or kind is list or kind is tuple:  # a list: Kafka's (str, bytes) pairs
+            reader = _read_common if kind is dict else _read_pairs
+            if reader is not None:
                 allow = settings.baggage_allowlist
-                fast = _read_common(
+                fast = reader(
                     carrier, semconv.TRACEPARENT, semconv.TRACESTATE, semconv.BAGGAGE,
                     names.transaction, names.sent, names.mirror_prefix,
                     settings.max_baggage_bytes, _MAX_TRANSACTION,
@@ -406,11 +411,9 @@ def read(carrier: Carrier | object, settings: Settings) -> Incoming:
                         incoming.baggage = {names.baggage_key: tx}
                     incoming.sent_ns = sent_ns
                     return incoming
-            raw = carrier
-        else:
-            raw = read_headers(carrier, names.wanted)
-            if not raw:
-                return incoming
+        raw = carrier if type(carrier) is dict else read_headers(carrier, names.wanted)
+        if not raw:
+            return incoming
         _take_all(incoming, raw, names, settings)
     except Exception as exc:
         diagnostics.internal_error("extract", exc)
