@@ -16,7 +16,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 import hoptrace
-from hoptrace.core import held
+from hoptrace.core import held, semconv
 from hoptrace.core.hop import consume_scope, produce_scope
 
 
@@ -239,3 +239,71 @@ def test_release_all_ends_every_task_s_span_when_the_owner_closes(spans: Any) ->
     asyncio.run(main())
     processes = spans.named("process orders")
     assert len(processes) == 2 and all(s.end_time is not None for s in processes)
+
+
+def test_a_thread_that_ended_holding_a_scope_has_its_span_ended_at_the_next_call(
+    spans: Any,
+) -> None:
+    """Dead threads leak no scope: the owner's next call, from any thread, ends its span."""
+    consumer = Consumer()
+    (h1, tx1), (h2, tx2) = published(), published()
+    seen: list[str | None] = []
+
+    def worker() -> None:
+        poll(consumer, h1)  # holds, then the thread ends without another call
+        seen.append(hoptrace.current_transaction_id())
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [tx1]
+    assert not spans.named("process orders")  # its scope is still open: nobody came back
+    poll(consumer, h2)
+    ended = spans.named("process orders")
+    assert len(ended) == 1 and ended[0].attributes[semconv.TRANSACTION_ID] == tx1
+    assert hoptrace.current_transaction_id() == tx2
+    held.release(consumer)
+    assert len(spans.named("process orders")) == 2
+
+
+def test_threads_polling_one_owner_keep_their_own_scopes(spans: Any) -> None:
+    consumer = Consumer()
+    (h1, tx1), (h2, tx2) = published(), published()
+    ready, go = threading.Event(), threading.Event()
+    seen: list[str | None] = []
+
+    def worker() -> None:
+        poll(consumer, h1)
+        ready.set()
+        go.wait()
+        seen.append(hoptrace.current_transaction_id())
+        held.release(consumer)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    ready.wait()
+    poll(consumer, h2)  # the worker is alive: its scope stays open and current there
+    assert hoptrace.current_transaction_id() == tx2
+    assert not spans.named("process orders")
+    go.set()
+    thread.join()
+    assert seen == [tx1]
+    held.release(consumer)
+    assert sorted(s.attributes[semconv.TRANSACTION_ID] for s in spans.named("process orders")) == sorted(
+        [tx1, tx2])
+
+
+def test_an_owner_that_held_a_scope_can_be_collected(spans: Any) -> None:
+    """The per-owner bookkeeping keeps no strong reference to the owner."""
+    import gc
+    import weakref
+
+    consumer = Consumer()
+    alive = weakref.ref(consumer)
+    headers, _ = published()
+    poll(consumer, headers)
+    held.release(consumer)
+    del consumer
+    gc.collect()
+    assert alive() is None
+    assert not any(record[0]() is None for record in held._by_owner.values())

@@ -23,13 +23,14 @@ scope, and the caller gives each message its exact boundaries with the client's
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from asyncio import current_task
 from asyncio.events import _get_running_loop
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
 from contextvars import ContextVar, Token
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.context import get_current
 
@@ -57,33 +58,66 @@ __all__ = [
 ]
 
 
-class Held:
-    """A process scope kept open after the call that returned its message."""
+class Held(NamedTuple):
+    """A process scope kept open after the call that returned its message.
 
-    __slots__ = ("context", "key", "mark", "owner", "scope", "settles", "where")
+    A tuple: built in C per message (``tuple.__new__``), read by C-level attribute getters.
+    """
 
-    def __init__(
-        self, owner: object, scope: consume_scope, key: object, settles: bool,
-        mark: Token[None], where: Any,
-    ) -> None:
-        self.owner = owner
-        self.scope = scope
-        self.key = key
-        self.settles = settles
-        self.mark = mark
-        #: The context the scope made current: a settle closes the scope only from there.
-        self.context = scope._attached
-        #: The task or thread that holds it.
-        self.where = where
+    owner: object
+    scope: consume_scope
+    #: Names the message for :func:`settle`.
+    key: object
+    settles: bool
+    mark: Token[None]
+    #: The task or thread that holds it.
+    where: Any
+    #: The context the scope made current: a settle closes the scope only from there.
+    context: Any
+
+
+_new_held = tuple.__new__
 
 
 _stack: ContextVar[tuple[Held, ...]] = ContextVar("hoptrace_held", default=())
 #: Set once per held scope; resetting its token succeeds only in the very context that set it.
 _mark: ContextVar[None] = ContextVar("hoptrace_held_mark", default=None)
-#: Each owner's held scopes, one per task or thread that holds one. A scope opened in a task
-#: that is gone (``asyncio.wait_for(consumer.getone())`` on Python < 3.12 runs the call in a
-#: child task) is ended at the owner's next call instead of never.
-_by_owner: weakref.WeakKeyDictionary[object, dict[Any, Held]] = weakref.WeakKeyDictionary()
+#: Each owner's held scopes, one per task or thread that holds one, by ``id(owner)``: a weak
+#: reference to the owner (whose callback forgets the entry) and ``{task or thread: scope}``
+#: (the scope, not the :class:`Held`, which refers to the owner and would keep it alive).
+#: A scope opened in a task that is gone (``asyncio.wait_for(consumer.getone())`` on Python
+#: < 3.12 runs the call in a child task), or in a thread that ended, is ended at the owner's
+#: next call instead of never.
+_by_owner: dict[int, tuple[weakref.ref[Any], dict[Any, consume_scope]]] = {}
+#: The current thread, cached per thread (``threading.current_thread()`` costs more per call).
+_local = threading.local()
+
+
+def _forget(key: int, ref: weakref.ref[Any]) -> None:
+    try:
+        record = _by_owner.get(key)
+        if record is not None and record[0] is ref:
+            del _by_owner[key]
+    except Exception:  # interpreter shutdown: module globals may be gone
+        pass
+
+
+def _slots(owner: object) -> dict[Any, consume_scope] | None:
+    """``owner``'s ``{task or thread: scope}``, created on first use; None for an owner that
+    takes no weak reference."""
+    key = id(owner)
+    record = _by_owner.get(key)
+    if record is not None and record[0]() is owner:
+        return record[1]
+    try:
+        ref = weakref.ref(owner, functools.partial(_forget, key))
+    except TypeError:  # an owner that takes no weak reference
+        return None
+    # setdefault: two threads making the owner's first call keep one map between them.
+    record = _by_owner.setdefault(key, (ref, {}))
+    if record[0]() is not owner:  # a collected owner's entry, its callback not run yet
+        record = _by_owner[key] = (ref, {})
+    return record[1]
 
 
 def enabled() -> bool:
@@ -121,26 +155,30 @@ def hold(
         return None
     try:
         loop = _get_running_loop()
-        where = current_task(loop) if loop is not None else threading.current_thread()
-        try:
-            slots = _by_owner.get(owner)
-            if slots is None:
-                slots = _by_owner[owner] = {}
-        except TypeError:  # an owner that takes no weak reference
-            slots = None
+        where: Any
+        if loop is not None:
+            where = current_task(loop)
+        else:
+            try:
+                where = _local.thread
+            except AttributeError:
+                where = _local.thread = threading.current_thread()
+        slots = _slots(owner)
         if slots and (len(slots) > 1 or where not in slots):
             for other in [w for w in slots if w is not where and _gone(w)]:
-                slots.pop(other).scope.close()
+                slots.pop(other).close()
         if not get_settings().hold_consume_scope:
             if opened:
                 scope.close()
             return None
         if not opened:
             scope.open()
-        entry = Held(owner, scope, key, settles, _mark.set(None), where)
+        entry = _new_held(
+            Held, (owner, scope, key, settles, _mark.set(None), where, scope._attached)
+        )
         _stack.set((*_stack.get(), entry))
         if slots is not None:
-            slots[where] = entry
+            slots[where] = scope
         return entry
     except Exception as exc:
         diagnostics.internal_error("held.hold", exc)
@@ -158,7 +196,20 @@ def release(owner: object | None = None) -> None:
         return
     index = 0
     if owner is not None:
-        for i in range(len(stack) - 1, -1, -1):
+        last = len(stack) - 1
+        entry = stack[last]
+        if entry.owner is owner:  # the common case: _close_from for the newest scope alone
+            _stack.set(stack[:last])
+            try:
+                _mark.reset(entry.mark)  # as _owned(entry)
+            except (ValueError, RuntimeError):
+                return  # only inherited: left to the task that opened it
+            try:
+                entry.scope.close()
+            except Exception as exc:
+                diagnostics.internal_error("held.release", exc)
+            return
+        for i in range(last - 1, -1, -1):
             if stack[i].owner is owner:
                 index = i
                 break
@@ -174,18 +225,18 @@ def release_all(owner: object) -> None:
     span (that task's context is its own).
     """
     release(owner)
-    try:
-        slots = _by_owner.pop(owner, None)
-    except TypeError:
+    record = _by_owner.get(id(owner))
+    if record is None or record[0]() is not owner:
         return
-    for entry in (slots or {}).values():
-        _end_span(entry)
+    _by_owner.pop(id(owner), None)
+    for scope in record[1].values():
+        _end_span(scope)
 
 
-def _end_span(entry: Held) -> None:
-    span = entry.scope.span
+def _end_span(scope: consume_scope) -> None:
+    span = scope.span
     if span is not None:
-        entry.scope.span = None
+        scope.span = None
         span.end()
 
 
@@ -303,7 +354,7 @@ def drop(entry: Held) -> None:
                     entry.scope.close()
                     return
                 break
-        _end_span(entry)
+        _end_span(entry.scope)
     except Exception as exc:
         diagnostics.internal_error("held.drop", exc)
 
