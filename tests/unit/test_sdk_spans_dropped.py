@@ -130,8 +130,13 @@ WAYS = ("shortcut", "sdk", "recorder")  # "recorder" patches hop.py: it runs las
 def way(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Configure hoptrace for one of the three ways of starting the hop's span."""
     hoptrace.configure(fast_spans=name != "sdk")
-    if name == "recorder":  # the shortcut says "don't know": the full start runs
+    if name == "recorder":  # the shortcuts say "don't know": the full start runs
         monkeypatch.setattr(hop, "dropped_child", lambda parent, span_id=None: None)
+        monkeypatch.setattr(  # a transaction's span, started lazily (test_sdk_spans_root.py)
+            Recorder, "start_lazy",
+            lambda self, name, context, kind, attributes: self.start(
+                name, context, kind, attributes(), None, None, None),
+        )
 
 
 def wire(headers: dict[str, Any]) -> dict[str, Any]:
@@ -234,7 +239,7 @@ def test_sending_under_an_unsampled_parent_sends_what_the_sdk_path_sends(
         _, exporter = install()
         seen[name] = produce_under(parent)
         assert exporter.get_finished_spans() == ()
-    assert shortcuts.taken == 1
+    assert shortcuts.taken == 2  # the transaction's span and the send's, in the shortcut's run
     assert seen["shortcut"] == seen["recorder"] == seen["sdk"]
     headers, inside = seen["shortcut"]
     trace_id, span_id, sent_flags = headers["traceparent"].split("-")[1:]

@@ -19,7 +19,9 @@ snapshot that ``on_end`` gets. Two steps cost less than in the SDK:
 :meth:`Recorder.dropped_child` answers before any of that: when such a table says the child of
 a given parent is dropped (an unsampled parent, under the default delegates), it returns the
 ``NonRecordingSpan`` the SDK would, so a caller need not build the name, attributes or links
-of a span that records nothing.
+of a span that records nothing. :meth:`Recorder.start_lazy` does the same for a root under
+``ParentBased(TraceIdRatioBased(r))``: it takes the trace ID from the ID generator and decides
+it as that sampler does before the caller's attributes are built.
 
 At first use for a tracer, :func:`recorder_for` checks that the SDK has the shape this module
 knows. When it does not, hoptrace calls ``tracer.start_span`` and says why once, at debug level.
@@ -31,7 +33,7 @@ import logging
 import re
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FunctionType
 from typing import Any, Final, NamedTuple, cast
 
@@ -39,10 +41,16 @@ from opentelemetry import trace as trace_api
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, Tracer, _Span
-from opentelemetry.sdk.trace.sampling import Decision, ParentBased, StaticSampler
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    StaticSampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import DEFAULT_TRACE_STATE, Link, SpanContext, SpanKind, TraceFlags
 from opentelemetry.util.types import AttributeValue
 
+from .otel_shims import SPAN_KEY as _SPAN_KEY
 from .spans import UncheckedAttributes
 
 _logger = logging.getLogger("hoptrace")
@@ -168,6 +176,56 @@ def _static_decisions(sampler: object) -> tuple[Decision | None, ...] | None:
     return tuple(decisions)
 
 
+#: The names ``TraceIdRatioBased.should_sample`` reads (SDK 1.20 to 1.45): it samples when
+#: ``trace_id & TRACE_ID_LIMIT < bound``, keeps no attributes when it drops, and takes the
+#: parent's trace state (none for a root).
+_RATIO_NAMES: Final = frozenset({"DROP", "Decision", "RECORD_AND_SAMPLE", "SamplingResult",
+                                 "TRACE_ID_LIMIT", "_get_parent_trace_state", "bound"})
+
+
+def _known_ratio(delegate: object) -> TraceIdRatioBased | None:
+    """``delegate`` if it is the SDK's own ``TraceIdRatioBased`` as this module knows it."""
+    # (No vars(delegate): reading an instance's __dict__ slows its attribute reads in 3.11.)
+    if (type(delegate) is not TraceIdRatioBased
+            or getattr(getattr(delegate, "should_sample", None), "__func__", None)
+            is not TraceIdRatioBased.__dict__.get("should_sample")):
+        return None
+    method = TraceIdRatioBased.__dict__.get("should_sample")
+    bound = TraceIdRatioBased.__dict__.get("bound")
+    if (type(method) is not FunctionType or frozenset(method.__code__.co_names) != _RATIO_NAMES
+            or type(bound) is not property or bound.fget is None
+            or bound.fget.__code__.co_names != ("_bound",)
+            or type(getattr(delegate, "_bound", None)) is not int
+            or type(getattr(delegate, "TRACE_ID_LIMIT", None)) is not int):
+        return None
+    return delegate
+
+
+_GATE_NAMES: Final = ("_tracer_config", "is_enabled")
+
+
+def _names_of(method: object) -> tuple[str, ...] | None:
+    """The names a plain function's code reads; None for anything else."""
+    return method.__code__.co_names if type(method) is FunctionType else None
+
+
+def _noop_tracer_metrics(tracer: Any) -> object:
+    """``tracer._tracer_metrics`` if it is the SDK's no-op counter (its start_span does nothing
+    but return a no-op callable, whose result a dropped span never uses), else a marker."""
+    metrics = getattr(tracer, "_tracer_metrics", None)
+    kind = type(metrics)
+    if (kind.__name__ == "NoOpTracerMetrics"
+            and kind.__module__ == "opentelemetry.sdk.trace._tracer_metrics"
+            and _names_of(kind.__dict__.get("start_span")) == ("noop",)
+            and getattr(getattr(metrics, "start_span", None), "__func__", None)
+            is kind.__dict__.get("start_span")):
+        return metrics
+    return _NOT_NOOP
+
+
+_NOT_NOOP: Final = object()
+
+
 def _span_shape_refusal(tracer: Any, variant: Variant) -> str | None:
     """Why the SDK's span would not take attributes the way :meth:`Recorder.start` gives them."""
     limits = tracer._span_limits
@@ -264,7 +322,8 @@ def _plain(attributes: Mapping[str, Any], limits: SpanLimits) -> bool:
 class Recorder:
     """Starts :class:`HopSpan` objects for one SDK tracer, as its ``start_span`` would."""
 
-    __slots__ = ("_decisions", "_drops", "_sampler", "tracer", "variant")
+    __slots__ = ("_decisions", "_drops", "_gate_inline", "_noop_metrics", "_ratio", "_sampler",
+                 "tracer", "variant")
 
     def __init__(self, tracer: Any, variant: Variant) -> None:
         self.tracer = tracer
@@ -272,6 +331,12 @@ class Recorder:
         self._sampler: Any = None
         self._decisions: tuple[Decision | None, ...] | None = None
         self._drops: tuple[bool, ...] | None = None
+        self._ratio: TraceIdRatioBased | None = None
+        #: ``tracer._is_enabled()`` is ``tracer._tracer_config.is_enabled`` (SDK 1.40 to 1.45)
+        self._gate_inline = variant.gated and _names_of(getattr(type(tracer), "_is_enabled",
+                                                                None)) == _GATE_NAMES
+        #: The tracer's own span counter when it is the SDK's no-op one: a drop skips the call.
+        self._noop_metrics = _noop_tracer_metrics(tracer) if variant.gated else None
         self._use(tracer.sampler)
 
     def start(
@@ -283,8 +348,13 @@ class Recorder:
         links: Sequence[Link] | None,
         start_time: int | None,
         span_id: int | None,
+        root_trace_id: int | None = None,
     ) -> trace_api.Span:
-        """Start a span as ``tracer.start_span`` would (``span_id``, if given, is used as is)."""
+        """Start a span as ``tracer.start_span`` would (``span_id``, if given, is used as is).
+
+        ``root_trace_id``: the trace ID :meth:`start_lazy` took from the ID generator for
+        this span, should it be a root (it is used instead of asking for another).
+        """
         tracer = self.tracer
         variant = self.variant
         if variant.links_or_empty:
@@ -297,7 +367,8 @@ class Recorder:
         id_generator = tracer.id_generator
         if parent is None or not parent.is_valid:
             parent = None
-            trace_id = id_generator.generate_trace_id()
+            trace_id = (id_generator.generate_trace_id() if root_trace_id is None
+                        else root_trace_id)
         else:
             trace_id = parent.trace_id
         sampler = tracer.sampler
@@ -352,6 +423,60 @@ class Recorder:
         span.start(start_time=start_time, parent_context=context)
         return span
 
+    def start_lazy(
+        self,
+        name: str,
+        context: Context,
+        kind: SpanKind,
+        attributes: Callable[[], dict[str, AttributeValue]],
+    ) -> trace_api.Span:
+        """:meth:`start`, with ``attributes()`` called only when the decision may read them.
+
+        A span the sampler is known to drop without reading its attributes gets the SDK's
+        ``NonRecordingSpan`` at once: a child of an unsampled parent under static delegates
+        (:meth:`dropped_child`), or a root whose ``ParentBased`` root delegate is the SDK's
+        ``TraceIdRatioBased``, decided from the new trace ID as that sampler decides it. A
+        root it samples takes :meth:`start` with that same trace ID. Anything else is
+        :meth:`start` with the attributes built.
+        """
+        tracer = self.tracer
+        if tracer.sampler is not self._sampler:
+            self._use(tracer.sampler)
+        ratio = self._ratio
+        current = context.get(_SPAN_KEY)  # get_current_span(context), without its two calls
+        if current is None or not isinstance(current, trace_api.Span):
+            current = trace_api.INVALID_SPAN
+        parent: Any = current.get_span_context()
+        if type(parent) is not SpanContext:
+            pass  # start() decides (and raises for a parent that is not a SpanContext)
+        elif parent.is_valid:
+            dropped = self.dropped_child(parent)
+            if dropped is not None:
+                return dropped
+        elif ratio is not None:  # a root, decided as ParentBased's ratio delegate decides
+            variant = self.variant
+            if variant.gated and not (tracer._tracer_config.is_enabled if self._gate_inline
+                                      else tracer._is_enabled()):
+                return trace_api.NonRecordingSpan(context=parent)
+            id_generator = tracer.id_generator
+            trace_id = id_generator.generate_trace_id()
+            if trace_id & ratio.TRACE_ID_LIMIT < ratio._bound:  # sampled: the whole start
+                return self.start(name, context, kind, attributes(), None, None, None, trace_id)
+            random = variant.random_flag != 0 and id_generator.is_trace_id_random()
+            span_id = id_generator.generate_span_id()
+            if _TUPLE_LAYOUT:
+                span_context = _tuple_new(SpanContext, (
+                    trace_id, span_id, False, _FLAGS[2 if random else 0], DEFAULT_TRACE_STATE,
+                    0 < trace_id <= _TRACE_ID_MAX and 0 < span_id <= _SPAN_ID_MAX,
+                ))
+            else:  # pragma: no cover - an API whose SpanContext is laid out otherwise
+                span_context = SpanContext(trace_id, span_id, is_remote=False,
+                                           trace_flags=_FLAGS[2 if random else 0])
+            if variant.gated and tracer._tracer_metrics is not self._noop_metrics:
+                tracer._tracer_metrics.start_span(None, Decision.DROP)
+            return trace_api.NonRecordingSpan(context=span_context)
+        return self.start(name, context, kind, attributes(), None, None, None)
+
     def dropped_child(
         self, parent: SpanContext, span_id: int | None = None
     ) -> trace_api.Span | None:
@@ -380,7 +505,8 @@ class Recorder:
         if not valid or not drops[(2 if remote else 0) + (0 if flags & 1 else 1)]:
             return None
         variant = self.variant
-        if variant.gated and not tracer._is_enabled():
+        if variant.gated and not (tracer._tracer_config.is_enabled if self._gate_inline
+                                  else tracer._is_enabled()):
             return trace_api.NonRecordingSpan(context=parent)
         id_generator = tracer.id_generator
         random = False
@@ -399,7 +525,7 @@ class Recorder:
         else:  # pragma: no cover
             span_context = SpanContext(trace_id, span_id, is_remote=False,
                                        trace_flags=new_flags, trace_state=state)
-        if variant.gated:
+        if variant.gated and tracer._tracer_metrics is not self._noop_metrics:
             tracer._tracer_metrics.start_span(parent, Decision.DROP)
         return trace_api.NonRecordingSpan(context=span_context)
 
@@ -407,6 +533,8 @@ class Recorder:
         """Read ``sampler``'s static decisions, and which of its parent cases drop."""
         decisions = _static_decisions(sampler)
         self._sampler, self._decisions = sampler, decisions
+        self._ratio = (_known_ratio(sampler._root)
+                       if decisions is not None and decisions[0] is None else None)
         # By (remote, parent not sampled): local sampled, local not, remote sampled, remote not.
         self._drops = None if decisions is None else tuple(
             decision is Decision.DROP for decision in decisions[1:]

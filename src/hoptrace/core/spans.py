@@ -14,7 +14,7 @@ Any other tracer (a vendor SDK, a proxy, an SDK whose shape the recorder does no
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from opentelemetry.context import Context
@@ -89,6 +89,30 @@ def start_span(
     )
 
 
+def start_span_lazy(
+    name: str,
+    context: Context,
+    kind: SpanKind,
+    attributes: Callable[[], dict[str, AttributeValue]],
+) -> Span:
+    """:func:`start_span`, calling ``attributes()`` only when the sampler may read them.
+
+    With the lean recorder, a span its sampler is known to drop without reading them (a
+    root under ``ParentBased(TraceIdRatioBased(r))`` whose trace ID falls outside the ratio,
+    a child of an unsampled parent under static delegates) is the SDK's ``NonRecordingSpan``,
+    made without building them. Any other tracer gets ``tracer.start_span`` as usual.
+    """
+    current = tracer()
+    recorder = None
+    if get_settings().fast_spans:
+        cache = _recorder_cache
+        recorder = cache[1] if cache[0] is current else _recorder_for(current)
+    if recorder is not None:
+        return recorder.start_lazy(name, context, kind, attributes)  # type: ignore[no-any-return]
+    return current.start_span(name, context=context, kind=kind, attributes=attributes(),
+                              links=None, start_time=None)  # (as start_span passes them)
+
+
 def dropped_child(parent: SpanContext, span_id: int | None = None) -> Span | None:
     """The span a child of ``parent`` gets when the lean recorder knows the sampler drops it.
 
@@ -129,4 +153,5 @@ def end_span(span: Span, exc: BaseException | None, where: str) -> None:
             diagnostics.internal_error(where, err)
 
 
-__all__: Final = ["UncheckedAttributes", "describe", "dropped_child", "end_span", "start_span"]
+__all__: Final = ["UncheckedAttributes", "describe", "dropped_child", "end_span", "start_span",
+                  "start_span_lazy"]

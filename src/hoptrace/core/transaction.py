@@ -17,7 +17,7 @@ from .hop import _Scope
 from .ids import generate_transaction_id, mint_span_context, validate_transaction_id
 from .otel_shims import BAGGAGE_KEY, SPAN_KEY, get_current, sdk_installed
 from .settings import ConfigurationError, Settings
-from .spans import start_span
+from .spans import start_span_lazy
 
 TFunc = TypeVar("TFunc", bound=Callable[..., Any])
 
@@ -82,10 +82,16 @@ class transaction(_Scope):
             if active is not None and active.get_span_context().is_valid:
                 return NonRecordingSpan(mint_span_context(active.get_span_context().trace_id))
             return NonRecordingSpan(mint_span_context())
+        # The attributes are built only for a span the sampler may keep (or read them for).
+        return start_span_lazy(self._name or "transaction", parent, SpanKind.INTERNAL,
+                               self._span_attributes)
+
+    def _span_attributes(self) -> dict[str, AttributeValue]:
+        tx = cast(str, self.transaction_id)  # set by _open before the span starts
         attrs: dict[str, AttributeValue] = {semconv.TRANSACTION_ID: tx}
         if self._attributes:
             attrs.update(self._attributes)
-        return start_span(self._name or "transaction", parent, SpanKind.INTERNAL, attrs)
+        return attrs
 
     def __enter__(self) -> transaction:
         return self.open()
