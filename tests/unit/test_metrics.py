@@ -367,3 +367,22 @@ def test_pika_publish_without_a_tracing_sdk_still_counts_the_send(
     (duration,) = recorded.points(metrics.OPERATION_DURATION)
     assert count.value == 2 and duration.count == 2
     assert count.attributes["messaging.system"] == "rabbitmq"
+
+
+def test_tallies_sum_every_add_of_an_attribute_set_however_it_is_passed() -> None:
+    # An edge's cached dict counts through its own cell (no key hashed per add); an equal
+    # dict built elsewhere (a retry's {**attrs, kind}, an edge past the cache) through its
+    # key. Both must land in one point, cumulative across collections.
+    tally = metrics._Tally()
+    edge = metrics.edge_attributes("kafka", "send", "tally-orders", None)
+    copy = dict(edge)
+    for _ in range(5):
+        tally.add(1, edge)
+    tally.add(2, copy)
+    first = [(o.value, o.attributes) for o in tally.observe()]
+    for _ in range(3):
+        tally.add(1, edge)
+    tally.add(1, {**edge, "hoptrace.retry.kind": "redelivery"})
+    second = [(o.value, o.attributes) for o in tally.observe()]
+    assert first == [(7, edge)]
+    assert second == [(10, edge), (1, {**edge, "hoptrace.retry.kind": "redelivery"})]

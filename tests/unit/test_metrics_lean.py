@@ -304,3 +304,95 @@ def test_hoptrace_scopes_export_the_same_with_and_without_the_lean_path(
     assert sum(p[1] for p in errors) == 5
     lean_provider.shutdown()
     sdk_provider.shutdown()
+
+
+def inlined_offers(pair: Pair) -> list[bool]:
+    """For each bound aggregation: whether the lean path makes its exemplar offer itself."""
+    return [aggregation is not None for lean in pair.lean for bound in lean._bindings.values()
+            for _, aggregation in bound[2] or ()]
+
+
+@pytest.mark.parametrize("exemplar_filter", ["trace_based", "always_on"])
+def test_exemplar_offers_made_by_the_lean_path_are_the_sdk_s(
+    exemplar_filter: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Values on the boundaries (0.005, 1.0) and past the last one land in the buckets the
+    # SDK's reservoir picks; the exemplar kept per bucket is the same, with its span IDs.
+    monkeypatch.setenv("OTEL_METRICS_EXEMPLAR_FILTER", exemplar_filter)
+    pair = Pair(lambda: [InMemoryMetricReader(),
+                         InMemoryMetricReader(preferred_temporality=DELTA)])
+    try:
+        hs = [pair.histogram("hoptrace.queue_wait")]
+        feed(pair, hs, ("sampled", "unsampled", "sampled"))
+        got = pair.compare()
+        assert inlined_offers(pair) == [EXEMPLARS] * 2 * 2  # two dicts, two readers each
+        exemplars = [e for p in got[0][0][5] for e in p["exemplars"]]
+        assert (len(exemplars) > 2 * len(BUCKETS) // 2) == EXEMPLARS  # several buckets each
+        assert all(e[2] for e in exemplars)  # every one from a span
+    finally:
+        pair.close()
+
+
+class EqualToEverything(trace.NonRecordingSpan):
+    """A span class whose ``!=`` is not identity (equal to INVALID_SPAN, too)."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = trace.NonRecordingSpan.__hash__
+
+
+@pytest.mark.parametrize("current", ["invalid_span", "not_a_span", "equal_to_everything",
+                                     "sampled_flags_subclass"])
+def test_odd_current_spans_are_judged_as_the_sdk_judges_them(current: str) -> None:
+    sampled = trace.SpanContext(0xABC, 0xDEF, False, trace.TraceFlags(1))
+    value: object = {
+        "invalid_span": trace.INVALID_SPAN,
+        "not_a_span": object(),
+        "equal_to_everything": EqualToEverything(sampled),
+        "sampled_flags_subclass": trace.NonRecordingSpan(trace.SpanContext(
+            0xABC, 0xDEF, False, type("Flags", (trace.TraceFlags,), {})(1))),
+    }[current]
+    pair = Pair(lambda: [InMemoryMetricReader()])
+    try:
+        hs = [pair.histogram("hoptrace.queue_wait")]
+        token = otel_context.attach(otel_context.set_value(
+            trace.propagation._SPAN_KEY, value))
+        try:
+            for _ in range(2):
+                for value_ in VALUES:
+                    pair.record(hs[0], value_, SEND)
+        finally:
+            otel_context.detach(token)
+        got = pair.compare()
+        kept = [e for p in got[0][0][5] for e in p["exemplars"]]
+        assert bool(kept) == (EXEMPLARS and current == "sampled_flags_subclass")
+    finally:
+        pair.close()
+
+
+def test_a_meter_switched_off_and_on_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    pair = Pair(lambda: [InMemoryMetricReader()])
+    configure = getattr(pair.lean_provider, "_set_meter_configurator", None)
+    if configure is None:
+        pair.close()
+        pytest.skip("this SDK cannot switch a meter off")
+    from opentelemetry.sdk.metrics._internal import _MeterConfig
+
+    def switch(enabled: bool) -> None:
+        for provider in (pair.lean_provider, pair.sdk_provider):
+            provider._set_meter_configurator(  # type: ignore[attr-defined]
+                meter_configurator=lambda scope: _MeterConfig(is_enabled=enabled))
+
+    try:
+        hs = [pair.histogram("hoptrace.queue_wait")]
+        feed(pair, hs, ("sampled",))
+        switch(False)
+        feed(pair, hs, ("sampled", "none"))
+        switch(True)
+        feed(pair, hs, ("unsampled",))
+        got = pair.compare()
+        assert sum(p["count"] for p in got[0][0][5]) == 2 * 2 * len(VALUES)
+        assert pair.lean[0]._proxy is not None  # the config read without the calls
+    finally:
+        pair.close()

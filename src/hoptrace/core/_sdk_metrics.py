@@ -25,22 +25,25 @@ once each, or more attribute dicts come than this module keeps bindings for.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
 import types
+from bisect import bisect_left
 from collections.abc import Mapping
 from time import time_ns
 from typing import Any, Final, NamedTuple
 
-from opentelemetry.context import get_current
 from opentelemetry.sdk.metrics._internal import _view_instrument_match as _match
 from opentelemetry.sdk.metrics._internal import aggregation as _aggregation
 from opentelemetry.sdk.metrics._internal import instrument as _instrument
 from opentelemetry.sdk.metrics._internal import measurement_consumer as _consumer
 from opentelemetry.sdk.metrics._internal import metric_reader_storage as _storage
-from opentelemetry.trace import INVALID_SPAN, Span
+from opentelemetry.trace import INVALID_SPAN, Span, TraceFlags
 from opentelemetry.trace.propagation import _SPAN_KEY
+
+from .otel_shims import get_current  # the same Context as the API's, one C call
 
 _logger = logging.getLogger("hoptrace")
 
@@ -176,7 +179,8 @@ def _strictly_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 class LeanHistogram:
     """Records into one SDK histogram; see the module docstring."""
 
-    __slots__ = ("_bindings", "_consumer", "_exemplars", "_gated", "_histogram", "_record")
+    __slots__ = ("_bindings", "_consumer", "_exemplars", "_gated", "_histogram", "_proxy",
+                 "_record")
 
     def __init__(self, histogram: Any, exemplars: bool) -> None:
         self._histogram = histogram
@@ -184,6 +188,8 @@ class LeanHistogram:
         self._consumer = histogram._measurement_consumer
         self._exemplars = exemplars
         self._gated = "_is_enabled" in (_names(type(histogram).record) or ())
+        #: The meter's config proxy when ``_is_enabled`` can be read from it without calls.
+        self._proxy = _meter_config_proxy(histogram) if self._gated else None
         #: id(attribute dict) -> (that dict, the storages mapping it was found in, the
         #: aggregations' ``aggregate`` methods or None when they could not be found exactly,
         #: the exemplar filter's ``should_sample`` or a marker for an inlined one)
@@ -200,20 +206,21 @@ class LeanHistogram:
             self._record(amount, attributes)
             self._bind(attributes)
             return
-        if (
-            bound[2] is None  # its aggregations could not be found exactly
-            or not 0 <= amount < _INF
-            or (self._gated and not self._histogram._is_enabled())
-        ):
-            self._record(amount, attributes)  # the SDK warns, drops, or does nothing
+        if bound[2] is None or not 0 <= amount < _INF:  # aggregations not found exactly,
+            self._record(amount, attributes)  # or a value the SDK warns about or drops
             return
+        if self._gated:  # a disabled meter: the SDK does nothing
+            proxy = self._proxy
+            histogram = self._histogram
+            if not (proxy._config.is_enabled if proxy is not None
+                    and histogram._meter_config is proxy else histogram._is_enabled()):
+                self._record(amount, attributes)
+                return
         if self._exemplars:
             ctx = get_current()
             sample = bound[3]
             if sample is _TRACE_BASED:  # TraceBasedExemplarFilter.should_sample, inlined
-                span = ctx.get(_SPAN_KEY)
-                keep = (span is not None and isinstance(span, Span) and span != INVALID_SPAN
-                        and span.get_span_context().trace_flags.sampled)
+                keep = _trace_based(ctx)
                 now = time_ns() if keep else 0  # (the time is read only with an exemplar)
             elif sample is _ALWAYS_OFF:
                 keep, now = False, 0
@@ -222,12 +229,22 @@ class LeanHistogram:
                 keep = sample(amount, now, attributes, ctx)
             measurement = _new_measurement(
                 _Measurement, (amount, now, self._histogram, ctx, attributes))
-            for aggregate in bound[2]:
-                aggregate(measurement, keep)
+            for aggregate, aggregation in bound[2]:
+                if not keep or aggregation is None:
+                    aggregate(measurement, keep)
+                    continue
+                # The aggregate, then its reservoir's offer, as ``_sample_exemplar`` makes it:
+                # the bucket AlignedHistogramBucketExemplarReservoir finds by scanning its
+                # boundaries is the one bisect_left finds in them (finite value, sorted).
+                aggregate(measurement, False)
+                reservoir = aggregation._reservoir
+                with reservoir._lock:
+                    reservoir._reservoir_storage[bisect_left(reservoir._boundaries, amount)].offer(
+                        amount, now, attributes, ctx)
         else:
             measurement = _new_measurement(
                 _Measurement, (amount, 0, self._histogram, None, attributes))
-            for aggregate in bound[2]:
+            for aggregate, _ in bound[2]:
                 aggregate(measurement)
 
     def _bind(self, attributes: dict[str, Any]) -> None:
@@ -264,8 +281,137 @@ class LeanHistogram:
                 if type(aggregation).__module__ != _aggregation.__name__:
                     return None  # not one of the SDK's own aggregations
                 if type(aggregation) is not _aggregation._DropAggregation:
-                    sinks.append(aggregation.aggregate)
+                    sinks.append((aggregation.aggregate,
+                                  aggregation if _offer_inlined(aggregation) else None))
         return tuple(sinks)
+
+
+#: The names each step of an exemplar offer reads, from ``aggregate`` of an explicit-bucket
+#: histogram to the bucket (SDK 1.28 to 1.45), for :func:`_offer_inlined`.
+_OFFER_NAMES: Final = {
+    "aggregate": frozenset({"_boundaries", "_get_empty_bucket_counts", "_lock", "_max", "_min",
+                            "_record_min_max", "_sample_exemplar", "_sum", "_value",
+                            "bisect_left", "max", "min", "value"}),
+    "_sample_exemplar": frozenset({"_reservoir", "attributes", "context", "offer",
+                                   "time_unix_nano", "value"}),
+    "offer": frozenset({"BucketIndexError", "_find_bucket_index", "_lock",
+                        "_reservoir_storage", "offer"}),
+    "_find_bucket_index": frozenset({"_boundaries", "enumerate", "len"}),
+}
+
+
+def _own(instance: object, name: str) -> bool:
+    """Whether ``instance.name`` is its class's method, not one set on the instance.
+
+    (Asked without ``vars()``: reading an instance's ``__dict__`` makes CPython 3.11+ keep
+    it as a real dict, which slows every attribute access of that object from then on.)
+    """
+    method = getattr(instance, name, None)
+    return getattr(method, "__func__", None) is getattr(type(instance), name, None) is not None
+
+
+def _offer_inlined(aggregation: Any) -> bool:
+    """Whether the lean path may make ``aggregation``'s exemplar offer itself.
+
+    Only for the SDK's explicit-bucket histogram aggregation with the SDK's aligned-bucket
+    reservoir, each step of the shape this module knows, over strictly increasing finite
+    boundaries: then the bucket its reservoir picks (the first boundary >= the value) is
+    ``bisect_left(boundaries, value)``, and the rest is the bucket's own ``offer``.
+    """
+    try:
+        from opentelemetry.sdk.metrics._internal.exemplar import exemplar_reservoir as _res
+    except ImportError:  # pragma: no cover - an SDK without exemplars
+        return False
+    histogram = getattr(_aggregation, "_ExplicitBucketHistogramAggregation", None)
+    aligned = getattr(_res, "AlignedHistogramBucketExemplarReservoir", None)
+    if histogram is None or aligned is None or type(aggregation) is not histogram:
+        return False
+    reservoir = getattr(aggregation, "_reservoir", None)
+    if type(reservoir) is not aligned or not (_own(reservoir, "offer")
+                                              and _own(reservoir, "_find_bucket_index")):
+        return False
+    steps: dict[str, Any] = {
+        "aggregate": histogram.aggregate, "_sample_exemplar": histogram._sample_exemplar,
+        "offer": getattr(aligned, "offer", None),
+        "_find_bucket_index": getattr(aligned, "_find_bucket_index", None),
+    }
+    if any(_names(function) != _OFFER_NAMES[name] for name, function in steps.items()):
+        return False
+    if not (_own(aggregation, "aggregate") and _own(aggregation, "_sample_exemplar")):
+        return False
+    boundaries = getattr(reservoir, "_boundaries", None)
+    storage = getattr(reservoir, "_reservoir_storage", None)
+    return (
+        isinstance(boundaries, (list, tuple))
+        and all(type(b) in (int, float) and math.isfinite(b) for b in boundaries)
+        and all(a < b for a, b in itertools.pairwise(boundaries))
+        and type(storage).__name__ == "defaultdict"
+        and type(getattr(reservoir, "_lock", None)).__name__ in ("lock", "RLock")
+    )
+
+
+def _meter_config_proxy(histogram: Any) -> Any:
+    """The meter config proxy whose ``_config.is_enabled`` answers ``histogram._is_enabled()``.
+
+    SDK 1.41 to 1.45: ``_is_enabled`` is ``self._meter_config is None or
+    self._meter_config.is_enabled``, where the config is the meter's ``_ProxyMeterConfig``
+    whose ``is_enabled`` reads ``self._config.is_enabled`` (a plain field of the config the
+    meter configurator swaps in). None when that is not the shape: ``_is_enabled()`` is called.
+    """
+    try:
+        from opentelemetry.sdk.metrics import _internal as _meters
+    except ImportError:  # pragma: no cover
+        return None
+    proxy_type = getattr(_meters, "_ProxyMeterConfig", None)
+    proxy = getattr(histogram, "_meter_config", None)
+    prop = getattr(proxy_type, "is_enabled", None)
+    if (
+        proxy_type is None or type(proxy) is not proxy_type or not _own(histogram, "_is_enabled")
+        or _names(getattr(type(histogram), "_is_enabled", None))
+        != frozenset({"_meter_config", "is_enabled"})
+        or type(prop) is not property
+        or _names(prop.fget) != frozenset({"_config", "is_enabled"})
+    ):
+        return None
+    return proxy
+
+
+def _learn_span_type(span: object) -> bool:
+    """Whether ``span``'s class is a Span that compares by identity (remembered per class)."""
+    kind = type(span)
+    plain = (span.__class__ is kind and issubclass(kind, Span)
+             and kind.__eq__ is object.__eq__ and kind.__ne__ is object.__ne__)
+    if len(_plain_spans) < 64:
+        _plain_spans[kind] = plain
+    return plain
+
+
+#: Span classes seen by the trace-based filter: True when ``span != INVALID_SPAN`` is identity.
+_plain_spans: dict[type, bool] = {}
+_SAMPLED_NAMES: Final = frozenset({"SAMPLED", "TraceFlags", "bool"})
+_FLAGS_INLINE: Final = (_names(getattr(TraceFlags.__dict__.get("sampled"), "fget", None))
+                        == _SAMPLED_NAMES and TraceFlags.SAMPLED == 1)
+
+
+def _trace_based(ctx: Any) -> bool:
+    """``TraceBasedExemplarFilter.should_sample``: whether ``ctx``'s span is sampled.
+
+    ``isinstance(span, Span) and span != INVALID_SPAN`` is decided once per span class
+    (:func:`_learn_span_type`), and the flag's ``sampled`` property is read as ``flags & 1``.
+    """
+    span = ctx.get(_SPAN_KEY)
+    if span is None:
+        return False
+    plain = _plain_spans.get(type(span))
+    if plain is None:
+        plain = _learn_span_type(span)
+    if not plain:
+        return bool(isinstance(span, Span) and span != INVALID_SPAN
+                    and span.get_span_context().trace_flags.sampled)
+    if span is INVALID_SPAN:  # (`!=` is identity for such a class)
+        return False
+    flags = span.get_span_context().trace_flags
+    return bool(flags & 1) if _FLAGS_INLINE and type(flags) is TraceFlags else bool(flags.sampled)
 
 
 _TRACE_BASED: Final = object()
@@ -314,7 +460,7 @@ def lean_histogram(histogram: Any) -> Any:
         reason is not None
         or not isinstance(histogram, _instrument.Histogram)
         or type(histogram).record is not _instrument.Histogram.__dict__["record"]
-        or "record" in vars(histogram)
+        or not _own(histogram, "record")  # (someone wrapped this instrument's record)
         or type(getattr(histogram, "_measurement_consumer", None))
         is not _consumer.SynchronousMeasurementConsumer
     ):

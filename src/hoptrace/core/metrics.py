@@ -104,22 +104,35 @@ class _Tally:
     The SDK still exports a monotonic cumulative sum, as for a Counter.
     """
 
-    __slots__ = ("_counts", "_lock")
+    __slots__ = ("_cells", "_counts", "_lock")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[tuple[tuple[str, Any], ...], int] = {}
+        #: One count cell per attribute set, in first-seen order.
+        self._counts: dict[tuple[tuple[str, Any], ...], list[int]] = {}
+        #: id(an edge's cached attribute dict) -> (that dict, its cell): no key hashed per add.
+        self._cells: dict[int, tuple[dict[str, Any], list[int]]] = {}
 
     def add(self, amount: int, attributes: dict[str, Any]) -> None:
+        bound = self._cells.get(id(attributes))
+        if bound is not None and bound[0] is attributes:
+            with self._lock:
+                bound[1][0] += amount
+            return
         known = _tally_keys.get(id(attributes))  # an edge's cached dict: its key, built once
-        key = known[1] if known is not None and known[0] is attributes \
-            else tuple(attributes.items())
+        cached = known is not None and known[0] is attributes
+        key = known[1] if cached else tuple(attributes.items())  # type: ignore[index]
         with self._lock:
-            self._counts[key] = self._counts.get(key, 0) + amount
+            cell = self._counts.get(key)
+            if cell is None:
+                cell = self._counts[key] = [0]
+            cell[0] += amount
+            if cached and len(self._cells) < _MAX_EDGES:
+                self._cells[id(attributes)] = (attributes, cell)
 
     def observe(self, _options: Any = None) -> list[Observation]:
         with self._lock:
-            counts = list(self._counts.items())
+            counts = [(key, cell[0]) for key, cell in self._counts.items()]
         return [Observation(value, dict(key)) for key, value in counts]
 
 
