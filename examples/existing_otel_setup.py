@@ -7,9 +7,11 @@ Three things a service that already runs OpenTelemetry sees:
    the W3C baggage; the handler on the other side finds it with
    ``hoptrace.current_transaction_id()``.
 2. With B3 configured (``OTEL_PROPAGATORS=b3multi``, here ``set_global_textmap``), hoptrace
-   writes and reads B3 headers, adding only its transaction ID and send time.
+   writes and reads B3 headers, adding only its transaction ID (as the ``x-transaction-id``
+   header: B3 carries no baggage) and send time.
 3. ``TransactionIdPropagator`` (``OTEL_PROPAGATORS=tracecontext,baggage,hoptrace``) makes
-   OTel's propagation write the transaction header too.
+   OTel's propagation read the ``x-transaction-id`` header that older senders write, and,
+   with ``transaction_header`` set, write it too.
 
 Run it: ``python examples/existing_otel_setup.py``.
 """
@@ -61,10 +63,18 @@ propagate.set_global_textmap(
     CompositePropagator([*w3c._propagators, hoptrace.TransactionIdPropagator()])  # type: ignore[attr-defined]
 )
 try:
+    token = context.attach(propagate.extract({"x-transaction-id": "order-1001"}))
+    try:
+        seen = hoptrace.current_transaction_id()
+    finally:
+        context.detach(token)
+    print(f"3. an older sender's x-transaction-id, as OTel's extract restored it: {seen}")
+    hoptrace.configure(transaction_header="x-transaction-id")  # for consumers that need it
     with hoptrace.transaction("checkout") as tx:
         headers = {}
         propagate.inject(headers)
-    print("3. with the hoptrace propagator, OTel wrote:", sorted(headers))
+    print("   with transaction_header set, OTel wrote:", sorted(headers))
     print(f"   x-transaction-id: {headers.get('x-transaction-id') == tx.transaction_id}")
 finally:
+    hoptrace.configure()
     propagate.set_global_textmap(w3c)

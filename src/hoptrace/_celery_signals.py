@@ -58,7 +58,7 @@ def on_task_prerun(sender: Any = None, task_id: Any = None, task: Any = None, **
         if request.is_eager:
             # Run in the caller's context: keep its transaction; its span becomes the parent.
             tx = current_transaction_id()
-            carrier = {get_settings().transaction_header: tx} if tx else {}
+            carrier = {get_settings().read_transaction_header: tx} if tx else {}
         else:
             carrier = values
         name = getattr(task, "name", None) or str(sender)

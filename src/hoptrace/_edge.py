@@ -46,7 +46,7 @@ def propagation_header_names(settings: Settings) -> dict[str, str]:
         semconv.TRACEPARENT,
         semconv.TRACESTATE,
         semconv.BAGGAGE,
-        settings.transaction_header,
+        settings.read_transaction_header,
     ]
     textmap = configured_textmap()
     if textmap is not None:  # B3, Jaeger, …: the headers that propagator reads too

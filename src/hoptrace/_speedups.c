@@ -219,8 +219,46 @@ read_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         /* The common case: the transaction ID mirror "<key>=<transaction ID>", alone or after
          * the origin entry. (The transaction ID is ASCII alphanumeric, checked above.) */
         PyObject *prefix = args[6];
-        if (transaction == NULL || !PyUnicode_CheckExact(baggage) || !PyUnicode_CheckExact(prefix)) {
+        if (!PyUnicode_CheckExact(baggage) || !PyUnicode_CheckExact(prefix)) {
             goto decline;
+        }
+        if (transaction == NULL) {
+            /* No transaction header (hoptrace writes none by default): the ID is the mirror's
+             * value, an ASCII alphanumeric one, after the origin entry or alone. */
+            const unsigned char *b = NULL, *m = NULL;
+            Py_ssize_t b_size = 0, m_size = 0, start = 0;
+            if ((b = ascii_of(baggage, &b_size)) == NULL || (m = ascii_of(prefix, &m_size)) == NULL
+                || b_size > max_baggage) {
+                goto decline;
+            }
+            if (b_size > ORIGIN_PREFIX_SIZE && !origin_key(m, m_size)
+                && memcmp(b, ORIGIN_PREFIX, (size_t)ORIGIN_PREFIX_SIZE) == 0) {
+                const unsigned char *comma = memchr(b + ORIGIN_PREFIX_SIZE, ',',
+                                                    (size_t)(b_size - ORIGIN_PREFIX_SIZE));
+                origin_size = comma == NULL ? 0 : (Py_ssize_t)(comma - b) - ORIGIN_PREFIX_SIZE;
+                if (!with_origin || origin_size < 1 || origin_size > ORIGIN_MAX_DIGITS
+                    || !origin_digits(b + ORIGIN_PREFIX_SIZE, origin_size)) {
+                    goto decline;
+                }
+                start = ORIGIN_PREFIX_SIZE + origin_size + 1;
+            }
+            Py_ssize_t tx_start = start + m_size;
+            if (b_size - tx_start < 1 || b_size - tx_start > max_transaction
+                || memcmp(b + start, m, (size_t)m_size) != 0) {
+                goto decline;
+            }
+            for (Py_ssize_t i = tx_start; i < b_size; i++) {
+                unsigned char c = b[i];
+                if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))) {
+                    goto decline; /* other characters the Python reader checks by the pattern */
+                }
+            }
+            transaction = PyUnicode_Substring(baggage, tx_start, b_size);
+            if (transaction == NULL) {
+                goto done;
+            }
+            mirrored = 1;
+            goto baggage_read;
         }
         Py_ssize_t size = PyUnicode_GET_LENGTH(baggage);
         Py_ssize_t prefix_size = PyUnicode_GET_LENGTH(prefix);
@@ -252,6 +290,7 @@ read_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         mirrored = 1;
     }
+baggage_read:;
     char digits[24];
     if (sent != NULL) {
         const unsigned char *p = ascii_of(sent, &length);
@@ -449,7 +488,6 @@ done:
     return result;
 }
 
-
 static void
 put_hex(char *out, unsigned long long value, int digits)
 {
@@ -576,11 +614,11 @@ origin_ok(PyObject *origin, PyObject *mirror_prefix, PyObject *transaction)
 }
 
 /*
- * Store traceparent (if not NULL; a new reference, consumed), the transaction ID, the baggage
- * (if mirror_prefix is not None: the mirror, after the origin entry if origin is not None) and
- * the send time (if sent_key is not None) into the dict values, in that order. keys:
- * traceparent, transaction, baggage. Returns 0, or -1 with an exception set. The caller checked
- * origin with origin_ok().
+ * Store traceparent (if not NULL; a new reference, consumed), the transaction ID (if its key,
+ * keys[1], is not None), the baggage (if mirror_prefix is not None: the mirror, after the
+ * origin entry if origin is not None) and the send time (if sent_key is not None) into the
+ * dict values, in that order. keys: traceparent, transaction, baggage. Returns 0, or -1 with
+ * an exception set. The caller checked origin with origin_ok().
  */
 static int
 store(PyObject *values, PyObject *traceparent, PyObject *const *keys, PyObject *transaction,
@@ -605,7 +643,7 @@ store(PyObject *values, PyObject *traceparent, PyObject *const *keys, PyObject *
         }
     }
     if ((traceparent != NULL && PyDict_SetItem(values, keys[0], traceparent) < 0)
-        || PyDict_SetItem(values, keys[1], transaction) < 0
+        || (keys[1] != Py_None && PyDict_SetItem(values, keys[1], transaction) < 0)
         || (mirror != NULL && PyDict_SetItem(values, keys[2], mirror) < 0)
         || (sent != NULL && PyDict_SetItem(values, sent_key, sent) < 0)) {
         goto done;
@@ -650,9 +688,10 @@ origin_arg_ok(PyObject *origin, PyObject *mirror_prefix, PyObject *transaction)
  * write_common(values, trace_id, span_id, sampled, traceparent_key, transaction_key,
  *              transaction_id, baggage_key, mirror_prefix, sent_key[, origin]) -> bool
  *
- * trace_id None writes no traceparent; mirror_prefix None no baggage; sent_key None no send
- * time; origin (1 to 16 ASCII digits, with a mirror) puts the pathway's origin entry before the
- * mirror in the baggage. Writes, in the Python writer's order, traceparent, transaction ID, the
+ * trace_id None writes no traceparent; transaction_key None no transaction header (the baggage
+ * mirror carries the ID: the caller never passes None for both); mirror_prefix None no
+ * baggage; sent_key None no send time; origin (1 to 16 ASCII digits, with a mirror) puts the
+ * pathway's origin entry before the mirror in the baggage. Writes, in the Python writer's order, traceparent, transaction ID, the
  * baggage and the send time into the dict ``values``.
  */
 static PyObject *

@@ -79,7 +79,7 @@ class TransactionMiddleware(EdgeMiddleware[ASGIApp]):
                 str(scope.get("scheme") or "http"),
                 self.trust_incoming,
             ).open()
-            header = settings.transaction_header.lower().encode("latin-1")
+            header = settings.read_transaction_header.lower().encode("latin-1")
         except Exception as exc:
             diagnostics.internal_error("asgi.open", exc)
 

@@ -105,7 +105,7 @@ class TransactionMiddleware(EdgeMiddleware[WSGIApp]):
                 str(environ.get("wsgi.url_scheme") or "http"),
                 self.trust_incoming,
             )
-            header = settings.transaction_header
+            header = settings.read_transaction_header
         except Exception as exc:
             diagnostics.internal_error("wsgi.open", exc)
         if edge is None:

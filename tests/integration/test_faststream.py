@@ -26,6 +26,7 @@ import hoptrace.aio_pika
 import hoptrace.aiokafka
 from hoptrace._config import get_settings
 from hoptrace.core import semconv
+from hoptrace.core.propagator import baggage_entry
 
 pytest.importorskip("faststream")
 from faststream import Context
@@ -390,8 +391,8 @@ def test_publish_batch_every_record_carries_the_context(
     assert send.attributes[semconv.MESSAGING_BATCH_MESSAGE_COUNT] == N
     assert f"{send.context.trace_id:032x}" == trace_id
     assert len(got) == N
-    header = get_settings().transaction_header
-    carrying = [h for h in got if h.get(header) == tx
+    key = get_settings().baggage_key
+    carrying = [h for h in got if baggage_entry(h.get("baggage", ""), key) == tx
                 and h.get("traceparent", "")[36:52] == f"{send.context.span_id:016x}"]
     assert len(carrying) == N, f"{len(carrying)}/{N} records carry the batch's context"
 

@@ -25,6 +25,7 @@ import brokers
 import pytest
 
 import hoptrace
+from hoptrace.core.propagator import baggage_entry
 
 pytestmark = [pytest.mark.integration, pytest.mark.long]
 
@@ -71,14 +72,18 @@ class Outcome:
         """The consumer's handler: count the record and check its transaction."""
         seq, tx = value.decode().split(":")
         self.delivered[int(seq)] += 1
-        header = dict(headers or ()).get(TX_HEADER)
-        if isinstance(header, bytes):
-            header = header.decode()
+        values = dict(headers or ())
+        bag = values.get("baggage")
+        if isinstance(bag, bytes):
+            bag = bag.decode()
+        # The ID travels as the baggage entry; no transaction header by default.
+        carried = baggage_entry(bag, "transaction.id") if isinstance(bag, str) else None
         current = hoptrace.current_transaction_id()
-        if instrumented and (header != tx or current != tx):
-            self.problems.append(f"{seq}: header={header} current={current} body={tx}")
-        if not instrumented and header is not None:
-            self.problems.append(f"{seq}: uninstrumented record has {TX_HEADER}={header}")
+        if instrumented and (carried != tx or current != tx or TX_HEADER in values):
+            self.problems.append(f"{seq}: baggage={bag} current={current} body={tx} "
+                                 f"{TX_HEADER}={values.get(TX_HEADER)!r}")
+        if not instrumented and (carried is not None or TX_HEADER in values):
+            self.problems.append(f"{seq}: uninstrumented record carries an ID: {values}")
 
     def acked(self) -> None:
         now = time.monotonic()

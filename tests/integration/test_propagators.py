@@ -154,6 +154,7 @@ def assert_written_by(name: str, headers: dict[str, str], tx: str) -> None:
         assert key in headers, f"{key} missing from {sorted(headers)}"
     assert "traceparent" not in headers
     assert "tracestate" not in headers
+    # These propagators carry no baggage: the transaction header carries the ID instead.
     assert headers[TX_HEADER] == tx
 
 
@@ -186,8 +187,8 @@ def test_pika_hop(name: str, amqp_url: str, spans: Any, hoptrace_pika: None) -> 
     (got,) = seen
     assert tx.transaction_id is not None
     assert_written_by(name, got["headers"], tx.transaction_id)
-    send = spans.one(f"send amq.default:{queue}")
-    process = spans.one(f"process amq.default:{queue}:{queue}")
+    send = spans.one(f"send {queue}")
+    process = spans.one(f"process {queue}")
     assert send.kind == SpanKind.PRODUCER and process.kind == SpanKind.CONSUMER
     assert process.parent is not None and process.parent.span_id == send.context.span_id
     assert process.context.trace_id == send.context.trace_id
@@ -249,7 +250,7 @@ def _w3c_with_hoptrace() -> TextMapPropagator:
     ])
 
 
-@pytest.mark.parametrize("propagators", ["default", "w3c+hoptrace"])
+@pytest.mark.parametrize("propagators", ["default", "w3c+hoptrace", "w3c+hoptrace+header"])
 def test_otel_instrumented_hop_in_the_middle(
     propagators: str,
     amqp_url: str,
@@ -265,6 +266,9 @@ def test_otel_instrumented_hop_in_the_middle(
         )
     else:
         propagate.set_global_textmap(_w3c_with_hoptrace())
+    header_set = propagators.endswith("+header")
+    if header_set:
+        hoptrace.configure(transaction_header=TX_HEADER)
     assert configured_textmap() is None  # both are the W3C set: hoptrace's fast path
     queue = f"hoptrace-relay-{uuid.uuid4().hex[:10]}"
     topic = new_topic("relay")
@@ -319,22 +323,24 @@ def test_otel_instrumented_hop_in_the_middle(
     assert relay["tx"] == tx.transaction_id
     assert relay["baggage"] == tx.transaction_id
     assert relay["trace_id"] == caller_trace
-    assert relay["headers"][TX_HEADER] == tx.transaction_id  # hoptrace's pika wrote it
+    # hoptrace's pika wrote the ID as the baggage entry, and the header only when set.
+    assert f"transaction.id={tx.transaction_id}" in relay["headers"]["baggage"].split(",")
+    assert relay["headers"].get(TX_HEADER) == (tx.transaction_id if header_set else None)
     # The record contrib's kafka-python sent: W3C headers; the ID in the baggage, and in
-    # hoptrace's own header only when the hoptrace propagator is configured.
+    # hoptrace's own header only when the hoptrace propagator is configured and the header set.
     record = final["headers"]
     assert "traceparent" in record
     assert f"transaction.id={tx.transaction_id}" in record["baggage"].split(",")
-    if propagators == "default":
-        assert TX_HEADER not in record
-    else:
+    if header_set:
         assert record[TX_HEADER] == tx.transaction_id
+    else:
+        assert TX_HEADER not in record
     # The final handler: same transaction, same trace.
     assert final["tx"] == tx.transaction_id
     assert final["trace_id"] == caller_trace
 
     # One trace, one parent chain: pika send -> contrib aio-pika -> contrib kafka -> process.
-    send = spans.one(f"send amq.default:{queue}")
+    send = spans.one(f"send {queue}")
     (aio_consumer,) = [s for s in spans.all() if s.kind == SpanKind.CONSUMER
                        and s.instrumentation_scope.name.startswith(otel_aio_pika.__name__)]
     (kafka_send,) = [s for s in spans.all() if s.kind == SpanKind.PRODUCER
@@ -348,5 +354,5 @@ def test_otel_instrumented_hop_in_the_middle(
         int(caller_trace or "0", 16)
     }
     # hoptrace made no span for the relay's clients.
-    assert not [s for s in spans.all() if s.name == f"process amq.default:{queue}:{queue}"]
+    assert not [s for s in spans.all() if s.name == f"process {queue}"]
     assert len(spans.named(f"send {topic}")) == 0

@@ -94,7 +94,14 @@ def counts(spans: Any, topic: str) -> tuple[int, int]:
 
 
 def hoptrace_headers(headers: list[tuple[str, bytes]]) -> bool:
+    # Contrib writes traceparent and baggage too: the transaction header (set by the
+    # ``header_marks_hoptrace`` fixture) tells hoptrace's writes apart.
     return any(k == "x-hoptrace-sent-ns" or k == "x-transaction-id" for k, _ in headers)
+
+
+@pytest.fixture(autouse=True)
+def header_marks_hoptrace() -> None:
+    hoptrace.configure(transaction_header="x-transaction-id")
 
 
 @pytest.mark.parametrize("contrib_first", [True, False], ids=["contrib-first", "hoptrace-first"])

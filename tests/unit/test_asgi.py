@@ -21,6 +21,7 @@ with warnings.catch_warnings():  # Starlette prefers httpx2 for its TestClient; 
 import hoptrace
 from hoptrace.asgi import TransactionMiddleware
 from hoptrace.core import semconv
+from hoptrace.core.propagator import baggage_entry
 
 UPSTREAM_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 UPSTREAM_SPAN = "00f067aa0ba902b7"
@@ -82,7 +83,7 @@ def test_new_request_starts_a_transaction_and_a_server_span(spans):
     assert span.attributes[semconv.HTTP_RESPONSE_STATUS_CODE] == 200
     assert body["trace_id"] == f"{span.context.trace_id:032x}"
     assert body["span_id"] == f"{span.context.span_id:016x}"
-    assert body["outgoing"]["x-transaction-id"] == tx
+    assert baggage_entry(body["outgoing"]["baggage"], "transaction.id") == tx
 
 
 def test_incoming_traceparent_and_transaction_id_are_continued(spans):
@@ -103,7 +104,7 @@ def test_publish_inside_the_request_is_a_child_of_the_server_span(spans):
     server = spans.one("POST /publish")
     send = spans.one("send orders")
     assert send.parent.span_id == server.context.span_id
-    assert carrier["x-transaction-id"] == "checkout-1"
+    assert baggage_entry(carrier["baggage"], "transaction.id") == "checkout-1"
     assert carrier["traceparent"].split("-")[2] == f"{send.context.span_id:016x}"
 
 

@@ -33,7 +33,9 @@ def env_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def test_defaults() -> None:
     s = hoptrace.get_settings()
-    assert s.transaction_header == "x-transaction-id"
+    # No transaction header is written; the conventional one is still read.
+    assert s.transaction_header is None and s.written_transaction_header is None
+    assert s.read_transaction_header == "x-transaction-id"
     assert s.baggage_mirror is True and s.baggage_key == "transaction.id"
     assert s.link_mode == "parent" and s.trust_incoming is True
     assert s.max_baggage_bytes == 8192 and s.max_baggage_members == 180
@@ -162,7 +164,7 @@ def test_conflicting_header_variables_are_both_dropped(
     monkeypatch.setenv("HOPTRACE_SENT_TIME_HEADER", "X-Same")
     with caplog.at_level(logging.WARNING, logger="hoptrace"):
         s = _config.reset()
-    assert (s.transaction_header, s.sent_time_header) == ("x-transaction-id", "x-hoptrace-sent-ns")
+    assert (s.transaction_header, s.sent_time_header) == (None, "x-hoptrace-sent-ns")
     messages = env_warnings(caplog)
     assert len(messages) == 2 and all("must differ" in m for m in messages)
     assert "HOPTRACE_TRANSACTION_HEADER" in messages[0]
@@ -174,9 +176,43 @@ def test_variable_clashing_with_a_default_is_dropped(
 ) -> None:
     monkeypatch.setenv("HOPTRACE_TRANSACTION_HEADER", "x-hoptrace-sent-ns")
     with caplog.at_level(logging.WARNING, logger="hoptrace"):
-        assert _config.reset().transaction_header == "x-transaction-id"
+        assert _config.reset().transaction_header is None
     (message,) = env_warnings(caplog)
     assert "HOPTRACE_TRANSACTION_HEADER='x-hoptrace-sent-ns'" in message
+
+
+def test_sent_time_header_may_not_take_the_header_read_for_the_id(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Unset, transaction_header still means "read x-transaction-id": the send time can't use it.
+    with pytest.raises(hoptrace.ConfigurationError, match="read on every consume"):
+        hoptrace.configure(sent_time_header="X-Transaction-ID")
+    s = hoptrace.configure(transaction_header="x-mine", sent_time_header="x-transaction-id")
+    assert (s.read_transaction_header, s.sent_time_header) == ("x-mine", "x-transaction-id")
+    monkeypatch.setenv("HOPTRACE_SENT_TIME_HEADER", "x-transaction-id")
+    with caplog.at_level(logging.WARNING, logger="hoptrace"):
+        assert _config.reset().sent_time_header == "x-hoptrace-sent-ns"
+    (message,) = env_warnings(caplog)
+    assert "HOPTRACE_SENT_TIME_HEADER='x-transaction-id'" in message
+    assert "read on every consume" in message
+
+
+def test_an_empty_transaction_header_variable_means_unset(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HOPTRACE_TRANSACTION_HEADER", " ")
+    with caplog.at_level(logging.WARNING, logger="hoptrace"):
+        assert _config.reset().transaction_header is None
+    assert env_warnings(caplog) == []
+
+
+def test_the_header_is_written_when_set_or_when_the_baggage_cannot_carry_the_id() -> None:
+    s = hoptrace.configure(transaction_header="x-transaction-id")
+    assert s.written_transaction_header == s.read_transaction_header == "x-transaction-id"
+    s = hoptrace.configure(baggage_mirror=False)
+    assert s.written_transaction_header == "x-transaction-id"
+    s = hoptrace.configure(baggage_mirror=False, transaction_header="x-mine")
+    assert s.written_transaction_header == s.read_transaction_header == "x-mine"
 
 
 def test_variable_clashing_with_a_keyword_argument_is_dropped(

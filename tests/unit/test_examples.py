@@ -42,6 +42,7 @@ def test_existing_otel_setup_example_keeps_the_transaction_everywhere() -> None:
     assert "LOST" not in stdout
     assert "x-b3-traceid" in stdout and "the consumer's trace and transaction: ok" in stdout
     assert "x-transaction-id: True" in stdout
+    assert "as OTel's extract restored it: order-1001" in stdout
 
 
 def _broker_urls():

@@ -271,7 +271,8 @@ def test_without_sdk_the_send_block_and_the_message_share_a_trace(no_sdk: None) 
     with hoptrace.produce_scope({}, "orders", "rabbitmq") as send:
         in_block = hoptrace.current_trace_id(), hoptrace.current_transaction_id()
     assert in_block[0] == send.carrier["traceparent"][3:35]
-    assert in_block[1] == send.carrier["x-transaction-id"] == send.transaction_id
+    assert send.carrier["baggage"] == f"transaction.id={send.transaction_id}" != "transaction.id="
+    assert in_block[1] == send.transaction_id and "x-transaction-id" not in send.carrier
     assert hoptrace.current_trace_id() is None
 
 

@@ -13,6 +13,8 @@ from opentelemetry import baggage, context, trace
 import hoptrace
 
 HEADERS = ("traceparent", "tracestate", "baggage", "x-transaction-id", "x-hoptrace-sent-ns")
+#: What inject writes by default: the transaction ID travels as the baggage entry alone.
+WRITTEN = ("traceparent", "baggage", "x-hoptrace-sent-ns")
 
 
 def carriers() -> list[Any]:
@@ -68,7 +70,7 @@ def test_copy_leaves_the_callers_carrier_alone(carrier: Any) -> None:
 @pytest.mark.parametrize("carrier", [{}, []])
 def test_mutable_carriers_are_updated_in_place(carrier: Any) -> None:
     assert hoptrace.inject(carrier) is carrier
-    assert set(HEADERS) - {"tracestate"} <= set(keys_of(carrier))
+    assert sorted(keys_of(carrier)) == sorted(WRITTEN)
 
 
 def test_list_carriers_get_bytes_and_dicts_get_str() -> None:
@@ -93,7 +95,8 @@ def test_custom_transaction_id_generator() -> None:
     counter = iter(range(1, 100))
     hoptrace.configure(transaction_id_generator=lambda: f"order-{next(counter)}")
     headers = hoptrace.inject({})
-    assert headers["x-transaction-id"].startswith("order-")
+    assert headers["baggage"].startswith("transaction.id=order-")
+    assert hoptrace.current_transaction_id(hoptrace.extract(headers)).startswith("order-")
 
 
 def test_header_wins_over_baggage_mirror() -> None:
@@ -152,7 +155,7 @@ def test_no_sdk_mints_a_trace_so_hops_share_one(no_sdk: None) -> None:
 def test_with_sdk_and_no_span_inject_leaves_the_sampling_decision_downstream(spans: Any) -> None:
     headers = hoptrace.inject({})
     assert "traceparent" not in headers
-    assert "x-transaction-id" in headers
+    assert headers["baggage"].startswith("transaction.id=")
 
 
 def test_otel_getter_and_setter_work_with_otel_propagators() -> None:
@@ -234,11 +237,13 @@ def test_inject_then_extract_round_trips(shape: str, tx: str, entries: dict[str,
 @given(st.sampled_from(["dict", "list"]), st.integers(min_value=1, max_value=5), list_carriers)
 def test_repeated_inject_never_duplicates(shape: str, times: int, noise: list[Any]) -> None:
     carrier: Any = {} if shape == "dict" else [item for item in noise if isinstance(item, tuple)]
+    passed_on = "x-transaction-id" in keys_of(carrier)  # then rewritten, never left stale
     for _ in range(times):
         carrier = hoptrace.inject(carrier)
     keys = keys_of(carrier)
-    for header in ("traceparent", "baggage", "x-transaction-id", "x-hoptrace-sent-ns"):
+    for header in WRITTEN:
         assert keys.count(header) == 1
+    assert keys.count("x-transaction-id") == passed_on
 
 
 # A valid ID already in the outgoing carrier is kept when no transaction is active (a message
@@ -255,7 +260,7 @@ def test_inject_outside_a_transaction_keeps_the_carriers_valid_id() -> None:
 def test_inject_keeps_an_id_carried_only_in_the_baggage() -> None:
     headers = hoptrace.inject([("baggage", b"tenant=acme,transaction.id=keep-2")])
     values = {k: v.decode() for k, v in headers}
-    assert values["x-transaction-id"] == "keep-2"
+    assert "x-transaction-id" not in values
     assert "transaction.id=keep-2" in values["baggage"]
 
 
@@ -271,11 +276,131 @@ def test_inside_a_transaction_its_id_wins_over_the_carriers() -> None:
     assert headers["x-transaction-id"] == tx.transaction_id
 
 
+@pytest.mark.parametrize("copy", [False, True])
+@pytest.mark.parametrize("shape", ["dict", "list", "tuple"])
+def test_a_passed_on_header_is_replaced_not_left_stale(shape: str, copy: bool, spans: Any) -> None:
+    """hoptrace writes no header, but one the carrier holds would win at the consumer: it is
+    rewritten with the current ID (for inject and produce_scope alike)."""
+    pairs = [("x-transaction-id", b"stale-3"), ("other", b"kept")]
+    carrier: Any = {k: v.decode() for k, v in pairs} if shape == "dict" else pairs
+    if shape == "tuple":
+        carrier = tuple(pairs)
+    with hoptrace.transaction("edge") as tx:
+        out = hoptrace.inject(list(carrier) if shape == "list" else carrier, copy=copy)
+        with hoptrace.produce_scope(
+            dict(carrier) if shape == "dict" else list(carrier), "orders", "kafka", copy=copy
+        ) as scope:
+            pass
+    for sent in (out, scope.carrier):
+        assert keys_of(sent).count("x-transaction-id") == 1
+        assert hoptrace.current_transaction_id(hoptrace.extract(sent)) == tx.transaction_id
+
+
+# The header economy: traceparent (+ tracestate) and baggage with the ID as its entry; the
+# x-transaction-id header is read always, written only when set or when the baggage cannot
+# carry the ID.
+
+
+@pytest.mark.parametrize("sdk", [True, False], ids=["sdk", "no-sdk"])
+@pytest.mark.parametrize("carrier", [None, {}, [], ()], ids=repr)
+def test_no_transaction_header_on_the_wire_by_default(
+    carrier: Any, sdk: bool, request: pytest.FixtureRequest
+) -> None:
+    request.getfixturevalue("spans" if sdk else "no_sdk")
+    with hoptrace.transaction("edge") as tx:
+        inside = hoptrace.inject(carrier)
+    outside = hoptrace.inject(carrier)
+    for out, expected in ((inside, tx.transaction_id), (outside, None)):
+        assert "x-transaction-id" not in keys_of(out)
+        got = hoptrace.current_transaction_id(hoptrace.extract(out))
+        assert got is not None and got == (expected or got)
+        assert f"transaction.id={got}" == dict(keys_and_text(out))["baggage"]
+
+
+def keys_and_text(carrier: Any) -> list[tuple[str, str]]:
+    if isinstance(carrier, (list, tuple)):
+        return [(k, v.decode()) for k, v in carrier]
+    return list(carrier.items())
+
+
+def test_a_set_transaction_header_is_written_beside_the_baggage_entry() -> None:
+    hoptrace.configure(transaction_header="x-transaction-id")
+    with hoptrace.transaction(transaction_id="order-5"):
+        headers = hoptrace.inject({})
+    assert headers["x-transaction-id"] == "order-5"
+    assert headers["baggage"] == "transaction.id=order-5"
+
+
+@pytest.mark.parametrize("sdk", [True, False], ids=["sdk", "no-sdk"])
+def test_the_id_survives_when_the_baggage_entry_is_off(
+    sdk: bool, request: pytest.FixtureRequest
+) -> None:
+    request.getfixturevalue("spans" if sdk else "no_sdk")
+    hoptrace.configure(baggage_mirror=False)
+    with hoptrace.transaction(transaction_id="order-6"):
+        headers = hoptrace.inject({})
+    assert headers["x-transaction-id"] == "order-6"
+    assert "baggage" not in headers
+    assert hoptrace.current_transaction_id(hoptrace.extract(headers)) == "order-6"
+
+
+@pytest.mark.parametrize("sdk", [True, False], ids=["sdk", "no-sdk"])
+@pytest.mark.parametrize("tx", ["order-7-" + "x" * 40, None], ids=["given", "generated"])
+def test_the_id_survives_a_baggage_limit_that_drops_the_entry(
+    tx: str | None, sdk: bool, request: pytest.FixtureRequest
+) -> None:
+    request.getfixturevalue("spans" if sdk else "no_sdk")
+    hoptrace.configure(max_baggage_bytes=40, warning_interval=0)
+    if tx is None:
+        headers = hoptrace.inject({})  # a generated ID: 32 characters, over 40 with its key
+    else:
+        with hoptrace.transaction(transaction_id=tx):
+            headers = hoptrace.inject({})
+    carried = headers["x-transaction-id"]
+    assert carried == (tx or carried) and len(carried) >= 32
+    assert hoptrace.current_transaction_id(hoptrace.extract(headers)) == carried
+
+
+@pytest.mark.parametrize(
+    ("tx", "kept"),
+    [
+        ("order-8-" + "x" * 30, "transaction.id=order-8-" + "x" * 30),  # 53 bytes: alone
+        ("order-8-" + "x" * 50, "tenant=acme"),  # the entry alone is over 60 bytes
+    ],
+    ids=["entry-kept-first", "entry-too-long"],
+)
+def test_other_entries_never_crowd_the_id_out(tx: str, kept: str) -> None:
+    hoptrace.configure(max_baggage_bytes=60, warning_interval=0)
+    token = context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        with hoptrace.transaction(transaction_id=tx):
+            headers = hoptrace.inject({})
+    finally:
+        context.detach(token)
+    assert headers["baggage"] == kept
+    assert headers.get("x-transaction-id") == (None if tx in kept else tx)
+    assert hoptrace.current_transaction_id(hoptrace.extract(headers)) == tx
+
+
+def test_a_message_from_an_older_sender_with_only_the_header_is_read(spans: Any) -> None:
+    old = {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "x-transaction-id": "legacy-9",
+    }
+    assert hoptrace.current_transaction_id(hoptrace.extract(old)) == "legacy-9"
+    with hoptrace.consume_scope(old, "orders", "kafka"):
+        assert hoptrace.current_transaction_id() == "legacy-9"
+        passed_on = hoptrace.inject({})
+    assert "x-transaction-id" not in passed_on
+    assert passed_on["baggage"] == "transaction.id=legacy-9"
+
+
 def test_produce_scope_outside_a_transaction_keeps_the_carriers_id(spans: Any) -> None:
     with hoptrace.produce_scope({"baggage": "transaction.id=keep-4"}, "orders", "kafka") as s:
         inside = hoptrace.current_transaction_id()
         carrier = s.carrier
-    assert inside == "keep-4" and carrier["x-transaction-id"] == "keep-4"
+    assert inside == "keep-4" and "transaction.id=keep-4" in carrier["baggage"]
+    assert "x-transaction-id" not in carrier
     assert spans.one("send orders").attributes["hoptrace.transaction.id"] == "keep-4"
 
 

@@ -52,11 +52,11 @@ def trace_hex(span: Any) -> str:
 # ------------------------------------------------------------------- the propagator alone ---
 
 
-def test_inject_inside_transaction_writes_header_and_baggage() -> None:
+def test_inject_inside_transaction_writes_the_baggage_entry_and_no_header() -> None:
     with hoptrace.transaction("edge") as tx:
         carrier: dict[str, str] = {}
         hoptrace.TransactionIdPropagator().inject(carrier)
-    assert carrier[TX_HEADER] == tx.transaction_id
+    assert TX_HEADER not in carrier
     assert "baggage" in carrier, f"no baggage header written: {carrier}"
     assert baggage_entry(carrier["baggage"], BAGGAGE_KEY) == tx.transaction_id
 
@@ -69,13 +69,30 @@ def test_inject_keeps_the_other_baggage_entries() -> None:
             hoptrace.TransactionIdPropagator().inject(carrier)
     finally:
         otel_context.detach(token)
-    assert carrier[TX_HEADER] == tx.transaction_id
+    assert TX_HEADER not in carrier
     assert baggage_entry(carrier.get("baggage", ""), BAGGAGE_KEY) == tx.transaction_id
     assert baggage_entry(carrier.get("baggage", ""), "tenant") == "acme co"
 
 
+@pytest.mark.parametrize(
+    "options", [{"transaction_header": "x-transaction-id"}, {"baggage_mirror": False}],
+    ids=["header-set", "no-baggage-entry"],
+)
+def test_inject_writes_the_header_when_set_or_when_the_baggage_does_not_carry_the_id(
+    options: dict[str, Any],
+) -> None:
+    hoptrace.configure(**options)
+    with hoptrace.transaction("edge") as tx:
+        carrier: dict[str, str] = {}
+        hoptrace.TransactionIdPropagator().inject(carrier)
+    assert carrier[TX_HEADER] == tx.transaction_id
+    ctx = hoptrace.TransactionIdPropagator().extract(carrier)
+    assert hoptrace.current_transaction_id(ctx) == tx.transaction_id
+
+
 def test_inject_of_a_context_whose_baggage_lacks_the_id() -> None:
-    # A transaction ID set without the baggage mirror (hoptrace's low-level setter).
+    # A transaction ID set without the baggage mirror (hoptrace's low-level setter): the W3C
+    # baggage propagator (configured) could write that baggage after us, so the header too.
     from hoptrace.core.context import set_transaction_id
 
     ctx = set_transaction_id("order-42", baggage.set_baggage("tenant", "acme"))
@@ -167,14 +184,13 @@ def test_composite_carries_the_id_in_the_baggage(ours_first: bool) -> None:
             span = trace.get_current_span()
     finally:
         otel_context.detach(token)
-    assert carrier[TX_HEADER] == tx.transaction_id
+    assert TX_HEADER not in carrier
     assert baggage_entry(carrier["baggage"], BAGGAGE_KEY) == tx.transaction_id
     assert baggage_entry(carrier["baggage"], "tenant") == "acme"
     assert carrier["traceparent"].split("-")[1] == trace_hex(span)
 
     # A receiver with plain W3C propagators finds the ID in the baggage alone.
-    only_baggage = {k: v for k, v in carrier.items() if k != TX_HEADER}
-    ctx = CompositePropagator(w3c()).extract(only_baggage)
+    ctx = CompositePropagator(w3c()).extract(carrier)
     assert baggage.get_baggage(BAGGAGE_KEY, ctx) == tx.transaction_id
     assert hoptrace.current_transaction_id(ctx) == tx.transaction_id
     # And the same composite reads it back.
@@ -429,7 +445,9 @@ def test_b3_with_hoptrace_composite_carries_the_transaction(spans: Any) -> None:
     propagate.set_global_textmap(textmap)
     assert configured_textmap() is textmap
     carrier, span, tx = _otel_publish()
-    assert carrier[TX_HEADER] == tx
+    # hoptrace's propagator writes the baggage entry itself: no transaction header needed.
+    assert TX_HEADER not in carrier
+    assert baggage_entry(carrier["baggage"], BAGGAGE_KEY) == tx
     assert _handler_view(carrier) == {"trace_id": trace_hex(span), "tx": tx}
 
 

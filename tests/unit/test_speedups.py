@@ -361,14 +361,16 @@ def _context(span: Any, tx: str | None, entries: dict[str, str] | None) -> Conte
     return Context(values)
 
 
-def render_both(ctx: Context, start: dict[str, Any], sent_time: bool) -> list[tuple[str, Any]]:
+def render_both(
+    ctx: Context, start: dict[str, Any], sent_time: bool, replace_header: bool = False
+) -> list[tuple[str, Any]]:
     settings_now = get_settings()
     results = []
     for on in (False, True):
         random.seed(1234)  # a minted trace and transaction ID come out the same
         with accelerated(on):
-            results.append(list(propagation.render(ctx, settings_now, dict(start), sent_time)
-                                .items()))
+            results.append(list(propagation.render(ctx, settings_now, dict(start), sent_time,
+                                                   replace_header).items()))
     expected, got = results
     sent_name = settings_now.sent_time_header
     for items in (expected, got):
@@ -404,12 +406,20 @@ def test_writing_gives_the_same_headers(
 @pytest.mark.parametrize("profile", [
     {"baggage_mirror": False},
     {"transaction_header": "X-Correlation-Id", "baggage_key": "corr"},
+    {"transaction_header": "x-transaction-id"},
+    {"baggage_mirror": False, "transaction_header": "x-tx"},
     {"sent_time_header": "x-sent"},
+    {"max_baggage_bytes": 40},  # the mirror of a 32-character ID no longer fits: the header
+    {"max_baggage_bytes": 47},  # it just fits
+    {"max_baggage_bytes": 46},
 ])
 def test_writing_under_other_settings_gives_the_same_headers(profile: dict[str, Any]) -> None:
-    hoptrace.configure(**profile)
+    hoptrace.configure(**profile, warning_interval=0)
     for span in SPANS:
-        render_both(_context(span, TX, None), {}, True)
+        for tx in (None, TX, "order-42:retry.1"):
+            for entries in (None, {"tenant": "a"}):
+                for replace_header in (False, True):
+                    render_both(_context(span, tx, entries), {}, True, replace_header)
 
 
 ORIGIN_ENTRIES = [
@@ -476,7 +486,9 @@ def test_the_origin_entry_is_written_in_c(monkeypatch: pytest.MonkeyPatch) -> No
             assert values["baggage"] == f"{ORIGIN_BAGGAGE_KEY}={ORIGIN},transaction.id={TX}"
         values = propagation.render(_context(None, None, {ORIGIN_BAGGAGE_KEY: ORIGIN}),
                                     get_settings())
-        tx = values["x-transaction-id"]
+        assert "x-transaction-id" not in values
+        tx = values["baggage"].rpartition("=")[2]
+        assert len(tx) == 32
         assert values["baggage"] == f"{ORIGIN_BAGGAGE_KEY}={ORIGIN},transaction.id={tx}"
 
 
@@ -539,6 +551,114 @@ def test_writing_into_a_dict_with_entries_keeps_their_order() -> None:
     assert [k for k, _ in items][:3] == ["x-transaction-id", "content-type", "traceparent"]
 
 
+# --- the header economy: the ID travels as the baggage entry, no header by default ---------
+
+NO_HEADER = {k: v for k, v in HEADERS.items() if k != "x-transaction-id"}
+NO_HEADER_ORIGIN = {k: v for k, v in WITH_ORIGIN.items() if k != "x-transaction-id"}
+
+
+def test_the_common_case_is_written_in_c_without_a_header(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_python(*args: Any) -> Any:
+        raise AssertionError("the Python writer ran")
+
+    with accelerated(True):
+        monkeypatch.setattr(propagation, "_write_text", no_python)
+        for span, tx in ((SPANS[2], TX), (None, TX), (None, None)):  # None: minted IDs
+            values = propagation.render(_context(span, tx, None), get_settings())
+            assert list(values) == ["traceparent", "baggage", "x-hoptrace-sent-ns"]
+            assert values["baggage"] == "transaction.id=" + (tx or values["baggage"][15:])
+
+
+def test_the_c_writers_write_no_header_without_a_transaction_key() -> None:
+    values: dict[str, Any] = {}
+    assert _speedups.write_common(values, 5, 6, True, "traceparent", None, TX, "baggage",
+                                  "transaction.id=", None) is True
+    assert values == {"traceparent": f"00-{5:032x}-{6:016x}-01",
+                      "baggage": "transaction.id=" + TX}
+    values = {}
+    raw = bytes(range(1, 41))
+    assert _speedups.mint_common(values, raw, "traceparent", None, None, "baggage",
+                                 "transaction.id=", None, ORIGIN) is True
+    assert values == {
+        "traceparent": f"00-{raw[:16].hex()}-{raw[16:24].hex()}-00",
+        "baggage": f"{ORIGIN_BAGGAGE_KEY}={ORIGIN},transaction.id={raw[24:].hex()}",
+    }
+
+
+def test_the_mirror_alone_is_read_in_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    for carrier, origin in ((NO_HEADER, None), (NO_HEADER_ORIGIN, ORIGIN)):
+        assert _speedups.read_common(carrier, *READ_ARGS, True) == (
+            0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, True, TX, True,
+            1700000000000000000, origin,
+        )
+
+    def no_python(*args: Any) -> Any:
+        raise AssertionError("the Python reader ran")
+
+    with accelerated(True):
+        monkeypatch.setattr(propagation, "_take_all", no_python)
+        incoming = propagation.read(NO_HEADER, get_settings())
+    assert incoming.transaction_id == TX and incoming.baggage == {"transaction.id": TX}
+    assert incoming.baggage["transaction.id"] is incoming.transaction_id
+
+
+@pytest.mark.parametrize(
+    "bag",
+    [
+        "transaction.id=",
+        "transaction.id=order-42:retry.1",
+        "transaction.id=bad id",
+        "transaction.id=caf\u00e9",
+        "transaction.id=" + "x" * 128,
+        "transaction.id=" + "x" * 129,
+        "transaction.id=" + TX + " ",
+        " transaction.id=" + TX,
+        "transaction.id=" + TX + ";p=1",
+        "transaction.id=%41" + TX,
+        "transactionXid=" + TX,
+        "transaction.id=a,transaction.id=b",
+        "tenant=a,transaction.id=" + TX,
+        "transaction.id=" + TX + ",tenant=a",
+        f"{ORIGIN_BAGGAGE_KEY}={ORIGIN}",
+        f"{ORIGIN_BAGGAGE_KEY}={ORIGIN},",
+        f"{ORIGIN_BAGGAGE_KEY}=,transaction.id={TX}",
+        f"{ORIGIN_BAGGAGE_KEY}={'1' * 17},transaction.id={TX}",
+        f"{ORIGIN_BAGGAGE_KEY}=12a,transaction.id={TX}",
+        f"{ORIGIN_BAGGAGE_KEY}={ORIGIN},transaction.id=",
+        f"{ORIGIN_BAGGAGE_KEY}={ORIGIN},tenant=a",
+        f"{ORIGIN_BAGGAGE_KEY}{ORIGIN},transaction.id={TX}",
+        ("transaction.id=" + TX).encode(),
+        "x" * 9000,
+    ],
+    ids=repr,
+)
+def test_every_departure_from_the_header_less_shape_reads_the_same(bag: Any) -> None:
+    read_both({**NO_HEADER, "baggage": bag})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    tx=st.text("abcXYZ0189-:.,;= \u00e9%", min_size=0, max_size=140),
+    origin=st.one_of(st.none(), origin_values),
+    profile=origin_profiles,
+    header=st.sampled_from([None, TX, "order-42"]),
+)
+def test_fuzzed_header_less_baggage_reads_the_same(
+    tx: str, origin: str | None, profile: dict[str, Any], header: str | None
+) -> None:
+    hoptrace.configure(**profile)
+    prefix = propagation._names.mirror_prefix
+    bag = (f"{ORIGIN_BAGGAGE_KEY}={origin}," if origin is not None else "") + prefix + tx
+    carrier = {**NO_HEADER, "baggage": bag}
+    if header is not None:  # an older sender's header beside it: the header wins
+        carrier["x-transaction-id"] = header
+    _span, _bag, got, _sent, _rejected = read_both(carrier)
+    if header is not None:
+        assert got == header
+
+
 def test_writing_mints_a_trace_without_an_sdk_as_python_does() -> None:
     items = dict(render_both(Context(), {}, True))
     assert items["traceparent"].startswith("00-") and items["traceparent"].endswith("-00")
@@ -547,7 +667,7 @@ def test_writing_mints_a_trace_without_an_sdk_as_python_does() -> None:
 def test_writing_mints_with_a_custom_transaction_id_generator_as_python_does() -> None:
     hoptrace.configure(transaction_id_generator=lambda: "order-42")
     items = dict(render_both(Context(), {}, True))
-    assert items["x-transaction-id"] == "order-42"
+    assert items["baggage"] == "transaction.id=order-42" and "x-transaction-id" not in items
 
 
 def test_minting_reads_the_random_bytes_as_python_does() -> None:

@@ -11,6 +11,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import hoptrace
 from hoptrace.core import semconv
+from hoptrace.core.propagator import baggage_entry
 from hoptrace.wsgi import TransactionMiddleware
 
 UPSTREAM_TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -63,7 +64,7 @@ def test_new_request_starts_a_transaction_and_a_server_span(spans):
     assert span.attributes[semconv.TRANSACTION_ID] == tx
     assert span.attributes[semconv.HTTP_RESPONSE_STATUS_CODE] == 200
     assert body["span_id"] == f"{span.context.span_id:016x}"
-    assert body["outgoing"]["x-transaction-id"] == tx
+    assert baggage_entry(body["outgoing"]["baggage"], "transaction.id") == tx
 
 
 def test_incoming_traceparent_and_transaction_id_are_continued(spans):

@@ -72,8 +72,8 @@ def bind_transaction(
         if baggage.get(key) != transaction_id and (  # type: ignore[attr-defined]
             key in baggage or len(baggage) < settings.max_baggage_members  # type: ignore[operator, arg-type]
         ):
-            # (A baggage already at its member limit is kept whole; hoptrace's own headers
-            # still carry the ID.)
+            # (A baggage already at its member limit is kept whole; hoptrace's writer makes
+            # room for the entry, or writes the transaction header.)
             values[BAGGAGE_KEY] = {**baggage, key: transaction_id}  # type: ignore[dict-item]
             return
     if baggage is not None:

@@ -4,8 +4,12 @@
 
 * ``traceparent`` / ``tracestate`` from the active span (minted, unsampled, when no OTel SDK
   is installed and no trace is active, so every hop still shares a trace ID);
-* ``baggage`` from the context, plus ``transaction.id`` when mirroring is on;
-* the transaction header (``x-transaction-id``), generating an ID outside any transaction;
+* ``baggage`` from the context, plus the transaction ID as its ``transaction.id`` entry
+  (generating an ID outside any transaction);
+* the transaction header only when ``transaction_header`` names one, or when the baggage
+  cannot carry the ID (``baggage_mirror`` off, the entry over the baggage limits, configured
+  propagators that write no baggage), so the ID is never lost. ``extract`` reads
+  ``x-transaction-id`` (or the configured header) on every message, before the entry;
 * the send time in nanoseconds since the epoch (``x-hoptrace-sent-ns``).
 
 ``extract`` never raises. Each malformed value is rejected, counted and warned about (at most
@@ -171,10 +175,20 @@ class Incoming:
 class _Names:
     """Header names for the settings in force, rebuilt when the settings change."""
 
-    __slots__ = ("all", "baggage_key", "mirror_prefix", "sent", "transaction", "wanted")
+    __slots__ = (
+        "all", "baggage_key", "mirror_prefix", "mirror_room", "sent", "tight", "transaction",
+        "wanted", "written",
+    )
 
     def __init__(self, settings: Settings) -> None:
-        self.transaction = settings.transaction_header
+        #: The transaction header read on every consume, and written when ``written`` is None
+        #: but the baggage cannot carry the ID (or the carrier holds one, which would go stale).
+        self.transaction = settings.read_transaction_header
+        self.written = settings.written_transaction_header
+        #: The longest transaction ID the mirror alone carries within ``max_baggage_bytes``,
+        #: and whether a valid ID (at most 128 characters) can be longer.
+        self.mirror_room = settings.max_baggage_bytes - len(settings.baggage_key) - 1
+        self.tight = self.mirror_room < _MAX_TRANSACTION
         self.sent = settings.sent_time_header
         self.baggage_key = settings.baggage_key
         self.mirror_prefix = settings.baggage_key + "="
@@ -454,6 +468,16 @@ def _take_all(
             tx = incoming.transaction_id
             if tx is not None and text == names.mirror_prefix + tx:
                 incoming.baggage = {names.baggage_key: tx}  # the common case: only the mirror
+            elif (
+                tx is None
+                and text.startswith(names.mirror_prefix)
+                and (alone := text[len(names.mirror_prefix):]).isalnum()
+                and alone.isascii()
+                and len(alone) <= _MAX_TRANSACTION
+            ):
+                # No transaction header (none is written by default): the mirror alone.
+                incoming.baggage = {names.baggage_key: alone}
+                incoming.transaction_id = alone
             else:
                 incoming.baggage = _parse_baggage(incoming, text, settings)
                 if tx is None:
@@ -511,6 +535,20 @@ def _take_sent(incoming: Incoming, raw: object) -> None:
 _GETTER: Final = HeadersGetter()
 
 
+def _take_baggage_entry(incoming: Incoming, carrier: object, key: str) -> None:
+    """Set the transaction ID from the entry ``key`` of the carrier's ``baggage`` header."""
+    raw = read_headers(carrier, (semconv.BAGGAGE,)).get(semconv.BAGGAGE, _MISSING)
+    if raw is _MISSING:
+        return
+    text = _text(incoming, semconv.BAGGAGE, raw, get_settings().max_baggage_bytes, True)
+    mirrored = baggage_entry(text, key) if text is not None else None
+    if mirrored is not None:
+        if _TRANSACTION_ID(mirrored):
+            incoming.transaction_id = mirrored
+        else:
+            _reject(incoming, "transaction_id", "format", mirrored)
+
+
 def _read_through(textmap: TextMapPropagator, carrier: object, settings: Settings) -> Incoming:
     """Read ``carrier`` through the configured propagators, then hoptrace's own headers."""
     incoming = Incoming()
@@ -539,6 +577,9 @@ def _read_through(textmap: TextMapPropagator, carrier: object, settings: Setting
                 incoming.transaction_id = restored
             else:
                 _take_mirror(incoming, names.baggage_key)
+            if incoming.transaction_id is None and not incoming.baggage:
+                # Propagators that read no baggage (B3 alone): the entry, where the ID travels.
+                _take_baggage_entry(incoming, carrier, names.baggage_key)
         sent_raw = raw.get(names.sent, _MISSING)
         if sent_raw is not _MISSING:
             _take_sent(incoming, sent_raw)
@@ -577,7 +618,10 @@ def extract(carrier: Carrier | object, context: Context | None = None) -> Contex
 
 def _encode_baggage(
     entries: Mapping[str, object], transaction_id: str | None, settings: Settings
-) -> str:
+) -> tuple[str, bool]:
+    """The baggage header for ``entries`` plus the mirror of ``transaction_id`` (if not None),
+    within the limits; and whether the mirror is in it (it is kept first, unless it alone is
+    over ``max_baggage_bytes``)."""
     mirror = settings.baggage_key
     parts = []
     for key, value in entries.items():
@@ -590,6 +634,7 @@ def _encode_baggage(
     if transaction_id is not None:
         parts.append(f"{mirror}={transaction_id}")
     header = ",".join(parts)
+    mirrored = transaction_id is not None
     if (len(parts) > settings.max_baggage_members
             or utf8_size(header) > settings.max_baggage_bytes):
         kept: list[str] = []
@@ -599,6 +644,8 @@ def _encode_baggage(
                 break
             grown = size + utf8_size(part) + (1 if kept else 0)
             if grown > settings.max_baggage_bytes:
+                if mirrored and not kept:
+                    mirrored = False  # the mirror alone is over the limit: the header carries it
                 continue
             size = grown
             kept.append(part)
@@ -608,7 +655,7 @@ def _encode_baggage(
             len(parts) - len(kept),
         )
         header = ",".join(reversed(kept))
-    return header
+    return header, mirrored
 
 
 def inject(
@@ -643,7 +690,7 @@ def inject(
         if kind is dict and not copy:
             # Write straight into the caller's dict; on error it holds only whole values.
             return render(ctx, settings, carrier)  # type: ignore[arg-type]
-        values = render(ctx, settings)
+        values = render(ctx, settings, None, True, holds_transaction_header(carrier))
     except Exception as exc:
         diagnostics.internal_error("inject", exc)
         return {} if carrier is None else carrier
@@ -676,20 +723,57 @@ def carried_transaction_id(carrier: object) -> str | None:
     return None
 
 
+def holds_transaction_header(carrier: object) -> bool:
+    """Whether ``carrier`` holds a transaction header that hoptrace would not write.
+
+    Such a header (on a message passed on) would go out stale and win over the baggage entry
+    at the consumer, so ``render(..., replace_header=True)`` writes it with the current ID.
+    """
+    names = _names
+    if names.written is not None or not carrier:
+        return False
+    try:
+        if type(carrier) is dict:
+            return names.transaction in carrier
+        return bool(read_headers(carrier, (names.transaction,)))
+    except Exception as exc:
+        diagnostics.internal_error("holds_transaction_header", exc)
+        return False
+
+
+def _header_key(values: dict[str, Any], tx: object, replace: bool) -> str | None:
+    """The header to write the transaction ID ``tx`` (None: minted, 32 characters) in, or None.
+
+    The configured ``transaction_header``; else the read header when ``values`` or the carrier
+    holds one already (``replace``), or when the mirror alone would be over the baggage limit.
+    """
+    names = _names
+    key = names.written
+    if key is None and (
+        replace
+        or names.transaction in values
+        or (32 if tx is None else len(tx) if type(tx) is str else 0) > names.mirror_room
+    ):
+        key = names.transaction
+    return key
+
+
 def render(
     ctx: Context, settings: Settings, values: dict[str, Any] | None = None,
-    sent_time: bool = True,
+    sent_time: bool = True, replace_header: bool = False,
 ) -> dict[str, Any]:
     """Write the header values that carry ``ctx`` into ``values`` (a new dict if None).
 
     ``sent_time=False`` leaves the send time out, for messages whose broker stamps it.
+    ``replace_header=True`` writes the transaction header even when hoptrace writes none, for
+    a carrier that holds one already (see :func:`holds_transaction_header`).
     """
     if values is None:
         values = {}
     if _propagate_now is None or _propagate_now._HTTP_TEXT_FORMAT is not _w3c_now:
         textmap = _through()
         if textmap is not None:
-            return _render_through(textmap, ctx, settings, values, sent_time)
+            return _render_through(textmap, ctx, settings, values, sent_time, replace_header)
     tx: Any = ctx.get(TRANSACTION_KEY)
     entries: Any = ctx.get(BAGGAGE_KEY)
     origin: Any = None
@@ -708,24 +792,28 @@ def render(
         trace_id, span_id, _, flags, state, valid = sc if _TUPLE_LAYOUT else _as_tuple(sc)
     if not valid:
         if not sdk_installed():
-            return _write_minted(values, tx, entries, settings, sent_time)
+            return _write_minted(values, tx, entries, settings, sent_time, replace_header)
         # With an SDK, no traceparent: the first hop that makes a span decides the trace.
         trace_id = span_id = state = None
         flags = 0
     tx = tx or generate_transaction_id()
+    names = _names
+    header = names.written
+    if header is None and (replace_header or names.transaction in values or names.tight):
+        header = _header_key(values, tx, replace_header)  # (the checks above: the hot path)
     if (
         _write_common is not None
         and (not entries or (origin is not None and _origin_fits(origin, tx, settings)))
         and (state is None or state is _DEFAULT_STATE or not state)
         and _write_common(
-            values, trace_id, span_id, bool(flags & 1), semconv.TRACEPARENT, _names.transaction,
-            tx, semconv.BAGGAGE, _names.mirror_prefix if settings.baggage_mirror else None,
-            _names.sent if sent_time else None, origin,
+            values, trace_id, span_id, bool(flags & 1), semconv.TRACEPARENT, header,
+            tx, semconv.BAGGAGE, names.mirror_prefix if settings.baggage_mirror else None,
+            names.sent if sent_time else None, origin,
         )
     ):
         return values
     return _write_text(
-        values, trace_id, span_id, flags & 1, state, tx, entries, settings, sent_time
+        values, trace_id, span_id, flags & 1, state, tx, entries, settings, sent_time, header
     )
 
 
@@ -766,7 +854,8 @@ def _as_tuple(sc: SpanContext) -> tuple[Any, ...]:  # pragma: no cover - another
 
 
 def _write_minted(
-    values: dict[str, Any], tx: str | None, entries: Any, settings: Settings, sent_time: bool
+    values: dict[str, Any], tx: str | None, entries: Any, settings: Settings, sent_time: bool,
+    replace_header: bool,
 ) -> dict[str, Any]:
     """Write headers for a context without a trace and without an SDK: mint the IDs, unsampled.
 
@@ -778,42 +867,57 @@ def _write_minted(
         tx = generate_transaction_id()
     raw = randbytes(40 if own_tx else 24)
     origin = _origin_only(entries, settings) if entries else None
-    if _mint_common is not None and (
-        not entries or (origin is not None and _origin_fits(origin, tx, settings))
-    ):
-        names = _names
-        if _mint_common(
-            values, raw, semconv.TRACEPARENT, names.transaction, tx, semconv.BAGGAGE,
+    names = _names
+    header = names.written
+    if header is None and (replace_header or names.transaction in values or names.tight):
+        header = _header_key(values, tx, replace_header)  # (the checks above: the hot path)
+    if (
+        _mint_common is not None
+        and (not entries or (origin is not None and _origin_fits(origin, tx, settings)))
+        and _mint_common(
+            values, raw, semconv.TRACEPARENT, header, tx, semconv.BAGGAGE,
             names.mirror_prefix if settings.baggage_mirror else None,
             names.sent if sent_time else None, origin,
-        ):
-            return values
+        )
+    ):
+        return values
     if own_tx:
         tx = raw[24:].hex()
     return _write_text(
         values, int.from_bytes(raw[:16], "big") or 1, int.from_bytes(raw[16:24], "big") or 1, 0,
-        None, tx, entries, settings, sent_time,  # type: ignore[arg-type]
+        None, tx, entries, settings, sent_time, header,  # type: ignore[arg-type]
     )
 
 
 def _write_text(
     values: dict[str, Any], trace_id: int | None, span_id: int | None, sampled: int,
     state: TraceState | None, tx: str, entries: Any, settings: Settings, sent_time: bool,
+    header: str | None,
 ) -> dict[str, Any]:
-    """Write the headers in Python: what the C writers defer to."""
+    """Write the headers in Python: what the C writers defer to.
+
+    ``header``: the transaction header to write (see :func:`_header_key`), or None when the
+    baggage entry carries the ID; the header is still written if the limits drop the entry.
+    """
     names = _names
     if trace_id is not None:
         flags = "01" if sampled else "00"
         values[semconv.TRACEPARENT] = f"00-{trace_id:032x}-{span_id:016x}-{flags}"
         if state is not None and state is not _DEFAULT_STATE and state:
             values[semconv.TRACESTATE] = state.to_header()
-    values[names.transaction] = tx
+    bag: str | None = None
     if entries:
-        values[semconv.BAGGAGE] = _encode_baggage(
+        bag, mirrored = _encode_baggage(
             entries, tx if settings.baggage_mirror else None, settings
         )
+        if not mirrored and header is None:
+            header = names.transaction  # the limits dropped the entry: never lose the ID
     elif settings.baggage_mirror:
-        values[semconv.BAGGAGE] = names.mirror_prefix + tx
+        bag = names.mirror_prefix + tx
+    if header is not None:
+        values[header] = tx
+    if bag is not None:
+        values[semconv.BAGGAGE] = bag
     if sent_time:
         values[names.sent] = str(time_ns())
     return values
@@ -821,17 +925,28 @@ def _write_text(
 
 def _render_through(
     textmap: TextMapPropagator, ctx: Context, settings: Settings, values: dict[str, Any],
-    sent_time: bool,
+    sent_time: bool, replace_header: bool,
 ) -> dict[str, Any]:
-    """Write ``ctx`` through the configured propagators, then hoptrace's own headers."""
+    """Write ``ctx`` through the configured propagators, then hoptrace's own headers.
+
+    The transaction header goes out when configured, and also when the propagators wrote no
+    baggage carrying the ID (B3 or Jaeger alone, say), so the ID is never lost.
+    """
     tx = current_transaction_id(ctx) or generate_transaction_id()
     span = ctx.get(SPAN_KEY)
     outgoing: dict[str, object] = dict(ctx)
     if (span is None or not span.get_span_context().is_valid) and not sdk_installed():  # type: ignore[attr-defined]
         outgoing[SPAN_KEY] = NonRecordingSpan(mint_span_context())
     bind_transaction(outgoing, tx, ctx.get(BAGGAGE_KEY), settings)
+    names = _names
+    header = _header_key(values, tx, replace_header)
     textmap.inject(values, context=Context(outgoing), setter=default_setter)
-    values[_names.transaction] = tx
+    if header is None:
+        bag = values.get(semconv.BAGGAGE)
+        if not isinstance(bag, str) or baggage_entry(bag, names.baggage_key) != tx:
+            header = names.transaction
+    if header is not None:
+        values[header] = tx
     if sent_time:
         values[_names.sent] = str(time_ns())
     return values

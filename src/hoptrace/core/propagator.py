@@ -3,8 +3,9 @@
 :class:`TransactionIdPropagator` is registered under the ``opentelemetry_propagator`` entry
 point as ``hoptrace``, so ``OTEL_PROPAGATORS=tracecontext,baggage,hoptrace`` makes every OTel
 instrumentation (contrib's messaging and HTTP clients included) carry the transaction ID and
-restore it as a value in the OTel Context. It writes the transaction header and makes sure
-the W3C baggage carries the ``transaction.id`` entry; it reads either.
+restore it as a value in the OTel Context. It makes sure the W3C baggage carries the
+``transaction.id`` entry, and writes the transaction header only when ``transaction_header``
+is set or the baggage cannot carry the ID; it reads either (the header first).
 
 :func:`configured_textmap` tells hoptrace's own ``inject`` / ``extract`` which propagators
 are in force: ``None`` for the W3C set (``tracecontext`` and ``baggage``, with or without
@@ -81,9 +82,11 @@ class TransactionIdPropagator(TextMapPropagator):
 
     ``extract`` reads the transaction header (``x-transaction-id``), else the baggage entry
     (``transaction.id``), and puts the ID in the Context where ``current_transaction_id()``
-    and the log fields find it. ``inject`` writes the ID to the transaction header and to
-    the ``baggage`` header: beside the other entries when the W3C baggage propagator is
-    configured too (so the order in ``OTEL_PROPAGATORS`` does not matter), alone otherwise.
+    and the log fields find it. ``inject`` writes the ID to the ``baggage`` header: beside
+    the other entries when the W3C baggage propagator is configured too (so the order in
+    ``OTEL_PROPAGATORS`` does not matter), alone otherwise. It writes the transaction header
+    too when ``transaction_header`` is set, when ``baggage_mirror`` is off, or when the W3C
+    baggage propagator could overwrite the entry (the Context's baggage lacks it).
     """
 
     def extract(
@@ -98,7 +101,9 @@ class TransactionIdPropagator(TextMapPropagator):
             settings = get_settings()
             if not settings.enabled or not settings.trust_incoming:
                 return ctx
-            tx = _valid_or_none(_first_text(getter.get(carrier, settings.transaction_header)))
+            tx = _valid_or_none(
+                _first_text(getter.get(carrier, settings.read_transaction_header))
+            )
             if tx is None:  # no header, or an invalid one: the baggage entry, if valid
                 bag = ctx.get(BAGGAGE_KEY)
                 mirrored = bag.get(settings.baggage_key) if isinstance(bag, Mapping) else None
@@ -128,13 +133,19 @@ class TransactionIdPropagator(TextMapPropagator):
             tx = current_transaction_id(ctx)
             if tx is None:
                 return
-            setter.set(carrier, settings.transaction_header, tx)
-            if not settings.baggage_mirror:
-                return
+            header = settings.written_transaction_header
             entries = ctx.get(BAGGAGE_KEY)
             if not isinstance(entries, Mapping):
                 entries = {}
             carried = baggage_propagated()
+            if header is None and carried and entries.get(settings.baggage_key) != tx:
+                # The W3C baggage propagator may write after us, from a baggage without the
+                # entry: the header carries the ID then.
+                header = settings.read_transaction_header
+            if header is not None:
+                setter.set(carrier, header, tx)
+            if not settings.baggage_mirror:
+                return
             # With the W3C baggage propagator configured, every entry goes out, so whichever
             # of the two writes the header last, none is lost; without it, only ours.
             parts = [
@@ -150,7 +161,7 @@ class TransactionIdPropagator(TextMapPropagator):
     @property
     def fields(self) -> set[str]:
         """The header names this propagator writes."""
-        return {get_settings().transaction_header, semconv.BAGGAGE}
+        return {get_settings().read_transaction_header, semconv.BAGGAGE}
 
 
 # ------------------------------------------------------------- the configured propagators ---

@@ -33,6 +33,10 @@ W3C_BAGGAGE_MAX_MEMBERS = 180
 #: W3C Trace Context: at most 32 list members; 512 characters is the recommended floor.
 W3C_TRACESTATE_MAX_MEMBERS = 32
 
+#: The conventional transaction header: read on every consume, written only when
+#: ``transaction_header`` names it (or when the baggage cannot carry the ID).
+DEFAULT_TRANSACTION_HEADER = "x-transaction-id"
+
 
 class ConfigurationError(ValueError):
     """A setting passed to :func:`hoptrace.configure` or a ``HOPTRACE_*`` variable is invalid."""
@@ -50,7 +54,9 @@ class Settings:
     enabled: bool = True
     propagation_only: bool = False
     fast_spans: bool = True
-    transaction_header: str = "x-transaction-id"
+    #: None: read ``x-transaction-id``, write nothing (the ID travels in the baggage entry
+    #: ``baggage_key``). A name: read and write that header as well.
+    transaction_header: str | None = None
     sent_time_header: str = "x-hoptrace-sent-ns"
     baggage_mirror: bool = True
     baggage_key: str = "transaction.id"
@@ -68,6 +74,22 @@ class Settings:
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    @property
+    def read_transaction_header(self) -> str:
+        """The header read for the transaction ID on every consume (and at the HTTP edge)."""
+        return self.transaction_header or DEFAULT_TRANSACTION_HEADER
+
+    @property
+    def written_transaction_header(self) -> str | None:
+        """The header every message carries the transaction ID in, or None (baggage only).
+
+        Set ``transaction_header`` to write one. Without the baggage entry (``baggage_mirror``
+        off), the conventional header carries the ID so that it is never lost.
+        """
+        if self.transaction_header is not None:
+            return self.transaction_header
+        return None if self.baggage_mirror else DEFAULT_TRANSACTION_HEADER
 
 
 _BOOL_TRUE = {"1", "true", "yes", "on"}
@@ -101,6 +123,10 @@ def _parse_str(raw: str) -> str:
     return raw.strip()
 
 
+def _parse_optional_header(raw: str) -> str | None:
+    return raw.strip() or None  # empty: unset, the default
+
+
 def _parse_names(raw: str) -> frozenset[str]:
     return frozenset(part.strip() for part in raw.split(",") if part.strip())
 
@@ -118,7 +144,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
         "enabled": _parse_bool,
         "propagation_only": _parse_bool,
         "fast_spans": _parse_bool,
-        "transaction_header": _parse_str,
+        "transaction_header": _parse_optional_header,
         "sent_time_header": _parse_str,
         "baggage_mirror": _parse_bool,
         "baggage_key": _parse_str,
@@ -148,6 +174,11 @@ def _check_header(name: str, value: object) -> None:
         raise ConfigurationError(f"{name} must be a header name (1-64 token chars), got {value!r}")
     if value.lower() in ("traceparent", "tracestate", "baggage"):
         raise ConfigurationError(f"{name} must not reuse the W3C header {value!r}")
+
+
+def _check_optional_header(name: str, value: object) -> None:
+    if value is not None:
+        _check_header(name, value)
 
 
 def _check_baggage_key(name: str, value: object) -> None:
@@ -221,7 +252,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "enabled": _check_bool,
     "propagation_only": _check_bool,
     "fast_spans": _check_bool,
-    "transaction_header": _check_header,
+    "transaction_header": _check_optional_header,
     "sent_time_header": _check_header,
     "baggage_mirror": _check_bool,
     "baggage_key": _check_baggage_key,
@@ -239,7 +270,14 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
 
 
 def _check_headers_differ(values: Mapping[str, Any]) -> None:
-    if values["transaction_header"].lower() == values["sent_time_header"].lower():
+    tx = values["transaction_header"]
+    if (tx or DEFAULT_TRANSACTION_HEADER).lower() == values["sent_time_header"].lower():
+        if tx is None:
+            raise ConfigurationError(
+                f"sent_time_header must differ from {DEFAULT_TRANSACTION_HEADER!r}, the "
+                "transaction header read on every consume (unless transaction_header names "
+                "another)"
+            )
         raise ConfigurationError("transaction_header and sent_time_header must differ")
 
 
