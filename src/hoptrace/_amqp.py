@@ -66,7 +66,7 @@ def delivery_attributes(
     records.
     """
     attrs: dict[str, Any] = {}
-    if type(routing_key) is str:
+    if type(routing_key) is str and routing_key:  # the conventions: only if not empty
         attrs[semconv.RABBITMQ_ROUTING_KEY] = routing_key
     if type(delivery_tag) is int:
         attrs[semconv.RABBITMQ_DELIVERY_TAG] = delivery_tag
@@ -204,7 +204,7 @@ def _begin(
             send.carrier = inject(headers, copy=True)
             return send
         attrs: dict[str, Any] = {}
-        if type(routing_key) is str:
+        if type(routing_key) is str and routing_key:  # the conventions: only if not empty
             attrs[semconv.RABBITMQ_ROUTING_KEY] = routing_key
         if type(correlation_id) is str:
             attrs[semconv.MESSAGING_CONVERSATION_ID] = correlation_id

@@ -29,7 +29,12 @@ from .core.context import (
     sdk_installed,
 )
 from .core.hop import consume_scope, produce_scope, receive_scope, spans_active
-from .core.propagation import carried_transaction_id, render
+from .core.propagation import (
+    Incoming,
+    carried_transaction_id,
+    holds_transaction_header,
+    render,
+)
 from .core.settings import get_settings
 
 SYSTEM: Final = semconv.SYSTEM_KAFKA
@@ -38,8 +43,6 @@ CLIENT_API: Final = (
     "TracedConsumer", "TracedProducer", "close_scope", "instrument", "instrumented", "iterate",
     "processing", "uninstrument",
 )
-#: Kafka record timestamps (CreateTime, LogAppendTime) are whole milliseconds.
-TIMESTAMP_PRECISION_MS: Final = 1
 
 
 def message_id(topic: str, partition: int, offset: int) -> str:
@@ -76,28 +79,20 @@ def record_attributes(
 
 
 class RecordScope(consume_scope):
-    """A record's ``process {topic}`` scope; says when its queue wait is only as fine as 1 ms.
+    """A record's ``process {topic}`` scope, whose span leaves out the record's message ID.
 
-    A record carries no send-time header unless its producer set the timestamp itself, so
-    the queue wait is measured from the record's timestamp, cut to the millisecond: the send
-    time it implies can be up to 1 ms before the producer's span started. The span then gets
-    ``hoptrace.queue_wait.precision_ms = 1`` (``hoptrace view`` and ``stats`` clamp the wait
-    to the send span when they have it).
+    Kafka has no message ID: the ``topic-partition@offset`` that :func:`current_hop` and log
+    lines get only repeats the destination, partition and offset the span records already.
     """
 
     __slots__ = ()
 
-    def open(self) -> RecordScope:
-        """Open the scope (see :meth:`consume_scope.open`) and state the queue wait's precision."""
-        super().open()
-        try:
-            incoming = self.incoming
-            if self.queue_wait_ms is not None and incoming is not None \
-                    and incoming.sent_ns is None:
-                self.set_attribute(semconv.QUEUE_WAIT_PRECISION_MS, TIMESTAMP_PRECISION_MS)
-        except Exception as exc:
-            diagnostics.internal_error("kafka.queue_wait_precision", exc)
-        return self
+    def _span_attributes(
+        self, tx: str, incoming: Incoming, upstream: str | None, skew: bool
+    ) -> dict[str, AttributeValue]:
+        attrs = super()._span_attributes(tx, incoming, upstream, skew)
+        attrs.pop(semconv.MESSAGING_MESSAGE_ID, None)
+        return attrs
 
 
 def record_scope(
@@ -246,7 +241,8 @@ def send_headers(headers: object, timestamp_given: bool = False) -> Any:
                 chosen = generate_transaction_id()
             if chosen is not None:
                 ctx = Context({**ctx, TRANSACTION_KEY: chosen})
-        values = render(ctx, get_settings(), None, timestamp_given)
+        values = render(ctx, get_settings(), None, timestamp_given,
+                        headers is not None and holds_transaction_header(headers))
         if headers is None:  # what write_headers makes of a new list, at half the cost
             return [(name, value.encode("utf-8")) for name, value in values.items()]
         return write_headers(carrier, values, copy=True)

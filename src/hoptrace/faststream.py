@@ -158,12 +158,12 @@ def _claim_at_start() -> None:
 class _Delivery:
     """One consumed message as core needs it, for any of FastStream's brokers."""
 
-    __slots__ = ("attributes", "carrier", "destination", "message_id", "precise", "scope",
-                 "sent_ns", "system")
+    __slots__ = ("attributes", "carrier", "destination", "message_id", "scope", "sent_ns",
+                 "system")
 
     def __init__(self, system: str, destination: str, message_id: str | None, carrier: object,
                  attributes: Callable[[], dict[str, AttributeValue]], sent_ns: int | None,
-                 scope: Callable[[], Any], precise: bool = True) -> None:
+                 scope: Callable[[], Any]) -> None:
         self.system = system
         self.destination = destination
         self.message_id = message_id
@@ -171,7 +171,6 @@ class _Delivery:
         self.attributes = attributes  # called only when a span records them
         self.sent_ns = sent_ns
         self.scope = scope  # returns the message's unopened process scope
-        self.precise = precise  # False: sent_ns is a 1 ms Kafka timestamp
 
 
 class _OpenedBy:
@@ -230,7 +229,6 @@ def _kafka_delivery(record: Any, group: str | None) -> _Delivery:
         created * 1_000_000 if created and created > 0 else None,
         functools.partial(_kafka.record_scope, topic, partition, offset, key, headers, created,
                           group),
-        precise=False,
     )
 
 
@@ -405,7 +403,8 @@ def _single_attributes(
     if incoming.rejected:
         attrs[semconv.CONTEXT_REJECTED] = list(incoming.rejected)
     attrs.update(first.attributes())
-    if first.message_id is not None:
+    if first.message_id is not None and first.system != _kafka.SYSTEM:
+        # (Kafka has no message ID: its ``topic-p@offset`` repeats the partition and offset.)
         attrs[semconv.MESSAGING_MESSAGE_ID] = first.message_id
     sent = incoming.sent_ns if incoming.sent_ns is not None else first.sent_ns
     if sent is not None:
@@ -415,8 +414,6 @@ def _single_attributes(
             attrs[semconv.CLOCK_SKEW] = True
             diagnostics.count("clock_skew")
         attrs[semconv.QUEUE_WAIT_MS] = wait
-        if incoming.sent_ns is None and not first.precise:
-            attrs[semconv.QUEUE_WAIT_PRECISION_MS] = _kafka.TIMESTAMP_PRECISION_MS
     return tx, baggage
 
 
@@ -476,7 +473,8 @@ def _publish_target(cmd: Any) -> tuple[str, str, dict[str, AttributeValue], str 
     if module.startswith("faststream.rabbit"):
         routing_key = cmd.destination if type(cmd.destination) is str else ""
         exchange = getattr(getattr(cmd, "exchange", None), "name", None)
-        attrs[semconv.RABBITMQ_ROUTING_KEY] = routing_key
+        if routing_key:
+            attrs[semconv.RABBITMQ_ROUTING_KEY] = routing_key
         if type(cmd.correlation_id) is str:
             attrs[semconv.MESSAGING_CONVERSATION_ID] = cmd.correlation_id
         options = getattr(cmd, "message_options", None) or {}

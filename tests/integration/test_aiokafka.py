@@ -18,6 +18,7 @@ import hoptrace.aiokafka as hk
 from hoptrace import logs
 from hoptrace._config import get_settings
 from hoptrace.core import semconv
+from hoptrace.core.propagator import baggage_entry
 
 aiokafka = pytest.importorskip("aiokafka")
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
@@ -146,7 +147,8 @@ def test_async_for_handler_runs_in_the_record_trace(
         assert process.attributes[semconv.KAFKA_OFFSET] == md.offset
         assert process.attributes[semconv.KAFKA_MESSAGE_KEY] == f"k{i}"
         assert process.attributes[semconv.MESSAGING_CONSUMER_GROUP_NAME] == consumer_group(process)
-        assert process.attributes[semconv.MESSAGING_MESSAGE_ID] == f"{topic}-0@{md.offset}"
+        # Kafka has no message ID: the hop's ``topic-p@offset`` stays off the span.
+        assert semconv.MESSAGING_MESSAGE_ID not in process.attributes
         assert semconv.QUEUE_WAIT_MS in process.attributes
         # replaced, never appended: one traceparent, the caller's other header kept
         names = [k for k, _ in headers]
@@ -285,8 +287,12 @@ def test_1000_records_across_50_tasks_never_mix(
     assert len(results) == total
     assert all(value == tx for value, tx, _ in results)
     assert len({value for value, _, _ in results}) == total
-    sends = {s.attributes[semconv.TRANSACTION_ID]: s for s in spans.named(f"send {topic}")}
-    assert all(trace == f"{sends[tx].context.trace_id:032x}" for tx, _, trace in results)
+    # Each transaction's root span records its ID (the send under it leaves it out).
+    roots = {s.attributes[semconv.TRANSACTION_ID]: s for s in spans.named("transaction")}
+    sends = spans.named(f"send {topic}")
+    assert len(sends) == total
+    assert {s.parent.span_id for s in sends} == {r.context.span_id for r in roots.values()}
+    assert all(trace == f"{roots[tx].context.trace_id:032x}" for tx, _, trace in results)
     assert processed == total  # every scope was closed, none leaked open
 
 
@@ -443,17 +449,21 @@ def _check_batch_records(spans: Any, topic: str, ids: list[str], records: list[A
                          per_batch: int) -> None:
     sends = spans.named(f"send {topic}")
     assert len(sends) == len(ids)
-    by_tx = {s.attributes[semconv.TRANSACTION_ID]: s for s in sends}
+    # The ID is on each transaction's root: every send is a child of one.
+    roots = {r.context.span_id: r.attributes[semconv.TRANSACTION_ID]
+             for r in spans.named("bulk")}
+    by_tx = {roots[s.parent.span_id]: s for s in sends}
     assert set(by_tx) == set(ids)
     for send in sends:
         assert send.attributes[semconv.MESSAGING_BATCH_MESSAGE_COUNT] == per_batch
         assert send.attributes[semconv.MESSAGING_DESTINATION_NAME] == topic
         assert semconv.KAFKA_OFFSET in send.attributes  # ended at the broker's ack
-    header = get_settings().transaction_header
+    key = get_settings().baggage_key
     assert len(records) == len(ids) * per_batch
     for record in records:
         headers = dict(record.headers)
-        send = by_tx[headers[header].decode()]
+        assert "x-transaction-id" not in headers  # the baggage entry carries the ID
+        send = by_tx[baggage_entry(headers["baggage"].decode(), key)]
         traceparent = headers["traceparent"].decode()
         assert traceparent[3:35] == f"{send.context.trace_id:032x}"
         assert traceparent[36:52] == f"{send.context.span_id:016x}"

@@ -74,8 +74,20 @@ def assert_hop(records: list[dict[str, Any]], process: dict[str, Any], tx: str) 
     assert process["parent_id"] == send["span_id"]
     assert process["trace_id"] == send["trace_id"]
     assert process["attributes"]["hoptrace.transaction.id"] == tx
-    assert send["attributes"]["hoptrace.transaction.id"] == tx
+    assert recorded_transaction(records, send) == tx
     return send
+
+
+def recorded_transaction(records: list[dict[str, Any]], span: dict[str, Any]) -> str | None:
+    """The transaction ID on ``span`` or, for a send that leaves it out, on its nearest
+    ancestor (the transaction's root, a process span): where a search by the ID finds it."""
+    by_id = {r["span_id"]: r for r in records}
+    current: dict[str, Any] | None = span
+    while current is not None:
+        if "hoptrace.transaction.id" in current["attributes"]:
+            return current["attributes"]["hoptrace.transaction.id"]  # type: ignore[no-any-return]
+        current = by_id.get(current["parent_id"])
+    return None
 
 
 @dataclass

@@ -114,8 +114,8 @@ def test_redelivery_after_a_killed_consumer_links_the_dead_attempt(
     finally:
         hoptrace.pika.uninstrument()
 
-    send = spans.one(f"send amq.default:{queue}")
-    (again,) = spans.named(f"process amq.default:{queue}:{queue}")
+    send = spans.one(f"send {queue}")
+    (again,) = spans.named(f"process {queue}")
     assert dead["redelivered"] is False and dead["tx"] == tx.transaction_id
     assert dead["trace"] == format(send.context.trace_id, "032x")
     assert redelivered == [(True, tx.transaction_id)]

@@ -417,15 +417,15 @@ def flow(jaeger: Jaeger, amqp_url: str, kafka_bootstrap: str,
 
 def expected_chain(flow: Flow) -> list[tuple[str, str, str | None]]:
     """(service, kind, span name) of each span of one request, in hop order."""
-    exchange_key = f"amq.default:{flow.amqp_queue}"
+    queue = flow.amqp_queue  # through the default exchange: the destination is the queue
     return [
         (WEB, "SERVER", None),  # named by the HTTP edge: "POST" or "POST {route}"
         (WEB, "PRODUCER", f"send {TASK_NAME}"),
         (WORKER, "CONSUMER", f"process {TASK_NAME}"),
         (WORKER, "PRODUCER", f"send {flow.topic}"),
         (RELAY, "CONSUMER", f"process {flow.topic}"),
-        (RELAY, "PRODUCER", f"send {exchange_key}"),
-        (SINK, "CONSUMER", f"process {exchange_key}:{flow.amqp_queue}"),
+        (RELAY, "PRODUCER", f"send {queue}"),
+        (SINK, "CONSUMER", f"process {queue}"),
     ]
 
 

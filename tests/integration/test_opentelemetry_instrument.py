@@ -170,8 +170,12 @@ def check_hops(run: Run) -> None:
         (send,), (process,) = producers, consumers
         assert send["name"] == f"send {destination}"
         assert process["name"] == f"process {hop['consumer_destination']}"
-        # hoptrace's spans: they carry the transaction ID.
-        assert send["attributes"].get("hoptrace.transaction.id") == hop["caller_tx"]
+        # hoptrace's spans: the process span carries the transaction ID; the send leaves it
+        # to its parent, the caller's transaction root.
+        (root,) = [s for s in run.spans if span_id(s["context"]["span_id"])
+                   == span_id(send["parent_id"])]
+        assert "hoptrace.transaction.id" not in send["attributes"]
+        assert root["attributes"].get("hoptrace.transaction.id") == hop["caller_tx"]
         assert process["attributes"].get("hoptrace.transaction.id") == hop["caller_tx"]
         # The consumer span is the producer span's child, in the caller's trace.
         assert span_id(process["parent_id"]) == span_id(send["context"]["span_id"]), name

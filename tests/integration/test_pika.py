@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from opentelemetry.trace import SpanKind
 import hoptrace
 import hoptrace.pika
 from hoptrace import _amqp
+from hoptrace.core.propagator import baggage_entry
 from hoptrace.logs import TransactionFilter
 
 pika = pytest.importorskip("pika")
@@ -91,7 +93,7 @@ def drain(connection: Any, until: Callable[[], bool], limit: float = 10.0) -> No
 
 
 def assert_child_of_send(spans: Any, process: Any, queue: str) -> None:
-    send = spans.one(f"send amq.default:{queue}")
+    send = spans.one(f"send {queue}")
     assert send.kind == SpanKind.PRODUCER
     assert process.kind == SpanKind.CONSUMER
     assert process.parent is not None and process.parent.span_id == send.context.span_id
@@ -112,13 +114,14 @@ def test_publish_copies_properties_and_injects(instrumented: None, connection: A
     assert method is not None
     channel.close()
     assert received.headers["kept"] == "yes"
-    assert received.headers["x-transaction-id"] == tx
-    send = spans.one(f"send amq.default:{queue}")
+    assert baggage_entry(received.headers["baggage"], "transaction.id") == tx
+    assert "x-transaction-id" not in received.headers
+    send = spans.one(f"send {queue}")
     assert received.headers["traceparent"].split("-")[2] == f"{send.context.span_id:016x}"
     assert send.attributes["messaging.message.id"] == "m-1"
     assert send.attributes["messaging.message.conversation_id"] == "c-1"
     assert send.attributes["messaging.rabbitmq.destination.routing_key"] == queue
-    assert send.attributes["messaging.destination.name"] == f"amq.default:{queue}"
+    assert send.attributes["messaging.destination.name"] == queue
 
 
 def test_basic_consume_several_consumers_on_one_channel(
@@ -141,7 +144,7 @@ def test_basic_consume_several_consumers_on_one_channel(
     drain(connection, lambda: len(seen) == 2)
     channel.stop_consuming()
     for queue in queues:
-        process = spans.one(f"process amq.default:{queue}:{queue}")
+        process = spans.one(f"process {queue}")
         assert_child_of_send(spans, process, queue)
         assert seen[queue].tx == txs[queue]
         assert seen[queue].tenant == "acme"
@@ -151,7 +154,7 @@ def test_basic_consume_several_consumers_on_one_channel(
     for queue in queues:
         record = logged[f"handled {queue.encode()!r}"]
         assert record.transaction_id == txs[queue]  # type: ignore[attr-defined]
-        assert record.messaging_destination == f"amq.default:{queue}:{queue}"  # type: ignore[attr-defined]
+        assert record.messaging_destination == queue  # type: ignore[attr-defined]
     assert hoptrace.current_transaction_id() is None
 
 
@@ -174,9 +177,9 @@ def test_consume_generator_keeps_scope_for_the_loop_body(instrumented: None, con
     assert [s.tx for s in seen_before_ack] == txs
     assert [s.tx for s in seen_after_ack] == txs
     assert all(s.tenant == "acme" for s in seen_after_ack)
-    processes = spans.named(f"process amq.default:{queue}:{queue}")
+    processes = spans.named(f"process {queue}")
     assert len(processes) == 3
-    sends = spans.named(f"send amq.default:{queue}")
+    sends = spans.named(f"send {queue}")
     assert {p.parent.span_id for p in processes} == {s.context.span_id for s in sends}
     assert {f"{p.context.span_id:016x}" for p in processes} == {s.span for s in seen_after_ack}
 
@@ -195,7 +198,7 @@ def test_consume_generator_inactivity_and_cancel_close_the_scope(
     assert got == [tx, None]
     channel.cancel()
     assert hoptrace.current_transaction_id() is None
-    assert len(spans.named(f"process amq.default:{queue}:{queue}")) == 1
+    assert len(spans.named(f"process {queue}")) == 1
 
 
 def test_consume_generator_error_in_loop_body_detaches_the_scope(
@@ -213,7 +216,7 @@ def test_consume_generator_error_in_loop_body_detaches_the_scope(
     assert seen == [tx]
     assert hoptrace.current_transaction_id() is None
     channel.cancel()
-    assert len(spans.named(f"process amq.default:{queue}:{queue}")) == 1
+    assert len(spans.named(f"process {queue}")) == 1
 
 
 def test_basic_get_scope_lasts_until_ack(instrumented: None, connection: Any,
@@ -232,7 +235,7 @@ def test_basic_get_scope_lasts_until_ack(instrumented: None, connection: Any,
     channel.basic_ack(method.delivery_tag)
     assert seen.tx == tx and seen.tenant == "acme"
     assert hoptrace.current_transaction_id() is None
-    process = spans.one(f"process amq.default:{queue}:{queue}")
+    process = spans.one(f"process {queue}")
     assert_child_of_send(spans, process, queue)
     assert channel.basic_get(queue) == (None, None, None)
 
@@ -260,7 +263,7 @@ def test_select_connection_callbacks(amqp_url: str, instrumented: None, spans: A
         conn.ioloop.start()
         conn.ioloop.remove_timeout(timer)
     assert len(seen) == 1 and seen[0].tx == tx and seen[0].tenant == "acme"
-    process = spans.one(f"process amq.default:{queue}:{queue}")
+    process = spans.one(f"process {queue}")
     assert_child_of_send(spans, process, queue)
 
 
@@ -282,7 +285,7 @@ def test_nack_requeue_links_redelivery_to_first_attempt(instrumented: None, conn
     drain(connection, lambda: len(attempts) == 2)
     assert [redelivered for redelivered, _ in attempts] == [False, True]
     assert [seen.tx for _, seen in attempts] == [tx, tx]
-    first, second = sorted(spans.named(f"process amq.default:{queue}:{queue}"),
+    first, second = sorted(spans.named(f"process {queue}"),
                            key=lambda s: s.start_time)
     assert second.links and second.links[0].context.span_id == first.context.span_id
     assert second.links[0].attributes["hoptrace.link.reason"] == "redelivery"
@@ -310,7 +313,7 @@ def test_consumer_dying_before_ack_links_redelivery(amqp_url: str, instrumented:
             break
         channel.cancel()
         channel.queue_delete(queue)
-    first, second = sorted(spans.named(f"process amq.default:{queue}:{queue}"),
+    first, second = sorted(spans.named(f"process {queue}"),
                            key=lambda s: s.start_time)
     assert again[0].tx == tx
     assert [link.context.span_id for link in second.links] == [first.context.span_id]
@@ -339,8 +342,8 @@ def test_dead_letter_round_trip(instrumented: None, connection: Any, spans: Any)
     assert seen["work"].tx == tx and seen["dead"].tx == tx
     assert seen["dead"].tenant == "acme"
     assert seen["x-death"] == work
-    first = spans.one(f"process amq.default:{work}:{work}")
-    second = spans.one(f"process amq.default:{dead}:{dead}")
+    first = spans.one(f"process {work}")
+    second = spans.one(f"process {dead}")
     assert second.context.trace_id == first.context.trace_id
     assert [link.context.span_id for link in second.links] == [first.context.span_id]
     assert second.links[0].attributes["hoptrace.link.reason"] == "dead_letter"
@@ -368,8 +371,8 @@ def test_instrument_channel_and_traced_publish_without_global_patch(
     channel.basic_consume(queue, handler)
     drain(connection, lambda: len(seen) == 2)
     assert [s.tx for s in seen] == [tx, decorated.transaction_id]
-    assert len(spans.named(f"send amq.default:{queue}")) == 2
-    assert len(spans.named(f"process amq.default:{queue}:{queue}")) == 2
+    assert len(spans.named(f"send {queue}")) == 2
+    assert len(spans.named(f"process {queue}")) == 2
 
 
 def test_publish_inside_own_produce_scope_is_not_traced_twice(
@@ -379,12 +382,12 @@ def test_publish_inside_own_produce_scope_is_not_traced_twice(
     queue = new_queue(channel)
     with hoptrace.produce_scope({}, "manual", "rabbitmq") as send:
         channel.basic_publish("", queue, b"x", pika.BasicProperties(headers=send.carrier))
-    assert not spans.named(f"send amq.default:{queue}")
+    assert not spans.named(f"send {queue}")
     method, _props, _ = channel.basic_get(queue)
     assert method is not None
     channel.basic_ack(method.delivery_tag)
     manual = spans.one("send manual")
-    process = spans.one(f"process amq.default:{queue}:{queue}")
+    process = spans.one(f"process {queue}")
     assert process.parent is not None and process.parent.span_id == manual.context.span_id
 
 
@@ -398,7 +401,7 @@ def test_instrument_twice_gives_one_span_and_uninstrument_restores(
         channel = hoptrace.pika.instrument_channel(connection.channel())
         queue = new_queue(channel)
         publish_in_transaction(channel, queue)
-        assert len(spans.named(f"send amq.default:{queue}")) == 1
+        assert len(spans.named(f"send {queue}")) == 1
     finally:
         hoptrace.pika.uninstrument()
         hoptrace.pika.uninstrument()
@@ -406,7 +409,7 @@ def test_instrument_twice_gives_one_span_and_uninstrument_restores(
     spans.clear()
     other = connection.channel()
     other.basic_publish("", queue, b"z")
-    assert not spans.named(f"send amq.default:{queue}")
+    assert not spans.named(f"send {queue}")
 
 
 def run_example(name: str, env: dict[str, str]) -> str:
@@ -429,4 +432,5 @@ def run_example(name: str, env: dict[str, str]) -> str:
 
 def test_example_runs(amqp_url: str) -> None:
     out = run_example("rabbitmq_pika", {"HOPTRACE_AMQP_URL": amqp_url})
-    assert "process amq.default:" in out and "<- send amq.default:" in out
+    # Through the default exchange, both spans are named by the queue alone.
+    assert re.search(r"process (orders-\w+)  <- send \1\n", out), out

@@ -127,7 +127,7 @@ def test_bad_headers_run_handler_once_in_fresh_trace(
     for _body, tx, trace_id in seen:
         assert tx is not None and TX_SHAPE.fullmatch(tx) and tx != CRLF_TX
         assert trace_id is not None
-    processes = spans.named(f"process amq.default:{queue}:{queue}")
+    processes = spans.named(f"process {queue}")
     assert len(processes) == len(BAD_HEADERS)
     assert all(p.parent is None for p in processes)
     assert len({p.context.trace_id for p in processes}) == len(BAD_HEADERS)

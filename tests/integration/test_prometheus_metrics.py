@@ -152,9 +152,9 @@ def test_queue_wait_p95_and_counts_per_edge_read_back_from_prometheus(
     topic, queue = f"hoptrace-prom-{run}", f"hoptrace-prom-{run}"
     kafka_edge(kafka_bootstrap, topic, SENT["kafka"])
     rabbitmq_edge(amqp_url, queue, SENT["rabbitmq"])
-    destinations = {"kafka": topic, "rabbitmq": f"amq.default:{queue}:{queue}"}
+    destinations = {"kafka": topic, "rabbitmq": queue}
     selector = 'messaging_destination_name=~"{}"'.format("|".join(
-        [topic, f"amq.default:{queue}:{queue}"]))
+        [topic, queue]))
 
     # Counts: wait until a scrape saw every message (the exporter is scraped every second).
     count_query = f"hoptrace_queue_wait_seconds_count{{{selector}}}"

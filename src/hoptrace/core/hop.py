@@ -48,7 +48,7 @@ from .context import (
     sdk_installed,
     span_in,
 )
-from .propagation import Incoming, carried_transaction_id, read, render
+from .propagation import Incoming, carried_transaction_id, holds_transaction_header, read, render
 from .settings import get_settings
 from .spans import UncheckedAttributes, dropped_child, start_span
 
@@ -220,6 +220,25 @@ def incoming_attributes(
     if upstream is not None:
         attrs[semconv.TRANSACTION_UPSTREAM_ID] = upstream
     return attrs
+
+
+def records_transaction(span: Span | None, tx: str) -> bool:
+    """Whether ``span``, a sampled span of this process, already records transaction ``tx``.
+
+    A send span under such a parent (a process span, a transaction's root, an HTTP server
+    span) leaves the transaction ID out: its trace is found by the ID through the parent, and
+    every send in a handler saves the attribute's 63 bytes of OTLP. Any other parent (none, a
+    remote one, a span of the user's own, an unsampled one) and the send span records it.
+    """
+    if span is None:
+        return False
+    try:
+        if not span.get_span_context().trace_flags & 1:
+            return False
+        attributes = getattr(span, "attributes", None)
+        return attributes is not None and attributes.get(semconv.TRANSACTION_ID) == tx
+    except Exception:  # a foreign span type: record the ID
+        return False
 
 
 _S = TypeVar("_S", bound="_Scope")
@@ -420,7 +439,8 @@ class produce_scope(_Scope):
                 render(ctx, settings, carrier, self._sent_time)  # type: ignore[arg-type]
                 self.carrier = carrier
             else:
-                values = render(ctx, settings, None, self._sent_time)
+                values = render(ctx, settings, None, self._sent_time,
+                                holds_transaction_header(carrier))
                 self.carrier = write_headers(carrier, values, copy=self._copy)
         except Exception as exc:
             diagnostics.internal_error("produce_scope.open", exc)
@@ -451,8 +471,9 @@ class produce_scope(_Scope):
                 semconv.MESSAGING_OPERATION_NAME: semconv.OP_SEND,
                 semconv.MESSAGING_OPERATION_TYPE: semconv.OP_SEND,
                 semconv.MESSAGING_DESTINATION_NAME: self._destination,
-                semconv.TRANSACTION_ID: tx,
             }
+            if not records_transaction(active, tx):
+                attrs[semconv.TRANSACTION_ID] = tx
             if self._message_id is not None:
                 attrs[semconv.MESSAGING_MESSAGE_ID] = self._message_id
             _add_attributes(attrs, self._attributes)
@@ -719,5 +740,6 @@ __all__: Final = [
     "incoming_transaction",
     "produce_scope",
     "receive_scope",
+    "records_transaction",
     "start_child_span",
 ]

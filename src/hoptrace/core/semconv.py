@@ -53,8 +53,6 @@ TRANSACTION_ID: Final = "hoptrace.transaction.id"
 #: The transaction ID an untrusted sender claimed (validated), kept for correlation only.
 TRANSACTION_UPSTREAM_ID: Final = "hoptrace.transaction.upstream_id"
 QUEUE_WAIT_MS: Final = "hoptrace.queue_wait_ms"
-#: How coarse the send time behind the queue wait was (ms): 1 for a Kafka record timestamp.
-QUEUE_WAIT_PRECISION_MS: Final = "hoptrace.queue_wait.precision_ms"
 CLOCK_SKEW: Final = "hoptrace.clock_skew"
 CONTEXT_REJECTED: Final = "hoptrace.context.rejected"
 LINK_REASON: Final = "hoptrace.link.reason"
@@ -66,7 +64,7 @@ HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"
 URL_PATH: Final = "url.path"
 URL_SCHEME: Final = "url.scheme"
 
-# Default destination for RabbitMQ's nameless exchange.
+# The destination of a publish to RabbitMQ's nameless exchange with no routing key.
 RABBITMQ_DEFAULT_EXCHANGE: Final = "amq.default"
 
 
@@ -86,6 +84,14 @@ def receive_span_name(destination: str) -> str:
 
 
 def rabbitmq_destination(exchange: str | None, routing_key: str, queue: str | None = None) -> str:
-    """Return ``{exchange}:{routing_key}`` (send) or ``{exchange}:{routing_key}:{queue}``."""
-    name = f"{exchange or RABBITMQ_DEFAULT_EXCHANGE}:{routing_key}"
-    return f"{name}:{queue}" if queue else name
+    """Return ``{exchange}:{routing_key}`` (send) or ``{exchange}:{routing_key}:{queue}``.
+
+    As the RabbitMQ conventions say: an empty part is left out (the default exchange, an
+    empty routing key), a queue named as its routing key is written once, and ``amq.default``
+    stands only for a publish to the default exchange with no routing key. A publish to queue
+    ``orders`` through the default exchange is ``orders`` on both sides.
+    """
+    name = routing_key if not exchange else f"{exchange}:{routing_key}" if routing_key else exchange
+    if queue and queue != routing_key:
+        name = f"{name}:{queue}" if name else queue
+    return name or RABBITMQ_DEFAULT_EXCHANGE

@@ -112,8 +112,7 @@ def hop_pika() -> dict[str, Any]:
         deadline = time.monotonic() + TIMEOUT
         while not seen and time.monotonic() < deadline:
             conn.process_data_events(time_limit=0.05)
-    return {"destination": f"amq.default:{queue}", "consumer_destination":
-            f"amq.default:{queue}:{queue}", **caller, **seen}
+    return {"destination": queue, "consumer_destination": queue, **caller, **seen}
 
 
 def hop_aio_pika() -> dict[str, Any]:
@@ -144,8 +143,7 @@ def hop_aio_pika() -> dict[str, Any]:
             await connection.close()
         return {**caller, **seen}
 
-    return {"destination": f"amq.default:{queue}",
-            "consumer_destination": f"amq.default:{queue}:{queue}", **asyncio.run(run())}
+    return {"destination": queue, "consumer_destination": queue, **asyncio.run(run())}
 
 
 def hop_confluent_kafka() -> dict[str, Any]:
