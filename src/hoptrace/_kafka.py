@@ -17,18 +17,28 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, NamedTuple
 
 from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, Span
 from opentelemetry.util.types import AttributeValue
 
 from .core import diagnostics, held, metrics, semconv
 from .core.carriers import write_headers
 from .core.context import (
+    SPAN_KEY,
     TRANSACTION_KEY,
     current_transaction_id,
     generate_transaction_id,
     get_current,
     sdk_installed,
+    span_in,
 )
-from .core.hop import consume_scope, produce_scope, receive_scope, spans_active
+from .core.hop import (
+    _FAILED,
+    _dropped_child,
+    consume_scope,
+    produce_scope,
+    receive_scope,
+    spans_active,
+)
 from .core.propagation import (
     Incoming,
     carried_transaction_id,
@@ -195,30 +205,43 @@ def send_scope(
     ).open()
 
 
-def headers_only() -> bool:
+def headers_only() -> bool | Span:
     """Return whether a send needs only its headers: no span would record, metrics are off.
 
     For a client call that runs no user code (confluent-kafka's ``produce()``), a send scope
     then only writes the headers: its context is attached just to be detached again before
-    the call, and its metrics hooks do nothing. :func:`send_headers` writes the same headers
-    without it.
+    the call, its span (if any) records nothing and its metrics hooks do nothing.
+    :func:`send_headers` writes the same headers without it.
+
+    True when no span would be made (``propagation_only=True``, or no SDK). With spans on,
+    the send span the scope would make when the sampler is known to drop it (a child of the
+    current, unsampled span under ``ParentBased`` with static delegates: see
+    :func:`hoptrace.core.spans.dropped_child`): the headers must carry that span, as the
+    scope's would. False otherwise (a span that may record, metrics on, a sampler hoptrace
+    cannot reason about): the send needs its scope.
     """
     settings = get_settings()
-    return (
-        settings.enabled
-        and (settings.propagation_only or not sdk_installed())
-        and not metrics.enabled()
-    )
+    if not settings.enabled or metrics.enabled():
+        return False
+    if settings.propagation_only or not sdk_installed():
+        return True
+    # What produce_scope._start_span asks first (metrics off: the context is the current one).
+    active = span_in(get_current())
+    if active is None:
+        return False
+    dropped = _dropped_child(active, None, "kafka.headers_only")
+    return False if dropped is None or dropped is _FAILED else dropped
 
 
-def send_headers(headers: object, timestamp_given: bool = False) -> Any:
+def send_headers(headers: object, timestamp_given: bool = False, span: Span | None = None) -> Any:
     """Return the headers a send scope would send (see :func:`send_scope`), without the scope.
 
-    Only for a send that :func:`headers_only` allows. The same headers as the scope path:
-    the current transaction's ID, else a valid one ``headers`` carries, else a new one; the
-    current trace (a new unsampled one without an SDK); a new list for ``None``, else a
-    copy of ``headers`` whose own entries of those names are replaced. Raises TypeError only
-    when ``headers`` is not a list, tuple or mapping.
+    Only for a send that :func:`headers_only` allows; ``span`` is the send span it returned,
+    if any. The same headers as the scope path: the current transaction's ID, else a valid
+    one ``headers`` carries, else a new one; the current trace (a new unsampled one without
+    an SDK), or ``span``; a new list for ``None``, else a copy of ``headers`` whose own
+    entries of those names are replaced. Raises TypeError only when ``headers`` is not a
+    list, tuple or mapping.
     """
     kind = type(headers)
     if (headers is not None and kind is not list and kind is not dict
@@ -241,6 +264,8 @@ def send_headers(headers: object, timestamp_given: bool = False) -> Any:
                 chosen = generate_transaction_id()
             if chosen is not None:
                 ctx = Context({**ctx, TRANSACTION_KEY: chosen})
+        if span is not None:  # the scope's context: its send span current
+            ctx = Context({**ctx, SPAN_KEY: span})
         values = render(ctx, get_settings(), None, timestamp_given,
                         headers is not None and holds_transaction_header(headers))
         if headers is None:  # what write_headers makes of a new list, at half the cost
@@ -290,9 +315,22 @@ def end_send_with(scope: produce_scope | None, metadata: object) -> None:
 
 
 def detach_for_ack(scope: produce_scope) -> produce_scope | None:
-    """Detach ``scope``'s context where it was attached; return it if a span awaits the ack."""
+    """Detach ``scope``'s context where it was attached; return it if anything awaits the ack.
+
+    Nothing does without a span, nor for the OTel API's ``NonRecordingSpan`` (a send span the
+    sampler dropped) with metrics off: ending that span and adding the record's partition
+    and offset to it do nothing, so the send can end now instead of in a callback.
+    """
     scope.release_context()
-    return scope if scope.span is not None else None
+    return scope if awaits_ack(scope) else None
+
+
+def awaits_ack(scope: produce_scope) -> bool:
+    """Whether ending ``scope`` at the broker's ack records anything (see detach_for_ack)."""
+    span = scope.span
+    return span is not None and (
+        type(span) is not NonRecordingSpan or scope.metrics_record is not None
+    )
 
 
 def end_send(

@@ -12,7 +12,8 @@ Semantics:
 
 * ``produce()`` makes a ``send {topic}`` span, injects into a copy of the headers (dict or
   list) and ends the span in the delivery report with the partition and offset. With no span
-  to make (``propagation_only=True`` or no SDK) and metrics off, it only writes the headers.
+  to make (``propagation_only=True`` or no SDK), or one the sampler is known to drop (a child
+  of an unsampled span under ``ParentBased``), and metrics off, it only writes the headers.
 * ``poll()`` returns a record with its ``process {topic}`` scope open: the handler after it
   runs in the producer's trace and transaction. The scope is held until the next ``poll()``,
   ``consume()`` or ``close()`` on that consumer in the same thread, a ``commit()`` or
@@ -117,12 +118,15 @@ def _produce(
     if len(args) > 3:  # on_delivery/timestamp/headers given by position: leave them alone
         original(topic, *args, **kwargs)
         return
-    if _kafka.headers_only():
-        # No span would record, and the scope's context would be detached before the call
-        # below anyway (see detach_for_ack): write just the headers, as the scope would.
+    only = _kafka.headers_only()
+    if only is not False:
+        # No span would record (none, or one the sampler drops), and the scope's context
+        # would be detached before the call below anyway (see detach_for_ack): write just
+        # the headers, as the scope would; the caller's callbacks go to the client as given.
         try:
             kwargs["headers"] = _kafka.send_headers(
-                kwargs.get("headers"), kwargs.get("timestamp", 0) != 0
+                kwargs.get("headers"), kwargs.get("timestamp", 0) != 0,
+                None if only is True else only,
             )
         except TypeError:  # headers the client rejects: it raises its own error
             pass
@@ -139,7 +143,8 @@ def _produce(
         original(topic, *args, **kwargs)
         return
     kwargs["headers"] = scope.carrier
-    if scope.span is not None:
+    awaits = _kafka.awaits_ack(scope)
+    if awaits:
         callback = kwargs.pop("on_delivery", None) or kwargs.pop("callback", None)
         kwargs["on_delivery"] = functools.partial(
             _delivered, scope, callback or default_callback
@@ -152,10 +157,11 @@ def _produce(
     except BaseException as exc:
         scope.close(exc)
         raise
-    if not reports_success or scope.span is None:
+    if not reports_success or not awaits:
         # delivery.report.only.error: no report comes for a success, so end the span now;
         # a failure report later finds it closed and only runs the caller's callback.
-        # Without a span nothing awaits the report: close now, so metrics count the send.
+        # Without a span nothing awaits the report (nor for a span that records nothing,
+        # metrics off: see detach_for_ack): close now, so metrics count the send.
         scope.close()
 
 

@@ -76,3 +76,69 @@ def test_headers_only_produce_carries_trace_and_transaction(
     assert tx2 == CARRIED
     assert h1["x-app"] == h2["x-app"] == b"1"
     assert hoptrace.current_transaction_id() is None
+
+
+def test_a_send_the_1pct_sampler_drops_writes_only_its_headers(kafka_bootstrap: str) -> None:
+    """The production setup: an unsampled transaction's send span is a dropped child."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.01)))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    previous = trace._TRACER_PROVIDER
+    trace._TRACER_PROVIDER = provider
+    try:
+        topic = f"hoptrace-confluent-sampled-{uuid.uuid4().hex[:10]}"
+        CREATED.append(topic)
+        delivered: list[int] = []
+        p = hc.Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 1})
+        for _ in range(50):  # 99 in 100 roots are dropped at 1%
+            tx = hoptrace.transaction("job").open()
+            root = trace.get_current_span().get_span_context()
+            if not root.trace_flags.sampled:
+                break
+            tx.close()
+        else:
+            raise AssertionError("50 sampled roots in a row at 1%")
+        try:
+            only = _kafka.headers_only()
+            assert only is not True and only is not False  # the dropped send span
+            p.produce(topic, b"job", headers=[("x-app", b"1")],
+                      on_delivery=lambda err, m: delivered.append(m.offset()))
+        finally:
+            tx.close()
+        assert p.flush(15) == 0
+        assert delivered == [0]  # the caller's own callback, once
+
+        c = hc.Consumer({
+            "bootstrap.servers": kafka_bootstrap, "group.id": f"g-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False, "auto.offset.reset": "earliest",
+        })
+        c.assign([confluent_kafka.TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)])
+        try:
+            msg = None
+            for _ in range(30):
+                msg = c.poll(0.5)
+                if msg is not None and msg.error() is None:
+                    break
+            assert msg is not None and msg.error() is None
+            in_handler = (hoptrace.current_transaction_id(), hoptrace.current_trace_id())
+            headers = {k: v.decode() for k, v in msg.headers()}
+            hc.close_scope(c)
+        finally:
+            c.close()
+        assert in_handler == (tx.transaction_id, f"{root.trace_id:032x}")
+        _, trace_id, span_id, flags = headers["traceparent"].split("-")
+        assert trace_id == f"{root.trace_id:032x}" and flags == "00"
+        assert span_id != f"{root.span_id:016x}"  # the send span's own ID, as the scope's
+        assert headers["baggage"] == f"transaction.id={tx.transaction_id}"
+        assert headers["x-app"] == "1"
+        assert not exporter.get_finished_spans()  # nothing recorded in a dropped trace
+    finally:
+        trace._TRACER_PROVIDER = previous
+        provider.shutdown()
+    assert hoptrace.current_transaction_id() is None
