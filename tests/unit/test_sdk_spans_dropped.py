@@ -2,11 +2,11 @@
 
 Under ``ParentBased`` with static parent delegates (the SDK's default sampler, and
 ``ParentBased(TraceIdRatioBased(r))``), a child of an unsampled parent is dropped whatever its
-name, attributes or links. ``produce_scope`` and ``consume_scope`` then ask the lean recorder
-for that non-recording span directly (``Recorder.dropped_child``) instead of building the
-span's attributes and starting it. These tests run each hop three ways with the same seeded ID
-generator: that shortcut, the recorder's full ``start`` (the shortcut switched off), and the
-SDK's ``tracer.start_span`` (``fast_spans=False``). The headers sent and the context the
+name, attributes or links. ``produce_scope`` and ``consume_scope`` then ask for that
+non-recording span directly (``Starter.dropped_child``) instead of building the span's
+attributes and starting it. These tests run each hop three ways with the same seeded ID
+generator: that shortcut, ``tracer.start_span`` with ``fast_spans`` on but the shortcut
+switched off ("generic"), and ``tracer.start_span`` with ``fast_spans=False`` ("sdk"). The headers sent and the context the
 handler runs in must be the same every way.
 """
 
@@ -42,7 +42,7 @@ from opentelemetry.util.types import Attributes
 
 import hoptrace
 from hoptrace.core import hop, semconv
-from hoptrace.core._sdk_spans import Recorder
+from hoptrace.core._sdk_spans import Starter
 from hoptrace.core.otel_shims import tracer
 
 TX = "c" * 32
@@ -86,7 +86,7 @@ class Counting(Sampler):
 
 
 class Shortcuts:
-    """Counts the non-recording spans the recorder's shortcut returned."""
+    """Counts the non-recording spans the shortcut returned."""
 
     def __init__(self) -> None:
         self.taken = 0
@@ -95,14 +95,14 @@ class Shortcuts:
 @pytest.fixture
 def shortcuts(monkeypatch: pytest.MonkeyPatch) -> Shortcuts:
     seen = Shortcuts()
-    original = Recorder.dropped_child
+    original = Starter.dropped_child
 
-    def counted(self: Recorder, parent: SpanContext, span_id: int | None = None) -> Any:
+    def counted(self: Starter, parent: SpanContext, span_id: int | None = None) -> Any:
         span = original(self, parent, span_id)
         seen.taken += span is not None
         return span
 
-    monkeypatch.setattr(Recorder, "dropped_child", counted)
+    monkeypatch.setattr(Starter, "dropped_child", counted)
     return seen
 
 
@@ -124,18 +124,18 @@ def _provider_restored() -> Iterator[None]:
     trace._TRACER_PROVIDER = previous  # type: ignore[attr-defined]
 
 
-WAYS = ("shortcut", "sdk", "recorder")  # "recorder" patches hop.py: it runs last
+WAYS = ("shortcut", "sdk", "generic")  # "generic" patches hop.py: it runs last
 
 
 def way(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Configure hoptrace for one of the three ways of starting the hop's span."""
     hoptrace.configure(fast_spans=name != "sdk")
-    if name == "recorder":  # the shortcuts say "don't know": the full start runs
+    if name == "generic":  # the shortcuts say "don't know": tracer.start_span runs
         monkeypatch.setattr(hop, "dropped_child", lambda parent, span_id=None: None)
         monkeypatch.setattr(  # a transaction's span, started lazily (test_sdk_spans_root.py)
-            Recorder, "start_lazy",
-            lambda self, name, context, kind, attributes: self.start(
-                name, context, kind, attributes(), None, None, None),
+            Starter, "start_lazy",
+            lambda self, name, context, kind, attributes: self.tracer.start_span(
+                name, context=context, kind=kind, attributes=attributes()),
         )
 
 
@@ -186,7 +186,7 @@ def test_consuming_an_unsampled_message_gives_the_handler_the_sdk_s_context(
         seen[name] = consume(incoming(flags, state))
         assert exporter.get_finished_spans() == ()
     assert shortcuts.taken == 1  # the shortcut's run, and only that one
-    assert seen["shortcut"] == seen["recorder"] == seen["sdk"]
+    assert seen["shortcut"] == seen["generic"] == seen["sdk"]
     view, active = seen["shortcut"]
     assert view["trace_id"] == TRACE_ID and view["recording"] is False
     assert view["span_id"] not in (0, PARENT_SPAN_ID) and f"{view['span_id']:016x}" == (
@@ -205,11 +205,11 @@ def test_a_fixed_first_delivery_span_id_is_kept(
     redelivered: bool, shortcuts: Shortcuts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen = {}
-    for name in ("shortcut", "recorder"):  # tracer.start_span cannot take a span ID
+    for name in WAYS:  # tracer.start_span takes it too, with fast_spans on or off
         way(name, monkeypatch)
         install()
         seen[name] = consume(incoming("00"), redelivered=redelivered)
-    assert shortcuts.taken == 1 and seen["shortcut"] == seen["recorder"]
+    assert shortcuts.taken == 1 and seen["shortcut"] == seen["generic"] == seen["sdk"]
     first = hop.first_attempt_span_id(
         SpanContext(TRACE_ID, PARENT_SPAN_ID, True, TraceFlags(0)), "orders")
     assert (seen["shortcut"][0]["span_id"] == first) is not redelivered
@@ -240,7 +240,7 @@ def test_sending_under_an_unsampled_parent_sends_what_the_sdk_path_sends(
         seen[name] = produce_under(parent)
         assert exporter.get_finished_spans() == ()
     assert shortcuts.taken == 2  # the transaction's span and the send's, in the shortcut's run
-    assert seen["shortcut"] == seen["recorder"] == seen["sdk"]
+    assert seen["shortcut"] == seen["generic"] == seen["sdk"]
     headers, inside = seen["shortcut"]
     trace_id, span_id, sent_flags = headers["traceparent"].split("-")[1:]
     assert int(trace_id, 16) == TRACE_ID and sent_flags == "00"
@@ -266,7 +266,7 @@ def test_a_dropped_transaction_root_drops_its_send_the_same_way(
             pass
         seen[name] = wire(send.carrier)
         assert exporter.get_finished_spans() == ()
-    assert shortcuts.taken == 1 and seen["shortcut"] == seen["recorder"] == seen["sdk"]
+    assert shortcuts.taken == 1 and seen["shortcut"] == seen["generic"] == seen["sdk"]
     assert seen["shortcut"]["traceparent"].endswith("-00")
 
 

@@ -1,12 +1,13 @@
 """A transaction's root under ``ParentBased(TraceIdRatioBased(r))``: decided before it is built.
 
 In the production setup each message starts a transaction whose span is the root of a new
-trace, and 99% of them are dropped. ``Recorder.start_lazy`` takes the trace ID from the ID
+trace, and 99% of them are dropped. ``Starter.start_lazy`` takes the trace ID from the ID
 generator and decides it as ``TraceIdRatioBased`` does (``trace_id & TRACE_ID_LIMIT <
 bound``) before the span's attributes are built; a dropped root is the SDK's
-``NonRecordingSpan``, made directly. These tests run the same transactions three ways with
-the same seeded ID generator: that shortcut, the recorder's full ``start`` (shortcut off) and
-``tracer.start_span`` (``fast_spans=False``), and require the same spans, headers, trace
+``NonRecordingSpan``, made directly; a sampled one is ``tracer.start_span``'s, given that trace
+ID. These tests run the same transactions three ways with the same seeded ID generator: that
+shortcut, ``tracer.start_span`` with the shortcut switched off ("generic") and with
+``fast_spans=False`` ("sdk"), and require the same spans, headers, trace
 flags and SDK-internal span counts every way.
 """
 
@@ -35,7 +36,7 @@ from opentelemetry.util.types import Attributes
 
 import hoptrace
 from hoptrace.core import _sdk_spans, semconv
-from hoptrace.core._sdk_spans import Recorder
+from hoptrace.core._sdk_spans import Starter
 from hoptrace.core.transaction import transaction
 
 LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
@@ -124,16 +125,16 @@ def taken(monkeypatch: pytest.MonkeyPatch) -> Taken:
     return seen
 
 
-WAYS = ("shortcut", "sdk", "recorder")
+WAYS = ("shortcut", "sdk", "generic")
 
 
 def way(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     hoptrace.configure(fast_spans=name != "sdk")
-    if name == "recorder":  # the lazy start falls back to the recorder's full start
+    if name == "generic":  # the lazy start is tracer.start_span, attributes built
         monkeypatch.setattr(
-            Recorder, "start_lazy",
-            lambda self, name, context, kind, attributes: self.start(
-                name, context, kind, attributes(), None, None, None),
+            Starter, "start_lazy",
+            lambda self, name, context, kind, attributes: self.tracer.start_span(
+                name, context=context, kind=kind, attributes=attributes()),
         )
 
 
@@ -183,19 +184,19 @@ def test_roots_are_decided_as_the_sdk_decides_them(
         seen[name] = run_transactions(300)
         spans[name] = exported(exporter)
         built[name] = taken.built
-    assert seen["shortcut"] == seen["recorder"] == seen["sdk"]
+    assert seen["shortcut"] == seen["generic"] == seen["sdk"]
     # (transaction IDs are random per run; the names and attributes but that one compare)
     for name in WAYS:
         for span in spans[name]:
             span[5].pop(semconv.TRANSACTION_ID, None)
-    assert spans["shortcut"] == spans["recorder"] == spans["sdk"]
+    assert spans["shortcut"] == spans["generic"] == spans["sdk"]
     recorded = sum(1 for view in seen["shortcut"] if view[1])
     expected = sum(1 for view in seen["shortcut"] if view[2] & LIMIT < bound)
     assert recorded == expected
     if 0 < ratio < 1:
         assert 0 < recorded < 300
     # The attributes are built for the recorded roots only (the other ways build them all).
-    assert built["shortcut"] == recorded and built["sdk"] == built["recorder"] == 300
+    assert built["shortcut"] == recorded and built["sdk"] == built["generic"] == 300
     for view in seen["shortcut"]:
         assert view[6] and view[8] and view[8].endswith("-01" if view[1] else "-00")
 
@@ -216,7 +217,7 @@ def test_roots_under_an_active_span_are_children(
                 seen[name] = (sc.trace_id, sc.span_id, int(sc.trace_flags),
                               trace.get_current_span().is_recording())
             assert tx.transaction_id
-        assert seen["shortcut"] == seen["recorder"] == seen["sdk"]
+        assert seen["shortcut"] == seen["generic"] == seen["sdk"]
         assert seen["shortcut"][0] == 0xABC and seen["shortcut"][3] is recording
 
 
@@ -280,7 +281,7 @@ def test_the_sdk_s_own_span_counts_are_the_same(monkeypatch: pytest.MonkeyPatch)
             for p in m.data.data_points
         )
         meters.shutdown()
-    assert counts["shortcut"] == counts["recorder"] == counts["sdk"]
+    assert counts["shortcut"] == counts["generic"] == counts["sdk"]
     assert any(name == "otel.sdk.span.started" for name, _, _ in counts["shortcut"])
 
 
@@ -301,6 +302,6 @@ def test_a_disabled_tracer_gives_what_the_sdk_gives(monkeypatch: pytest.MonkeyPa
         with trace.use_span(unsampled):  # children of an unsampled parent: the drop path
             seen[name] += run_transactions(3)
         assert exported(exporter) == []
-    assert seen["shortcut"] == seen["recorder"] == seen["sdk"]
+    assert seen["shortcut"] == seen["generic"] == seen["sdk"]
     assert not any(view[1] or view[6] for view in seen["shortcut"][:5])
     assert all(view[2] == 0xABC and view[3] == 0xDEF for view in seen["shortcut"][5:])

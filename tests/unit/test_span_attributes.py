@@ -25,9 +25,9 @@ from hoptrace.export import JsonLinesSpanExporter
 TX = semconv.TRANSACTION_ID
 
 
-@pytest.fixture(params=[True, False], ids=["fast_spans", "sdk_spans"])
+@pytest.fixture(params=[True, False], ids=["shortcuts", "no_shortcuts"])
 def exported(request: Any, tmp_path: Path) -> Any:
-    """Spans to a JSONL file, as ``hoptrace view`` reads them, with either span recorder."""
+    """Spans to a JSONL file, as ``hoptrace view`` reads them, with ``fast_spans`` on or off."""
     hoptrace.configure(fast_spans=request.param)
     path = tmp_path / "spans.jsonl"
     provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))

@@ -1,46 +1,43 @@
-"""A lean span recorder for the OTel SDK's tracer (imported only when the SDK is in use).
+"""The OTel SDK's tracer, seen from hoptrace (imported only when the SDK is in use).
 
-:meth:`Recorder.start` is ``opentelemetry.sdk.trace.Tracer.start_span`` step by step, for each
-version of that method this module knows (SDK 1.20 to 1.45). The span it starts is an SDK span:
-:class:`HopSpan` subclasses the SDK's ``_Span``, is built by the SDK's own ``__init__`` and
-``start``, and keeps every other SDK method: attributes, events and links with their limits
-and dropped counts, status, ``record_exception``, the lock, ``end`` and the ``ReadableSpan``
-snapshot that ``on_end`` gets. Two steps cost less than in the SDK:
+Every span that records is started by the tracer's own ``start_span``. This module adds two
+things around it, for the SDK's ``Tracer`` of the versions it knows (SDK 1.20 to 1.45):
 
-- a ``ParentBased`` sampler whose four parent delegates are ``StaticSampler`` (the SDK's
-  default, and ``ParentBased(TraceIdRatioBased(r))``) decides a child by table lookup, with
-  the same decision and trace state; a root goes straight to the root delegate, called as
-  ``ParentBased`` calls it;
-- attribute values the SDK would store unchanged (a plain ``str``, ``bool``, ``int`` or
-  ``float`` under a non-empty ``str`` key, within the span's count and length limits) go into
-  the span's ``BoundedAttributes`` as they are, not through its per-value check. Any other
-  value, or any limit they would hit, takes the SDK's path for the whole set.
+- **Fixed IDs.** :meth:`Starter.start` can give the new span an ID chosen in advance (a
+  delivery that may die unacknowledged, which a redelivery in another process must be able
+  to link to). Once per tracer, the tracer's ID generator is wrapped in :class:`PendingIds`,
+  which hands out an ID set just before ``tracer.start_span`` runs and else asks the
+  generator it wraps. The span then gets that ID, and the generator is asked nothing else for
+  it; any user's ID generator keeps working.
+- **Sampling shortcuts** (``fast_spans``). :meth:`Starter.dropped_child` answers for a span
+  the sampler provably drops before anything is built: the child of an unsampled parent
+  under a ``ParentBased`` sampler whose parent delegates are ``StaticSampler`` (the SDK's
+  default, and ``ParentBased(TraceIdRatioBased(r))``). It returns the ``NonRecordingSpan`` the
+  SDK would, so a caller need not build the name, attributes or links of a span that
+  records nothing. :meth:`Starter.start_lazy` does the same for a root under
+  ``ParentBased(TraceIdRatioBased(r))``: it takes the trace ID from the ID generator and
+  decides it as that sampler does, before the caller's attributes are built; a root it keeps
+  goes to ``tracer.start_span`` with that same trace ID.
 
-:meth:`Recorder.dropped_child` answers before any of that: when such a table says the child of
-a given parent is dropped (an unsampled parent, under the default delegates), it returns the
-``NonRecordingSpan`` the SDK would, so a caller need not build the name, attributes or links
-of a span that records nothing. :meth:`Recorder.start_lazy` does the same for a root under
-``ParentBased(TraceIdRatioBased(r))``: it takes the trace ID from the ID generator and decides
-it as that sampler does before the caller's attributes are built.
-
-At first use for a tracer, :func:`recorder_for` checks that the SDK has the shape this module
-knows. When it does not, hoptrace calls ``tracer.start_span`` and says why once, at debug level.
+At first use for a tracer, :func:`starter_for` checks that the SDK has the shape this module
+knows. When it does not, hoptrace uses ``tracer.start_span`` alone and says why once, at
+debug level.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 import weakref
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from types import FunctionType
-from typing import Any, Final, NamedTuple, cast
+from typing import Any, Final, NamedTuple
 
 from opentelemetry import trace as trace_api
-from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, Tracer, _Span
+from opentelemetry.sdk.trace import Tracer
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import (
     Decision,
     ParentBased,
@@ -51,24 +48,18 @@ from opentelemetry.trace import DEFAULT_TRACE_STATE, Link, SpanContext, SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from .otel_shims import SPAN_KEY as _SPAN_KEY
-from .spans import UncheckedAttributes
 
 _logger = logging.getLogger("hoptrace")
 
 _RANDOM_FLAG: Final[int] = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
-#: Trace flags by (sampled | random trace ID << 1).
+#: Trace flags of an unsampled span, by (random trace ID << 1).
 _FLAGS: Final = tuple(
-    TraceFlags((TraceFlags.SAMPLED if i & 1 else TraceFlags.DEFAULT)
-               | (_RANDOM_FLAG if i & 2 else 0))
-    for i in range(4)
+    TraceFlags(TraceFlags.DEFAULT | (_RANDOM_FLAG if i & 2 else 0)) for i in range(4)
 )
 
 _tuple_new = tuple.__new__
 _SPAN_ID_MAX: Final = (1 << 64) - 1
 _TRACE_ID_MAX: Final = (1 << 128) - 1
-#: (is_sampled(), is_recording()) of each sampling decision.
-_DECISIONS: Final = {d: (bool(cast(Any, d).is_sampled()), bool(cast(Any, d).is_recording()))
-                     for d in Decision}
 
 
 def _tuple_layout() -> bool:
@@ -101,24 +92,15 @@ _NAMES_1_40: Final = _NAMES_1_20 | {"_is_enabled", "_tracer_metrics", "start_spa
 _NAMES_1_42: Final = _NAMES_1_40 | {"RANDOM_TRACE_ID", "is_trace_id_random"}
 #: 1.42.1: the random-trace-ID flag of a child comes from its parent.
 _NAMES_1_42_1: Final = _NAMES_1_42 | {"random_trace_id", "trace_flags"}
-#: The fields of a BoundedAttributes: SDK 1.20 to 1.32 and 1.45; 1.33 to 1.44 add one.
-_BOUNDED_FIELDS: Final = frozenset({"maxlen", "dropped", "max_value_len", "_dict", "_lock",
-                                    "_immutable"})
-_BOUNDED_FIELDS_1_33: Final = _BOUNDED_FIELDS | {"_extended_attributes"}
 _SAMPLER_FIELDS: Final = ("_root", "_local_parent_sampled", "_local_parent_not_sampled",
                           "_remote_parent_sampled", "_remote_parent_not_sampled")
-_TRACER_FIELDS: Final = frozenset({"sampler", "resource", "span_processor", "id_generator",
-                                   "instrumentation_info", "_span_limits",
-                                   "_instrumentation_scope"})
 
 
 class Variant(NamedTuple):
     """What one known version of ``Tracer.start_span`` does beyond SDK 1.20's."""
 
     gated: bool  # checks _is_enabled(), counts the span in _tracer_metrics (1.40)
-    links_or_empty: bool  # passes ``links or ()`` on (1.41)
     random_flag: int  # 0: no random-trace-ID flag; 1: the generator's (1.42.0); 2: the parent's
-    copy_attributes: bool  # copies the sampler's attributes before the span does (to 1.42.1)
 
 
 def _sdk_version() -> tuple[int, ...]:
@@ -134,20 +116,15 @@ def start_span_variant() -> Variant | None:
     method = Tracer.__dict__.get("start_span")
     if type(method) is not FunctionType:  # wrapped by someone: it must run
         return None
-    names = frozenset(method.__code__.co_names)
-    copy_attributes = "copy" in names
-    names -= {"copy"}
+    names = frozenset(method.__code__.co_names) - {"copy"}  # (1.20 to 1.42.1 copy attributes)
     if names == _NAMES_1_20:
-        return Variant(False, False, 0, copy_attributes)
-    if names == _NAMES_1_40:
-        minor = _sdk_version()[:2]  # 1.40 and 1.41 differ only in `links = links or ()`
-        if minor in ((1, 40), (1, 41)):
-            return Variant(True, minor == (1, 41), 0, copy_attributes)
-        return None
+        return Variant(False, 0)
+    if names == _NAMES_1_40:  # 1.40 and 1.41 (which adds `links = links or ()`)
+        return Variant(True, 0) if _sdk_version()[:2] in ((1, 40), (1, 41)) else None
     if names == _NAMES_1_42:
-        return Variant(True, True, 1, copy_attributes)
+        return Variant(True, 1)
     if names == _NAMES_1_42_1:
-        return Variant(True, True, 2, copy_attributes)
+        return Variant(True, 2)
     return None
 
 
@@ -156,7 +133,7 @@ def _static_decisions(sampler: object) -> tuple[Decision | None, ...] | None:
 
     The order is: root, local parent sampled, local not sampled, remote sampled, remote not
     sampled. The root's entry is None when the root delegate is not a ``StaticSampler``
-    (``TraceIdRatioBased``, say): that one is then asked, as ``ParentBased`` would ask it.
+    (``TraceIdRatioBased``, say).
     """
     if type(sampler) is not ParentBased or set(vars(sampler)) != set(_SAMPLER_FIELDS):
         return None
@@ -226,202 +203,122 @@ def _noop_tracer_metrics(tracer: Any) -> object:
 _NOT_NOOP: Final = object()
 
 
-def _span_shape_refusal(tracer: Any, variant: Variant) -> str | None:
-    """Why the SDK's span would not take attributes the way :meth:`Recorder.start` gives them."""
-    limits = tracer._span_limits
-    extra: dict[str, Any] = {"record_end_metrics": None} if variant.gated else {}
-    probe = _Span(
-        "hoptrace.probe", trace_api.INVALID_SPAN_CONTEXT, None, sampler=tracer.sampler,
-        resource=tracer.resource, attributes=None, span_processor=SpanProcessor(),
-        kind=SpanKind.INTERNAL, links=(), instrumentation_info=tracer.instrumentation_info,
-        limits=limits, instrumentation_scope=tracer._instrumentation_scope, **extra,
-    )
-    attributes = getattr(probe, "_attributes", None)
-    if type(attributes) is not BoundedAttributes or set(vars(attributes)) not in (
-        _BOUNDED_FIELDS, _BOUNDED_FIELDS_1_33
-    ) or getattr(attributes, "_extended_attributes", False) is not False:
-        return "the SDK span's attributes are not the BoundedAttributes this recorder knows"
-    if (attributes.maxlen != limits.max_span_attributes
-            or attributes.max_value_len != limits.max_span_attribute_length
-            or attributes._immutable or attributes.dropped
-            or type(attributes._dict) not in (dict, OrderedDict) or attributes._dict):
-        return "the SDK span does not apply its span limits the way this recorder knows"
-    sample: dict[str, AttributeValue] = {"s": "v", "b": True, "i": 1, "f": 1.5}
-    if list(BoundedAttributes(None, sample, False, None)._dict.items()) != list(sample.items()):
-        return "BoundedAttributes changes plain values"
+class _Pending(threading.local):
+    """The IDs the next ``tracer.start_span`` on this thread must give its span (None: none)."""
+
+    span_id: int | None = None
+    trace_id: int | None = None
+
+
+_pending: Final = _Pending()
+
+
+class PendingIds(IdGenerator):
+    """An SDK tracer's ID generator, handing out the IDs :meth:`Starter.start` set first.
+
+    Each pending ID is handed out once, on the thread that set it, to the one
+    ``tracer.start_span`` call it was set for; every other request goes to the generator
+    this wraps, so a user's own generator keeps deciding every other ID.
+    """
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def generate_span_id(self) -> int:
+        pending = _pending
+        span_id = pending.span_id
+        if span_id is not None:
+            pending.span_id = None
+            return span_id
+        return self.inner.generate_span_id()  # type: ignore[no-any-return]
+
+    def generate_trace_id(self) -> int:
+        pending = _pending
+        trace_id = pending.trace_id
+        if trace_id is not None:
+            pending.trace_id = None
+            return trace_id
+        return self.inner.generate_trace_id()  # type: ignore[no-any-return]
+
+    def is_trace_id_random(self) -> bool:
+        return self.inner.is_trace_id_random()  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:  # anything else the user's generator offers
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def _ids_refusal(tracer: Any) -> str | None:
+    """Why fixed IDs cannot be given to ``tracer``'s spans (None if they can)."""
+    if not isinstance(tracer, Tracer):
+        return f"tracer class {type(tracer).__qualname__} is not the SDK's Tracer"
+    method = getattr(type(tracer), "start_span", None)
+    names = _names_of(method)
+    if method is not Tracer.__dict__.get("start_span") or names is None or not {
+            "id_generator", "generate_span_id", "generate_trace_id"} <= set(names):
+        return "Tracer.start_span is not the SDK's, or does not ask its ID generator"
+    if "id_generator" not in vars(tracer):
+        return "the tracer keeps no id_generator of its own"
     return None
 
 
-def _refusal(tracer: Any) -> tuple[str | None, Variant | None]:
-    """Why this recorder cannot start spans for ``tracer`` (None if it can), and the variant."""
-    if type(tracer) is not Tracer:
-        return f"tracer class {type(tracer).__qualname__} is not the SDK's Tracer", None
-    variant = start_span_variant()
-    if variant is None:
-        version = ".".join(map(str, _sdk_version())) or "?"
-        return f"Tracer.start_span of opentelemetry-sdk {version} is not one it knows", None
-    fields = set(vars(tracer))
-    needed = _TRACER_FIELDS | ({"_tracer_metrics"} if variant.gated else set())
-    if not needed <= fields or (variant.gated and not callable(getattr(tracer, "_is_enabled",
-                                                                        None))):
-        return f"the tracer lacks {sorted(needed - fields) or ['_is_enabled']}", None
-    if type(tracer._span_limits) is not SpanLimits:
-        return "the tracer's span limits are not an SDK SpanLimits", None
-    return _span_shape_refusal(tracer, variant), variant
+class Starter:
+    """Starts spans for one SDK tracer: fixed IDs, and the sampling shortcuts if known."""
 
+    __slots__ = ("_drops", "_gate_inline", "_noop_metrics", "_ratio", "_sampler", "fixed_ids",
+                 "shortcuts", "tracer", "variant")
 
-#: What the probe found, per tracer: a Recorder, or None for tracer.start_span.
-_recorders: weakref.WeakKeyDictionary[Any, Recorder | None] = weakref.WeakKeyDictionary()
-
-
-def recorder_for(tracer: Any) -> Recorder | None:
-    """Return a recorder for an SDK ``Tracer``, or None when the SDK has another shape."""
-    try:
-        return _recorders[tracer]
-    except (KeyError, TypeError):
-        pass
-    try:
-        reason, variant = _refusal(tracer)
-    except Exception as exc:  # a shape so different that the probe itself failed
-        reason, variant = f"the probe failed ({type(exc).__name__}: {exc})", None
-    recorder = None
-    if reason is None and variant is not None:
-        recorder = Recorder(tracer, variant)
-    else:
-        _logger.debug("hoptrace: spans go through tracer.start_span: %s", reason)
-    try:
-        _recorders[tracer] = recorder
-    except TypeError:  # pragma: no cover - not weakly referenceable
-        pass
-    return recorder
-
-
-def forget_probes() -> None:
-    """Forget what the probes found (for tests that change the SDK's shape)."""
-    _recorders.clear()
-
-
-def _plain(attributes: Mapping[str, Any], limits: SpanLimits) -> bool:
-    """Whether the SDK would store ``attributes`` unchanged, in order, dropping none."""
-    count = limits.max_span_attributes
-    if count is not None and len(attributes) > count:
-        return False
-    length = limits.max_span_attribute_length
-    for key, value in attributes.items():
-        kind = type(value)
-        if kind is str:
-            if length is not None and len(value) > length:
-                return False
-        elif kind is not bool and kind is not int and kind is not float:
-            return False
-        if type(key) is not str or not key:
-            return False
-    return True
-
-
-class Recorder:
-    """Starts :class:`HopSpan` objects for one SDK tracer, as its ``start_span`` would."""
-
-    __slots__ = ("_decisions", "_drops", "_gate_inline", "_noop_metrics", "_ratio", "_sampler",
-                 "tracer", "variant")
-
-    def __init__(self, tracer: Any, variant: Variant) -> None:
+    def __init__(self, tracer: Any, variant: Variant | None, fixed_ids: bool) -> None:
         self.tracer = tracer
+        #: The known shape of ``start_span``: the shortcuts run only for one.
         self.variant = variant
+        self.shortcuts = variant is not None
+        #: Whether :meth:`start` can fix the span's IDs.
+        self.fixed_ids = fixed_ids
         self._sampler: Any = None
-        self._decisions: tuple[Decision | None, ...] | None = None
         self._drops: tuple[bool, ...] | None = None
         self._ratio: TraceIdRatioBased | None = None
+        gated = variant is not None and variant.gated
         #: ``tracer._is_enabled()`` is ``tracer._tracer_config.is_enabled`` (SDK 1.40 to 1.45)
-        self._gate_inline = variant.gated and _names_of(getattr(type(tracer), "_is_enabled",
-                                                                None)) == _GATE_NAMES
+        self._gate_inline = gated and _names_of(getattr(type(tracer), "_is_enabled",
+                                                        None)) == _GATE_NAMES
         #: The tracer's own span counter when it is the SDK's no-op one: a drop skips the call.
-        self._noop_metrics = _noop_tracer_metrics(tracer) if variant.gated else None
-        self._use(tracer.sampler)
+        self._noop_metrics = _noop_tracer_metrics(tracer) if gated else None
+        if variant is not None:
+            self._use(tracer.sampler)
 
     def start(
         self,
         name: str,
         context: Context,
         kind: SpanKind,
-        attributes: dict[str, AttributeValue],
+        attributes: dict[str, AttributeValue] | None,
         links: Sequence[Link] | None,
         start_time: int | None,
         span_id: int | None,
-        root_trace_id: int | None = None,
+        trace_id: int | None = None,
     ) -> trace_api.Span:
-        """Start a span as ``tracer.start_span`` would (``span_id``, if given, is used as is).
+        """``tracer.start_span``, giving the new span ``span_id`` (and ``trace_id``, if it is a
+        root) instead of asking the ID generator for them (None: ask it).
 
-        ``root_trace_id``: the trace ID :meth:`start_lazy` took from the ID generator for
-        this span, should it be a root (it is used instead of asking for another).
+        Call only when :attr:`fixed_ids` is true.
         """
         tracer = self.tracer
-        variant = self.variant
-        if variant.links_or_empty:
-            links = links or ()
-        parent: Any = trace_api.get_current_span(context).get_span_context()
-        if parent is not None and not isinstance(parent, SpanContext):
-            raise TypeError("parent_span_context must be a SpanContext or None.")
-        if variant.gated and not tracer._is_enabled():
-            return trace_api.NonRecordingSpan(context=cast(SpanContext, parent))
-        id_generator = tracer.id_generator
-        if parent is None or not parent.is_valid:
-            parent = None
-            trace_id = (id_generator.generate_trace_id() if root_trace_id is None
-                        else root_trace_id)
-        else:
-            trace_id = parent.trace_id
-        sampler = tracer.sampler
-        decision, trace_state, given = self._sample(
-            sampler, context, parent, trace_id, name, kind, attributes, links
-        )
-        random = False
-        if variant.random_flag == 2:
-            random = (id_generator.is_trace_id_random() if parent is None
-                      else parent.trace_flags.random_trace_id)
-        elif variant.random_flag == 1:
-            random = id_generator.is_trace_id_random()
-        known = _DECISIONS.get(decision) if type(decision) is Decision else None
-        sampled, recording = known if known is not None else (
-            decision.is_sampled(), decision.is_recording())
-        span_id = span_id or id_generator.generate_span_id()
-        flags = _FLAGS[sampled | (2 if random else 0)]
-        if _TUPLE_LAYOUT:  # what SpanContext.__new__ builds, without its property calls
-            span_context = _tuple_new(SpanContext, (
-                trace_id, span_id, False, flags,
-                DEFAULT_TRACE_STATE if trace_state is None else trace_state,
-                0 < trace_id <= _TRACE_ID_MAX and 0 < span_id <= _SPAN_ID_MAX,
-            ))
-        else:  # pragma: no cover - an API whose SpanContext is laid out otherwise
-            span_context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags,
-                                       trace_state=trace_state)
-        record_end_metrics = (
-            tracer._tracer_metrics.start_span(parent, decision) if variant.gated else None
-        )
-        if not recording:
-            return trace_api.NonRecordingSpan(context=span_context)
-        limits = tracer._span_limits
-        fast = not given or _plain(given, limits)
-        if fast:
-            initial = None
-        elif variant.copy_attributes:
-            initial = cast(Any, given).copy()
-        else:
-            initial = given
-        extra: dict[str, Any] = (
-            {"record_end_metrics": record_end_metrics} if variant.gated else {}
-        )
-        span = HopSpan(
-            name=name, context=span_context, parent=parent, sampler=sampler,
-            resource=tracer.resource, attributes=initial, span_processor=tracer.span_processor,
-            kind=kind, links=cast(Any, links), instrumentation_info=tracer.instrumentation_info,
-            record_exception=True, set_status_on_exception=True, limits=limits,
-            instrumentation_scope=tracer._instrumentation_scope, **extra,
-        )
-        if fast and given:
-            cast(BoundedAttributes, span._attributes)._dict.update(given)
-        span.start(start_time=start_time, parent_context=context)
-        return span
+        ids = tracer.id_generator
+        if type(ids) is not PendingIds:  # first use, or the user set another generator
+            ids = tracer.id_generator = PendingIds(ids)
+        pending = _pending
+        pending.span_id, pending.trace_id = span_id, trace_id
+        try:
+            return tracer.start_span(  # type: ignore[no-any-return]
+                name, context=context, kind=kind, attributes=attributes, links=links,
+                start_time=start_time,
+            )
+        finally:  # unused when the span took none (a disabled tracer's, say)
+            pending.span_id = pending.trace_id = None
 
     def start_lazy(
         self,
@@ -430,57 +327,75 @@ class Recorder:
         kind: SpanKind,
         attributes: Callable[[], dict[str, AttributeValue]],
     ) -> trace_api.Span:
-        """:meth:`start`, with ``attributes()`` called only when the decision may read them.
+        """``tracer.start_span``, with ``attributes()`` called only when the decision may read
+        them.
 
         A span the sampler is known to drop without reading its attributes gets the SDK's
         ``NonRecordingSpan`` at once: a child of an unsampled parent under static delegates
         (:meth:`dropped_child`), or a root whose ``ParentBased`` root delegate is the SDK's
         ``TraceIdRatioBased``, decided from the new trace ID as that sampler decides it. A
-        root it samples takes :meth:`start` with that same trace ID. Anything else is
-        :meth:`start` with the attributes built.
+        root it samples is started with that same trace ID.
         """
         tracer = self.tracer
-        if tracer.sampler is not self._sampler:
-            self._use(tracer.sampler)
-        ratio = self._ratio
-        current = context.get(_SPAN_KEY)  # get_current_span(context), without its two calls
-        if current is None or not isinstance(current, trace_api.Span):
-            current = trace_api.INVALID_SPAN
-        parent: Any = current.get_span_context()
-        if type(parent) is not SpanContext:
-            pass  # start() decides (and raises for a parent that is not a SpanContext)
-        elif parent.is_valid:
-            dropped = self.dropped_child(parent)
-            if dropped is not None:
-                return dropped
-        elif ratio is not None:  # a root, decided as ParentBased's ratio delegate decides
-            variant = self.variant
-            if variant.gated and not (tracer._tracer_config.is_enabled if self._gate_inline
-                                      else tracer._is_enabled()):
-                return trace_api.NonRecordingSpan(context=parent)
-            id_generator = tracer.id_generator
-            trace_id = id_generator.generate_trace_id()
-            if trace_id & ratio.TRACE_ID_LIMIT < ratio._bound:  # sampled: the whole start
-                return self.start(name, context, kind, attributes(), None, None, None, trace_id)
-            random = variant.random_flag != 0 and id_generator.is_trace_id_random()
-            span_id = id_generator.generate_span_id()
-            if _TUPLE_LAYOUT:
-                span_context = _tuple_new(SpanContext, (
-                    trace_id, span_id, False, _FLAGS[2 if random else 0], DEFAULT_TRACE_STATE,
-                    0 < trace_id <= _TRACE_ID_MAX and 0 < span_id <= _SPAN_ID_MAX,
-                ))
-            else:  # pragma: no cover - an API whose SpanContext is laid out otherwise
-                span_context = SpanContext(trace_id, span_id, is_remote=False,
-                                           trace_flags=_FLAGS[2 if random else 0])
-            if variant.gated and tracer._tracer_metrics is not self._noop_metrics:
-                tracer._tracer_metrics.start_span(None, Decision.DROP)
-            return trace_api.NonRecordingSpan(context=span_context)
-        return self.start(name, context, kind, attributes(), None, None, None)
+        if self.shortcuts:
+            if tracer.sampler is not self._sampler:
+                self._use(tracer.sampler)
+            current = context.get(_SPAN_KEY)  # get_current_span(context), without its calls
+            if current is None or not isinstance(current, trace_api.Span):
+                current = trace_api.INVALID_SPAN
+            parent: Any = current.get_span_context()
+            if type(parent) is not SpanContext:
+                pass  # start_span decides (and raises for a parent that is not a SpanContext)
+            elif parent.is_valid:
+                dropped = self.dropped_child(parent)
+                if dropped is not None:
+                    return dropped
+            elif self._ratio is not None and self.fixed_ids:
+                return self._root(name, context, kind, attributes, parent)
+        return tracer.start_span(  # type: ignore[no-any-return]
+            name, context=context, kind=kind, attributes=attributes(), links=None,
+            start_time=None)
+
+    def _root(
+        self,
+        name: str,
+        context: Context,
+        kind: SpanKind,
+        attributes: Callable[[], dict[str, AttributeValue]],
+        parent: SpanContext,
+    ) -> trace_api.Span:
+        """A root under ``ParentBased(TraceIdRatioBased(r))``, decided as that sampler does."""
+        tracer = self.tracer
+        variant: Any = self.variant
+        ratio: Any = self._ratio
+        if variant.gated and not (tracer._tracer_config.is_enabled if self._gate_inline
+                                  else tracer._is_enabled()):
+            return trace_api.NonRecordingSpan(context=parent)
+        id_generator = tracer.id_generator
+        if type(id_generator) is PendingIds:  # nothing is pending here: skip the wrapper
+            id_generator = id_generator.inner
+        trace_id = id_generator.generate_trace_id()
+        if trace_id & ratio.TRACE_ID_LIMIT < ratio._bound:  # sampled: the SDK starts it
+            return self.start(name, context, kind, attributes(), None, None, None, trace_id)
+        random = variant.random_flag != 0 and id_generator.is_trace_id_random()
+        span_id = id_generator.generate_span_id()
+        if _TUPLE_LAYOUT:
+            span_context = _tuple_new(SpanContext, (
+                trace_id, span_id, False, _FLAGS[2 if random else 0], DEFAULT_TRACE_STATE,
+                0 < trace_id <= _TRACE_ID_MAX and 0 < span_id <= _SPAN_ID_MAX,
+            ))
+        else:  # pragma: no cover - an API whose SpanContext is laid out otherwise
+            span_context = SpanContext(trace_id, span_id, is_remote=False,
+                                       trace_flags=_FLAGS[2 if random else 0])
+        if variant.gated and tracer._tracer_metrics is not self._noop_metrics:
+            tracer._tracer_metrics.start_span(None, Decision.DROP)
+        return trace_api.NonRecordingSpan(context=span_context)
 
     def dropped_child(
         self, parent: SpanContext, span_id: int | None = None
     ) -> trace_api.Span | None:
-        """The span :meth:`start` would return for a child of ``parent`` that the sampler drops.
+        """The span ``tracer.start_span`` would return for a child of ``parent`` that the
+        sampler drops.
 
         Only for a ``ParentBased`` sampler whose delegate for ``parent`` (local or remote,
         sampled or not) is a ``StaticSampler`` that drops: that decision reads neither the
@@ -488,8 +403,10 @@ class Recorder:
         The span is the SDK's: a ``NonRecordingSpan`` with a new span ID from the ID
         generator (or ``span_id``), the parent's trace ID and trace state, the trace flags
         the SDK gives it; the tracer's own metrics count it. Returns None whenever the
-        decision is not such a drop (then :meth:`start` must run, with the attributes).
+        decision is not such a drop (then the span must be started, with its attributes).
         """
+        if not self.shortcuts:
+            return None
         tracer = self.tracer
         if tracer.sampler is not self._sampler:
             self._use(tracer.sampler)
@@ -504,11 +421,13 @@ class Recorder:
                 parent.is_valid)
         if not valid or not drops[(2 if remote else 0) + (0 if flags & 1 else 1)]:
             return None
-        variant = self.variant
+        variant: Any = self.variant
         if variant.gated and not (tracer._tracer_config.is_enabled if self._gate_inline
                                   else tracer._is_enabled()):
             return trace_api.NonRecordingSpan(context=parent)
         id_generator = tracer.id_generator
+        if type(id_generator) is PendingIds:  # nothing is pending here: skip the wrapper
+            id_generator = id_generator.inner
         random = False
         if variant.random_flag == 2:
             random = bool(flags & _RANDOM_FLAG)
@@ -530,9 +449,9 @@ class Recorder:
         return trace_api.NonRecordingSpan(context=span_context)
 
     def _use(self, sampler: Any) -> None:
-        """Read ``sampler``'s static decisions, and which of its parent cases drop."""
+        """Read which of ``sampler``'s parent cases drop, and its known ratio root delegate."""
         decisions = _static_decisions(sampler)
-        self._sampler, self._decisions = sampler, decisions
+        self._sampler = sampler
         self._ratio = (_known_ratio(sampler._root)
                        if decisions is not None and decisions[0] is None else None)
         # By (remote, parent not sampled): local sampled, local not, remote sampled, remote not.
@@ -540,40 +459,56 @@ class Recorder:
             decision is Decision.DROP for decision in decisions[1:]
         )
 
-    def _sample(
-        self, sampler: Any, context: Context, parent: SpanContext | None, trace_id: int,
-        name: str, kind: SpanKind, attributes: dict[str, AttributeValue],
-        links: Sequence[Link] | None,
-    ) -> tuple[Any, Any, Mapping[str, Any] | None]:
-        """The sampling decision, trace state and attributes, as ``sampler`` would give them."""
-        if sampler is not self._sampler:
-            self._use(sampler)
-        decisions = self._decisions
-        if decisions is None:
-            result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
-            return result.decision, result.trace_state, result.attributes
-        # What ParentBased over StaticSamplers returns, without the calls.
-        if parent is None:
-            if decisions[0] is None:  # the root delegate decides, asked as ParentBased asks
-                result = sampler._root.should_sample(
-                    parent_context=context, trace_id=trace_id, name=name, kind=kind,
-                    attributes=attributes, links=links,
-                )
-                return result.decision, result.trace_state, result.attributes
-            return decisions[0], None, attributes
-        decision = decisions[(3 if parent.is_remote else 1)
-                             + (0 if parent.trace_flags.sampled else 1)]
-        return decision, parent.trace_state, attributes
+
+def _shortcut_refusal(tracer: Any) -> tuple[str | None, Variant | None]:
+    """Why the shortcuts cannot run for ``tracer`` (None if they can), and the variant."""
+    if type(tracer) is not Tracer:
+        return f"tracer class {type(tracer).__qualname__} is not the SDK's Tracer", None
+    variant = start_span_variant()
+    if variant is None:
+        version = ".".join(map(str, _sdk_version())) or "?"
+        return f"Tracer.start_span of opentelemetry-sdk {version} is not one it knows", None
+    fields = set(vars(tracer))
+    needed = {"sampler", "id_generator"} | ({"_tracer_metrics"} if variant.gated else set())
+    if not needed <= fields or (variant.gated and not callable(getattr(tracer, "_is_enabled",
+                                                                        None))):
+        return f"the tracer lacks {sorted(needed - fields) or ['_is_enabled']}", None
+    return None, variant
 
 
-class HopSpan(_Span, UncheckedAttributes):
-    """A span started by :class:`Recorder`: the SDK's span class, methods and snapshots."""
-
-    def set_unchecked_attribute(self, key: str, value: AttributeValue) -> None:
-        """Set an attribute hoptrace built, as hoptrace sets it on any recording span."""
-        if self._end_time is None:
-            self.set_attribute(key, value)
+#: What the probe found, per tracer: a Starter, or None for tracer.start_span alone.
+_starters: weakref.WeakKeyDictionary[Any, Starter | None] = weakref.WeakKeyDictionary()
 
 
-__all__: Final = ["HopSpan", "Recorder", "Variant", "forget_probes", "recorder_for",
-                  "start_span_variant"]
+def starter_for(tracer: Any) -> Starter | None:
+    """Return a :class:`Starter` for an SDK ``Tracer``, or None when it knows neither part."""
+    try:
+        return _starters[tracer]
+    except (KeyError, TypeError):
+        pass
+    try:
+        ids_reason = _ids_refusal(tracer)
+        reason, variant = _shortcut_refusal(tracer)
+    except Exception as exc:  # a shape so different that the probe itself failed
+        ids_reason = reason = f"the probe failed ({type(exc).__name__}: {exc})"
+        variant = None
+    if reason is not None:
+        _logger.debug("hoptrace: no sampling shortcuts for this tracer: %s", reason)
+    if ids_reason is not None:
+        _logger.debug("hoptrace: spans get their IDs from the ID generator: %s", ids_reason)
+    starter = (None if variant is None and ids_reason is not None
+               else Starter(tracer, variant, ids_reason is None))
+    try:
+        _starters[tracer] = starter
+    except TypeError:  # pragma: no cover - not weakly referenceable
+        pass
+    return starter
+
+
+def forget_probes() -> None:
+    """Forget what the probes found (for tests that change the SDK's shape)."""
+    _starters.clear()
+
+
+__all__: Final = ["PendingIds", "Starter", "Variant", "forget_probes", "start_span_variant",
+                  "starter_for"]

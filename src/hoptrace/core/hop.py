@@ -50,7 +50,7 @@ from .context import (
 )
 from .propagation import Incoming, carried_transaction_id, holds_transaction_header, read, render
 from .settings import get_settings
-from .spans import UncheckedAttributes, dropped_child, start_span
+from .spans import dropped_child, start_span
 
 Attributes = Mapping[str, AttributeValue]
 
@@ -337,9 +337,7 @@ class _Scope:
     def set_attribute(self, key: str, value: AttributeValue) -> None:
         """Add an attribute to the scope's span, if it records."""
         span = self.span
-        if isinstance(span, UncheckedAttributes):
-            span.set_unchecked_attribute(key, value)
-        elif span is not None and span.is_recording():
+        if span is not None and span.is_recording():
             span.set_attribute(key, value)
 
     def __enter__(self) -> Any:

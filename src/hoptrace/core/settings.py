@@ -53,6 +53,12 @@ class Settings:
 
     enabled: bool = True
     propagation_only: bool = False
+    #: With the OTel SDK's tracer, make a span the sampler provably drops (the child of an
+    #: unsampled parent under static ParentBased delegates; a transaction's root under
+    #: ParentBased(TraceIdRatioBased)) as the SDK's NonRecordingSpan, without building its
+    #: attributes. False: every span through ``tracer.start_span``. Recording spans always
+    #: come from ``tracer.start_span``: the lean recorder that once made them saved only 3-13%
+    #: of the spans overhead in ``make bench``, and was removed.
     fast_spans: bool = True
     #: None: read ``x-transaction-id``, write nothing (the ID travels in the baggage entry
     #: ``baggage_key``). A name: read and write that header as well.

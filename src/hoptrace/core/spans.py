@@ -1,14 +1,11 @@
-"""Start hoptrace's own spans: through a lean recorder when the OTel SDK is installed.
+"""Start hoptrace's own spans: always through the tracer's own ``start_span``.
 
-With the SDK's own tracer, hoptrace starts its spans through
-:mod:`hoptrace.core._sdk_spans`: ``Tracer.start_span`` step by step, making the SDK's own span
-class with the same sampler, ID generator, resource, span limits and span processors, but
-with a table lookup for the default sampler and without re-checking the plain attribute
-values hoptrace builds itself. Exporters, processors and samplers see what
-``tracer.start_span`` would give them.
-
-Any other tracer (a vendor SDK, a proxy, an SDK whose shape the recorder does not know, or
-``fast_spans=False``) gets the plain ``tracer.start_span`` call.
+With the OTel SDK's tracer, :mod:`hoptrace.core._sdk_spans` adds two things around that call:
+a span ID fixed in advance (:func:`start_span`'s ``span_id``), and, with ``fast_spans`` on,
+the sampling shortcuts: a span the sampler provably drops is the SDK's ``NonRecordingSpan``,
+made without building its attributes (:func:`dropped_child`, :func:`start_span_lazy`).
+Any other tracer (a vendor SDK, a proxy, an SDK whose shape hoptrace does not know) gets the
+plain ``tracer.start_span`` call.
 """
 
 from __future__ import annotations
@@ -25,38 +22,27 @@ from . import diagnostics
 from .otel_shims import tracer
 from .settings import get_settings
 
-#: [tracer, recorder or None] for the tracer last seen.
-_recorder_cache: list[Any] = [None, None]
+#: [tracer, its _sdk_spans.Starter or None] for the tracer last seen.
+_starter_cache: list[Any] = [None, None]
 _logger = logging.getLogger("hoptrace")
-_import_failure_logged: list[bool] = [False]
+#: Whether the debug line saying fixed span IDs are not honoured was logged.
+_unfixed_logged: list[bool] = [False]
 
 
-class UncheckedAttributes:
-    """Mixin for spans that take hoptrace's own, already valid attribute values as they are."""
-
-    __slots__ = ()
-
-    def set_unchecked_attribute(self, key: str, value: AttributeValue) -> None:  # pragma: no cover
-        """Set an attribute whose value hoptrace built (a str, bool, int or float)."""
-        raise NotImplementedError
-
-
-def _recorder_for(current: object) -> Any:
-    cache = _recorder_cache
+def _starter_for(current: object) -> Any:
+    cache = _starter_cache
     if cache[0] is not current:
-        recorder = None
+        starter = None
         if type(current).__module__ == "opentelemetry.sdk.trace":
             try:
                 from . import _sdk_spans
 
-                recorder = _sdk_spans.recorder_for(current)  # probes once per tracer
-            except ImportError as exc:  # an SDK without the names the recorder needs
-                if not _import_failure_logged[0]:
-                    _import_failure_logged[0] = True
-                    _logger.debug("hoptrace: spans go through tracer.start_span: %s", exc)
+                starter = _sdk_spans.starter_for(current)  # probes once per tracer
+            except ImportError as exc:  # an SDK without the names hoptrace needs
+                _logger.debug("hoptrace: spans go through tracer.start_span alone: %s", exc)
             except Exception as exc:
-                diagnostics.internal_error("spans.recorder", exc)
-        cache[0], cache[1] = current, recorder
+                diagnostics.internal_error("spans.starter", exc)
+        cache[0], cache[1] = current, starter
     return cache[1]
 
 
@@ -72,17 +58,21 @@ def start_span(
     """Start one of hoptrace's spans as a child of the span in ``context`` (if any).
 
     ``span_id`` fixes the new span's ID, for a span another process must be able to link to
-    before it ends (a delivery that may die unacknowledged). Only the lean recorder honours
-    it (and then does not ask the ID generator for one); with any other tracer the ID is the
-    ID generator's.
+    before it ends (a delivery that may die unacknowledged). The SDK's tracer honours it,
+    whatever ``fast_spans`` says, and then does not ask its ID generator for one; with a
+    tracer hoptrace does not know, the ID is the tracer's own (said once, at debug level).
     """
     current = tracer()
-    recorder = None
-    if get_settings().fast_spans:
-        cache = _recorder_cache  # the tracer last seen and its recorder: no call when it holds
-        recorder = cache[1] if cache[0] is current else _recorder_for(current)
-    if recorder is not None:
-        return recorder.start(name, context, kind, attributes, links, start_time, span_id)  # type: ignore[no-any-return]
+    if span_id is not None:
+        cache = _starter_cache  # the tracer last seen and its starter: no call when it holds
+        starter = cache[1] if cache[0] is current else _starter_for(current)
+        if starter is not None and starter.fixed_ids:
+            return starter.start(  # type: ignore[no-any-return]
+                name, context, kind, attributes, links, start_time, span_id)
+        if not _unfixed_logged[0]:
+            _unfixed_logged[0] = True
+            _logger.debug("hoptrace: this tracer (%s) cannot take a fixed span ID: a "
+                          "redelivery links to no first attempt", type(current).__qualname__)
     return current.start_span(
         name, context=context, kind=kind, attributes=attributes, links=links,
         start_time=start_time,
@@ -97,37 +87,37 @@ def start_span_lazy(
 ) -> Span:
     """:func:`start_span`, calling ``attributes()`` only when the sampler may read them.
 
-    With the lean recorder, a span its sampler is known to drop without reading them (a
-    root under ``ParentBased(TraceIdRatioBased(r))`` whose trace ID falls outside the ratio,
-    a child of an unsampled parent under static delegates) is the SDK's ``NonRecordingSpan``,
-    made without building them. Any other tracer gets ``tracer.start_span`` as usual.
+    With ``fast_spans`` and the SDK's tracer, a span its sampler is known to drop without
+    reading them (a root under ``ParentBased(TraceIdRatioBased(r))`` whose trace ID falls
+    outside the ratio, a child of an unsampled parent under static delegates) is the SDK's
+    ``NonRecordingSpan``, made without building them. Anything else gets
+    ``tracer.start_span``.
     """
     current = tracer()
-    recorder = None
     if get_settings().fast_spans:
-        cache = _recorder_cache
-        recorder = cache[1] if cache[0] is current else _recorder_for(current)
-    if recorder is not None:
-        return recorder.start_lazy(name, context, kind, attributes)  # type: ignore[no-any-return]
+        cache = _starter_cache
+        starter = cache[1] if cache[0] is current else _starter_for(current)
+        if starter is not None:
+            return starter.start_lazy(name, context, kind, attributes)  # type: ignore[no-any-return]
     return current.start_span(name, context=context, kind=kind, attributes=attributes(),
                               links=None, start_time=None)  # (as start_span passes them)
 
 
 def dropped_child(parent: SpanContext, span_id: int | None = None) -> Span | None:
-    """The span a child of ``parent`` gets when the lean recorder knows the sampler drops it.
+    """The span a child of ``parent`` gets when the sampler is known to drop it.
 
-    None when that is not known (``fast_spans`` off, a tracer or sampler the recorder does not
+    None when that is not known (``fast_spans`` off, a tracer or sampler hoptrace does not
     know, a decision that records): then the caller starts the span with :func:`start_span`,
     attributes and all. The span is the one :func:`start_span` would return.
     """
     if not get_settings().fast_spans:
         return None
     current = tracer()
-    cache = _recorder_cache
-    recorder = cache[1] if cache[0] is current else _recorder_for(current)
-    if recorder is None:
+    cache = _starter_cache
+    starter = cache[1] if cache[0] is current else _starter_for(current)
+    if starter is None:
         return None
-    return recorder.dropped_child(parent, span_id)  # type: ignore[no-any-return]
+    return starter.dropped_child(parent, span_id)  # type: ignore[no-any-return]
 
 
 def describe(exc: BaseException) -> str:
@@ -153,5 +143,4 @@ def end_span(span: Span, exc: BaseException | None, where: str) -> None:
             diagnostics.internal_error(where, err)
 
 
-__all__: Final = ["UncheckedAttributes", "describe", "dropped_child", "end_span", "start_span",
-                  "start_span_lazy"]
+__all__: Final = ["describe", "dropped_child", "end_span", "start_span", "start_span_lazy"]
