@@ -81,9 +81,10 @@ def checkout(services: Services, *, wait_ms: int, fail_billing: bool = False) ->
 @pytest.fixture
 def span_file(tmp_path):
     """A JSONL file of 4 checkouts (the last one fails in billing); yields (path, tx IDs)."""
-    # One-time costs must not land inside the spans and queue waits the tests below compare
-    # (a few ms each). Under OTel 1.20 the first propagation imports opentelemetry.propagate and
-    # every TracerProvider's Resource.create runs the resource detectors, each scanning every
+    # The queue waits are 20-240 ms: long enough that a busy machine cannot make a hop's own
+    # work outweigh the billing queue wait the tests name dominant. One-time costs must not
+    # land inside the spans and waits the tests compare either: under OTel 1.20 the first
+    # propagation imports opentelemetry.propagate and every TracerProvider's Resource.create runs the resource detectors, each scanning every
     # installed distribution's entry points (20-45 ms here, more on a loaded machine): so one
     # warm-up checkout to a file the tests never read, and every service's provider made
     # before the first checkout rather than inside its first queue wait.
@@ -98,7 +99,7 @@ def span_file(tmp_path):
         with services.service(name):
             pass
     try:
-        txs = [checkout(services, wait_ms=5 * (i + 1), fail_billing=i == 3) for i in range(4)]
+        txs = [checkout(services, wait_ms=20 * (i + 1), fail_billing=i == 3) for i in range(4)]
     finally:
         services.shutdown()
     return path, txs
