@@ -40,7 +40,6 @@ from .core.hop import (
     spans_active,
 )
 from .core.propagation import (
-    Incoming,
     carried_transaction_id,
     holds_transaction_header,
     render,
@@ -96,13 +95,7 @@ class RecordScope(consume_scope):
     """
 
     __slots__ = ()
-
-    def _span_attributes(
-        self, tx: str, incoming: Incoming, upstream: str | None, skew: bool
-    ) -> dict[str, AttributeValue]:
-        attrs = super()._span_attributes(tx, incoming, upstream, skew)
-        attrs.pop(semconv.MESSAGING_MESSAGE_ID, None)
-        return attrs
+    span_message_id = False
 
 
 def record_scope(

@@ -512,6 +512,10 @@ class consume_scope(_Scope):
     handler's log lines carry that span ID, so the dead attempt's logs are one search away.
     """
 
+    #: Whether ``message_id`` also goes on the span as ``messaging.message.id`` (it always
+    #: reaches :func:`current_hop` and log lines). Off for IDs made up from other attributes.
+    span_message_id: bool = True
+
     __slots__ = (
         "_active",
         "_attributes",
@@ -655,7 +659,7 @@ class consume_scope(_Scope):
             semconv.MESSAGING_DESTINATION_NAME: self._destination,
             semconv.TRANSACTION_ID: tx,
         }
-        if self._message_id is not None:
+        if self._message_id is not None and self.span_message_id:
             attrs[semconv.MESSAGING_MESSAGE_ID] = self._message_id
         if self.queue_wait_ms is not None:
             attrs[semconv.QUEUE_WAIT_MS] = self.queue_wait_ms
