@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from hoptrace.core.metrics import ORIGIN_BAGGAGE_KEY
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_fuzz_extract import PROFILES, confluent_lists, entries, list_carriers
+from test_speedups import read_both
 
 try:
     from hoptrace import _speedups  # type: ignore[attr-defined]
@@ -47,36 +46,6 @@ ARGS = ("traceparent", "tracestate", "baggage", "x-transaction-id", "x-hoptrace-
         "transaction.id=", 8192, 128)
 EXPECTED = (0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, True, TX, True,
             1700000000000000000, None)
-
-
-@contextmanager
-def accelerated(on: bool) -> Iterator[None]:
-    saved = propagation._read_common, propagation._read_pairs
-    propagation._read_common = _speedups.read_common if on else None
-    propagation._read_pairs = _speedups.read_pairs if on else None
-    try:
-        yield
-    finally:
-        propagation._read_common, propagation._read_pairs = saved
-
-
-def outcome(incoming: propagation.Incoming) -> tuple[Any, ...]:
-    sc = incoming.span_context
-    span = None if sc is None else (
-        sc.trace_id, sc.span_id, sc.is_remote, int(sc.trace_flags), sc.trace_state.to_header(),
-        sc.is_valid,
-    )
-    return span, incoming.baggage, incoming.transaction_id, incoming.sent_ns, incoming.rejected
-
-
-def read_both(carrier: Any) -> tuple[Any, ...]:
-    settings_now = get_settings()
-    with accelerated(False):
-        expected = outcome(propagation.read(carrier, settings_now))
-    with accelerated(True):
-        got = outcome(propagation.read(carrier, settings_now))
-    assert got == expected, carrier
-    return got
 
 
 def fast(carrier: Any, *extra: Any) -> Any:
