@@ -57,8 +57,13 @@ class DropAll(Sampler):
         return "DropAll"
 
 
+#: The exporter of the provider the running test installed.
+_exporters: list[InMemorySpanExporter] = []
+
+
 def _provider(sampler: Sampler) -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
+    _exporters[:] = [exporter]
     provider = TracerProvider(sampler=sampler)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     previous = trace._TRACER_PROVIDER
@@ -105,6 +110,7 @@ def unsampled_transaction() -> Any:
         if not trace.get_current_span().get_span_context().trace_flags.sampled:
             return tx
         tx.__exit__(None, None, None)
+        _exporters[0].clear()  # the 1 in 100 root that was sampled is not the test's
     raise AssertionError("50 sampled roots in a row at 1%")
 
 
