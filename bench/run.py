@@ -14,6 +14,11 @@ Stages (all by default; name some to run only those):
   ``propagate`` round trip.
 * ``soak`` — ``bench/soak_bench.py``: RSS growth over 100,000 messages per consumer.
 * ``metrics`` — ``bench/metrics_bench.py``: metrics on, over spans alone.
+* ``instructions`` — ``bench/callgrind_cases.py`` under valgrind's callgrind: instructions
+  per message of confluent-kafka's produce and poll wrappers (the client's C calls replaced
+  by no-op stand-ins), plain, propagation-only and the 1% sampled setup. Unlike time, these
+  counts do not move with the machine's load, so targets 2 and 3 get a second, repeatable
+  reading. Skipped, with a message, where valgrind is not installed.
 
 Writes ``bench/results/hop.json`` and ``bench/results/summary.md``, prints the table and,
 for each target of issue 15, met or not with the figure.
@@ -44,7 +49,7 @@ sys.path.insert(0, str(HERE))
 
 from hop_bench import CLIENTS, VARIANTS, applies  # noqa: E402
 
-STAGES = ("hop", "core", "soak", "metrics")
+STAGES = ("hop", "core", "soak", "metrics", "instructions")
 TIMES = "\u00d7"  # the multiplication sign of the ratios
 NONE = "\u2013"  # an en dash: nothing to measure
 #: Messages per client and run: each client's run lasts a second or two on a quiet 2-core
@@ -180,7 +185,7 @@ def hop_stage(clients: list[str], variants: list[str], counts: dict[str, int],
                 "headers": rows[-1]["headers"],
             }
     return {"counts": counts, "repeats": repeats, "static_headers": static, "table": table,
-            "floors": floors(repeats), "failed": failed,
+            "floors": floors(repeats), "bytes_floors": bytes_floors(clients), "failed": failed,
             "seconds": round(time.time() - started), "machine": machine()}
 
 
@@ -200,6 +205,26 @@ def floors(repeats: int) -> dict[str, Any]:
         out[case] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"   floor {case:18} {out[case]['cpu_us']:7.1f} µs/msg", flush=True)
     return out
+
+
+def bytes_floors(clients: list[str]) -> dict[str, float]:
+    """Per client, the bytes per hoptrace span beyond what must be there (span_bytes.py).
+
+    What must be there: the messaging conventions' Required attributes (and Conditionally
+    Required ones that apply), plus the transaction ID and the queue wait. A hoptrace span
+    less these bytes is target 5's floor.
+    """
+    cmd = [sys.executable, str(HERE / "span_bytes.py"), "--variant", "hop_fast", "--json",
+           "--clients", ",".join(clients)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                          env=variant_env("hop_fast", ""))
+    if done.returncode != 0:
+        print(f"   bytes floor failed:\n{done.stderr[-2000:]}", file=sys.stderr, flush=True)
+        return {}
+    rows = json.loads(done.stdout.strip().splitlines()[-1])["clients"]
+    # What the other attributes add, in that run's batches; the hop stage's batches share the
+    # resource out over more spans, so the floor is its figure minus these bytes.
+    return {client: float(row["bytes_per_span"] - row["floor"]) for client, row in rows.items()}
 
 
 def floor_us(hop: dict[str, Any], case: str) -> float | None:
@@ -440,8 +465,35 @@ def _recorder_target(client: str, o: dict[str, float]) -> Target:
             "True vs False", None, figure)
 
 
+def _bytes_target(client: str, rows: dict[str, Any], extra: float | None) -> Target | None:
+    """Target 5: bytes per span against contrib's, per message too, and hoptrace's floor.
+
+    ``extra``: what a hoptrace span carries beyond the conventions' required attributes, the
+    transaction ID and the queue wait (:func:`bytes_floors`).
+    """
+    x = TIMES
+    fast = rows.get("hop_fast", {}).get("bytes_per_span")
+    contrib = rows.get("otel", {}).get("bytes_per_span")
+    if not fast or not contrib:
+        return None
+    r = fast / contrib
+    # Per message too: the peers do not all make the same number of spans per hop.
+    per_msg = [rows[v]["bytes_per_span"] * rows[v]["spans_per_msg"] for v in ("hop_fast", "otel")]
+    note = ""
+    if extra is not None:
+        least = fast - extra
+        note = (f"; floor: the conventions' required attributes, the transaction ID and the "
+                f"queue wait alone {least:.0f} B = {least / contrib:.2f}{x}"
+                + (": out of reach for spans that carry them" if least > 1.25 * contrib else ""))
+    return (f"5 {client}: bytes per span ≤ 1.25{x} contrib's", r <= 1.25,
+            f"{fast:.0f} vs {contrib:.0f} B = {r:.2f}{x}; per message (the hop's spans "
+            f"together) {per_msg[0]:.0f} vs {per_msg[1]:.0f} B = {per_msg[0] / per_msg[1]:.2f}{x}"
+            f"{note}")
+
+
 def _client_targets(client: str, o: dict[str, float], rows: dict[str, Any],
-                    measure: str, floor: dict[str, float | None]) -> list[Target]:
+                    measure: str, floor: dict[str, float | None],
+                    bytes_floor: dict[str, float]) -> list[Target]:
     out: list[Target] = []
     x = TIMES
     peer = cheapest_peer(o)
@@ -473,12 +525,9 @@ def _client_targets(client: str, o: dict[str, float], rows: dict[str, Any],
                                 f"{gap:+.1f} µs{extra}"), note))
     if "hop_fast" in o and "hop_exact" in o:
         out.append(_recorder_target(client, o))
-    fast = rows.get("hop_fast", {}).get("bytes_per_span")
-    contrib = rows.get("otel", {}).get("bytes_per_span")
-    if fast and contrib:
-        r = fast / contrib
-        out.append((f"5 {client}: bytes per span ≤ 1.25{x} contrib's", r <= 1.25,
-                    f"{fast:.0f} vs {contrib:.0f} B = {r:.2f}{x}"))
+    bytes_target = _bytes_target(client, rows, bytes_floor.get(client))
+    if bytes_target is not None:
+        out.append(bytes_target)
     return out
 
 
@@ -490,7 +539,9 @@ def hop_targets(hop: dict[str, Any]) -> list[Target]:
     floor = {case: floor_us(hop, case) for case in FLOOR_CASES}
     for client in CLIENTS:
         if over.get(client):
-            out += _client_targets(client, over[client], hop["table"][client], measure, floor)
+            out += _client_targets(client, over[client], hop["table"][client], measure, floor,
+                                   hop.get("bytes_floors", {}))
+    out += instruction_targets()
     return sorted(out, key=lambda t: t[0].split(" ", 1)[0])
 
 
@@ -581,6 +632,110 @@ def run_script(name: str, args: list[str]) -> bool:
     return subprocess.run([sys.executable, str(script), *args], cwd=HERE).returncode == 0
 
 
+#: The cases of the ``instructions`` stage, by bench/callgrind_cases.py's names.
+INSTRUCTION_CASES = ("plain_produce", "plain_consume", "prop_produce", "prop_consume",
+                     "sprop_produce", "sprop_consume", "sfast_produce", "sfast_consume")
+
+
+def instructions_stage() -> bool:
+    """Count INSTRUCTION_CASES under callgrind into results/instructions.json."""
+    import shutil
+
+    if shutil.which("valgrind") is None:
+        print("== instructions: valgrind is not installed, skipped "
+              "(apt-get install valgrind)", flush=True)
+        return True
+    import callgrind_cases
+
+    print("== instructions: callgrind, confluent-kafka stand-ins", flush=True)
+    counts: dict[str, int] = {}
+    for case in INSTRUCTION_CASES:
+        try:
+            counts[case] = callgrind_cases.count(case)
+        except Exception as exc:
+            print(f"   {case} failed: {exc}", file=sys.stderr, flush=True)
+            return False
+        print(f"   {case:16} {counts[case] / 1000:7.1f}k instructions per message", flush=True)
+    rate = instruction_rate(counts)
+    (RESULTS / "instructions.json").write_text(json.dumps(
+        {"client": "confluent-kafka (stand-ins)", "python": sys.version.split()[0],
+         "instructions_per_message": counts, "instructions_per_us": rate}, indent=2) + "\n")
+    return True
+
+
+#: Times the propagation-only cases outside valgrind: CPU ns per call, median of 5 x 20,000.
+_RATE_SCRIPT = """
+import collections, itertools, json, statistics, sys, time
+import callgrind_cases
+out = {}
+for case in sys.argv[1:]:
+    one = callgrind_cases.build(case)
+    for _ in range(2000):
+        one()
+    runs = []
+    for _ in range(5):
+        t0 = time.process_time_ns()
+        collections.deque(itertools.starmap(one, itertools.repeat((), 20000)), maxlen=0)
+        runs.append((time.process_time_ns() - t0) / 20000)
+    out[case] = statistics.median(runs)
+print(json.dumps(out))
+"""
+
+
+def instruction_rate(counts: dict[str, int]) -> float | None:
+    """This machine's instructions per µs of CPU on hoptrace's own propagation-only path.
+
+    Counted and timed on the same two cases (one interpreter each, as under valgrind), so a
+    count converts to µs for target 3; the rate moves with the machine's load, the counts
+    do not.
+    """
+    ns: dict[str, float] = {}
+    for case in ("prop_produce", "prop_consume"):
+        done = subprocess.run([sys.executable, "-c", _RATE_SCRIPT, case], cwd=HERE,
+                              capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "PYTHONHASHSEED": "0"})
+        if done.returncode != 0:
+            print(f"   timing {case} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+            return None
+        ns.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    cpu_us = (ns["prop_produce"] + ns["prop_consume"]) / 1000
+    return (counts["prop_produce"] + counts["prop_consume"]) / cpu_us
+
+
+def instruction_targets() -> list[Target]:
+    """Targets 2 and 3 on confluent-kafka read in instructions (results/instructions.json)."""
+    path = RESULTS / "instructions.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    n = data["instructions_per_message"]
+
+    def over(mode: str) -> float:  # produce + poll, over the plain client's (3 static headers)
+        return float(n[f"{mode}_produce"] + n[f"{mode}_consume"]
+                     - n["plain_produce"] - n["plain_consume"]) / 1000
+
+    prop, sprop, sfast = over("prop"), over("sprop"), over("sfast")
+    rate = data.get("instructions_per_us")
+    gap_us = prop * 1000 / rate if rate else None
+    return [
+        (f"2 confluent-kafka, in instructions: 1% sampled spans ≤ 1.25{TIMES} its "
+         "propagation-only", sfast <= 1.25 * sprop,
+         f"{sfast:.1f}k vs {sprop:.1f}k instructions per message over plain = "
+         f"{sfast / sprop:.2f}{TIMES} (callgrind: produce {n['sfast_produce'] / 1000:.1f}k + "
+         f"poll {n['sfast_consume'] / 1000:.1f}k against {n['sprop_produce'] / 1000:.1f}k + "
+         f"{n['sprop_consume'] / 1000:.1f}k)"),
+        ("3 confluent-kafka, in instructions: propagation-only ≤ static headers + 10 µs",
+         None if gap_us is None else gap_us <= 10,
+         f"+{prop:.1f}k instructions per message"
+         + ("" if gap_us is None else f", +{gap_us:.1f} µs at this machine's "
+            f"{rate / 1000:.1f}k instructions per µs on that path")
+         + f" (produce {n['prop_produce'] / 1000:.1f}k, poll "
+         f"{n['prop_consume'] / 1000:.1f}k, against {n['plain_produce'] / 1000:.1f}k and "
+         f"{n['plain_consume'] / 1000:.1f}k for the plain client sending static "
+         "headers)"),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -615,6 +770,8 @@ def main() -> int:
             ok = run_script("soak_bench.py", quick) and ok
         if "metrics" in stages:
             ok = run_script("metrics_bench.py", quick) and ok
+        if "instructions" in stages:
+            ok = instructions_stage() and ok
     hop_data = json.loads(hop_path.read_text()) if hop_path.exists() else None
     text = summary(hop_data)
     (RESULTS / "summary.md").write_text(text)
