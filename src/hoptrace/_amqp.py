@@ -40,10 +40,12 @@ __all__ = [
     "broker_sent_ns",
     "dead_lettered",
     "delivery_attributes",
+    "destination",
     "memory",
     "message_id_text",
     "message_key",
     "open_delivery",
+    "open_delivery_fields",
     "open_from",
     "publish",
     "publish_async",
@@ -102,6 +104,22 @@ def broker_sent_ns(timestamp: object) -> int | None:
     return None
 
 
+#: ``semconv.rabbitmq_destination`` by its arguments: the same few names on every message.
+_destinations: dict[tuple[object, ...], str] = {}
+_MAX_DESTINATIONS: Final = 4096
+
+
+def destination(exchange: str | None, routing_key: str, queue: str | None = None) -> str:
+    """:func:`semconv.rabbitmq_destination`, remembered for up to 4096 argument triples."""
+    key = (exchange, routing_key, queue)
+    name = _destinations.get(key)
+    if name is None:
+        name = semconv.rabbitmq_destination(exchange, routing_key, queue)
+        if len(_destinations) < _MAX_DESTINATIONS:
+            _destinations[key] = name
+    return name
+
+
 def traced_already(headers: object) -> bool:
     """Whether ``headers`` already carry the active span as their parent (no second span)."""
     if headers is None or not isinstance(headers, Mapping):
@@ -132,14 +150,24 @@ def open_delivery(
     ``False`` counts as possibly redelivered). Returns None only if hoptrace itself failed
     (counted and logged); never raises.
     """
+    return open_delivery_fields(headers, system, exchange, routing_key, queue, message_id,
+                                delivery_tag, correlation_id, timestamp, redelivered)
+
+
+def open_delivery_fields(
+    headers: object, system: str, exchange: object, routing_key: object, queue: object,
+    message_id: object, delivery_tag: object, correlation_id: object, timestamp: object,
+    redelivered: object,
+) -> consume_scope | None:
+    """:func:`open_delivery` with positional arguments (the per-message path)."""
     try:
-        text_id = message_id_text(message_id)
+        text_id = message_id_text(message_id) if message_id is not None else None
         # Deliveries are remembered only to link spans: none without a span to link.
         recording = spans_active()
         key = message_key(headers, text_id) if recording else None
         scope = consume_scope(
             headers,
-            semconv.rabbitmq_destination(
+            destination(
                 exchange if type(exchange) is str else None,
                 routing_key if type(routing_key) is str else "",
                 queue if type(queue) is str else None,
@@ -149,8 +177,9 @@ def open_delivery(
             attributes=functools.partial(
                 delivery_attributes, routing_key, delivery_tag, correlation_id
             ) if recording else None,
-            sent_ns=broker_sent_ns(timestamp),
-            links=memory.links(key, headers, redelivered is not False),
+            sent_ns=broker_sent_ns(timestamp) if timestamp is not None else None,
+            links=(memory.links(key, headers, redelivered is not False)
+                   if key is not None else None),
             redelivered=redelivered if type(redelivered) is bool else None,
         )
         scope.open()
@@ -210,7 +239,7 @@ def _begin(
             attrs[semconv.MESSAGING_CONVERSATION_ID] = correlation_id
         send.scope = produce_scope(
             headers,
-            semconv.rabbitmq_destination(
+            destination(
                 exchange if type(exchange) is str and exchange else None,
                 str(routing_key or ""),
             ),
@@ -241,6 +270,8 @@ def publish(
     are written and no context is attached. ``label`` names the call in hoptrace's
     internal-error counts.
     """
+    if headers_only and _headers_only_now():
+        return _publish_headers(call, headers, label)
     send = _begin(headers, system, exchange, routing_key, message_id, correlation_id,
                   headers_only, label)
     try:
@@ -250,6 +281,37 @@ def publish(
         raise
     send.finish()
     return result
+
+
+def _headers_only_now() -> bool:
+    """No span and no metric to record: a ``headers_only`` publish writes only headers.
+
+    A failure says False: :func:`_begin` then asks again, and counts the error.
+    """
+    try:
+        return not (spans_active() or metrics.enabled())
+    except Exception:
+        return False
+
+
+def _publish_headers(call: Callable[[Any], R], headers: Any, label: str) -> R:
+    """:func:`publish` with ``headers_only`` and no span to make: only the headers written.
+
+    The same steps as :func:`_begin` and :meth:`Send.finish` take for it, without a
+    :class:`Send`.
+    """
+    if _publishing.get() or traced_already(headers):
+        return call(None)
+    guard = _publishing.set(True)
+    try:
+        try:
+            carrier = inject(headers, copy=True)
+        except Exception as exc:
+            diagnostics.internal_error(label, exc)
+            carrier = None
+        return call(carrier)
+    finally:
+        _publishing.reset(guard)
 
 
 async def publish_async(
@@ -282,17 +344,17 @@ def open_from(
     both. ``label`` names the caller in hoptrace's internal-error counts.
     """
     try:
-        return open_delivery(
+        return open_delivery_fields(
             getattr(properties, "headers", None),
             system,
-            exchange=getattr(method, "exchange", None),
-            routing_key=getattr(method, "routing_key", None),
-            queue=queue,
-            message_id=getattr(properties, "message_id", None),
-            delivery_tag=getattr(method, "delivery_tag", None),
-            correlation_id=getattr(properties, "correlation_id", None),
-            timestamp=getattr(properties, "timestamp", None),
-            redelivered=getattr(method, "redelivered", True),
+            getattr(method, "exchange", None),
+            getattr(method, "routing_key", None),
+            queue,
+            getattr(properties, "message_id", None),
+            getattr(method, "delivery_tag", None),
+            getattr(properties, "correlation_id", None),
+            getattr(properties, "timestamp", None),
+            getattr(method, "redelivered", True),
         )
     except Exception as exc:
         diagnostics.internal_error(label, exc)

@@ -110,19 +110,19 @@ def _wrap_receive(original: Callable[..., Any]) -> Callable[..., Any]:
             if not _is_celery(headers):
                 info = getattr(message, "delivery_info", None) or {}
                 properties = getattr(message, "properties", None) or {}
-                scope = _amqp.open_delivery(
+                scope = _amqp.open_delivery_fields(
                     headers,
                     _system(self.channel),
-                    exchange=info.get("exchange"),
-                    routing_key=info.get("routing_key"),
-                    queue=_queue_name(self, info),
-                    message_id=properties.get("message_id"),
-                    delivery_tag=info.get("delivery_tag"),
-                    correlation_id=properties.get("correlation_id"),
-                    timestamp=properties.get("timestamp"),
+                    info.get("exchange"),
+                    info.get("routing_key"),
+                    _queue_name(self, info),
+                    properties.get("message_id"),
+                    info.get("delivery_tag"),
+                    properties.get("correlation_id"),
+                    properties.get("timestamp"),
                     # py-amqp always sets the flag; kombu's virtual transports (Redis, SQS …)
                     # set it only on a message they restore, so a missing flag is a first try.
-                    redelivered=info.get("redelivered", False),
+                    info.get("redelivered", False),
                 )
         except Exception as exc:
             diagnostics.internal_error("kombu.receive", exc)
