@@ -46,14 +46,112 @@ def _exchange_name(exchange: Any) -> str | None:
     return name if type(name) is str and name else None
 
 
+#: ``Message.__slots__`` as aio-pika 9.3 to 10 define it: the fields the fast copy knows.
+_KNOWN_SLOTS: Final = frozenset((
+    "app_id", "body", "body_size", "content_encoding", "content_type", "correlation_id",
+    "delivery_mode", "expiration", "_headers", "headers", "message_id", "priority", "reply_to",
+    "timestamp", "type", "user_id", "__lock",
+))
+#: The fields ``Message.__init__`` passes through ``optional(value, str)``.
+_TEXT_FIELDS: Final = ("correlation_id", "reply_to", "message_id", "type", "user_id", "app_id")
+#: (Message, DeliveryMode, datetime, a Message subclass without the lock check), or () when
+#: the installed aio-pika's Message is not the one :func:`_with_headers` knows; None until used.
+_plain: tuple[Any, ...] | None = None
+
+
+def _load_plain() -> tuple[Any, ...]:
+    global _plain
+    from datetime import datetime
+
+    from aio_pika.abc import DeliveryMode
+    from aio_pika.message import Message
+
+    if set(getattr(Message, "__slots__", ())) != _KNOWN_SLOTS:
+        _plain = ()
+        return _plain
+
+    class _Unlocked(Message):
+        """The same layout as Message, with plain attribute stores (no lock check)."""
+
+        __slots__ = ()
+        __setattr__ = object.__setattr__  # type: ignore[assignment]
+
+    _plain = (Message, DeliveryMode, datetime, _Unlocked)
+    return _plain
+
+
+def _as_constructed(message: Any, plain: tuple[Any, ...]) -> bool:
+    """Whether every field of ``message`` holds what ``Message.__init__`` would make of it.
+
+    Then ``Message.__copy__`` (a new ``Message`` built from these fields) gives back the same
+    values, and copying them one by one is the same copy.
+    """
+    _, delivery_mode, datetime, _ = plain
+    body = message.body
+    if (type(body) is not bytes or message.body_size != len(body)
+            or type(message.delivery_mode) is not delivery_mode
+            or type(message.priority) is not int):
+        return False
+    timestamp = message.timestamp
+    if timestamp is not None and not isinstance(timestamp, datetime):
+        return False
+    for name in _TEXT_FIELDS:  # optional(value, str): None, or a non-empty str
+        value = getattr(message, name)
+        if value is not None and (type(value) is not str or not value):
+            return False
+    return True
+
+
+def _copy_fields(message: Any, unlocked: Any, cls: Any, headers: Any) -> Any:
+    """A new ``cls`` with ``message``'s fields and ``headers``, unlocked (``_KNOWN_SLOTS``)."""
+    new = object.__new__(unlocked)
+    new.app_id = message.app_id
+    new.body = message.body
+    new.body_size = message.body_size
+    new.content_encoding = message.content_encoding
+    new.content_type = message.content_type
+    new.correlation_id = message.correlation_id
+    new.delivery_mode = message.delivery_mode
+    new.expiration = message.expiration
+    new.headers = headers
+    new.message_id = message.message_id
+    new.priority = message.priority
+    new.reply_to = message.reply_to
+    new.timestamp = message.timestamp
+    new.type = message.type
+    new.user_id = message.user_id
+    new._Message__lock = False
+    new.__class__ = cls
+    return new
+
+
+def _with_headers(message: Any, headers: Any) -> Any:
+    """``copy.copy(message)`` with ``headers`` set: the caller's message is never changed.
+
+    aio-pika's ``Message.__copy__`` builds a new ``Message`` through ``__init__``, which sets
+    17 fields through the lock-checking ``__setattr__`` (about 90k instructions). A plain
+    ``Message`` whose fields hold what ``__init__`` makes of them (any message built by its
+    constructor and not changed to other types since) is copied field by field instead, to
+    the same values; anything else (a subclass, an ``IncomingMessage``, a field changed to
+    something ``__init__`` would convert, another aio-pika's fields) goes through
+    ``copy.copy``.
+    """
+    plain = _plain if _plain is not None else _load_plain()
+    if plain and type(message) is plain[0] and _as_constructed(message, plain):
+        try:
+            return _copy_fields(message, plain[3], plain[0], headers)
+        except AttributeError:  # a field never set: let __copy__ decide
+            pass
+    outgoing = copy.copy(message)
+    outgoing.headers = headers
+    return outgoing
+
+
 def _wrap_publish(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def publish(self: Any, message: Any, routing_key: str, *args: Any,
                       **kwargs: Any) -> Any:
         def send(carrier: Any) -> Awaitable[Any]:
-            outgoing = message
-            if carrier is not None:
-                outgoing = copy.copy(message)
-                outgoing.headers = carrier
+            outgoing = message if carrier is None else _with_headers(message, carrier)
             return original(self, outgoing, routing_key, *args, **kwargs)
 
         return await _amqp.publish_async(
