@@ -386,3 +386,70 @@ def test_tallies_sum_every_add_of_an_attribute_set_however_it_is_passed() -> Non
     second = [(o.value, o.attributes) for o in tally.observe()]
     assert first == [(7, edge)]
     assert second == [(10, edge), (1, {**edge, "hoptrace.retry.kind": "redelivery"})]
+
+
+def test_an_edge_without_extras_gets_the_dict_the_general_path_makes() -> None:
+    # Scopes without extra attributes find their edge's dict by (system, operation,
+    # destination); it must be the very dict that extras naming nothing new give, per edge.
+    metrics._reset()
+    seen: dict[int, tuple[str, str, str]] = {}
+    for system in ("rabbitmq", "kafka"):
+        for operation in ("send", "process", "receive"):
+            for destination in ("orders", "amq.gen-Xy1", "shop:amq.gen-2", ""):
+                fast = metrics.edge_attributes(system, operation, destination, None)
+                general = metrics.edge_attributes(system, operation, destination, {})
+                again = metrics.edge_attributes(system, operation, destination, None)
+                assert fast is general is again
+                folded = destination.split("amq.gen-")[0] + "amq.gen-*" \
+                    if "amq.gen-" in destination else destination
+                assert fast == {"messaging.system": system, "messaging.operation.name": operation,
+                                "messaging.destination.name": folded}
+                seen.setdefault(id(fast), (system, operation, folded))
+    assert len(seen) == 2 * 3 * 4  # one dict per edge (equal dicts for folded queues)
+    named = metrics.edge_attributes("kafka", "send", "orders",
+                                    {"messaging.destination.name": "renamed"})
+    assert named["messaging.destination.name"] == "renamed"
+    assert metrics.edge_attributes("kafka", "send", "orders", None)[
+        "messaging.destination.name"] == "orders"
+    before = metrics.edge_attributes("kafka", "send", "orders", None)
+    hoptrace.configure()  # a settings change drops the cached edges
+    try:
+        after = metrics.edge_attributes("kafka", "send", "orders", None)
+        assert after == before and after is not before
+    finally:
+        from hoptrace import _config
+
+        _config.reset()
+
+
+def test_counts_go_on_across_a_settings_change() -> None:
+    # A settings change rebuilds the instruments; the provider keeps the observable counters
+    # it made first (and their callbacks), so the counts must keep going into those.
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    metrics.use_meter_provider(provider)
+    try:
+        def hop() -> None:
+            with hoptrace.produce_scope(None, "settings-q", "rabbitmq") as send:
+                carrier = send.carrier
+            with hoptrace.consume_scope(carrier, "settings-q", "rabbitmq"):
+                pass
+
+        for _ in range(3):
+            hop()
+        hoptrace.configure(disabled_metrics={metrics.PATHWAY})
+        for _ in range(4):
+            hop()
+        hoptrace.configure()
+        for _ in range(2):
+            hop()
+        found = Metrics(reader)
+        for name in (metrics.SENT_MESSAGES, metrics.CONSUMED_MESSAGES):
+            values = [p.value for p in found.points(name)]
+            assert values == [9], (name, values)
+    finally:
+        metrics.use_meter_provider(None)
+        from hoptrace import _config
+
+        _config.reset()
+        provider.shutdown()

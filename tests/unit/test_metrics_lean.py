@@ -396,3 +396,42 @@ def test_a_meter_switched_off_and_on_again(monkeypatch: pytest.MonkeyPatch) -> N
         assert pair.lean[0]._proxy is not None  # the config read without the calls
     finally:
         pair.close()
+
+
+#: Values an explicit-bucket aggregation might trip on: zeros of both signs, the smallest
+#: subnormal, each boundary and its neighbours either side, ints and a bool, the largest float.
+HOSTILE = [0.0, -0.0, 5e-324, 0, 1, True, 7, 10**20, 1.7976931348623157e308,
+           *BUCKETS, *(math.nextafter(b, 0.0) for b in BUCKETS),
+           *(math.nextafter(b, math.inf) for b in BUCKETS), 0.3, 0.3]
+
+
+@pytest.mark.parametrize("record_min_max", [True, False])
+@pytest.mark.parametrize("exemplar_filter", ["trace_based", "always_on", "always_off"])
+def test_the_inlined_aggregate_matches_the_sdk_s_on_hostile_values(
+    record_min_max: bool, exemplar_filter: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lean path adds to the explicit-bucket aggregation's buckets, sum, min and max
+    # itself: the same points as the SDK's own ``aggregate``, collection after collection
+    # (a delta reader empties the buckets at each), with and without min/max, in every order.
+    monkeypatch.setenv("OTEL_METRICS_EXEMPLAR_FILTER", exemplar_filter)
+    views = [View(instrument_name="hoptrace.queue_wait",
+                  aggregation=ExplicitBucketHistogramAggregation(
+                      BUCKETS, record_min_max=record_min_max))]
+    pair = Pair(lambda: [InMemoryMetricReader(),
+                         InMemoryMetricReader(preferred_temporality=DELTA)], views=views)
+    try:
+        h = pair.histogram("hoptrace.queue_wait")
+        for turn, kind in enumerate(("sampled", "none", "unsampled", "sampled")):
+            values = HOSTILE if turn % 2 == 0 else HOSTILE[::-1]
+            with active(kind):
+                for value in values:
+                    pair.record(h, value, SEND)
+                    pair.record(h, value / 3, RECV)
+            got = pair.compare()  # (each collection resets the delta reader's buckets)
+            assert sum(p["count"] for p in got[1][0][5]) == 2 * len(HOSTILE)
+        assert inlined_offers(pair) == [EXEMPLARS] * 2 * 2
+        point = next(p for p in got[0][0][5] if p["attributes"] == SEND)
+        assert point["count"] == 4 * len(HOSTILE)
+        assert ("min" in point and point["min"] == 0.0) or not record_min_max
+    finally:
+        pair.close()

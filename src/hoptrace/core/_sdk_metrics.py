@@ -12,8 +12,11 @@ through ``Histogram.record``; then it finds, in each reader's storage, the aggre
 made for it (one per matching View; a View's ``DropAggregation`` is left out). Later records
 of the same dict take the exemplar filter's decision as the SDK takes it (its trace-based and
 always-off filters inlined, any other one asked with the same arguments), and call each
-aggregation's own ``aggregate`` with a measurement of the same fields: the buckets, sum, min,
-max, count, temporality and exemplars are the SDK's own doing.
+aggregation's own ``aggregate`` with a measurement of the same fields. For the SDK's
+explicit-bucket aggregation with its aligned-bucket reservoir, of the shape this module knows
+(:func:`_offer_inlined`), :func:`_aggregate` makes ``aggregate``'s own steps instead, under
+the aggregation's lock: the bucket count, sum, min and max, then the reservoir's offer. The
+temporality, the collection and the exported points remain the SDK's own doing.
 
 At first use, :func:`lean_histogram` checks that the SDK's record path has a shape this module
 knows (opentelemetry-sdk 1.20 to 1.45; the names each step reads, as ``_sdk_spans`` does). A
@@ -227,20 +230,15 @@ class LeanHistogram:
             else:
                 now = time_ns()
                 keep = sample(amount, now, attributes, ctx)
-            measurement = _new_measurement(
-                _Measurement, (amount, now, self._histogram, ctx, attributes))
+            measurement = None
             for aggregate, aggregation in bound[2]:
-                if not keep or aggregation is None:
+                if aggregation is None:
+                    if measurement is None:
+                        measurement = _new_measurement(
+                            _Measurement, (amount, now, self._histogram, ctx, attributes))
                     aggregate(measurement, keep)
                     continue
-                # The aggregate, then its reservoir's offer, as ``_sample_exemplar`` makes it:
-                # the bucket AlignedHistogramBucketExemplarReservoir finds by scanning its
-                # boundaries is the one bisect_left finds in them (finite value, sorted).
-                aggregate(measurement, False)
-                reservoir = aggregation._reservoir
-                with reservoir._lock:
-                    reservoir._reservoir_storage[bisect_left(reservoir._boundaries, amount)].offer(
-                        amount, now, attributes, ctx)
+                _aggregate(aggregation, amount, keep, now, attributes, ctx)
         else:
             measurement = _new_measurement(
                 _Measurement, (amount, 0, self._histogram, None, attributes))
@@ -286,6 +284,39 @@ class LeanHistogram:
         return tuple(sinks)
 
 
+def _aggregate(aggregation: Any, amount: float, keep: bool, now: int, attributes: Any,
+               ctx: Any) -> None:
+    """``aggregation.aggregate(measurement, keep)``, step by step, for :func:`_offer_inlined` ones.
+
+    The explicit-bucket aggregation's own steps under its lock (the value is finite and not
+    negative: its bucket is ``bisect_left``'s), then, with ``keep``, its reservoir's offer as
+    ``_sample_exemplar`` makes it: the bucket AlignedHistogramBucketExemplarReservoir finds
+    by scanning its boundaries is the one ``bisect_left`` finds in them. (The locks are taken
+    by acquire/try/finally rather than ``with``: half the instructions, the same release.)
+    """
+    lock = aggregation._lock
+    lock.acquire()
+    try:
+        if aggregation._value is None:
+            aggregation._value = [0] * (len(aggregation._boundaries) + 1)
+        aggregation._sum += amount
+        if aggregation._record_min_max:
+            aggregation._min = min(aggregation._min, amount)
+            aggregation._max = max(aggregation._max, amount)
+        aggregation._value[bisect_left(aggregation._boundaries, amount)] += 1
+    finally:
+        lock.release()
+    if keep:
+        reservoir = aggregation._reservoir
+        lock = reservoir._lock
+        lock.acquire()
+        try:
+            reservoir._reservoir_storage[bisect_left(reservoir._boundaries, amount)].offer(
+                amount, now, attributes, ctx)
+        finally:
+            lock.release()
+
+
 #: The names each step of an exemplar offer reads, from ``aggregate`` of an explicit-bucket
 #: histogram to the bucket (SDK 1.28 to 1.45), for :func:`_offer_inlined`.
 _OFFER_NAMES: Final = {
@@ -297,6 +328,7 @@ _OFFER_NAMES: Final = {
     "offer": frozenset({"BucketIndexError", "_find_bucket_index", "_lock",
                         "_reservoir_storage", "offer"}),
     "_find_bucket_index": frozenset({"_boundaries", "enumerate", "len"}),
+    "_get_empty_bucket_counts": frozenset({"_boundaries", "len"}),
 }
 
 
@@ -334,15 +366,21 @@ def _offer_inlined(aggregation: Any) -> bool:
         "aggregate": histogram.aggregate, "_sample_exemplar": histogram._sample_exemplar,
         "offer": getattr(aligned, "offer", None),
         "_find_bucket_index": getattr(aligned, "_find_bucket_index", None),
+        "_get_empty_bucket_counts": histogram._get_empty_bucket_counts,
     }
     if any(_names(function) != _OFFER_NAMES[name] for name, function in steps.items()):
         return False
-    if not (_own(aggregation, "aggregate") and _own(aggregation, "_sample_exemplar")):
+    if not (_own(aggregation, "aggregate") and _own(aggregation, "_sample_exemplar")
+            and _own(aggregation, "_get_empty_bucket_counts")):
         return False
     boundaries = getattr(reservoir, "_boundaries", None)
     storage = getattr(reservoir, "_reservoir_storage", None)
+    own = getattr(aggregation, "_boundaries", None)
     return (
-        isinstance(boundaries, (list, tuple))
+        type(own) is tuple  # (the aggregation's: sorted and finite as the reservoir's)
+        and list(own) == list(boundaries or ())
+        and type(getattr(aggregation, "_lock", None)).__name__ in ("lock", "RLock")
+        and isinstance(boundaries, (list, tuple))
         and all(type(b) in (int, float) and math.isfinite(b) for b in boundaries)
         and all(a < b for a, b in itertools.pairwise(boundaries))
         and type(storage).__name__ == "defaultdict"

@@ -24,8 +24,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.context import Context
@@ -77,23 +78,27 @@ _MAX_EDGES: Final = 2048
 _SEND: Final = 0
 _PROCESS: Final = 1
 _OTHER: Final = 2
+_OP_SEND: Final = semconv.OP_SEND
+_OP_PROCESS: Final = semconv.OP_PROCESS
 
 assert set(METRIC_NAMES) == {SENT_MESSAGES, CONSUMED_MESSAGES, OPERATION_DURATION,
                              PROCESS_DURATION, QUEUE_WAIT, CLOCK_SKEW, PATHWAY, RETRIES,
                              DEAD_LETTERS}
 
 
-class Record:
-    """What a scope's close records: its kind, start time, edge attributes and instruments."""
+class Record(NamedTuple):
+    """What a scope's close records: its kind, start time, edge attributes and instruments.
 
-    __slots__ = ("attributes", "instruments", "kind", "start")
+    (A tuple: the hooks make one per scope with ``tuple.__new__``, without an ``__init__``.)
+    """
 
-    def __init__(self, kind: int, start: int, attributes: dict[str, Any],
-                 instruments: _Instruments) -> None:
-        self.kind = kind
-        self.start = start
-        self.attributes = attributes
-        self.instruments = instruments
+    kind: int
+    start: int
+    attributes: dict[str, Any]
+    instruments: _Instruments
+
+
+_new_record = tuple.__new__
 
 
 class _Tally:
@@ -116,8 +121,12 @@ class _Tally:
     def add(self, amount: int, attributes: dict[str, Any]) -> None:
         bound = self._cells.get(id(attributes))
         if bound is not None and bound[0] is attributes:
-            with self._lock:
+            lock = self._lock
+            lock.acquire()  # (not ``with``: half the instructions, the same release)
+            try:
                 bound[1][0] += amount
+            finally:
+                lock.release()
             return
         known = _tally_keys.get(id(attributes))  # an edge's cached dict: its key, built once
         cached = known is not None and known[0] is attributes
@@ -149,9 +158,17 @@ class _Instruments:
         def counter(name: str, description: str) -> Any:
             if not on(name):
                 return None
-            tally = _Tally()
-            meter.create_observable_counter(
-                name, callbacks=[tally.observe], unit="{message}", description=description)
+            # One tally per provider and metric, kept across rebuilds (a settings change):
+            # the provider keeps the observable counter first made, and its callback.
+            try:
+                known = _tallies.setdefault(provider, {})
+            except TypeError:  # a provider that takes no weak reference
+                known = {}
+            tally = known.get(name)
+            if tally is None:
+                tally = known[name] = _Tally()
+                meter.create_observable_counter(
+                    name, callbacks=[tally.observe], unit="{message}", description=description)
             return tally.add
 
         def histogram(name: str, description: str, buckets: tuple[float, ...]) -> Any:
@@ -202,11 +219,15 @@ def _version() -> str:
 
 
 _UNSET: Final = object()
+#: provider -> metric name -> the tally its observable counter reports
+_tallies: weakref.WeakKeyDictionary[Any, dict[str, _Tally]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 _explicit: MeterProvider | None = None
 _seen: object = _UNSET
 _live: _Instruments | None = None
 _edges: dict[tuple[object, ...], dict[str, Any]] = {}
+#: (system, operation, destination) -> the edge's dict in ``_edges``, for scopes without extras
+_plain_edges: dict[tuple[object, ...], dict[str, Any]] = {}
 #: id(an edge's cached attribute dict) -> (that dict, its items as a tally key)
 _tally_keys: dict[int, tuple[dict[str, Any], tuple[tuple[str, Any], ...]]] = {}
 #: (id(an edge's attribute dict), error.type) -> (that dict, it with error.type)
@@ -226,6 +247,7 @@ def _reset(_settings: Settings | None = None) -> None:
     with _lock:
         _seen = _UNSET
         _edges.clear()
+        _plain_edges.clear()
         _tally_keys.clear()
         _error_edges.clear()
 
@@ -309,6 +331,10 @@ def _low_cardinality(destination: str) -> str:
 
 def edge_attributes(system: str, operation: str, destination: str, extra: object) -> dict[str, Any]:
     """The attributes of one edge's metrics (cached: the same dict for the same edge)."""
+    if extra is None:  # no extra attributes: the edge's dict by a shorter key
+        attrs = _plain_edges.get((system, operation, destination))
+        if attrs is not None:
+            return attrs
     named, group, address, port, task = _edge_fields(extra)
     if isinstance(named, str) and named:
         destination = named
@@ -332,6 +358,8 @@ def edge_attributes(system: str, operation: str, destination: str, extra: object
     if len(_edges) < _MAX_EDGES:
         _edges[key] = attrs
         _tally_keys[id(attrs)] = (attrs, tuple(attrs.items()))
+        if extra is None:
+            _plain_edges[(system, operation, destination)] = attrs
     else:
         diagnostics.count("metrics.edges_over_cache")
     return attrs
@@ -368,11 +396,16 @@ def stamp_baggage(baggage: Any) -> Any:
     live = _instruments()
     if live is None or live.pathway is None:
         return baggage
+    return _stamped(baggage)
+
+
+def _stamped(baggage: Any) -> Any:
+    """``baggage`` with the origin time added unless it carries one (the pathway is on)."""
     try:
         if baggage and ORIGIN_BAGGAGE_KEY in baggage:
             return baggage
-        stamped = {ORIGIN_BAGGAGE_KEY: str(time.time_ns() // 1_000_000)}
-        return {**baggage, **stamped} if baggage else stamped
+        origin = str(time.time_ns() // 1_000_000)
+        return {**baggage, ORIGIN_BAGGAGE_KEY: origin} if baggage else {ORIGIN_BAGGAGE_KEY: origin}
     except Exception as exc:
         diagnostics.internal_error("metrics.stamp_origin", exc)
         return baggage
@@ -380,11 +413,14 @@ def stamp_baggage(baggage: Any) -> Any:
 
 def stamp_origin(ctx: Context) -> Context:
     """Return ``ctx`` whose baggage carries the origin time (``ctx`` itself when off)."""
-    live = _instruments()
+    if _explicit is None and _api is not None and _api._METER_PROVIDER is _seen:
+        live = _live  # (_instruments(), inlined: the common case)
+    else:
+        live = _instruments()
     if live is None or live.pathway is None:
         return ctx
     baggage = ctx.get(BAGGAGE_KEY)
-    stamped = stamp_baggage(baggage)
+    stamped = _stamped(baggage)
     if stamped is baggage:
         return ctx
     return Context({**ctx, BAGGAGE_KEY: stamped})
@@ -408,12 +444,15 @@ def origin_ms(baggage: object, now_ms: int) -> int | None:
 
 def send_started(system: str, destination: str, extra: object) -> Record | None:
     """Start timing a send; :func:`closed` records it. None when metrics are off."""
-    live = _instruments()
+    if _explicit is None and _api is not None and _api._METER_PROVIDER is _seen:
+        live = _live  # (_instruments(), inlined: the common case)
+    else:
+        live = _instruments()
     if live is None or (live.sent is None and live.operation is None):
         return None
     try:
-        attrs = edge_attributes(system, semconv.OP_SEND, destination, extra)
-        return Record(_SEND, time.perf_counter_ns(), attrs, live)
+        attrs = edge_attributes(system, _OP_SEND, destination, extra)
+        return _new_record(Record, (_SEND, time.perf_counter_ns(), attrs, live))
     except Exception as exc:
         diagnostics.internal_error("metrics.send", exc)
         return None
@@ -436,7 +475,10 @@ def consumed(
     Returns the record :func:`closed` completes with the processing duration, or None when
     metrics are off.
     """
-    live = _instruments()
+    if _explicit is None and _api is not None and _api._METER_PROVIDER is _seen:
+        live = _live  # (_instruments(), inlined: the common case)
+    else:
+        live = _instruments()
     if live is None:
         return None
     try:
@@ -461,8 +503,8 @@ def consumed(
         ):
             live.dead_letters(1, {**attrs, DEAD_LETTER_KIND: "x-death"})
         # (Returned even with the duration switched off: Celery counts retries through it.)
-        kind = _PROCESS if operation == semconv.OP_PROCESS else _OTHER
-        return Record(kind, time.perf_counter_ns(), attrs, live)
+        kind = _PROCESS if operation == _OP_PROCESS else _OTHER
+        return _new_record(Record, (kind, time.perf_counter_ns(), attrs, live))
     except Exception as exc:
         diagnostics.internal_error("metrics.consume", exc)
         return None
