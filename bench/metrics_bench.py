@@ -21,7 +21,16 @@ machine's speed hits them alike:
 * ``spans_metrics_lean`` — also without ``messaging.client.operation.duration``: two
   histogram records per message instead of four;
 * ``spans_metrics_sdk_record`` — ``spans_metrics`` with every histogram record going through
-  the SDK's ``Histogram.record`` (hoptrace's lean histogram path switched off): the "before".
+  the SDK's ``Histogram.record`` (hoptrace's lean histogram path switched off): the "before";
+* ``floor`` — ``spans`` plus the same metrics recorded with no hoptrace metric code: the
+  same SDK instruments (names, kinds, units, buckets; the SDK's default exemplar filter) in
+  a MeterProvider of their own, fed through the OTel API beside the same scopes, with the
+  attribute sets and the number of records per message that hoptrace makes (two counts as
+  plain integers that observable counters report, four ``Histogram.record`` calls, two of
+  them inside the span). The pathway's origin is held in a local, not carried on the wire,
+  and the counts take no lock: a lower bound for any instrumentation that records these
+  metrics through the SDK. ``check_floor`` verifies, before the timing, that it exports the
+  same metrics, kinds, attribute sets and counts as hoptrace.
 
 Writes bench/results/metrics.json. Every figure is the median over repetitions, with min/max.
 
@@ -46,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.metrics import NoOpMeter
+from opentelemetry.metrics import CallbackOptions, NoOpMeter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -58,7 +67,7 @@ from hoptrace.core import _sdk_metrics, hop, metrics
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("off_hooks_stubbed", "off", "metrics_api_noop", "metrics", "spans", "spans_metrics",
-            "spans_metrics_no_pathway", "spans_metrics_lean", "spans_metrics_sdk_record")
+            "spans_metrics_no_pathway", "spans_metrics_lean", "spans_metrics_sdk_record", "floor")
 #: What ``spans_metrics_lean`` switches off: two of the four histogram records per message.
 LEAN = frozenset({"messaging.client.operation.duration", "hoptrace.pathway.duration"})
 
@@ -91,6 +100,72 @@ def one_message() -> None:
         pass
 
 
+#: The attribute sets hoptrace's metrics carry for the two edges of :func:`one_message`.
+SEND_ATTRS = {"messaging.system": "rabbitmq", "messaging.operation.name": "send",
+              "messaging.destination.name": "bench"}
+PROCESS_ATTRS = {"messaging.system": "rabbitmq", "messaging.operation.name": "process",
+                 "messaging.destination.name": "bench"}
+
+
+class Floor:
+    """hoptrace's instruments, made through the OTel API alone (no hoptrace metric code)."""
+
+    def __init__(self, provider: MeterProvider) -> None:
+        meter = provider.get_meter("floor")
+        self.sent = [0]
+        self.consumed = [0]
+
+        def counter(name: str, cell: list[int] | None, attrs: dict[str, Any]) -> None:
+            def observe(_options: CallbackOptions) -> list[Observation]:
+                return [] if cell is None else [Observation(cell[0], attrs)]
+
+            meter.create_observable_counter(name, callbacks=[observe], unit="{message}")
+
+        def histogram(name: str, buckets: tuple[float, ...]) -> Any:
+            return meter.create_histogram(name, unit="s",
+                                          explicit_bucket_boundaries_advisory=list(buckets))
+
+        counter(metrics.SENT_MESSAGES, self.sent, SEND_ATTRS)
+        counter(metrics.CONSUMED_MESSAGES, self.consumed, PROCESS_ATTRS)
+        for name in (metrics.CLOCK_SKEW, metrics.RETRIES, metrics.DEAD_LETTERS):
+            counter(name, None, PROCESS_ATTRS)  # (made, as hoptrace makes them; no record)
+        self.operation = histogram(metrics.OPERATION_DURATION, metrics.SEMCONV_BUCKETS)
+        self.process = histogram(metrics.PROCESS_DURATION, metrics.SEMCONV_BUCKETS)
+        self.queue_wait = histogram(metrics.QUEUE_WAIT, metrics.LATENCY_BUCKETS)
+        self.pathway = histogram(metrics.PATHWAY, metrics.LATENCY_BUCKETS)
+
+
+_floor: Floor | None = None
+
+
+def one_message_floor() -> None:
+    """:func:`one_message` with hoptrace's metrics recorded through the OTel API directly.
+
+    The records are made where hoptrace makes them: the send's count and duration and the
+    processing duration inside their span (exemplars), the delivery's count, queue wait and
+    pathway outside it.
+    """
+    floor = _floor
+    assert floor is not None
+    start = time.perf_counter_ns()
+    with hoptrace.produce_scope(None, "bench", "rabbitmq") as send:
+        headers = send.carrier
+        origin_ns = time.time_ns()  # the transaction's start (hoptrace carries it as baggage)
+        floor.sent[0] += 1
+        floor.operation.record((time.perf_counter_ns() - start) / 1e9, SEND_ATTRS)
+    with hoptrace.consume_scope(headers, "bench", "rabbitmq") as scope:
+        start = time.perf_counter_ns()
+        floor.process.record((time.perf_counter_ns() - start) / 1e9, PROCESS_ATTRS)
+    floor.consumed[0] += 1
+    if scope.queue_wait_ms is not None:
+        floor.queue_wait.record(scope.queue_wait_ms / 1e3, PROCESS_ATTRS)
+    floor.pathway.record(max(0, time.time_ns() - origin_ns) / 1e9, PROCESS_ATTRS)
+
+
+def _message(name: str) -> Callable[[], None]:
+    return one_message_floor if name == "floor" else one_message
+
+
 _STUB = types.SimpleNamespace(
     stamp_origin=lambda ctx: ctx,
     send_started=lambda *args: None,
@@ -101,10 +176,14 @@ _STUB = types.SimpleNamespace(
 
 
 @contextmanager
-def variant(name: str, tracer_provider: Any, meter_provider: Any) -> Iterator[None]:
+def variant(name: str, tracer_provider: Any, meter_provider: Any,
+            floor: Floor | None = None) -> Iterator[None]:
     """Install the providers and settings of ``name``; restore the defaults after."""
+    global _floor
     previous = getattr(trace, "_TRACER_PROVIDER")  # noqa: B009 - the API's private global
-    spans = name.startswith("spans")
+    spans = name.startswith("spans") or name == "floor"
+    if name == "floor":
+        _floor = floor
     setattr(trace, "_TRACER_PROVIDER", tracer_provider if spans else None)  # noqa: B010
     if name == "metrics_api_noop":
         metrics.use_meter_provider(NoOpInstrumentsProvider())
@@ -123,6 +202,7 @@ def variant(name: str, tracer_provider: Any, meter_provider: Any) -> Iterator[No
         yield
     finally:
         _sdk_metrics._known = known
+        _floor = None
         setattr(hop, "metrics", metrics)  # noqa: B010
         metrics.use_meter_provider(None)
         _config.reset()
@@ -142,18 +222,24 @@ def run(loops: int, repeats: int) -> dict[str, Any]:
                                                           schedule_delay_millis=100))
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
+    floor_reader = InMemoryMetricReader()
+    floor_provider = MeterProvider(metric_readers=[floor_reader])
+    floor = Floor(floor_provider)
     os.environ.pop("OTEL_PYTHON_METER_PROVIDER", None)
+    check_floor(tracer_provider)
     samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for name in VARIANTS:  # warm up: instruments, caches, the edge's attribute dict
-        with variant(name, tracer_provider, meter_provider):
-            loop_time(one_message, min(loops, 2000))
+        with variant(name, tracer_provider, meter_provider, floor):
+            loop_time(_message(name), min(loops, 2000))
     for _ in range(repeats):
         for name in VARIANTS:
-            with variant(name, tracer_provider, meter_provider):
-                samples[name].append(loop_time(one_message, loops))
-    reader.get_metrics_data()  # the reader really holds the points
+            with variant(name, tracer_provider, meter_provider, floor):
+                samples[name].append(loop_time(_message(name), loops))
+    reader.get_metrics_data()  # the readers really hold the points
+    floor_reader.get_metrics_data()
     tracer_provider.shutdown()
     meter_provider.shutdown()
+    floor_provider.shutdown()
 
     figures = {
         name: {"median_us": statistics.median(values), "min_us": min(values),
@@ -177,6 +263,8 @@ def run(loops: int, repeats: int) -> dict[str, Any]:
             median("spans_metrics_lean") / median("spans") - 1),
         "metrics_sdk_record_over_spans_pct": 100 * (
             median("spans_metrics_sdk_record") / median("spans") - 1),
+        "floor_over_spans_us": median("floor") - median("spans"),
+        "floor_over_spans_pct": 100 * (median("floor") / median("spans") - 1),
         }
 
     # On a busy machine the fastest repetition is the least disturbed one: both are given.
@@ -201,18 +289,62 @@ def _providers() -> tuple[Any, Any]:
     return tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()])
 
 
+def _exported(reader: InMemoryMetricReader) -> dict[str, Any]:
+    """Per metric: its kind, unit, bucket bounds and, per attribute set, its count."""
+    out: dict[str, Any] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                points = sorted(
+                    (sorted((p.attributes or {}).items()),
+                     getattr(p, "count", getattr(p, "value", None)),
+                     bool(p.exemplars))  # (spans: the same records keep an exemplar)
+                    for p in metric.data.data_points)
+                bounds = {tuple(getattr(p, "explicit_bounds", ())) for p in metric.data.data_points}
+                kind = metric.data
+                out[metric.name] = (type(kind).__name__, metric.unit,
+                                    getattr(kind, "is_monotonic", None),
+                                    str(getattr(kind, "aggregation_temporality", None)), bounds,
+                                    points)
+    return out
+
+
+def check_floor(tracer_provider: Any, messages: int = 20) -> None:
+    """Raise unless ``floor`` exports what hoptrace does: names, kinds, attribute sets, counts
+    and which points keep exemplars (the SDK's default filter, records in the same contexts).
+    """
+    hop_reader, floor_reader = InMemoryMetricReader(), InMemoryMetricReader()
+    hop_provider = MeterProvider(metric_readers=[hop_reader])
+    floor_provider = MeterProvider(metric_readers=[floor_reader])
+    with variant("spans_metrics", tracer_provider, hop_provider):
+        for _ in range(messages):
+            one_message()
+    with variant("floor", tracer_provider, None, Floor(floor_provider)):
+        for _ in range(messages):
+            one_message_floor()
+    got, want = _exported(floor_reader), _exported(hop_reader)
+    hop_provider.shutdown()
+    floor_provider.shutdown()
+    if got != want:
+        raise AssertionError(f"the floor exports other metrics than hoptrace:\n{got}\n{want}")
+
+
 def run_one(name: str, calls: int) -> None:
     """Run ``calls`` messages of variant ``name`` through ``starmap`` (what valgrind counts)."""
     import collections
     import itertools
 
     tracer_provider, meter_provider = _providers()
+    floor_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     os.environ.pop("OTEL_PYTHON_METER_PROVIDER", None)
-    with variant(name, tracer_provider, meter_provider):
-        loop_time(one_message, 300)  # warm: instruments, caches, bindings
-        collections.deque(itertools.starmap(one_message, itertools.repeat((), calls)), maxlen=0)
+    message = _message(name)
+    with variant(name, tracer_provider, meter_provider, Floor(floor_provider)):
+        loop_time(message, 300)  # warm: instruments, caches, bindings
+        collections.deque(itertools.starmap(message, itertools.repeat((), calls)), maxlen=0)
     tracer_provider.shutdown()
     meter_provider.shutdown()
+    floor_provider.shutdown()
 
 
 def instructions(names: tuple[str, ...], calls: int) -> dict[str, int]:
@@ -269,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         result["instructions_per_message"] = counts
         result["instructions_over_spans_pct"] = {
             name: round(100 * (count / spans - 1), 1)
-            for name, count in counts.items() if name.startswith("spans_")
+            for name, count in counts.items() if name.startswith("spans_") or name == "floor"
         }
         print(f"{'variant':<28}{'instructions/msg':>17}{'over spans':>12}")
         for name, count in counts.items():

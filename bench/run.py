@@ -587,6 +587,17 @@ def _metrics_figure(data: Any) -> tuple[bool | None, str] | None:
     figure = (f"+{pct:.0f}% over spans alone ({over.get('metrics_over_spans_us', 0):.1f} µs "
               f"per hop, {data.get('case', '')})" if isinstance(pct, (int, float))
               else "see bench/results/metrics.json")
+    floor = over.get("floor_over_spans_pct") if isinstance(over, dict) else None
+    if isinstance(pct, (int, float)) and isinstance(floor, (int, float)):
+        # Not a floor for hoptrace, whose lean path goes under it: what a peer pays that
+        # records the same metrics through the API.
+        figure += (f"; the same metrics recorded through the OTel SDK's API beside the same "
+                   f"spans: +{floor:.0f}%")
+    counted = data.get("instructions_over_spans_pct")  # (--callgrind: load-independent)
+    if isinstance(counted, dict) and isinstance(counted.get("spans_metrics"), (int, float)):
+        figure += f"; instructions per message +{counted['spans_metrics']:.0f}% over spans" + (
+            f" (through the SDK's API: +{counted['floor']:.0f}%)"
+            if isinstance(counted.get("floor"), (int, float)) else "")
     return met, figure
 
 
