@@ -89,6 +89,9 @@ _mark: ContextVar[None] = ContextVar("hoptrace_held_mark", default=None)
 #: < 3.12 runs the call in a child task), or in a thread that ended, is ended at the owner's
 #: next call instead of never.
 _by_owner: dict[int, tuple[weakref.ref[Any], dict[Any, consume_scope]]] = {}
+#: The owner types that take no weak reference (a C consumer wrapped with ``wrap_consumer``):
+#: known once, not learnt from a TypeError at every call.
+_unreferenced: set[type] = set()
 #: The current thread, cached per thread (``threading.current_thread()`` costs more per call).
 _local = threading.local()
 
@@ -109,9 +112,12 @@ def _slots(owner: object) -> dict[Any, consume_scope] | None:
     record = _by_owner.get(key)
     if record is not None and record[0]() is owner:
         return record[1]
+    if type(owner) in _unreferenced:
+        return None
     try:
         ref = weakref.ref(owner, functools.partial(_forget, key))
-    except TypeError:  # an owner that takes no weak reference
+    except TypeError:  # an owner that takes no weak reference (a C type: never will)
+        _unreferenced.add(type(owner))
         return None
     # setdefault: two threads making the owner's first call keep one map between them.
     record = _by_owner.setdefault(key, (ref, {}))
@@ -163,7 +169,9 @@ def hold(
                 where = _local.thread
             except AttributeError:
                 where = _local.thread = threading.current_thread()
-        slots = _slots(owner)
+        record = _by_owner.get(id(owner))  # _slots(owner)'s common cases, inlined
+        slots = (record[1] if record is not None and record[0]() is owner
+                 else None if type(owner) in _unreferenced else _slots(owner))
         if slots and (len(slots) > 1 or where not in slots):
             for other in [w for w in slots if w is not where and _gone(w)]:
                 slots.pop(other).close()
