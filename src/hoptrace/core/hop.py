@@ -314,7 +314,25 @@ class _Scope:
 
     def close(self, exc: BaseException | None = None) -> None:
         """End the span (recording ``exc`` as its error, if given) and detach the context."""
-        self._close(exc, False)
+        # _close(exc, False) and the common case of _release, inlined: a held consume scope
+        # closes here once per message.
+        if self._closed:
+            return
+        self._closed = True
+        record = self.metrics_record
+        if record is not None:
+            metrics.closed(record, exc)
+        span = self.span
+        if span is not None:
+            self.span = None
+            end_span(span, exc, self._where)
+        token, attached = self._token, self._attached
+        if token is not None and attached is not None and get_current() is attached:
+            self._token = self._attached = None
+            if not restore(token):
+                diagnostics.count("scope.closed_elsewhere")
+        else:
+            self._release()
 
     def _close(self, exc: BaseException | None, nested: bool) -> None:
         if self._closed:
@@ -564,8 +582,16 @@ class consume_scope(_Scope):
         self.queue_wait_ms: float | None = None
         self._active: SpanContext | None = None
 
+    #: Whether a scope that makes no span opens through :meth:`_open_unrecorded` (the tests
+    #: turn it off to compare that fast path with the general one).
+    _unrecorded_fast: bool = True
+
     def _open(self, settings: Any) -> None:
         """Extract the message's context, start the span and attach both."""
+        spans = not settings.propagation_only and sdk_installed()
+        if not spans and self._unrecorded_fast:
+            self._open_unrecorded(settings)
+            return
         now_ns = time.time_ns()
         incoming = read(self._carrier, settings)
         self.incoming = incoming
@@ -600,7 +626,7 @@ class consume_scope(_Scope):
                 diagnostics.count("clock_skew")
             self.queue_wait_ms = wait
         span: Any = None
-        if not settings.propagation_only and sdk_installed():
+        if spans:
             span_id = (None if self._redelivered is None
                        else self._span_id(remote, parent_span, links))
             if parent_span is not None:
@@ -632,6 +658,65 @@ class consume_scope(_Scope):
             self._system, self._operation, self._destination, self._attributes,
             self.queue_wait_ms, skew, baggage, now_ns, self._redelivered, self._carrier)
         self._attach(Context(values))
+
+    def _open_unrecorded(self, settings: Any) -> None:
+        """:meth:`_open` when no span is made (propagation-only, no SDK): the same context.
+
+        What the general path computes only for a span (its links, attributes, upstream ID,
+        fixed span ID) is left out; everything the context, the scope's fields and metrics
+        get is the same (tests/unit/test_consume_fast_path.py compares the two).
+        """
+        now_ns = time.time_ns()
+        incoming = read(self._carrier, settings)
+        self.incoming = incoming
+        ambient = get_current()
+        trusted = settings.trust_incoming
+        # incoming_transaction, without the upstream ID only a span records
+        tx = (incoming.transaction_id if trusted else None) or generate_transaction_id()
+        self.transaction_id = tx
+        remote = incoming.span_context
+        ambient_span = ambient.get(SPAN_KEY)
+        if ambient_span is not None:
+            ambient_sc = ambient_span.get_span_context()  # type: ignore[attr-defined]
+            if ambient_sc is None or not ambient_sc.is_valid or (
+                remote is not None and ambient.get(HOP_SPAN_KEY) is ambient_span
+            ):  # (as _open: another message's open scope is no parent for this one)
+                ambient_span = None
+        # incoming_parent, without the links only a span records
+        span: Any
+        if (ambient_span is None and remote is not None and trusted
+                and settings.link_mode != "link"):
+            span = NonRecordingSpan(remote)
+            active = remote
+        else:
+            span = ambient_span if ambient_span is not None else NonRecordingSpan(
+                mint_span_context())
+            active = span.get_span_context()
+        baggage = incoming.baggage if trusted else None
+        sent = incoming.sent_ns if incoming.sent_ns is not None else self._sent_ns
+        skew = False
+        if sent is not None:
+            wait = (now_ns - sent) / 1e6
+            if wait < 0:
+                wait, skew = 0.0, True
+                diagnostics.count("clock_skew")
+            self.queue_wait_ms = wait
+        hop = _new_tuple(HopInfo, (self._system, self._destination, self._message_id))
+        values: dict[str, object]
+        if baggage is not None and baggage.get(settings.baggage_key) is tx:
+            values = {**ambient, SPAN_KEY: span, TRANSACTION_KEY: tx, BAGGAGE_KEY: baggage,
+                      HOP_KEY: hop, HOP_SPAN_KEY: span}
+        else:
+            values = {**ambient, SPAN_KEY: span, HOP_KEY: hop, HOP_SPAN_KEY: span}
+            bind_transaction(values, tx, baggage if baggage is not None
+                             else ambient.get(BAGGAGE_KEY), settings)
+        self._active = active
+        self.metrics_record = metrics.consumed(
+            self._system, self._operation, self._destination, self._attributes,
+            self.queue_wait_ms, skew, baggage, now_ns, self._redelivered, self._carrier)
+        ctx = Context(values)
+        self._token = attach(ctx)
+        self._attached = ctx
 
     def _span_id(
         self, remote: SpanContext | None, parent_span: Span | None, links: list[Link]
