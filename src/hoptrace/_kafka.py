@@ -92,10 +92,48 @@ class RecordScope(consume_scope):
 
     Kafka has no message ID: the ``topic-partition@offset`` that :func:`current_hop` and log
     lines get only repeats the destination, partition and offset the span records already.
+
+    Built once per consumed record, so :class:`consume_scope`'s fields are set here in one
+    frame; the span's Kafka attributes (:func:`record_attributes`) are only built when a
+    span records or metrics read them.
     """
 
     __slots__ = ()
     span_message_id = False
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: object,
+        headers: object,
+        create_time_ms: int | None,
+        group: str | None,
+    ) -> None:
+        # As consume_scope.__init__(headers, topic, SYSTEM, message_id=..., attributes=...,
+        # sent_ns=...) sets them.
+        self.span = None
+        self._token = None
+        self._attached = None
+        self._closed = False
+        self.metrics_record = None
+        self._redelivered = None
+        self._carrier = headers
+        self._destination = topic
+        self._system = SYSTEM
+        self._message_id = f"{topic}-{partition}@{offset}"
+        self._attributes = functools.partial(record_attributes, partition, offset, key, group)
+        self._sent_ns = (
+            create_time_ms * 1_000_000 if create_time_ms and create_time_ms > 0 else None
+        )
+        self._links = None
+        self._operation = semconv.OP_PROCESS
+        self._name = None
+        self.incoming = None
+        self.transaction_id = None
+        self.queue_wait_ms = None
+        self._active = None
 
 
 def record_scope(
@@ -108,20 +146,12 @@ def record_scope(
     group: str | None,
 ) -> consume_scope:
     """Return the (unopened) ``process {topic}`` scope of one consumed record."""
-    sent_ns = create_time_ms * 1_000_000 if create_time_ms and create_time_ms > 0 else None
-    return RecordScope(
-        headers,
-        topic,
-        SYSTEM,
-        message_id=message_id(topic, partition, offset),
-        attributes=functools.partial(record_attributes, partition, offset, key, group),
-        sent_ns=sent_ns,
-    )
+    return RecordScope(topic, partition, offset, key, headers, create_time_ms, group)
 
 
 def consumer_record_scope(record: Any, group: str | None) -> consume_scope:
     """Return the process scope of an aiokafka or kafka-python ``ConsumerRecord``."""
-    return record_scope(
+    return RecordScope(
         record.topic,
         record.partition,
         record.offset,

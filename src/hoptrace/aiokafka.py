@@ -43,7 +43,7 @@ from . import _client, _kafka
 from ._config import get_settings
 from ._kafka import close_scope as close_scope
 from ._kafka import iterate as iterate
-from ._kafka import processing
+from ._kafka import processing as processing
 from .core import diagnostics, held, semconv
 from .core.carriers import write_headers
 from .core.hop import produce_scope
@@ -311,7 +311,7 @@ async def _getone(
     record = await original(consumer, *partitions)
     if _claimed(consumer):
         return record
-    return _kafka.hold_record(consumer, record, processing, _group(consumer))
+    return _kafka.hold_record(consumer, record, _kafka.consumer_record_scope, _group(consumer))
 
 
 async def _getmany(

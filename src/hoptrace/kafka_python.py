@@ -26,7 +26,7 @@ from typing import Any, Final
 from . import _client, _kafka
 from ._kafka import close_scope as close_scope
 from ._kafka import iterate as iterate
-from ._kafka import processing
+from ._kafka import processing as processing
 from .core import held
 from .core.instrumentor import Contrib, take_over
 from .core.patching import Patcher, original_of
@@ -111,7 +111,7 @@ def _next(original: Callable[..., Any], consumer: Any) -> Any:
         record = original(consumer)
     finally:
         _in_next.reset(token)
-    return _kafka.hold_record(consumer, record, processing, _group(consumer))
+    return _kafka.hold_record(consumer, record, _kafka.consumer_record_scope, _group(consumer))
 
 
 def _poll(
