@@ -1,4 +1,7 @@
-"""Instruction counts of hoptrace's per-message paths on confluent-kafka, with no broker.
+"""Instruction counts of hoptrace's per-message paths on the Kafka clients, with no broker.
+
+``*_produce`` / ``*_consume``: confluent-kafka's ``produce()`` / ``poll()``; ``*_getone``:
+aiokafka's ``getone()``; ``*_next``: kafka-python's ``__next__``.
 
 The client's C calls are replaced by no-op Python stand-ins, so only hoptrace's own work is
 counted. Each case runs one function N times through ``starmap``, and callgrind counts only
@@ -29,6 +32,7 @@ CASES = (
     "sprop_produce", "sprop_consume", "sfast_produce", "sfast_consume",
     "sexact_produce", "sexact_consume", "fast_produce", "fast_consume",
     "exact_produce", "exact_consume",
+    "plain_getone", "prop_getone", "sfast_getone", "plain_next", "prop_next", "sfast_next",
     "piece_inject_dict", "piece_inject_list", "piece_write_list", "piece_gen_tx",
     "piece_produce_scope_dict", "piece_produce_scope_list", "piece_read_dict",
     "piece_read_list", "piece_consume_scope_dict", "piece_consume_scope_list",
@@ -60,7 +64,7 @@ def _install(mode: str) -> None:
             return SpanExportResult.SUCCESS
 
     sampled = mode.startswith("s") or mode == "span"
-    kwargs = {"sampler": ParentBased(TraceIdRatioBased(0.01))} if sampled else {}
+    kwargs: dict[str, Any] = {"sampler": ParentBased(TraceIdRatioBased(0.01))} if sampled else {}
     provider = TracerProvider(**kwargs)
     provider.add_span_processor(BatchSpanProcessor(
         Drop(), max_queue_size=1_000_000, schedule_delay_millis=100
@@ -96,8 +100,62 @@ class _Message:
         return None
 
 
+class _Record:
+    """An aiokafka / kafka-python ``ConsumerRecord`` stand-in."""
+
+    __slots__ = ("headers", "key", "offset", "partition", "timestamp", "timestamp_type",
+                 "topic")
+
+    def __init__(self, headers: list[tuple[str, bytes]]) -> None:
+        self.topic = "orders"
+        self.partition = 0
+        self.offset = 42
+        self.key = None
+        self.headers = headers
+        self.timestamp = 1_700_000_000_000
+        self.timestamp_type = 0
+
+
+class _KafkaConsumer:
+    """The consumer object the aiokafka / kafka-python wrappers hold records for."""
+
+    _group_id = "g"
+    config: dict[str, Any] = {"group_id": "g"}
+
+
 def _noop(*args: Any, **kwargs: Any) -> None:
     return None
+
+
+def _record_case(mode: str, what: str, pairs: list[tuple[str, bytes]]) -> Callable[[], object]:
+    """aiokafka's ``getone()`` (its coroutine run to the end without a loop: the thread's
+    scope slot) or kafka-python's ``__next__``, around a stand-in that returns one record."""
+    import hoptrace.aiokafka as ak
+    import hoptrace.kafka_python as kp
+
+    record = _Record(pairs)
+    consumer = _KafkaConsumer()
+
+    async def getone(consumer: Any, *partitions: Any) -> Any:
+        return record
+
+    def run(coro: Any) -> Any:
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            return done.value
+        raise RuntimeError("the stand-in never suspends")
+
+    def next_record(consumer: Any) -> Any:
+        return record
+
+    if what == "getone":
+        if mode == "plain":
+            return lambda: run(getone(consumer))
+        return lambda: run(ak._getone(getone, consumer, ()))
+    if mode == "plain":
+        return lambda: next_record(consumer)
+    return lambda: kp._next(next_record, consumer)
 
 
 def _span_case(case: str) -> Callable[[], object]:
@@ -178,6 +236,9 @@ def build(case: str) -> Callable[[], object]:
 
     def poll(*args: Any) -> Any:
         return message
+
+    if what in ("getone", "next"):
+        return _record_case(mode, what, pairs)
 
     if what == "consume":
         if mode == "plain":
