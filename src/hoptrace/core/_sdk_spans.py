@@ -44,9 +44,17 @@ from opentelemetry.sdk.trace.sampling import (
     StaticSampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import DEFAULT_TRACE_STATE, Link, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import (
+    DEFAULT_TRACE_STATE,
+    INVALID_SPAN_CONTEXT,
+    Link,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+)
 from opentelemetry.util.types import AttributeValue
 
+from .ids import TUPLE_LAYOUT as _TUPLE_LAYOUT
 from .otel_shims import SPAN_KEY as _SPAN_KEY
 
 _logger = logging.getLogger("hoptrace")
@@ -58,24 +66,33 @@ _FLAGS: Final = tuple(
 )
 
 _tuple_new = tuple.__new__
+_object_new = object.__new__
 _SPAN_ID_MAX: Final = (1 << 64) - 1
 _TRACE_ID_MAX: Final = (1 << 128) - 1
 
 
-def _tuple_layout() -> bool:
-    """Whether SpanContext is the 6-tuple (trace_id, span_id, is_remote, flags, state, valid)."""
-    if type(SpanContext.__dict__.get("__new__")) not in (FunctionType, staticmethod):
-        return False
-    flags = TraceFlags(1)
-    made = SpanContext(1, 2, is_remote=False, trace_flags=flags, trace_state=DEFAULT_TRACE_STATE)
-    invalid = SpanContext(1, 0, is_remote=True)
-    return (isinstance(made, tuple) and tuple(made) == (1, 2, False, flags, DEFAULT_TRACE_STATE,
-                                                        True)
-            and tuple(invalid) == (1, 0, True, TraceFlags(0), DEFAULT_TRACE_STATE, False)
-            and made.is_valid and not made.is_remote and made.span_id == 2)
+def _plain_init(cls: type) -> Any:
+    """``cls.__init__`` if ``cls(context)`` is ``object.__new__`` plus ``_context = context``.
+
+    (The API's ``NonRecordingSpan``: a dropped span is then made without the keyword call.)
+    """
+    init = cls.__dict__.get("__init__")
+    if (type(init) is not FunctionType or init.__code__.co_names != ("_context",)
+            or init.__code__.co_argcount != 2 or init.__defaults__
+            or cls.__dict__.get("__new__", _object_new) is not _object_new
+            or any("__new__" in vars(base) for base in cls.__mro__[1:-1])
+            or getattr(cls, "__abstractmethods__", None) or "__slots__" in cls.__dict__):
+        return None
+    made: Any = _object_new(cls)
+    made._context = INVALID_SPAN_CONTEXT
+    made2 = cls(INVALID_SPAN_CONTEXT)
+    return init if vars(made) == vars(made2) == {"_context": INVALID_SPAN_CONTEXT} else None
 
 
-_TUPLE_LAYOUT: Final = _tuple_layout()
+#: NonRecordingSpan.__init__, when a dropped span can be made as object.__new__ + _context.
+_NRS: Final = trace_api.NonRecordingSpan
+_NRS_INIT: Final = _plain_init(_NRS)
+
 
 #: The names ``Tracer.start_span`` reads in SDK 1.20 to 1.39; later versions add to them.
 _NAMES_1_20: Final = frozenset({
@@ -135,7 +152,10 @@ def _static_decisions(sampler: object) -> tuple[Decision | None, ...] | None:
     sampled. The root's entry is None when the root delegate is not a ``StaticSampler``
     (``TraceIdRatioBased``, say).
     """
-    if type(sampler) is not ParentBased or set(vars(sampler)) != set(_SAMPLER_FIELDS):
+    if (type(sampler) is not ParentBased
+            or not all(_on_instance(sampler, name) for name in _SAMPLER_FIELDS)
+            or getattr(getattr(sampler, "should_sample", None), "__func__", None)
+            is not ParentBased.__dict__.get("should_sample")):
         return None
     for cls in (ParentBased, StaticSampler):
         if type(cls.__dict__.get("should_sample")) is not FunctionType:
@@ -179,6 +199,16 @@ def _known_ratio(delegate: object) -> TraceIdRatioBased | None:
 
 
 _GATE_NAMES: Final = ("_tracer_config", "is_enabled")
+
+
+def _on_instance(obj: object, name: str) -> bool:
+    """Whether ``obj.name`` is an attribute of the instance itself, not of its class.
+
+    (Asked without ``vars(obj)``: reading an instance's ``__dict__`` makes CPython 3.11+ keep
+    it as a real dict, which slows every later attribute read of that object, the SDK's
+    own reads of its tracer and sampler on every span included.)
+    """
+    return hasattr(obj, name) and not any(name in vars(cls) for cls in type(obj).__mro__)
 
 
 def _names_of(method: object) -> tuple[str, ...] | None:
@@ -260,7 +290,7 @@ def _ids_refusal(tracer: Any) -> str | None:
     if method is not Tracer.__dict__.get("start_span") or names is None or not {
             "id_generator", "generate_span_id", "generate_trace_id"} <= set(names):
         return "Tracer.start_span is not the SDK's, or does not ask its ID generator"
-    if "id_generator" not in vars(tracer):
+    if not _on_instance(tracer, "id_generator"):
         return "the tracer keeps no id_generator of its own"
     return None
 
@@ -268,8 +298,8 @@ def _ids_refusal(tracer: Any) -> str | None:
 class Starter:
     """Starts spans for one SDK tracer: fixed IDs, and the sampling shortcuts if known."""
 
-    __slots__ = ("_drops", "_gate_inline", "_noop_metrics", "_ratio", "_sampler", "fixed_ids",
-                 "shortcuts", "tracer", "variant")
+    __slots__ = ("_drops", "_gate_inline", "_gated", "_noop_metrics", "_random_flag", "_ratio",
+                 "_sampler", "fixed_ids", "shortcuts", "tracer", "variant")
 
     def __init__(self, tracer: Any, variant: Variant | None, fixed_ids: bool) -> None:
         self.tracer = tracer
@@ -281,7 +311,8 @@ class Starter:
         self._sampler: Any = None
         self._drops: tuple[bool, ...] | None = None
         self._ratio: TraceIdRatioBased | None = None
-        gated = variant is not None and variant.gated
+        gated = self._gated = variant is not None and variant.gated
+        self._random_flag = 0 if variant is None else variant.random_flag
         #: ``tracer._is_enabled()`` is ``tracer._tracer_config.is_enabled`` (SDK 1.40 to 1.45)
         self._gate_inline = gated and _names_of(getattr(type(tracer), "_is_enabled",
                                                         None)) == _GATE_NAMES
@@ -341,7 +372,12 @@ class Starter:
             if tracer.sampler is not self._sampler:
                 self._use(tracer.sampler)
             current = context.get(_SPAN_KEY)  # get_current_span(context), without its calls
-            if current is None or not isinstance(current, trace_api.Span):
+            if current is None:  # a root: INVALID_SPAN's context, without the calls
+                if self._ratio is not None and self.fixed_ids:
+                    return self._root(name, context, kind, attributes,
+                                      trace_api.INVALID_SPAN_CONTEXT)
+                current = trace_api.INVALID_SPAN
+            elif not isinstance(current, trace_api.Span):
                 current = trace_api.INVALID_SPAN
             parent: Any = current.get_span_context()
             if type(parent) is not SpanContext:
@@ -366,10 +402,9 @@ class Starter:
     ) -> trace_api.Span:
         """A root under ``ParentBased(TraceIdRatioBased(r))``, decided as that sampler does."""
         tracer = self.tracer
-        variant: Any = self.variant
         ratio: Any = self._ratio
-        if variant.gated and not (tracer._tracer_config.is_enabled if self._gate_inline
-                                  else tracer._is_enabled()):
+        if self._gated and not (tracer._tracer_config.is_enabled if self._gate_inline
+                                else tracer._is_enabled()):
             return trace_api.NonRecordingSpan(context=parent)
         id_generator = tracer.id_generator
         if type(id_generator) is PendingIds:  # nothing is pending here: skip the wrapper
@@ -377,7 +412,7 @@ class Starter:
         trace_id = id_generator.generate_trace_id()
         if trace_id & ratio.TRACE_ID_LIMIT < ratio._bound:  # sampled: the SDK starts it
             return self.start(name, context, kind, attributes(), None, None, None, trace_id)
-        random = variant.random_flag != 0 and id_generator.is_trace_id_random()
+        random = self._random_flag != 0 and id_generator.is_trace_id_random()
         span_id = id_generator.generate_span_id()
         if _TUPLE_LAYOUT:
             span_context = _tuple_new(SpanContext, (
@@ -387,9 +422,14 @@ class Starter:
         else:  # pragma: no cover - an API whose SpanContext is laid out otherwise
             span_context = SpanContext(trace_id, span_id, is_remote=False,
                                        trace_flags=_FLAGS[2 if random else 0])
-        if variant.gated and tracer._tracer_metrics is not self._noop_metrics:
+        if self._gated and tracer._tracer_metrics is not self._noop_metrics:
             tracer._tracer_metrics.start_span(None, Decision.DROP)
-        return trace_api.NonRecordingSpan(context=span_context)
+        nrs = trace_api.NonRecordingSpan
+        if nrs is _NRS and nrs.__init__ is _NRS_INIT:  # what its __init__ does, without the call
+            span = _object_new(nrs)
+            span._context = span_context
+            return span
+        return nrs(context=span_context)
 
     def dropped_child(
         self, parent: SpanContext, span_id: int | None = None
@@ -421,18 +461,15 @@ class Starter:
                 parent.is_valid)
         if not valid or not drops[(2 if remote else 0) + (0 if flags & 1 else 1)]:
             return None
-        variant: Any = self.variant
-        if variant.gated and not (tracer._tracer_config.is_enabled if self._gate_inline
-                                  else tracer._is_enabled()):
+        if self._gated and not (tracer._tracer_config.is_enabled if self._gate_inline
+                                else tracer._is_enabled()):
             return trace_api.NonRecordingSpan(context=parent)
         id_generator = tracer.id_generator
         if type(id_generator) is PendingIds:  # nothing is pending here: skip the wrapper
             id_generator = id_generator.inner
-        random = False
-        if variant.random_flag == 2:
-            random = bool(flags & _RANDOM_FLAG)
-        elif variant.random_flag == 1:
-            random = id_generator.is_trace_id_random()
+        random_flag = self._random_flag
+        random = (bool(flags & _RANDOM_FLAG) if random_flag == 2
+                  else random_flag == 1 and id_generator.is_trace_id_random())
         span_id = span_id or id_generator.generate_span_id()
         new_flags = _FLAGS[2 if random else 0]  # not sampled
         if _TUPLE_LAYOUT:  # what SpanContext.__new__ builds, without its checks repeated
@@ -444,9 +481,14 @@ class Starter:
         else:  # pragma: no cover
             span_context = SpanContext(trace_id, span_id, is_remote=False,
                                        trace_flags=new_flags, trace_state=state)
-        if variant.gated and tracer._tracer_metrics is not self._noop_metrics:
+        if self._gated and tracer._tracer_metrics is not self._noop_metrics:
             tracer._tracer_metrics.start_span(parent, Decision.DROP)
-        return trace_api.NonRecordingSpan(context=span_context)
+        nrs = trace_api.NonRecordingSpan
+        if nrs is _NRS and nrs.__init__ is _NRS_INIT:  # what its __init__ does, without the call
+            span = _object_new(nrs)
+            span._context = span_context
+            return span
+        return nrs(context=span_context)
 
     def _use(self, sampler: Any) -> None:
         """Read which of ``sampler``'s parent cases drop, and its known ratio root delegate."""
@@ -468,11 +510,10 @@ def _shortcut_refusal(tracer: Any) -> tuple[str | None, Variant | None]:
     if variant is None:
         version = ".".join(map(str, _sdk_version())) or "?"
         return f"Tracer.start_span of opentelemetry-sdk {version} is not one it knows", None
-    fields = set(vars(tracer))
     needed = {"sampler", "id_generator"} | ({"_tracer_metrics"} if variant.gated else set())
-    if not needed <= fields or (variant.gated and not callable(getattr(tracer, "_is_enabled",
-                                                                        None))):
-        return f"the tracer lacks {sorted(needed - fields) or ['_is_enabled']}", None
+    missing = sorted(name for name in needed if not _on_instance(tracer, name))
+    if missing or (variant.gated and not callable(getattr(tracer, "_is_enabled", None))):
+        return f"the tracer lacks {missing or ['_is_enabled']}", None
     return None, variant
 
 

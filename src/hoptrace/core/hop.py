@@ -164,14 +164,12 @@ _FAILED: Final[Span] = NonRecordingSpan(INVALID_SPAN_CONTEXT)
 def _dropped_child(parent: Span, span_id: int | None, where: str) -> Span | None:
     """The non-recording child of ``parent`` when the sampler is known to drop it, else None.
 
-    Only a valid, unsampled parent is asked about (see :func:`spans.dropped_child`); a failure
-    is counted at ``where`` and returns :data:`_FAILED`.
+    :func:`spans.dropped_child` decides from the parent's span context (an invalid one, or
+    one whose delegate may keep the child, gives None); a failure is counted at ``where``
+    and returns :data:`_FAILED`.
     """
     try:
-        sc = parent.get_span_context()
-        if sc.trace_flags & 1 or not sc.is_valid:  # sampled (one int op, not the property)
-            return None
-        return dropped_child(sc, span_id)
+        return dropped_child(parent.get_span_context(), span_id)
     except Exception as exc:
         diagnostics.internal_error(where, exc)
         return _FAILED

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from random import getrandbits
+from types import FunctionType
 from typing import Final
 
-from opentelemetry.trace import SpanContext, TraceFlags
+from opentelemetry.trace import DEFAULT_TRACE_STATE, SpanContext, TraceFlags
 
 from . import diagnostics
 from .settings import (
@@ -16,11 +17,35 @@ from .settings import (
 )
 
 _SAMPLED_OFF: Final = TraceFlags(0)
+_TRACE_ID_MAX: Final = (1 << 128) - 1
+_tuple_new = tuple.__new__
+
+
+def _tuple_layout() -> bool:
+    """Whether SpanContext is the 6-tuple (trace_id, span_id, is_remote, flags, state, valid)."""
+    if type(SpanContext.__dict__.get("__new__")) not in (FunctionType, staticmethod):
+        return False
+    flags = TraceFlags(1)
+    made = SpanContext(1, 2, is_remote=False, trace_flags=flags, trace_state=DEFAULT_TRACE_STATE)
+    invalid = SpanContext(1, 0, is_remote=True)
+    return (isinstance(made, tuple) and tuple(made) == (1, 2, False, flags, DEFAULT_TRACE_STATE,
+                                                        True)
+            and tuple(invalid) == (1, 0, True, TraceFlags(0), DEFAULT_TRACE_STATE, False)
+            and made.is_valid and not made.is_remote and made.span_id == 2
+            and SpanContext(1, 2, False)[4] is DEFAULT_TRACE_STATE)
+
+
+#: Whether a SpanContext can be built as its tuple directly (what ``SpanContext.__new__``
+#: builds, without its checks, for IDs already known to be valid).
+TUPLE_LAYOUT: Final = _tuple_layout()
 
 
 def mint_span_context(trace_id: int | None = None) -> SpanContext:
     """Return a fresh W3C-valid, unsampled span context (a new trace unless ``trace_id`` given)."""
     tid = trace_id if trace_id else getrandbits(128) or 1
+    if TUPLE_LAYOUT and 0 < tid <= _TRACE_ID_MAX:  # both IDs valid: SpanContext's own tuple
+        return _tuple_new(SpanContext, (tid, getrandbits(64) or 1, False, _SAMPLED_OFF,
+                                        DEFAULT_TRACE_STATE, True))
     return SpanContext(tid, getrandbits(64) or 1, False, _SAMPLED_OFF)
 
 

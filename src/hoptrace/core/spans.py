@@ -14,12 +14,13 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from opentelemetry import trace as _trace_api
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from . import diagnostics
-from .otel_shims import tracer
+from .otel_shims import _tracer_cache, tracer
 from .settings import get_settings
 
 #: [tracer, its _sdk_spans.Starter or None] for the tracer last seen.
@@ -93,14 +94,18 @@ def start_span_lazy(
     ``NonRecordingSpan``, made without building them. Anything else gets
     ``tracer.start_span``.
     """
-    current = tracer()
+    # (tracer(): its cache read here, no call, while the provider holds)
+    provider = getattr(_trace_api, "_TRACER_PROVIDER", None)
+    cached = _tracer_cache
+    current: Any = cached[1] if provider is cached[0] and provider is not None else tracer()
     if get_settings().fast_spans:
         cache = _starter_cache
         starter = cache[1] if cache[0] is current else _starter_for(current)
         if starter is not None:
             return starter.start_lazy(name, context, kind, attributes)  # type: ignore[no-any-return]
-    return current.start_span(name, context=context, kind=kind, attributes=attributes(),
-                              links=None, start_time=None)  # (as start_span passes them)
+    return current.start_span(  # type: ignore[no-any-return]
+        name, context=context, kind=kind, attributes=attributes(), links=None,
+        start_time=None)  # (as start_span passes them)
 
 
 def dropped_child(parent: SpanContext, span_id: int | None = None) -> Span | None:
@@ -112,7 +117,9 @@ def dropped_child(parent: SpanContext, span_id: int | None = None) -> Span | Non
     """
     if not get_settings().fast_spans:
         return None
-    current = tracer()
+    provider = getattr(_trace_api, "_TRACER_PROVIDER", None)  # (tracer(), as above)
+    cached = _tracer_cache
+    current: Any = cached[1] if provider is cached[0] and provider is not None else tracer()
     cache = _starter_cache
     starter = cache[1] if cache[0] is current else _starter_for(current)
     if starter is None:
