@@ -265,6 +265,7 @@ class _Scope:
 
     def open(self: _S) -> _S:
         """Open the scope (:meth:`_open`) unless hoptrace is disabled; never raises."""
+        # transaction.open repeats these steps inline: change both together.
         settings = get_settings()
         if settings.enabled:
             try:

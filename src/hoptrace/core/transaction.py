@@ -11,12 +11,12 @@ from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, Span, SpanKind
 from opentelemetry.util.types import AttributeValue
 
-from . import semconv
-from .context import TRANSACTION_KEY, bind_transaction, span_in
+from . import diagnostics, semconv
+from .context import TRANSACTION_KEY, bind_transaction
 from .hop import _Scope
 from .ids import generate_transaction_id, mint_span_context, validate_transaction_id
 from .otel_shims import BAGGAGE_KEY, SPAN_KEY, get_current, sdk_installed
-from .settings import ConfigurationError, Settings
+from .settings import ConfigurationError, Settings, get_settings, new_transaction_id
 from .spans import start_span_lazy
 
 TFunc = TypeVar("TFunc", bound=Callable[..., Any])
@@ -43,7 +43,7 @@ class transaction(_Scope):
             raise ConfigurationError(f"name must be a str or None, got {type(name).__name__}")
         if transaction_id is not None:
             validate_transaction_id(transaction_id)
-        super().__init__()
+        _Scope.__init__(self)
         self._name = name
         self._fixed_id = transaction_id
         self._attributes = attributes
@@ -58,10 +58,24 @@ class transaction(_Scope):
                 "for a nested transaction"
             )
         self._closed = False  # the same object may be entered again once closed
-        return super().open()
+        # (_Scope.open, without its call: every edge of every message opens one.)
+        settings = get_settings()
+        if settings.enabled:
+            try:
+                self._open(settings)
+            except Exception as exc:
+                diagnostics.internal_error(self._opening, exc)
+        return self
+
+    #: ``with transaction(...)``: :meth:`open` itself.
+    __enter__ = open
 
     def _open(self, settings: Settings) -> None:
-        tx = self._fixed_id or generate_transaction_id()
+        tx = self._fixed_id
+        if not tx:
+            # generate_transaction_id(), with the settings in hand
+            tx = (new_transaction_id() if settings.transaction_id_generator is new_transaction_id
+                  else generate_transaction_id())
         self.transaction_id = tx
         parent = get_current()
         span = self.span = self._start_span(parent, tx, settings)
@@ -78,7 +92,7 @@ class transaction(_Scope):
 
     def _start_span(self, parent: Context, tx: str, settings: Settings) -> Span:
         if settings.propagation_only or not sdk_installed():
-            active = span_in(parent)
+            active: Span | None = parent.get(SPAN_KEY)  # type: ignore[assignment]  # (span_in)
             if active is not None and active.get_span_context().is_valid:
                 return NonRecordingSpan(mint_span_context(active.get_span_context().trace_id))
             return NonRecordingSpan(mint_span_context())
@@ -92,9 +106,6 @@ class transaction(_Scope):
         if self._attributes:
             attrs.update(self._attributes)
         return attrs
-
-    def __enter__(self) -> transaction:
-        return self.open()
 
     async def __aenter__(self) -> transaction:
         return self.open()
