@@ -25,21 +25,21 @@ and handled, per call. The consumed messages carry what hoptrace's own publish w
 
 from __future__ import annotations
 
-import collections
 import datetime
-import itertools
-import re
-import subprocess
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import callgrind_cases  # the shared runner
 
 CLIENT_CASES = (
     "pika_publish", "pika_consume", "pika_get", "kombu_publish", "kombu_consume",
     "aiopika_publish", "aiopika_consume", "celery_publish", "celery_run",
 )
 CASES = tuple(f"{mode}_{case}" for case in CLIENT_CASES for mode in ("plain", "prop"))
-CALLS = 2000
 PAYLOAD = b'{"order": 42}'
 QUEUE = "bench-queue-0123456789abc"
 
@@ -292,41 +292,5 @@ def build(case: str) -> Callable[[], object]:
     return _CLIENTS[client](mode, path, headers)
 
 
-def run(case: str, calls: int) -> None:
-    one = build(case)
-    for _ in range(200):  # warm-up: caches, lazy imports
-        one()
-    collections.deque(itertools.starmap(one, itertools.repeat((), calls)), maxlen=0)
-
-
-def count(case: str) -> int:
-    """Instructions per call of ``case``, by callgrind."""
-    out = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--collect-atstart=no",
-         "--toggle-collect=starmap_next", "--callgrind-out-file=/dev/null",
-         sys.executable, __file__, "--run", case, str(CALLS)],
-        capture_output=True, text=True, check=True, env={**_env(), "PYTHONHASHSEED": "0"},
-    )
-    found = re.search(r"Collected : (\d+)", out.stderr)
-    if found is None:
-        raise RuntimeError(out.stderr[-2000:])
-    return int(found.group(1)) // CALLS
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
-
-
-def main(argv: list[str]) -> int:
-    if argv[:1] == ["--run"]:
-        run(argv[1], int(argv[2]))
-        return 0
-    for case in argv or CASES:
-        print(f"{case:28} {count(case) / 1000:8.1f}k instructions per call", flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(callgrind_cases.cli(sys.argv[1:], __file__, CASES, build))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import re
 import subprocess
 import sys
@@ -254,35 +255,44 @@ def build(case: str) -> Callable[[], object]:
     return lambda: ck._produce(_noop, None, "orders", (b"x",), {})
 
 
-def run(case: str, calls: int) -> None:
-    one = build(case)
-    for _ in range(200):  # warm-up: caches, lazy imports, the recorder's probe
+def repeat_calls(one: Callable[[], object], calls: int) -> None:
+    """Warm ``one`` up, then call it ``calls`` times in the loop callgrind counts."""
+    for _ in range(200):  # warm-up: caches, lazy imports, the probes
         one()
     collections.deque(itertools.starmap(one, itertools.repeat((), calls)), maxlen=0)
 
 
-def count(case: str) -> int:
-    """Instructions per call of ``case``, by callgrind."""
+def count_in(script: str, case: str, calls: int = CALLS) -> int:
+    """Instructions per call of ``case`` of ``script`` (run as ``script --run CASE N``)."""
     out = subprocess.run(
         ["valgrind", "--tool=callgrind", "--collect-atstart=no",
          "--toggle-collect=starmap_next", "--callgrind-out-file=/dev/null",
-         sys.executable, __file__, "--run", case, str(CALLS)],
+         sys.executable, script, "--run", case, str(calls)],
         capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
     )
     found = re.search(r"Collected : (\d+)", out.stderr)
     if found is None:
         raise RuntimeError(out.stderr[-2000:])
-    return int(found.group(1)) // CALLS
+    return int(found.group(1)) // calls
 
 
-def main(argv: list[str]) -> int:
+def cli(argv: list[str], script: str, cases: tuple[str, ...],
+        build_case: Callable[[str], Callable[[], object]]) -> int:
+    """The command line of a callgrind script: a table of ``cases``, or ``--run CASE N``."""
     if argv[:1] == ["--run"]:
-        run(argv[1], int(argv[2]))
+        repeat_calls(build_case(argv[1]), int(argv[2]))
         return 0
-    for case in argv or CASES:
-        print(f"{case:34} {count(case) / 1000:8.1f}k instructions per call", flush=True)
+    for case in argv or cases:
+        print(f"{case:34} {count_in(script, case) / 1000:8.1f}k instructions per call",
+              flush=True)
     return 0
 
 
+def count(case: str) -> int:
+    """Instructions per call of ``case``, by callgrind."""
+    return count_in(__file__, case)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(cli(sys.argv[1:], __file__, CASES, build))

@@ -20,11 +20,7 @@ Cases:
 
 from __future__ import annotations
 
-import collections
-import itertools
 import os
-import re
-import subprocess
 import sys
 from collections.abc import Callable
 
@@ -34,7 +30,6 @@ import callgrind_cases  # the shared stand-ins and SDK set-up
 
 CASES = ("tx_prop", "tx_sfast", "tx_sexact", "tx_fast", "sendunder_sfast", "piece_mint",
          "piece_gen_tx")
-CALLS = 2000
 
 
 def build(case: str) -> Callable[[], object]:
@@ -46,8 +41,9 @@ def build(case: str) -> Callable[[], object]:
         from hoptrace.core import ids
 
         hoptrace.configure(propagation_only=True)
-        return {"piece_mint": ids.mint_span_context,
-                "piece_gen_tx": ids.generate_transaction_id}[case]
+        pieces: dict[str, Callable[[], object]] = {
+            "piece_mint": ids.mint_span_context, "piece_gen_tx": ids.generate_transaction_id}
+        return pieces[case]
     callgrind_cases._install(mode)
     hoptrace.configure(fast_spans=not mode.endswith("exact"), propagation_only=mode == "prop")
     transaction = hoptrace.transaction
@@ -67,35 +63,5 @@ def build(case: str) -> Callable[[], object]:
     return lambda: ck._produce(noop, None, "orders", (b"x",), {})
 
 
-def run(case: str, calls: int) -> None:
-    one = build(case)
-    for _ in range(200):  # warm-up: caches, lazy imports, the probes
-        one()
-    collections.deque(itertools.starmap(one, itertools.repeat((), calls)), maxlen=0)
-
-
-def count(case: str) -> int:
-    """Instructions per call of ``case``, by callgrind."""
-    out = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--collect-atstart=no",
-         "--toggle-collect=starmap_next", "--callgrind-out-file=/dev/null",
-         sys.executable, __file__, "--run", case, str(CALLS)],
-        capture_output=True, text=True, check=True,
-    )
-    found = re.search(r"Collected : (\d+)", out.stderr)
-    if found is None:
-        raise RuntimeError(out.stderr[-2000:])
-    return int(found.group(1)) // CALLS
-
-
-def main(argv: list[str]) -> int:
-    if argv[:1] == ["--run"]:
-        run(argv[1], int(argv[2]))
-        return 0
-    for case in argv or CASES:
-        print(f"{case:34} {count(case) / 1000:8.1f}k instructions per call", flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(callgrind_cases.cli(sys.argv[1:], __file__, CASES, build))
