@@ -136,17 +136,9 @@ class RecordScope(consume_scope):
         self._active = None
 
 
-def record_scope(
-    topic: str,
-    partition: int,
-    offset: int,
-    key: object,
-    headers: object,
-    create_time_ms: int | None,
-    group: str | None,
-) -> consume_scope:
-    """Return the (unopened) ``process {topic}`` scope of one consumed record."""
-    return RecordScope(topic, partition, offset, key, headers, create_time_ms, group)
+#: The (unopened) ``process {topic}`` scope of one consumed record:
+#: ``record_scope(topic, partition, offset, key, headers, create_time_ms, group)``.
+record_scope: Final = RecordScope
 
 
 def consumer_record_scope(record: Any, group: str | None) -> consume_scope:

@@ -48,6 +48,7 @@ from opentelemetry.trace import (
     DEFAULT_TRACE_STATE,
     INVALID_SPAN_CONTEXT,
     Link,
+    Span,
     SpanContext,
     SpanKind,
     TraceFlags,
@@ -112,6 +113,17 @@ _NAMES_1_42_1: Final = _NAMES_1_42 | {"random_trace_id", "trace_flags"}
 _SAMPLER_FIELDS: Final = ("_root", "_local_parent_sampled", "_local_parent_not_sampled",
                           "_remote_parent_sampled", "_remote_parent_not_sampled")
 
+
+
+def _non_recording(span_context: SpanContext) -> Span:
+    """The API's ``NonRecordingSpan`` of ``span_context``, without its ``__init__`` call while
+    that ``__init__`` is the one that only stores the context."""
+    nrs = trace_api.NonRecordingSpan
+    if nrs is _NRS and nrs.__init__ is _NRS_INIT:
+        span: Span = _object_new(nrs)
+        span._context = span_context  # type: ignore[attr-defined]
+        return span
+    return nrs(context=span_context)
 
 class Variant(NamedTuple):
     """What one known version of ``Tracer.start_span`` does beyond SDK 1.20's."""
@@ -424,12 +436,7 @@ class Starter:
                                        trace_flags=_FLAGS[2 if random else 0])
         if self._gated and tracer._tracer_metrics is not self._noop_metrics:
             tracer._tracer_metrics.start_span(None, Decision.DROP)
-        nrs = trace_api.NonRecordingSpan
-        if nrs is _NRS and nrs.__init__ is _NRS_INIT:  # what its __init__ does, without the call
-            span = _object_new(nrs)
-            span._context = span_context
-            return span
-        return nrs(context=span_context)
+        return _non_recording(span_context)
 
     def dropped_child(
         self, parent: SpanContext, span_id: int | None = None
@@ -483,12 +490,7 @@ class Starter:
                                        trace_flags=new_flags, trace_state=state)
         if self._gated and tracer._tracer_metrics is not self._noop_metrics:
             tracer._tracer_metrics.start_span(parent, Decision.DROP)
-        nrs = trace_api.NonRecordingSpan
-        if nrs is _NRS and nrs.__init__ is _NRS_INIT:  # what its __init__ does, without the call
-            span = _object_new(nrs)
-            span._context = span_context
-            return span
-        return nrs(context=span_context)
+        return _non_recording(span_context)
 
     def _use(self, sampler: Any) -> None:
         """Read which of ``sampler``'s parent cases drop, and its known ratio root delegate."""

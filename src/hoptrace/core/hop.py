@@ -616,14 +616,7 @@ class consume_scope(_Scope):
             links.extend(item if isinstance(item, Link) else Link(item) for item in self._links)
         baggage = incoming.baggage if trusted else None
         carried = baggage if baggage is not None else ambient.get(BAGGAGE_KEY)
-        sent = incoming.sent_ns if incoming.sent_ns is not None else self._sent_ns
-        skew = False
-        if sent is not None:
-            wait = (now_ns - sent) / 1e6
-            if wait < 0:
-                wait, skew = 0.0, True
-                diagnostics.count("clock_skew")
-            self.queue_wait_ms = wait
+        skew = self._queue_wait(incoming, now_ns)
         span: Any = None
         if spans:
             span_id = (None if self._redelivered is None
@@ -692,14 +685,7 @@ class consume_scope(_Scope):
                 mint_span_context())
             active = span.get_span_context()
         baggage = incoming.baggage if trusted else None
-        sent = incoming.sent_ns if incoming.sent_ns is not None else self._sent_ns
-        skew = False
-        if sent is not None:
-            wait = (now_ns - sent) / 1e6
-            if wait < 0:
-                wait, skew = 0.0, True
-                diagnostics.count("clock_skew")
-            self.queue_wait_ms = wait
+        skew = self._queue_wait(incoming, now_ns)
         hop = _new_tuple(HopInfo, (self._system, self._destination, self._message_id))
         values: dict[str, object]
         if baggage is not None and baggage.get(settings.baggage_key) is tx:
@@ -716,6 +702,23 @@ class consume_scope(_Scope):
         ctx = Context(values)
         self._token = attach(ctx)
         self._attached = ctx
+
+    def _queue_wait(self, incoming: Incoming, now_ns: int) -> bool:
+        """Set :attr:`queue_wait_ms` from the message's send time; return whether it was skewed.
+
+        The send time is the one the message carries, else the broker's (``sent_ns``). A send
+        time in the future (clock skew between hosts) is counted and gives a wait of 0.
+        """
+        sent = incoming.sent_ns if incoming.sent_ns is not None else self._sent_ns
+        if sent is None:
+            return False
+        wait = (now_ns - sent) / 1e6
+        if wait < 0:
+            diagnostics.count("clock_skew")
+            self.queue_wait_ms = 0.0
+            return True
+        self.queue_wait_ms = wait
+        return False
 
     def _span_id(
         self, remote: SpanContext | None, parent_span: Span | None, links: list[Link]
