@@ -22,7 +22,6 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -30,6 +29,7 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from test_sdk_spans_dropped import SeededIds
 
 import hoptrace
 from hoptrace.core import _sdk_spans, ids
@@ -37,20 +37,6 @@ from hoptrace.core._sdk_spans import Starter
 from hoptrace.core.otel_shims import tracer
 
 MAX = (1 << 128) - 1
-
-
-class SeededIds(IdGenerator):
-    def __init__(self, seed: int = 5) -> None:
-        self.rng = random.Random(seed)
-
-    def generate_span_id(self) -> int:
-        return self.rng.getrandbits(64) or 1
-
-    def generate_trace_id(self) -> int:
-        return self.rng.getrandbits(128) or 1
-
-    def is_trace_id_random(self) -> bool:
-        return True
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +49,7 @@ def _restored() -> Iterator[None]:
 
 
 def install(sampler: Any) -> tuple[TracerProvider, InMemorySpanExporter]:
-    provider = TracerProvider(sampler=sampler, id_generator=SeededIds(), shutdown_on_exit=False)
+    provider = TracerProvider(sampler=sampler, id_generator=SeededIds(5), shutdown_on_exit=False)
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace._TRACER_PROVIDER = provider  # type: ignore[attr-defined]

@@ -636,15 +636,7 @@ class consume_scope(_Scope):
             self.span = span
         if span is None:
             span = parent_span if parent_span is not None else NonRecordingSpan(mint_span_context())
-        hop = _new_tuple(HopInfo, (self._system, self._destination, self._message_id))
-        values: dict[str, object]
-        if baggage is not None and baggage.get(settings.baggage_key) is tx:
-            # The common case: the baggage is the sender's, with this transaction's entry.
-            values = {**ambient, SPAN_KEY: span, TRANSACTION_KEY: tx, BAGGAGE_KEY: baggage,
-                      HOP_KEY: hop, HOP_SPAN_KEY: span}
-        else:
-            values = {**ambient, SPAN_KEY: span, HOP_KEY: hop, HOP_SPAN_KEY: span}
-            bind_transaction(values, tx, carried, settings)
+        values = self._handler_values(ambient, span, tx, baggage, carried, settings)
         self._active = span.get_span_context()
         self.metrics_record = metrics.consumed(
             self._system, self._operation, self._destination, self._attributes,
@@ -686,15 +678,8 @@ class consume_scope(_Scope):
             active = span.get_span_context()
         baggage = incoming.baggage if trusted else None
         skew = self._queue_wait(incoming, now_ns)
-        hop = _new_tuple(HopInfo, (self._system, self._destination, self._message_id))
-        values: dict[str, object]
-        if baggage is not None and baggage.get(settings.baggage_key) is tx:
-            values = {**ambient, SPAN_KEY: span, TRANSACTION_KEY: tx, BAGGAGE_KEY: baggage,
-                      HOP_KEY: hop, HOP_SPAN_KEY: span}
-        else:
-            values = {**ambient, SPAN_KEY: span, HOP_KEY: hop, HOP_SPAN_KEY: span}
-            bind_transaction(values, tx, baggage if baggage is not None
-                             else ambient.get(BAGGAGE_KEY), settings)
+        values = self._handler_values(ambient, span, tx, baggage, (
+            baggage if baggage is not None else ambient.get(BAGGAGE_KEY)), settings)
         self._active = active
         self.metrics_record = metrics.consumed(
             self._system, self._operation, self._destination, self._attributes,
@@ -702,6 +687,21 @@ class consume_scope(_Scope):
         ctx = Context(values)
         self._token = attach(ctx)
         self._attached = ctx
+
+    def _handler_values(
+        self, ambient: Context, span: Any, tx: str, baggage: Any, carried: Any, settings: Any
+    ) -> dict[str, object]:
+        """The values of the context the handler runs in: ``ambient`` with the message's span,
+        transaction, baggage (``carried``: the sender's, else the ambient one) and hop."""
+        hop = _new_tuple(HopInfo, (self._system, self._destination, self._message_id))
+        if baggage is not None and baggage.get(settings.baggage_key) is tx:
+            # The common case: the baggage is the sender's, with this transaction's entry.
+            return {**ambient, SPAN_KEY: span, TRANSACTION_KEY: tx, BAGGAGE_KEY: baggage,
+                    HOP_KEY: hop, HOP_SPAN_KEY: span}
+        values: dict[str, object] = {**ambient, SPAN_KEY: span, HOP_KEY: hop,
+                                     HOP_SPAN_KEY: span}
+        bind_transaction(values, tx, carried, settings)
+        return values
 
     def _queue_wait(self, incoming: Incoming, now_ns: int) -> bool:
         """Set :attr:`queue_wait_ms` from the message's send time; return whether it was skewed.
