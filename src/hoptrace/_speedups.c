@@ -13,6 +13,8 @@
  * warnings and rejection reasons. read_pairs() does the same for a list or tuple of
  * (str, bytes) pairs, the Kafka clients' headers, and returns None as well for a header seen
  * twice, a value that is not ASCII bytes or str, or an item that is not an exact 2-tuple.
+ * read_incoming() is either of them plus what the Python reader then builds from their result
+ * (the span context, the baggage): what propagation.read() calls, once per consumed message.
  *
  * write_common() returns False when it cannot write the values exactly as the Python writer
  * would, and writes nothing then.
@@ -110,6 +112,15 @@ int_from_halves(unsigned long long high, unsigned long long low)
     if (high == 0) {
         return PyLong_FromUnsignedLongLong(low);
     }
+#if PY_VERSION_HEX < 0x030D0000
+    /* One conversion instead of three ints, a shift and an or. */
+    unsigned char bytes[16];
+    for (int i = 0; i < 8; i++) {
+        bytes[7 - i] = (unsigned char)(high >> (8 * i));
+        bytes[15 - i] = (unsigned char)(low >> (8 * i));
+    }
+    return _PyLong_FromByteArray(bytes, 16, 0, 0);
+#endif
     PyObject *result = NULL, *h = NULL, *shift = NULL, *shifted = NULL, *l = NULL;
     h = PyLong_FromUnsignedLongLong(high);
     shift = PyLong_FromLong(64);
@@ -145,6 +156,297 @@ lookup(PyObject *carrier, PyObject *key, PyObject **value)
     return 0;
 }
 
+/* The headers a read looks at, in read_common's argument order. */
+enum { W_TRACEPARENT, W_TRACESTATE, W_BAGGAGE, W_TRANSACTION, W_SENT, N_WANTED };
+
+/* What parse_found() found valid, for the caller to turn into objects. */
+typedef struct {
+    int has_traceparent;
+    unsigned long long trace_high, trace_low, span_id, flags;
+    PyObject *transaction; /* a new reference, or NULL */
+    int mirrored;
+    Py_ssize_t origin_size; /* digits of the origin entry, when the baggage has one */
+    int has_sent;
+    char digits[24];
+} Parsed;
+
+/* 1 if p[0:n] is 1 to max ASCII letters and digits (a generated transaction ID), else 0.
+ * Other characters are left to the Python reader, which checks them by the pattern. */
+static int
+alnum_id(const unsigned char *p, Py_ssize_t n, Py_ssize_t max)
+{
+    if (n < 1 || n > max) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The mirror alone, or after the origin entry, as the baggage of a carrier with no
+ * transaction header: the ID is the mirror's value. 1 found, 0 decline, -1 error. */
+static int
+parse_mirror_only(PyObject *baggage, PyObject *prefix, Py_ssize_t max_baggage,
+                  Py_ssize_t max_transaction, int with_origin, Parsed *out)
+{
+    const unsigned char *b = NULL, *m = NULL;
+    Py_ssize_t b_size = 0, m_size = 0, start = 0;
+    if ((b = ascii_of(baggage, &b_size)) == NULL || (m = ascii_of(prefix, &m_size)) == NULL
+        || b_size > max_baggage) {
+        return 0;
+    }
+    if (b_size > ORIGIN_PREFIX_SIZE && !origin_key(m, m_size)
+        && memcmp(b, ORIGIN_PREFIX, (size_t)ORIGIN_PREFIX_SIZE) == 0) {
+        const unsigned char *comma = memchr(b + ORIGIN_PREFIX_SIZE, ',',
+                                            (size_t)(b_size - ORIGIN_PREFIX_SIZE));
+        out->origin_size = comma == NULL ? 0 : (Py_ssize_t)(comma - b) - ORIGIN_PREFIX_SIZE;
+        if (!with_origin || out->origin_size < 1 || out->origin_size > ORIGIN_MAX_DIGITS
+            || !origin_digits(b + ORIGIN_PREFIX_SIZE, out->origin_size)) {
+            return 0;
+        }
+        start = ORIGIN_PREFIX_SIZE + out->origin_size + 1;
+    }
+    Py_ssize_t tx_start = start + m_size;
+    if (b_size - tx_start < 1 || memcmp(b + start, m, (size_t)m_size) != 0
+        || !alnum_id(b + tx_start, b_size - tx_start, max_transaction)) {
+        return 0;
+    }
+    out->transaction = PyUnicode_Substring(baggage, tx_start, b_size);
+    if (out->transaction == NULL) {
+        return -1;
+    }
+    out->mirrored = 1;
+    return 1;
+}
+
+/* The baggage beside a transaction header: the mirror of that ID, alone or after the origin
+ * entry. 1 found, 0 decline. */
+static int
+parse_mirror_of(PyObject *baggage, PyObject *prefix, PyObject *transaction,
+                Py_ssize_t max_baggage, int with_origin, Parsed *out)
+{
+    Py_ssize_t size = PyUnicode_GET_LENGTH(baggage);
+    Py_ssize_t prefix_size = PyUnicode_GET_LENGTH(prefix);
+    Py_ssize_t mirror_size = prefix_size + PyUnicode_GET_LENGTH(transaction);
+    if (size > max_baggage) {
+        return 0;
+    }
+    if (size != mirror_size) {
+        /* "hoptrace.origin_ms=<digits>," then the mirror, all ASCII. */
+        const unsigned char *b = NULL, *m = NULL;
+        Py_ssize_t b_size = 0, m_size = 0;
+        out->origin_size = size - mirror_size - ORIGIN_PREFIX_SIZE - 1;
+        if (!with_origin || out->origin_size < 1 || out->origin_size > ORIGIN_MAX_DIGITS
+            || (b = ascii_of(baggage, &b_size)) == NULL
+            || (m = ascii_of(prefix, &m_size)) == NULL
+            /* a mirror key that is the origin's own key: Python's parse keeps one entry */
+            || origin_key(m, m_size)
+            || memcmp(b, ORIGIN_PREFIX, (size_t)ORIGIN_PREFIX_SIZE) != 0
+            || !origin_digits(b + ORIGIN_PREFIX_SIZE, out->origin_size)
+            || b[ORIGIN_PREFIX_SIZE + out->origin_size] != ',') {
+            return 0;
+        }
+    }
+    Py_ssize_t start = size - mirror_size; /* where the mirror begins */
+    if (PyUnicode_Tailmatch(baggage, prefix, start, start + prefix_size, -1) != 1
+        || PyUnicode_Tailmatch(baggage, transaction, start + prefix_size, size, 1) != 1) {
+        PyErr_Clear();
+        return 0;
+    }
+    out->mirrored = 1;
+    return 1;
+}
+
+/*
+ * The common case of a read, from the values found of the five headers (NULL: absent): 1
+ * when all of it is valid (out filled; out->transaction a new reference or NULL), 0 to leave
+ * the read to the Python reader (out->transaction NULL), -1 on an error (set).
+ */
+/* The ASCII text of an exact str, or (bytes_ok) of exact bytes, which gather_pairs checked
+ * to be ASCII; NULL (no error set) for anything else. */
+static const unsigned char *
+text_of(PyObject *value, int bytes_ok, Py_ssize_t *length)
+{
+    if (bytes_ok && PyBytes_CheckExact(value)) {
+        *length = PyBytes_GET_SIZE(value);
+        return (const unsigned char *)PyBytes_AS_STRING(value);
+    }
+    return ascii_of(value, length);
+}
+
+static int
+parse_found(PyObject *const *found, PyObject *prefix, Py_ssize_t max_baggage,
+            Py_ssize_t max_transaction, int with_origin, int bytes_ok, Parsed *out)
+{
+    memset(out, 0, sizeof(*out));
+    PyObject *traceparent = found[W_TRACEPARENT], *baggage = found[W_BAGGAGE];
+    PyObject *transaction = found[W_TRANSACTION], *sent = found[W_SENT];
+    Py_ssize_t length;
+    if (found[W_TRACESTATE] != NULL) {
+        return 0; /* a tracestate: the Python reader does it all */
+    }
+    if (traceparent != NULL) {
+        const unsigned char *p = text_of(traceparent, bytes_ok, &length);
+        if (p == NULL || length != 55 || p[0] != '0' || p[1] != '0' || p[2] != '-'
+            || p[35] != '-' || p[52] != '-'
+            || parse_hex(p + 3, 16, &out->trace_high) < 0
+            || parse_hex(p + 19, 16, &out->trace_low) < 0
+            || parse_hex(p + 36, 16, &out->span_id) < 0 || parse_hex(p + 53, 2, &out->flags) < 0
+            || (out->trace_high == 0 && out->trace_low == 0) || out->span_id == 0) {
+            return 0;
+        }
+        out->has_traceparent = 1;
+    }
+    if (transaction != NULL) {
+        const unsigned char *p = ascii_of(transaction, &length);
+        if (p == NULL || !alnum_id(p, length, max_transaction)) {
+            return 0;
+        }
+    }
+    if (sent != NULL) {
+        const unsigned char *p = text_of(sent, bytes_ok, &length);
+        if (p == NULL || length < 1 || length > 20) {
+            return 0;
+        }
+        for (Py_ssize_t i = 0; i < length; i++) {
+            if (p[i] < '0' || p[i] > '9') {
+                return 0;
+            }
+        }
+        memcpy(out->digits, p, (size_t)length);
+        out->digits[length] = '\0';
+        out->has_sent = 1;
+    }
+    if (baggage != NULL) {
+        /* The common case: the transaction ID mirror "<key>=<transaction ID>", alone or after
+         * the origin entry. (The transaction ID is ASCII alphanumeric, checked above.) */
+        if (!PyUnicode_CheckExact(baggage) || !PyUnicode_CheckExact(prefix)) {
+            return 0;
+        }
+        if (transaction == NULL) {
+            /* No transaction header (hoptrace writes none by default). */
+            return parse_mirror_only(baggage, prefix, max_baggage, max_transaction,
+                                     with_origin, out);
+        }
+        if (!parse_mirror_of(baggage, prefix, transaction, max_baggage, with_origin, out)) {
+            return 0;
+        }
+    }
+    Py_XINCREF(transaction);
+    out->transaction = transaction;
+    return 1;
+}
+
+/* The trace ID and span ID as ints, and the send time (NULL where absent); -1 on an error. */
+static int
+parsed_ints(const Parsed *p, PyObject **trace_obj, PyObject **span_obj, PyObject **sent_obj)
+{
+    *trace_obj = *span_obj = *sent_obj = NULL;
+    if (p->has_traceparent) {
+        *trace_obj = int_from_halves(p->trace_high, p->trace_low);
+        *span_obj = PyLong_FromUnsignedLongLong(p->span_id);
+        if (*trace_obj == NULL || *span_obj == NULL) {
+            return -1;
+        }
+    }
+    if (p->has_sent) {
+        *sent_obj = PyLong_FromString(p->digits, NULL, 10);
+        if (*sent_obj == NULL) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The origin entry's digits (a new str), or NULL with no error when there is none. */
+static PyObject *
+parsed_origin(const Parsed *p, PyObject *baggage)
+{
+    if (p->origin_size <= 0) {
+        return NULL;
+    }
+    return PyUnicode_Substring(baggage, ORIGIN_PREFIX_SIZE, ORIGIN_PREFIX_SIZE + p->origin_size);
+}
+
+/* read_common's result from the found values: the 7-tuple, None to decline, NULL on error. */
+static PyObject *
+common_result(PyObject *const *found, PyObject *const *args, Py_ssize_t max_baggage,
+              Py_ssize_t max_transaction, int with_origin, int bytes_ok)
+{
+    Parsed p;
+    int status = parse_found(found, args[6], max_baggage, max_transaction, with_origin,
+                             bytes_ok, &p);
+    if (status <= 0) {
+        if (status == 0) {
+            Py_RETURN_NONE;
+        }
+        return NULL;
+    }
+    PyObject *trace_obj = NULL, *span_obj = NULL, *sent_obj = NULL, *origin_obj = NULL;
+    PyObject *result = NULL;
+    if (parsed_ints(&p, &trace_obj, &span_obj, &sent_obj) == 0) {
+        origin_obj = parsed_origin(&p, found[W_BAGGAGE]);
+        if (origin_obj != NULL || p.origin_size <= 0) {
+            result = PyTuple_Pack(7, trace_obj != NULL ? trace_obj : Py_None,
+                                  span_obj != NULL ? span_obj : Py_None,
+                                  (p.flags & 1) ? Py_True : Py_False,
+                                  p.transaction != NULL ? p.transaction : Py_None,
+                                  p.mirrored ? Py_True : Py_False,
+                                  sent_obj != NULL ? sent_obj : Py_None,
+                                  origin_obj != NULL ? origin_obj : Py_None);
+        }
+    }
+    Py_XDECREF(p.transaction);
+    Py_XDECREF(trace_obj);
+    Py_XDECREF(span_obj);
+    Py_XDECREF(sent_obj);
+    Py_XDECREF(origin_obj);
+    return result;
+}
+
+/* The origin flag of a read (args[9], false when absent): 0 or 1, -1 on an error. */
+static int
+origin_flag(PyObject *const *args, Py_ssize_t nargs)
+{
+    return nargs == 10 ? PyObject_IsTrue(args[9]) : 0;
+}
+
+/* The limits of a read (args[7], args[8]); -1 on an error. */
+static int
+read_limits(PyObject *const *args, Py_ssize_t *max_baggage, Py_ssize_t *max_transaction)
+{
+    *max_baggage = PyLong_AsSsize_t(args[7]);
+    *max_transaction = PyLong_AsSsize_t(args[8]);
+    if ((*max_baggage == -1 || *max_transaction == -1) && PyErr_Occurred()) {
+        return -1;
+    }
+    return 0;
+}
+
+/* Look the five headers up in an exact dict: 1 done, 0 decline (a lookup failed). */
+static int
+gather_dict(PyObject *carrier, PyObject *const *names, PyObject **found)
+{
+    for (int j = 0; j < N_WANTED; j++) {
+        if (lookup(carrier, names[j], &found[j]) < 0) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void
+release_found(PyObject **found)
+{
+    for (int j = 0; j < N_WANTED; j++) {
+        Py_CLEAR(found[j]);
+    }
+}
+
 /*
  * read_common(carrier, traceparent_key, tracestate_key, baggage_key, transaction_key,
  *             sent_key, mirror_prefix, max_baggage_bytes, max_transaction[, with_origin])
@@ -161,192 +463,27 @@ read_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "read_common() takes 9 or 10 arguments");
         return NULL;
     }
-    int with_origin = 0;
-    if (nargs == 10) {
-        with_origin = PyObject_IsTrue(args[9]);
-        if (with_origin < 0) {
-            return NULL;
-        }
-    }
-    PyObject *carrier = args[0];
-    if (!PyDict_CheckExact(carrier)) {
-        Py_RETURN_NONE;
-    }
-    Py_ssize_t max_baggage = PyLong_AsSsize_t(args[7]);
-    Py_ssize_t max_transaction = PyLong_AsSsize_t(args[8]);
-    if ((max_baggage == -1 || max_transaction == -1) && PyErr_Occurred()) {
+    int with_origin = origin_flag(args, nargs);
+    if (with_origin < 0) {
         return NULL;
     }
-    PyObject *traceparent = NULL, *tracestate = NULL, *baggage = NULL, *transaction = NULL;
-    PyObject *sent = NULL;
-    PyObject *trace_obj = NULL, *span_obj = NULL, *sent_obj = NULL, *origin_obj = NULL;
-    PyObject *result = NULL;
-    /* A tracestate, or an error: the Python reader does it all. */
-    if (lookup(carrier, args[2], &tracestate) != 0
-        || lookup(carrier, args[1], &traceparent) < 0
-        || lookup(carrier, args[3], &baggage) < 0
-        || lookup(carrier, args[4], &transaction) < 0
-        || lookup(carrier, args[5], &sent) < 0) {
-        goto decline;
+    if (!PyDict_CheckExact(args[0])) {
+        Py_RETURN_NONE;
     }
-    unsigned long long trace_high = 0, trace_low = 0, span_id = 0, flags = 0;
-    Py_ssize_t length;
-    if (traceparent != NULL) {
-        const unsigned char *p = ascii_of(traceparent, &length);
-        if (p == NULL || length != 55 || p[0] != '0' || p[1] != '0' || p[2] != '-'
-            || p[35] != '-' || p[52] != '-'
-            || parse_hex(p + 3, 16, &trace_high) < 0 || parse_hex(p + 19, 16, &trace_low) < 0
-            || parse_hex(p + 36, 16, &span_id) < 0 || parse_hex(p + 53, 2, &flags) < 0
-            || (trace_high == 0 && trace_low == 0) || span_id == 0) {
-            goto decline;
-        }
+    Py_ssize_t max_baggage, max_transaction;
+    if (read_limits(args, &max_baggage, &max_transaction) < 0) {
+        return NULL;
     }
-    if (transaction != NULL) {
-        const unsigned char *p = ascii_of(transaction, &length);
-        if (p == NULL || length < 1 || length > max_transaction) {
-            goto decline;
-        }
-        for (Py_ssize_t i = 0; i < length; i++) {
-            unsigned char c = p[i];
-            if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))) {
-                goto decline; /* other characters the Python reader checks by the pattern */
-            }
-        }
+    PyObject *found[N_WANTED] = {NULL, NULL, NULL, NULL, NULL};
+    PyObject *result;
+    if (gather_dict(args[0], args + 1, found)) {
+        result = common_result(found, args, max_baggage, max_transaction, with_origin, 0);
     }
-    int mirrored = 0;
-    Py_ssize_t origin_size = 0; /* digits of the origin entry, when the baggage has one */
-    if (baggage != NULL) {
-        /* The common case: the transaction ID mirror "<key>=<transaction ID>", alone or after
-         * the origin entry. (The transaction ID is ASCII alphanumeric, checked above.) */
-        PyObject *prefix = args[6];
-        if (!PyUnicode_CheckExact(baggage) || !PyUnicode_CheckExact(prefix)) {
-            goto decline;
-        }
-        if (transaction == NULL) {
-            /* No transaction header (hoptrace writes none by default): the ID is the mirror's
-             * value, an ASCII alphanumeric one, after the origin entry or alone. */
-            const unsigned char *b = NULL, *m = NULL;
-            Py_ssize_t b_size = 0, m_size = 0, start = 0;
-            if ((b = ascii_of(baggage, &b_size)) == NULL || (m = ascii_of(prefix, &m_size)) == NULL
-                || b_size > max_baggage) {
-                goto decline;
-            }
-            if (b_size > ORIGIN_PREFIX_SIZE && !origin_key(m, m_size)
-                && memcmp(b, ORIGIN_PREFIX, (size_t)ORIGIN_PREFIX_SIZE) == 0) {
-                const unsigned char *comma = memchr(b + ORIGIN_PREFIX_SIZE, ',',
-                                                    (size_t)(b_size - ORIGIN_PREFIX_SIZE));
-                origin_size = comma == NULL ? 0 : (Py_ssize_t)(comma - b) - ORIGIN_PREFIX_SIZE;
-                if (!with_origin || origin_size < 1 || origin_size > ORIGIN_MAX_DIGITS
-                    || !origin_digits(b + ORIGIN_PREFIX_SIZE, origin_size)) {
-                    goto decline;
-                }
-                start = ORIGIN_PREFIX_SIZE + origin_size + 1;
-            }
-            Py_ssize_t tx_start = start + m_size;
-            if (b_size - tx_start < 1 || b_size - tx_start > max_transaction
-                || memcmp(b + start, m, (size_t)m_size) != 0) {
-                goto decline;
-            }
-            for (Py_ssize_t i = tx_start; i < b_size; i++) {
-                unsigned char c = b[i];
-                if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))) {
-                    goto decline; /* other characters the Python reader checks by the pattern */
-                }
-            }
-            transaction = PyUnicode_Substring(baggage, tx_start, b_size);
-            if (transaction == NULL) {
-                goto done;
-            }
-            mirrored = 1;
-            goto baggage_read;
-        }
-        Py_ssize_t size = PyUnicode_GET_LENGTH(baggage);
-        Py_ssize_t prefix_size = PyUnicode_GET_LENGTH(prefix);
-        Py_ssize_t mirror_size = prefix_size + PyUnicode_GET_LENGTH(transaction);
-        if (size > max_baggage) {
-            goto decline;
-        }
-        if (size != mirror_size) {
-            /* "hoptrace.origin_ms=<digits>," then the mirror, all ASCII. */
-            const unsigned char *b = NULL, *m = NULL;
-            Py_ssize_t b_size = 0, m_size = 0;
-            origin_size = size - mirror_size - ORIGIN_PREFIX_SIZE - 1;
-            if (!with_origin || origin_size < 1 || origin_size > ORIGIN_MAX_DIGITS
-                || (b = ascii_of(baggage, &b_size)) == NULL
-                || (m = ascii_of(prefix, &m_size)) == NULL
-                /* a mirror key that is the origin's own key: Python's parse keeps one entry */
-                || origin_key(m, m_size)
-                || memcmp(b, ORIGIN_PREFIX, (size_t)ORIGIN_PREFIX_SIZE) != 0
-                || !origin_digits(b + ORIGIN_PREFIX_SIZE, origin_size)
-                || b[ORIGIN_PREFIX_SIZE + origin_size] != ',') {
-                goto decline;
-            }
-        }
-        Py_ssize_t start = size - mirror_size; /* where the mirror begins */
-        if (PyUnicode_Tailmatch(baggage, prefix, start, start + prefix_size, -1) != 1
-            || PyUnicode_Tailmatch(baggage, transaction, start + prefix_size, size, 1) != 1) {
-            PyErr_Clear();
-            goto decline;
-        }
-        mirrored = 1;
+    else {
+        result = Py_None;
+        Py_INCREF(result);
     }
-baggage_read:;
-    char digits[24];
-    if (sent != NULL) {
-        const unsigned char *p = ascii_of(sent, &length);
-        if (p == NULL || length < 1 || length > 20) {
-            goto decline;
-        }
-        for (Py_ssize_t i = 0; i < length; i++) {
-            if (p[i] < '0' || p[i] > '9') {
-                goto decline;
-            }
-        }
-        memcpy(digits, p, (size_t)length);
-        digits[length] = '\0';
-    }
-
-    if (traceparent != NULL) {
-        trace_obj = int_from_halves(trace_high, trace_low);
-        span_obj = PyLong_FromUnsignedLongLong(span_id);
-        if (trace_obj == NULL || span_obj == NULL) {
-            goto done;
-        }
-    }
-    if (sent != NULL) {
-        sent_obj = PyLong_FromString(digits, NULL, 10);
-        if (sent_obj == NULL) {
-            goto done;
-        }
-    }
-    if (origin_size > 0) {
-        origin_obj = PyUnicode_Substring(baggage, ORIGIN_PREFIX_SIZE,
-                                         ORIGIN_PREFIX_SIZE + origin_size);
-        if (origin_obj == NULL) {
-            goto done;
-        }
-    }
-    result = PyTuple_Pack(7, trace_obj != NULL ? trace_obj : Py_None,
-                          span_obj != NULL ? span_obj : Py_None,
-                          (flags & 1) ? Py_True : Py_False,
-                          transaction != NULL ? transaction : Py_None,
-                          mirrored ? Py_True : Py_False,
-                          sent_obj != NULL ? sent_obj : Py_None,
-                          origin_obj != NULL ? origin_obj : Py_None);
-    goto done;
-decline:
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    Py_XDECREF(traceparent);
-    Py_XDECREF(tracestate);
-    Py_XDECREF(baggage);
-    Py_XDECREF(transaction);
-    Py_XDECREF(sent);
-    Py_XDECREF(trace_obj);
-    Py_XDECREF(span_obj);
-    Py_XDECREF(sent_obj);
-    Py_XDECREF(origin_obj);
+    release_found(found);
     return result;
 }
 
@@ -398,6 +535,102 @@ pair_text(PyObject *value)
     return text;
 }
 
+/* 1 if p[0:n] is all ASCII, else 0 (eight bytes at a time). */
+static int
+all_ascii(const unsigned char *p, Py_ssize_t n)
+{
+    unsigned long long any = 0, word;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&word, p + i, 8);
+        any |= word;
+    }
+    for (; i < n; i++) {
+        any |= p[i];
+    }
+    return (any & 0x8080808080808080ULL) == 0;
+}
+
+/* A wanted header's value as gather_pairs keeps it: an exact str, or exact bytes of ASCII only
+ * (the same text; see pair_text), as it is. NULL for anything else. */
+static PyObject *
+pair_value(PyObject *value)
+{
+    if (PyBytes_CheckExact(value)) {
+        Py_ssize_t size = PyBytes_GET_SIZE(value);
+        const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(value);
+        if (size > PAIRS_DECODE_LIMIT || !all_ascii(p, size)) {
+            return NULL;
+        }
+    }
+    else if (!PyUnicode_CheckExact(value)) {
+        return NULL;
+    }
+    Py_INCREF(value);
+    return value;
+}
+
+/* Scan a list or tuple of (str, bytes) pairs for the five headers: 1 done, 0 decline (see
+ * read_pairs), -1 on an error. found[] gets new references. */
+static int
+gather_pairs(PyObject *carrier, PyObject *const *names, PyObject **found)
+{
+    int is_list = PyList_CheckExact(carrier);
+    Py_ssize_t length;
+    for (int j = 0; j < N_WANTED; j++) {
+        if (ascii_of(names[j], &length) == NULL) {
+            return 0;
+        }
+    }
+    /* A list's items are held while read: freeing memory may run code that changes the list. */
+    for (Py_ssize_t i = 0;
+         i < (is_list ? PyList_GET_SIZE(carrier) : PyTuple_GET_SIZE(carrier)); i++) {
+        PyObject *item = is_list ? PyList_GET_ITEM(carrier, i) : PyTuple_GET_ITEM(carrier, i);
+        Py_INCREF(item);
+        int ok = PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2
+                 && PyUnicode_CheckExact(PyTuple_GET_ITEM(item, 0));
+        int wanted = -1;
+        if (ok) {
+            PyObject *key = PyTuple_GET_ITEM(item, 0);
+            const unsigned char *k = ascii_of(key, &length);
+            /* A key that is not ASCII is none of the (ASCII) names: skipped, as Python does. */
+            for (int j = 0; k != NULL && j < N_WANTED; j++) {
+                if (same_name(key, k, length, names[j])) {
+                    wanted = j;
+                    break;
+                }
+            }
+            if (wanted >= 0) {
+                if (found[wanted] != NULL) {
+                    ok = 0; /* seen twice: the Python reader rejects it, with its reason */
+                }
+                else {
+                    found[wanted] = pair_value(PyTuple_GET_ITEM(item, 1));
+                    ok = found[wanted] != NULL;
+                }
+            }
+        }
+        Py_DECREF(item);
+        if (!ok) {
+            return 0;
+        }
+    }
+    /* The values kept as objects, as text; the traceparent and the send time stay bytes, read
+     * as ASCII where they are (parse_found's bytes_ok). */
+    static const int as_text[] = {W_TRACESTATE, W_BAGGAGE, W_TRANSACTION};
+    for (int j = 0; j < 3; j++) {
+        PyObject *value = found[as_text[j]];
+        if (value != NULL && PyBytes_CheckExact(value)) {
+            found[as_text[j]] = pair_text(value);
+            Py_DECREF(value);
+            if (found[as_text[j]] == NULL) {
+                return 0;
+            }
+        }
+    }
+    return 1;
+}
+
 /*
  * read_pairs(carrier, <read_common's other arguments>) -> read_common's result, or None
  *
@@ -416,75 +649,157 @@ read_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *carrier = args[0];
-    int is_list = PyList_CheckExact(carrier);
-    if (!is_list && !PyTuple_CheckExact(carrier)) {
+    if (!PyList_CheckExact(carrier) && !PyTuple_CheckExact(carrier)) {
         Py_RETURN_NONE;
     }
-    Py_ssize_t length;
-    for (int j = 1; j <= 5; j++) {
-        if (ascii_of(args[j], &length) == NULL) {
+    PyObject *found[N_WANTED] = {NULL, NULL, NULL, NULL, NULL};
+    PyObject *result = NULL;
+    int status = gather_pairs(carrier, args + 1, found);
+    if (status == 0) {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    else if (status > 0) {
+        int with_origin = origin_flag(args, nargs);
+        Py_ssize_t max_baggage, max_transaction;
+        if (with_origin >= 0 && read_limits(args, &max_baggage, &max_transaction) == 0) {
+            result = common_result(found, args, max_baggage, max_transaction, with_origin, 1);
+        }
+    }
+    release_found(found);
+    return result;
+}
+
+/*
+ * read_incoming(carrier, spec) -> (span_context, transaction_id, baggage, sent_ns) or None
+ *
+ * read_common (an exact dict) or read_pairs (an exact list or tuple) and what the Python
+ * reader builds from their result, in one call. spec is the tuple
+ * (traceparent_key, tracestate_key, baggage_key, transaction_key, sent_key, mirror_prefix,
+ *  max_baggage_bytes, max_transaction, with_origin, SpanContext, sampled_flags,
+ *  unsampled_flags, trace_state, mirror_key, origin_key):
+ * the span context is tuple.__new__(SpanContext, (trace_id, span_id, True, flags,
+ * trace_state, True)), for an OTel whose SpanContext is that tuple (the caller checks); the
+ * baggage is {mirror_key: transaction_id}, or {origin_key: origin, mirror_key: transaction_id}.
+ * None where read_common would give None, and for any other carrier.
+ */
+#define SPEC_SIZE 15
+
+static PyObject *
+span_context_of(PyObject *const *spec, const Parsed *p, PyObject *trace_obj, PyObject *span_obj)
+{
+    /* What tuple.__new__(SpanContext, items) makes (tuple_subtype_new): the subtype's
+     * instance of 6 items. */
+    PyTypeObject *type = (PyTypeObject *)spec[9];
+    PyObject *sc = type->tp_alloc(type, 6);
+    if (sc == NULL) {
+        return NULL;
+    }
+    PyObject *items[6] = {trace_obj, span_obj, Py_True, (p->flags & 1) ? spec[10] : spec[11],
+                          spec[12], Py_True};
+    for (int i = 0; i < 6; i++) {
+        Py_INCREF(items[i]);
+        PyTuple_SET_ITEM(sc, i, items[i]);
+    }
+    return sc;
+}
+
+static PyObject *
+baggage_of(PyObject *const *spec, const Parsed *p, PyObject *baggage)
+{
+    if (!p->mirrored) {
+        Py_RETURN_NONE;
+    }
+    PyObject *entries = PyDict_New();
+    if (entries == NULL) {
+        return NULL;
+    }
+    PyObject *origin = parsed_origin(p, baggage);
+    if ((origin == NULL && p->origin_size > 0)
+        || (origin != NULL && PyDict_SetItem(entries, spec[14], origin) < 0)
+        || PyDict_SetItem(entries, spec[13], p->transaction) < 0) {
+        Py_XDECREF(origin);
+        Py_DECREF(entries);
+        return NULL;
+    }
+    Py_XDECREF(origin);
+    return entries;
+}
+
+static PyObject *
+incoming_result(PyObject *const *spec, PyObject *const *found, Py_ssize_t max_baggage,
+                Py_ssize_t max_transaction, int with_origin, int bytes_ok)
+{
+    Parsed p;
+    int status = parse_found(found, spec[5], max_baggage, max_transaction, with_origin,
+                             bytes_ok, &p);
+    if (status <= 0) {
+        if (status == 0) {
             Py_RETURN_NONE;
         }
+        return NULL;
     }
-    PyObject *found[5] = {NULL, NULL, NULL, NULL, NULL};
-    PyObject *values = NULL, *result = NULL;
-    /* A list's items are held while read: freeing memory may run code that changes the list. */
-    for (Py_ssize_t i = 0;
-         i < (is_list ? PyList_GET_SIZE(carrier) : PyTuple_GET_SIZE(carrier)); i++) {
-        PyObject *item = is_list ? PyList_GET_ITEM(carrier, i) : PyTuple_GET_ITEM(carrier, i);
-        Py_INCREF(item);
-        int ok = PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2
-                 && PyUnicode_CheckExact(PyTuple_GET_ITEM(item, 0));
-        int wanted = -1;
-        if (ok) {
-            PyObject *key = PyTuple_GET_ITEM(item, 0);
-            const unsigned char *k = ascii_of(key, &length);
-            /* A key that is not ASCII is none of the (ASCII) names: skipped, as Python does. */
-            for (int j = 0; k != NULL && j < 5; j++) {
-                if (same_name(key, k, length, args[1 + j])) {
-                    wanted = j;
-                    break;
-                }
-            }
-            if (wanted >= 0) {
-                if (found[wanted] != NULL) {
-                    ok = 0; /* seen twice: the Python reader rejects it, with its reason */
-                }
-                else {
-                    found[wanted] = pair_text(PyTuple_GET_ITEM(item, 1));
-                    ok = found[wanted] != NULL;
-                }
-            }
-        }
-        Py_DECREF(item);
-        if (!ok) {
-            goto decline;
-        }
+    PyObject *trace_obj = NULL, *span_obj = NULL, *sent_obj = NULL, *sc = NULL;
+    PyObject *entries = NULL, *result = NULL;
+    if (parsed_ints(&p, &trace_obj, &span_obj, &sent_obj) == 0
+        && (trace_obj == NULL || (sc = span_context_of(spec, &p, trace_obj, span_obj)) != NULL)
+        && (entries = baggage_of(spec, &p, found[W_BAGGAGE])) != NULL) {
+        result = PyTuple_Pack(4, sc != NULL ? sc : Py_None,
+                              p.transaction != NULL ? p.transaction : Py_None, entries,
+                              sent_obj != NULL ? sent_obj : Py_None);
     }
-    values = PyDict_New();
-    if (values == NULL) {
-        goto done;
+    Py_XDECREF(p.transaction);
+    Py_XDECREF(trace_obj);
+    Py_XDECREF(span_obj);
+    Py_XDECREF(sent_obj);
+    Py_XDECREF(sc);
+    Py_XDECREF(entries);
+    return result;
+}
+
+static PyObject *
+read_incoming(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyTuple_CheckExact(args[1]) || PyTuple_GET_SIZE(args[1]) != SPEC_SIZE
+        || !PyType_Check(PyTuple_GET_ITEM(args[1], 9))
+        || !PyType_IsSubtype((PyTypeObject *)PyTuple_GET_ITEM(args[1], 9), &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "read_incoming() takes a carrier and a read spec");
+        return NULL;
     }
-    for (int j = 0; j < 5; j++) {
-        if (found[j] != NULL && PyDict_SetItem(values, args[1 + j], found[j]) < 0) {
-            goto done;
-        }
+    PyObject *carrier = args[0];
+    PyObject *const *spec = &PyTuple_GET_ITEM(args[1], 0);
+    int with_origin = PyObject_IsTrue(spec[8]);
+    Py_ssize_t max_baggage, max_transaction;
+    if (with_origin < 0) {
+        return NULL;
     }
-    PyObject *common[10];
-    common[0] = values;
-    for (Py_ssize_t j = 1; j < nargs; j++) {
-        common[j] = args[j];
+    max_baggage = PyLong_AsSsize_t(spec[6]);
+    max_transaction = PyLong_AsSsize_t(spec[7]);
+    if ((max_baggage == -1 || max_transaction == -1) && PyErr_Occurred()) {
+        return NULL;
     }
-    result = read_common(module, common, nargs);
-    goto done;
-decline:
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    for (int j = 0; j < 5; j++) {
-        Py_XDECREF(found[j]);
+    PyObject *found[N_WANTED] = {NULL, NULL, NULL, NULL, NULL};
+    PyObject *result = NULL;
+    int status, pairs = 0;
+    if (PyDict_CheckExact(carrier)) {
+        status = gather_dict(carrier, spec, found);
     }
-    Py_XDECREF(values);
+    else if (PyList_CheckExact(carrier) || PyTuple_CheckExact(carrier)) {
+        status = gather_pairs(carrier, spec, found);
+        pairs = 1;
+    }
+    else {
+        status = 0;
+    }
+    if (status == 0) {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    else if (status > 0) {
+        result = incoming_result(spec, found, max_baggage, max_transaction, with_origin,
+                                 pairs);
+    }
+    release_found(found);
     return result;
 }
 
@@ -809,6 +1124,8 @@ static PyMethodDef speedups_methods[] = {
      "The common case of reading hoptrace's headers from a dict, or None."},
     {"read_pairs", (PyCFunction)(void (*)(void))read_pairs, METH_FASTCALL,
      "read_common for a list or tuple of (str, bytes) header pairs, or None."},
+    {"read_incoming", (PyCFunction)(void (*)(void))read_incoming, METH_FASTCALL,
+     "read_common or read_pairs, with the span context and baggage built; or None."},
     {"write_common", (PyCFunction)(void (*)(void))write_common, METH_FASTCALL,
      "The common case of writing hoptrace's headers into a dict; False if not handled."},
     {"mint_common", (PyCFunction)(void (*)(void))mint_common, METH_FASTCALL,

@@ -53,16 +53,19 @@ HEADERS = {
 @contextmanager
 def accelerated(on: bool) -> Iterator[None]:
     saved = propagation._read_common, propagation._write_common, propagation._mint_common
-    saved_pairs = propagation._read_pairs
+    saved_pairs, saved_incoming = propagation._read_pairs, propagation._read_incoming
     propagation._read_common = _speedups.read_common if on else None
     propagation._read_pairs = _speedups.read_pairs if on else None
+    # (what read() calls for both; set here too for a HOPTRACE_PURE_PYTHON=1 run)
+    propagation._read_incoming = (
+        _speedups.read_incoming if on and propagation._TUPLE_LAYOUT else None)
     propagation._write_common = _speedups.write_common if on else None
     propagation._mint_common = _speedups.mint_common if on else None
     try:
         yield
     finally:
         propagation._read_common, propagation._write_common, propagation._mint_common = saved
-        propagation._read_pairs = saved_pairs
+        propagation._read_pairs, propagation._read_incoming = saved_pairs, saved_incoming
 
 
 def outcome(incoming: propagation.Incoming) -> tuple[Any, ...]:

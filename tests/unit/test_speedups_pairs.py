@@ -80,6 +80,7 @@ def test_the_list_read_goes_through_c(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(propagation, "read_headers", no_scan)
     monkeypatch.setattr(propagation, "_read_pairs", _speedups.read_pairs)
+    monkeypatch.setattr(propagation, "_read_incoming", _speedups.read_incoming)
     incoming = propagation.read(PAIRS, get_settings())
     assert incoming.transaction_id == TX and incoming.sent_ns == EXPECTED[5]
 

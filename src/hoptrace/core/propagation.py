@@ -133,9 +133,16 @@ def _load_speedups() -> Any:
 
 
 _speedups = _load_speedups()
+#: Whether :func:`read` reads a dict in C (the tests set these two to None to compare the
+#: Python reader with it)...
 _read_common = _speedups.read_common if _speedups is not None else None
-#: The same for a list or tuple of (str, bytes) pairs, Kafka's headers (None: a stale build).
+#: ... and a list or tuple of (str, bytes) pairs, Kafka's headers (None: a stale build).
 _read_pairs = getattr(_speedups, "read_pairs", None)
+#: What read() calls for either: read_common or read_pairs, and what the Python reader
+#: builds from their result (the span context, the baggage), in one call. None: a stale
+#: build, or an OTel whose SpanContext is not the 6-tuple the C code builds; then the
+#: Python reader reads everything.
+_read_incoming = getattr(_speedups, "read_incoming", None) if _TUPLE_LAYOUT else None
 _write_common = _speedups.write_common if _speedups is not None else None
 _mint_common = _speedups.mint_common if _speedups is not None else None
 #: Whether the C module ``hoptrace._speedups`` handles the common case of inject and extract.
@@ -176,8 +183,8 @@ class _Names:
     """Header names for the settings in force, rebuilt when the settings change."""
 
     __slots__ = (
-        "all", "baggage_key", "mirror_prefix", "mirror_room", "sent", "tight", "transaction",
-        "wanted", "written",
+        "all", "baggage_key", "mirror_prefix", "mirror_room", "sent", "settings", "spec", "tight",
+        "transaction", "wanted", "written",
     )
 
     def __init__(self, settings: Settings) -> None:
@@ -200,6 +207,22 @@ class _Names:
             self.sent,
         )
         self.wanted = frozenset(self.all)
+        #: ``settings``' arguments to ``_speedups.read_incoming`` (see :func:`_incoming_spec`).
+        self.settings = settings
+        self.spec = _incoming_spec(self, settings)
+
+
+def _incoming_spec(names: _Names, settings: Settings) -> tuple[Any, ...]:
+    """``_speedups.read_incoming``'s spec: read_common's arguments, then what to build."""
+    allow = settings.baggage_allowlist
+    return (
+        semconv.TRACEPARENT, semconv.TRACESTATE, semconv.BAGGAGE, names.transaction,
+        names.sent, names.mirror_prefix, settings.max_baggage_bytes, _MAX_TRANSACTION,
+        # The origin entry, where the Python reader would keep it whole.
+        (allow is None or ORIGIN_BAGGAGE_KEY in allow) and settings.max_baggage_members > 1,
+        SpanContext, _SAMPLED, _NOT_SAMPLED, _DEFAULT_STATE, names.baggage_key,
+        ORIGIN_BAGGAGE_KEY,
+    )
 
 
 _names = _Names(get_settings())
@@ -399,32 +422,21 @@ def read(carrier: Carrier | object, settings: Settings) -> Incoming:
     try:
         names = _names
         kind = type(carrier)
-        if kind is dict or kind is list or kind is tuple:  # a list: Kafka's (str, bytes) pairs
-            reader = _read_common if kind is dict else _read_pairs
-            if reader is not None:
-                allow = settings.baggage_allowlist
-                fast = reader(
-                    carrier, semconv.TRACEPARENT, semconv.TRACESTATE, semconv.BAGGAGE,
-                    names.transaction, names.sent, names.mirror_prefix,
-                    settings.max_baggage_bytes, _MAX_TRANSACTION,
-                    # The origin entry, where the Python reader would keep it whole.
-                    (allow is None or ORIGIN_BAGGAGE_KEY in allow)
-                    and settings.max_baggage_members > 1,
-                )
-                if fast is not None:  # all of it valid already
-                    trace_id, span_id, sampled, tx, mirrored, sent_ns, origin = fast
-                    if trace_id is not None:
-                        incoming.span_context = _span_context(
-                            trace_id, span_id, _SAMPLED if sampled else _NOT_SAMPLED,
-                            _DEFAULT_STATE,
-                        )
-                    incoming.transaction_id = tx
-                    if origin is not None:  # as _parse_baggage gives it, with tx itself
-                        incoming.baggage = {ORIGIN_BAGGAGE_KEY: origin, names.baggage_key: tx}
-                    elif mirrored:  # (only with a transaction ID)
-                        incoming.baggage = {names.baggage_key: tx}
-                    incoming.sent_ns = sent_ns
-                    return incoming
+        # The common case in C (a list: Kafka's (str, bytes) pairs), in one call.
+        if (kind is dict or kind is list or kind is tuple) and _read_incoming is not None and (
+            _read_common if kind is dict else _read_pairs
+        ) is not None:
+            found = _read_incoming(
+                carrier,
+                names.spec if settings is names.settings else _incoming_spec(names, settings),
+            )
+            if found is not None:  # all of it valid already
+                span_context, incoming.transaction_id, baggage, incoming.sent_ns = found
+                if span_context is not None:
+                    incoming.span_context = span_context
+                if baggage is not None:  # (as _parse_baggage gives it)
+                    incoming.baggage = baggage
+                return incoming
         raw = carrier if type(carrier) is dict else read_headers(carrier, names.wanted)
         if not raw:
             return incoming
