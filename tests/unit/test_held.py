@@ -202,7 +202,9 @@ def test_tasks_keep_their_own_scopes_and_a_gone_task_s_scope_ends(spans: Any) ->
         # A living task inheriting this context neither closes nor restores our scope.
         await asyncio.create_task(_release_in_task(consumer))
         assert hoptrace.current_transaction_id() == tx2
-        held.release(consumer)
+        assert len(spans.named("process orders")) == 1  # ours is still open
+        held.release(consumer)  # this task's own release closes it and restores
+        assert hoptrace.current_transaction_id() is None
 
     asyncio.run(main())
     assert len(spans.named("process orders")) == 2

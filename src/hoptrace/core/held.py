@@ -13,8 +13,9 @@ message's process scope is opened by :func:`hold` and stays current until
 
 Held scopes live in a :class:`~contextvars.ContextVar` stack, so each thread and each asyncio
 task has its own, and a scope is closed in the context that opened it. Ownership is tested by
-resetting a per-scope token: that succeeds only in the very context that set it, which tells
-the opener apart from a task that merely inherited a copy of its context.
+resetting the token of the push that added the scope to the stack: that succeeds only in the
+very context that set it, which tells the opener apart from a task that merely inherited a
+copy of its context, and it leaves the stack as it was before the push.
 
 The setting ``hold_consume_scope=False`` turns holding off: the wrapped calls then open no
 scope, and the caller gives each message its exact boundaries with the client's
@@ -69,7 +70,8 @@ class Held(NamedTuple):
     #: Names the message for :func:`settle`.
     key: object
     settles: bool
-    mark: Token[None]
+    #: ``[token]`` of the push that added this entry to the stack (set once pushed).
+    mark: list[Token[tuple[Held, ...]]]
     #: The task or thread that holds it.
     where: Any
     #: The context the scope made current: a settle closes the scope only from there.
@@ -80,8 +82,6 @@ _new_held = tuple.__new__
 
 
 _stack: ContextVar[tuple[Held, ...]] = ContextVar("hoptrace_held", default=())
-#: Set once per held scope; resetting its token succeeds only in the very context that set it.
-_mark: ContextVar[None] = ContextVar("hoptrace_held_mark", default=None)
 #: Each owner's held scopes, one per task or thread that holds one, by ``id(owner)``: a weak
 #: reference to the owner (whose callback forgets the entry) and ``{task or thread: scope}``
 #: (the scope, not the :class:`Held`, which refers to the owner and would keep it alive).
@@ -139,8 +139,9 @@ def _gone(where: Any) -> bool:
 
 
 def _owned(entry: Held) -> bool:
+    """Whether this context pushed ``entry`` (the stack is then back to before that push)."""
     try:
-        _mark.reset(entry.mark)
+        _stack.reset(entry.mark[0])
         return True
     except (ValueError, RuntimeError):
         return False
@@ -181,10 +182,9 @@ def hold(
             return None
         if not opened:
             scope.open()
-        entry = _new_held(
-            Held, (owner, scope, key, settles, _mark.set(None), where, scope._attached)
-        )
-        _stack.set((*_stack.get(), entry))
+        mark: list[Any] = [None]
+        entry = _new_held(Held, (owner, scope, key, settles, mark, where, scope._attached))
+        mark[0] = _stack.set((*_stack.get(), entry))
         if slots is not None:
             slots[where] = scope
         return entry
@@ -207,11 +207,11 @@ def release(owner: object | None = None) -> None:
         last = len(stack) - 1
         entry = stack[last]
         if entry.owner is owner:  # the common case: _close_from for the newest scope alone
-            _stack.set(stack[:last])
             try:
-                _mark.reset(entry.mark)  # as _owned(entry)
+                _stack.reset(entry.mark[0])  # as _owned(entry): the stack is stack[:last] again
             except (ValueError, RuntimeError):
-                return  # only inherited: left to the task that opened it
+                _stack.set(stack[:last])
+                return  # only inherited: forgotten here, left to the task that opened it
             try:
                 entry.scope.close()
             except Exception as exc:
@@ -249,11 +249,12 @@ def _end_span(scope: consume_scope) -> None:
 
 
 def _close_from(stack: tuple[Held, ...], index: int) -> None:
+    """Take ``stack[index:]`` off the stack; close, newest first, those this context pushed."""
+    owned = [entry for entry in reversed(stack[index:]) if _owned(entry)]
     _stack.set(stack[:index])
-    for entry in reversed(stack[index:]):
+    for entry in owned:
         try:
-            if _owned(entry):
-                entry.scope.close()
+            entry.scope.close()
         except Exception as exc:
             diagnostics.internal_error("held.release", exc)
 
