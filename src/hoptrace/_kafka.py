@@ -29,7 +29,6 @@ from .core.context import (
     generate_transaction_id,
     get_current,
     sdk_installed,
-    span_in,
 )
 from .core.hop import (
     _FAILED,
@@ -95,11 +94,16 @@ class RecordScope(consume_scope):
 
     Built once per consumed record, so :class:`consume_scope`'s fields are set here in one
     frame; the span's Kafka attributes (:func:`record_attributes`) are only built when a
-    span records or metrics read them.
+    span records or metrics read them (from the record's fields kept here).
     """
 
-    __slots__ = ()
+    __slots__ = ("_group", "_key", "_offset", "_partition")
     span_message_id = False
+
+    def _attributes(self) -> dict[str, AttributeValue]:
+        """consume_scope's ``attributes`` (read as ``self._attributes``: this bound method, a
+        callable that only a span or metrics call)."""
+        return record_attributes(self._partition, self._offset, self._key, self._group)
 
     def __init__(
         self,
@@ -123,7 +127,10 @@ class RecordScope(consume_scope):
         self._destination = topic
         self._system = SYSTEM
         self._message_id = f"{topic}-{partition}@{offset}"
-        self._attributes = functools.partial(record_attributes, partition, offset, key, group)
+        self._partition = partition
+        self._offset = offset
+        self._key = key
+        self._group = group
         self._sent_ns = (
             create_time_ms * 1_000_000 if create_time_ms and create_time_ms > 0 else None
         )
@@ -238,14 +245,16 @@ def headers_only() -> bool | Span:
     settings = get_settings()
     if not settings.enabled or metrics.enabled():
         return False
-    if settings.propagation_only or not sdk_installed():
+    if settings.propagation_only:
         return True
     # What produce_scope._start_span asks first (metrics off: the context is the current one).
-    active = span_in(get_current())
-    if active is None:
-        return False
-    dropped = _dropped_child(active, None, "kafka.headers_only")
-    return False if dropped is None or dropped is _FAILED else dropped
+    # A drop is known only for the SDK's tracer, so only then is sdk_installed() asked.
+    active = get_current().get(SPAN_KEY)
+    if active is not None:
+        dropped = _dropped_child(active, None, "kafka.headers_only")  # type: ignore[arg-type]
+        if dropped is not None:
+            return False if dropped is _FAILED else dropped
+    return not sdk_installed()
 
 
 def send_headers(headers: object, timestamp_given: bool = False, span: Span | None = None) -> Any:

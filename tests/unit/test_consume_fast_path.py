@@ -127,25 +127,31 @@ def _norm(value: object, ambient: Context) -> object:
     return value
 
 
+def seeded_consume(counter: Iterator[int], monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Draw hop's IDs from ``counter``, freeze its clock, and record every
+    ``metrics.consumed`` call (its attributes resolved) into the list returned."""
+    monkeypatch.setattr(hop, "generate_transaction_id", lambda: f"{next(counter):032x}")
+    monkeypatch.setattr(hop, "mint_span_context", lambda: SpanContext(
+        next(counter), next(counter), False, TraceFlags(0)))
+    monkeypatch.setattr(time, "time_ns", lambda: NOW_NS)  # hop reads time.time_ns
+    calls: list[Any] = []
+
+    def consumed(*args: Any) -> Any:
+        extra = args[3]
+        calls.append((*args[:3], extra() if callable(extra) else extra, *args[4:]))
+        return _REAL_CONSUMED(*args)
+
+    monkeypatch.setattr(metrics, "consumed", consumed)
+    return calls
+
+
 def _snapshot(
     make: Callable[[], hop.consume_scope], fast: bool, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, Any]:
     """Open ``make()`` through one path; return everything the open and close left."""
     counter = itertools.count(1)
     monkeypatch.setattr(hop.consume_scope, "_unrecorded_fast", fast)
-    monkeypatch.setattr(hop, "generate_transaction_id", lambda: f"{next(counter):032x}")
-    monkeypatch.setattr(hop, "mint_span_context", lambda: SpanContext(
-        next(counter), next(counter), False, TraceFlags(0)))
-    monkeypatch.setattr(time, "time_ns", lambda: NOW_NS)  # hop reads time.time_ns
-    calls: list[Any] = []
-    real_consumed = _REAL_CONSUMED
-
-    def consumed(*args: Any) -> Any:
-        extra = args[3]
-        calls.append((*args[:3], extra() if callable(extra) else extra, *args[4:]))
-        return real_consumed(*args)
-
-    monkeypatch.setattr(metrics, "consumed", consumed)
+    calls = seeded_consume(counter, monkeypatch)
     hoptrace.reset_diagnostics()
     before = get_current()
     scope = make()
@@ -257,8 +263,10 @@ def test_a_record_scope_sets_what_consume_scope_s_constructor_sets() -> None:
         [("a", b"b")], "orders", _kafka.SYSTEM, message_id="orders-3@42",
         attributes=fast._attributes, sent_ns=1_700_000_000_000 * 1_000_000,
     )
-    slots = [name for cls in type(fast).__mro__ for name in getattr(cls, "__slots__", ())]
+    # consume_scope's fields; RecordScope's own hold the record's attributes' inputs.
+    slots = [name for cls in hop.consume_scope.__mro__ for name in getattr(cls, "__slots__", ())]
     assert len(slots) > 15
+    assert (fast._partition, fast._offset, fast._key, fast._group) == (3, 42, b"k", "g")
     for name in slots:
         unset = object()  # (a slot neither sets stays unset in both)
         assert getattr(fast, name, unset) == getattr(general, name, unset), name

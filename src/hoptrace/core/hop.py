@@ -48,6 +48,7 @@ from .context import (
     sdk_installed,
     span_in,
 )
+from .otel_shims import _CONTEXT_VAR
 from .propagation import Incoming, carried_transaction_id, holds_transaction_header, read, render
 from .settings import get_settings
 from .spans import dropped_child, start_span
@@ -67,6 +68,8 @@ class HopInfo(NamedTuple):
 
 
 _new_tuple = tuple.__new__  # HopInfo without NamedTuple's Python-level __new__
+#: :func:`restore`'s own call, where OTel keeps the current Context in a ContextVar.
+_reset: Final = _CONTEXT_VAR.reset if _CONTEXT_VAR is not None else None
 
 
 def spans_active() -> bool:
@@ -161,15 +164,20 @@ def start_child_span(
 _FAILED: Final[Span] = NonRecordingSpan(INVALID_SPAN_CONTEXT)
 
 
-def _dropped_child(parent: Span, span_id: int | None, where: str) -> Span | None:
-    """The non-recording child of ``parent`` when the sampler is known to drop it, else None.
+def _dropped_child(
+    parent: Span | SpanContext, span_id: int | None, where: str
+) -> Span | None:
+    """The non-recording child of ``parent`` (a span, or its span context) when the sampler
+    is known to drop it, else None.
 
     :func:`spans.dropped_child` decides from the parent's span context (an invalid one, or
     one whose delegate may keep the child, gives None); a failure is counted at ``where``
     and returns :data:`_FAILED`.
     """
     try:
-        return dropped_child(parent.get_span_context(), span_id)
+        return dropped_child(
+            parent if type(parent) is SpanContext else parent.get_span_context(),  # type: ignore[union-attr]
+            span_id)
     except Exception as exc:
         diagnostics.internal_error(where, exc)
         return _FAILED
@@ -328,7 +336,13 @@ class _Scope:
         token, attached = self._token, self._attached
         if token is not None and attached is not None and get_current() is attached:
             self._token = self._attached = None
-            if not restore(token):
+            if _reset is None:
+                if not restore(token):
+                    diagnostics.count("scope.closed_elsewhere")
+                return
+            try:  # restore(token), inline
+                _reset(token)  # type: ignore[arg-type]
+            except (ValueError, RuntimeError):
                 diagnostics.count("scope.closed_elsewhere")
         else:
             self._release()
@@ -585,6 +599,10 @@ class consume_scope(_Scope):
     #: turn it off to compare that fast path with the general one).
     _unrecorded_fast: bool = True
 
+    #: Whether a span the sampler is known to drop opens through :meth:`_open`'s shortcut
+    #: (the tests turn it off to compare it with :meth:`_open_general`).
+    _dropped_fast: bool = True
+
     def _open(self, settings: Any) -> None:
         """Extract the message's context, start the span and attach both."""
         spans = not settings.propagation_only and sdk_installed()
@@ -595,7 +613,39 @@ class consume_scope(_Scope):
         incoming = read(self._carrier, settings)
         self.incoming = incoming
         ambient = get_current()
-        tx, upstream = incoming_transaction(incoming, settings.trust_incoming)
+        remote = incoming.span_context
+        tx = None
+        if (spans and remote is not None and self._dropped_fast and settings.trust_incoming
+                and settings.link_mode != "link" and ambient.get(SPAN_KEY) is None
+                and self._redelivered is None and not self._links):
+            # The producer's span is the parent, with no links (incoming_parent's answer).
+            # When the sampler is known to drop its child, that child is all the span work:
+            # no parent span object, attributes or links (test_sdk_spans_dropped.py).
+            tx = incoming.transaction_id or generate_transaction_id()  # (incoming_transaction)
+            span: Any = _dropped_child(remote, None, "consume_scope.span")
+            if span is not None:
+                self.transaction_id = tx
+                if span is _FAILED:  # counted: no span, the producer's context goes on
+                    span = NonRecordingSpan(remote)
+                else:
+                    self.span = span
+                baggage = incoming.baggage
+                self._enter(ambient, span, tx, baggage, baggage if baggage is not None
+                            else ambient.get(BAGGAGE_KEY), self._queue_wait(incoming, now_ns),
+                            now_ns, settings)
+                return
+        self._open_general(settings, incoming, ambient, now_ns, spans, tx)
+
+    def _open_general(
+        self, settings: Any, incoming: Incoming, ambient: Context, now_ns: int, spans: bool,
+        asked: str | None,
+    ) -> None:
+        """:meth:`_open` beyond its shortcut; ``asked``: the transaction ID it chose, if it
+        asked the sampler already (then it did not drop the child)."""
+        if asked is None:
+            tx, upstream = incoming_transaction(incoming, settings.trust_incoming)
+        else:
+            tx, upstream = asked, None
         self.transaction_id = tx
         remote = incoming.span_context
         ambient_span = ambient.get(SPAN_KEY)
@@ -621,7 +671,7 @@ class consume_scope(_Scope):
         if spans:
             span_id = (None if self._redelivered is None
                        else self._span_id(remote, parent_span, links))
-            if parent_span is not None:
+            if parent_span is not None and asked is None:
                 # A child the sampler is known to drop: the SDK's non-recording span, without
                 # the attributes it would never keep.
                 span = _dropped_child(parent_span, span_id, "consume_scope.span")
@@ -636,6 +686,13 @@ class consume_scope(_Scope):
             self.span = span
         if span is None:
             span = parent_span if parent_span is not None else NonRecordingSpan(mint_span_context())
+        self._enter(ambient, span, tx, baggage, carried, skew, now_ns, settings)
+
+    def _enter(
+        self, ambient: Context, span: Any, tx: str, baggage: Any, carried: Any, skew: bool,
+        now_ns: int, settings: Any,
+    ) -> None:
+        """Attach the handler's context (see :meth:`_handler_values`); metrics see the hop."""
         values = self._handler_values(ambient, span, tx, baggage, carried, settings)
         self._active = span.get_span_context()
         self.metrics_record = metrics.consumed(
@@ -696,6 +753,9 @@ class consume_scope(_Scope):
         hop = _new_tuple(HopInfo, (self._system, self._destination, self._message_id))
         if baggage is not None and baggage.get(settings.baggage_key) is tx:
             # The common case: the baggage is the sender's, with this transaction's entry.
+            if not ambient:  # nothing current (a poll loop): one dict, not two merged
+                return {SPAN_KEY: span, TRANSACTION_KEY: tx, BAGGAGE_KEY: baggage, HOP_KEY: hop,
+                        HOP_SPAN_KEY: span}
             return {**ambient, SPAN_KEY: span, TRANSACTION_KEY: tx, BAGGAGE_KEY: baggage,
                     HOP_KEY: hop, HOP_SPAN_KEY: span}
         values: dict[str, object] = {**ambient, SPAN_KEY: span, HOP_KEY: hop,
@@ -709,9 +769,11 @@ class consume_scope(_Scope):
         The send time is the one the message carries, else the broker's (``sent_ns``). A send
         time in the future (clock skew between hosts) is counted and gives a wait of 0.
         """
-        sent = incoming.sent_ns if incoming.sent_ns is not None else self._sent_ns
+        sent = incoming.sent_ns
         if sent is None:
-            return False
+            sent = self._sent_ns
+            if sent is None:
+                return False
         wait = (now_ns - sent) / 1e6
         if wait < 0:
             diagnostics.count("clock_skew")
