@@ -310,3 +310,32 @@ def test_a_new_global_provider_is_seen_at_once() -> None:
     assert [s.name for s in exporter.get_finished_spans()] == ["job"]
     trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
     assert spans.dropped_child(unsampled) is None  # no SDK: nothing known
+
+
+def test_settings_and_providers_changed_are_seen_at_once() -> None:
+    """fast_starter() caches its answer per (settings, provider): each change is seen."""
+    from hoptrace.core import spans
+    from hoptrace.core.otel_shims import sdk_installed
+
+    unsampled = SpanContext(7 << 64, 9, True, TraceFlags(0))
+    hoptrace.configure(fast_spans=True)
+    install(ParentBased(TraceIdRatioBased(0.0)))
+    assert spans.dropped_child(unsampled) is not None and sdk_installed()
+    hoptrace.configure(fast_spans=False)  # new settings: no shortcut any more
+    assert spans.dropped_child(unsampled) is None and spans.fast_starter() is None
+    hoptrace.configure(fast_spans=True)
+    assert spans.dropped_child(unsampled) is not None
+    trace._TRACER_PROVIDER = trace.NoOpTracerProvider()  # type: ignore[attr-defined]
+    assert spans.dropped_child(unsampled) is None and not sdk_installed()
+    with hoptrace.transaction("job") as tx:  # no SDK: a minted, valid, unsampled trace
+        span = tx.span
+        sc = trace.get_current_span().get_span_context()
+    assert type(span) is NonRecordingSpan and sc.is_valid and not sc.trace_flags.sampled
+    trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
+    assert not sdk_installed() and spans.fast_starter() is None
+    _, exporter = install(ALWAYS_ON)
+    assert sdk_installed()
+    with hoptrace.transaction("kept"):
+        pass
+    assert [s.name for s in exporter.get_finished_spans()] == ["kept"]
+

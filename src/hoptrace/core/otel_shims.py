@@ -97,15 +97,21 @@ def _global_provider() -> object:
         return None if isinstance(provider, ProxyTracerProvider) else provider
 
 
+#: Whether the OTel API keeps the global provider in ``trace._TRACER_PROVIDER`` (read directly).
+PROVIDER_GLOBAL: Final = hasattr(trace, "_TRACER_PROVIDER")
+
+
 def sdk_installed() -> bool:
     """Return whether a real tracer provider (an OTel SDK) is installed globally."""
-    provider = _global_provider()
+    # (Asked once per scope: the global read and the answer for the last provider, inline.)
+    provider = trace._TRACER_PROVIDER if PROVIDER_GLOBAL else _global_provider()
+    seen = _provider_seen
+    if provider is seen[0]:
+        return seen[1]  # type: ignore[return-value]
     if provider is None:
         return False
-    seen = _provider_seen
-    if provider is not seen[0]:
-        seen[1] = not isinstance(provider, (ProxyTracerProvider, trace.NoOpTracerProvider))
-        seen[0] = provider
+    seen[1] = not isinstance(provider, (ProxyTracerProvider, trace.NoOpTracerProvider))
+    seen[0] = provider
     return bool(seen[1])
 
 

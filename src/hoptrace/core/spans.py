@@ -20,7 +20,8 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, Statu
 from opentelemetry.util.types import AttributeValue
 
 from . import diagnostics
-from .otel_shims import _tracer_cache, tracer
+from . import settings as _settings
+from .otel_shims import PROVIDER_GLOBAL, _tracer_cache, tracer
 from .settings import get_settings
 
 #: [tracer, its _sdk_spans.Starter or None] for the tracer last seen.
@@ -94,18 +95,46 @@ def start_span_lazy(
     ``NonRecordingSpan``, made without building them. Anything else gets
     ``tracer.start_span``.
     """
-    # (tracer(): its cache read here, no call, while the provider holds)
-    provider = getattr(_trace_api, "_TRACER_PROVIDER", None)
-    cached = _tracer_cache
-    current: Any = cached[1] if provider is cached[0] and provider is not None else tracer()
-    if get_settings().fast_spans:
-        cache = _starter_cache
-        starter = cache[1] if cache[0] is current else _starter_for(current)
-        if starter is not None:
-            return starter.start_lazy(name, context, kind, attributes)  # type: ignore[no-any-return]
-    return current.start_span(  # type: ignore[no-any-return]
+    starter = fast_starter()
+    if starter is not None:
+        return starter.start_lazy(name, context, kind, attributes)  # type: ignore[no-any-return]
+    return tracer().start_span(
         name, context=context, kind=kind, attributes=attributes(), links=None,
         start_time=None)  # (as start_span passes them)
+
+
+def sdk_starter() -> Any:
+    """The current tracer's :class:`~hoptrace.core._sdk_spans.Starter`, or None.
+
+    Not None only for the OTel SDK's tracer (so an SDK is installed). Whether its sampling
+    shortcuts may run is ``fast_spans``: the caller's to check.
+    """
+    # (tracer(): its cache read here, no call, while the provider holds)
+    provider = (_trace_api._TRACER_PROVIDER if PROVIDER_GLOBAL
+                else getattr(_trace_api, "_TRACER_PROVIDER", None))
+    cached = _tracer_cache
+    current: Any = cached[1] if provider is cached[0] and provider is not None else tracer()
+    cache = _starter_cache
+    return cache[1] if cache[0] is current else _starter_for(current)
+
+
+#: [settings, provider, :func:`fast_starter`'s answer] for the settings and provider last seen.
+_fast_cache: list[Any] = [None, None, None]
+
+
+def fast_starter() -> Any:
+    """The Starter whose sampling shortcuts apply now (``fast_spans`` on, the SDK's tracer),
+    else None. Cached for the settings and global provider in force (each replaced, never
+    changed, when they change), so it is asked again as soon as either changes."""
+    provider = (_trace_api._TRACER_PROVIDER if PROVIDER_GLOBAL
+                else getattr(_trace_api, "_TRACER_PROVIDER", None))
+    cache = _fast_cache
+    settings = _settings._current
+    if settings is cache[0] and provider is cache[1] and provider is not None:
+        return cache[2]
+    starter = sdk_starter() if get_settings().fast_spans else None
+    cache[0], cache[1], cache[2] = _settings._current, provider, starter
+    return starter
 
 
 def dropped_child(parent: SpanContext, span_id: int | None = None) -> Span | None:
@@ -115,13 +144,12 @@ def dropped_child(parent: SpanContext, span_id: int | None = None) -> Span | Non
     know, a decision that records): then the caller starts the span with :func:`start_span`,
     attributes and all. The span is the one :func:`start_span` would return.
     """
-    if not get_settings().fast_spans:
-        return None
-    provider = getattr(_trace_api, "_TRACER_PROVIDER", None)  # (tracer(), as above)
-    cached = _tracer_cache
-    current: Any = cached[1] if provider is cached[0] and provider is not None else tracer()
-    cache = _starter_cache
-    starter = cache[1] if cache[0] is current else _starter_for(current)
+    cache = _fast_cache  # (fast_starter(), without its call while its cache holds)
+    if (cache[0] is _settings._current and PROVIDER_GLOBAL
+            and cache[1] is _trace_api._TRACER_PROVIDER and cache[1] is not None):
+        starter = cache[2]
+    else:
+        starter = fast_starter()
     if starter is None:
         return None
     return starter.dropped_child(parent, span_id)  # type: ignore[no-any-return]
@@ -150,4 +178,7 @@ def end_span(span: Span, exc: BaseException | None, where: str) -> None:
             diagnostics.internal_error(where, err)
 
 
-__all__: Final = ["describe", "dropped_child", "end_span", "start_span", "start_span_lazy"]
+__all__: Final = [
+    "describe", "dropped_child", "end_span", "fast_starter", "sdk_starter", "start_span",
+    "start_span_lazy",
+]

@@ -17,7 +17,7 @@ from .hop import _Scope
 from .ids import generate_transaction_id, mint_span_context, validate_transaction_id
 from .otel_shims import BAGGAGE_KEY, SPAN_KEY, get_current, sdk_installed
 from .settings import ConfigurationError, Settings, get_settings, new_transaction_id
-from .spans import start_span_lazy
+from .spans import fast_starter, start_span_lazy
 
 TFunc = TypeVar("TFunc", bound=Callable[..., Any])
 
@@ -91,14 +91,20 @@ class transaction(_Scope):
         self._attach(Context(values))
 
     def _start_span(self, parent: Context, tx: str, settings: Settings) -> Span:
-        if settings.propagation_only or not sdk_installed():
-            active: Span | None = parent.get(SPAN_KEY)  # type: ignore[assignment]  # (span_in)
-            if active is not None and active.get_span_context().is_valid:
-                return NonRecordingSpan(mint_span_context(active.get_span_context().trace_id))
-            return NonRecordingSpan(mint_span_context())
-        # The attributes are built only for a span the sampler may keep (or read them for).
-        return start_span_lazy(self._name or "transaction", parent, SpanKind.INTERNAL,
-                               self._span_attributes)
+        if not settings.propagation_only:
+            # The attributes are built only for a span the sampler may keep (or read them for).
+            starter = fast_starter()
+            if starter is not None:  # the SDK's tracer (start_span_lazy, without its lookups)
+                return starter.start_lazy(  # type: ignore[no-any-return]
+                    self._name or "transaction", parent, SpanKind.INTERNAL,
+                    self._span_attributes)
+            if sdk_installed():
+                return start_span_lazy(self._name or "transaction", parent, SpanKind.INTERNAL,
+                                       self._span_attributes)
+        active: Span | None = parent.get(SPAN_KEY)  # type: ignore[assignment]  # (span_in)
+        if active is not None and active.get_span_context().is_valid:
+            return NonRecordingSpan(mint_span_context(active.get_span_context().trace_id))
+        return NonRecordingSpan(mint_span_context())
 
     def _span_attributes(self) -> dict[str, AttributeValue]:
         tx = cast(str, self.transaction_id)  # set by _open before the span starts
