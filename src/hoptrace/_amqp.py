@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 import functools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from typing import Any, Final, TypeVar
 
@@ -28,7 +28,9 @@ from ._redelivery import (
 )
 from .core import diagnostics, metrics, semconv
 from .core.hop import consume_scope, produce_scope, spans_active
+from .core.otel_shims import sdk_installed
 from .core.propagation import inject
+from .core.settings import get_settings
 
 __all__ = [
     "CALLBACK_MARK",
@@ -36,11 +38,14 @@ __all__ = [
     "REASON_DEAD_LETTER",
     "REASON_REDELIVERY",
     "DeliveryMemory",
+    "DeliveryScope",
     "Processing",
+    "SendScope",
     "broker_sent_ns",
     "dead_lettered",
     "delivery_attributes",
     "destination",
+    "headers_only_now",
     "memory",
     "message_id_text",
     "message_key",
@@ -49,6 +54,7 @@ __all__ = [
     "open_from",
     "publish",
     "publish_async",
+    "publish_headers",
     "run_in",
     "run_in_async",
     "traced_already",
@@ -122,12 +128,57 @@ def destination(exchange: str | None, routing_key: str, queue: str | None = None
 
 def traced_already(headers: object) -> bool:
     """Whether ``headers`` already carry the active span as their parent (no second span)."""
-    if headers is None or not isinstance(headers, Mapping):
+    if headers is None or (type(headers) is not dict and not isinstance(headers, Mapping)):
         return False
     try:
-        return names_active_span(headers.get(semconv.TRACEPARENT))
+        traceparent = headers.get(semconv.TRACEPARENT)
+        return traceparent is not None and names_active_span(traceparent)
     except Exception:
         return False
+
+
+class DeliveryScope(consume_scope):
+    """One delivery's ``process`` scope, its fields set in one frame (positional arguments).
+
+    Built once per delivered message: :class:`consume_scope`'s keyword-only constructor
+    and its base class's would cost two more frames and a keyword dictionary. The fields
+    are the ones ``consume_scope(headers, destination, system, message_id=...,
+    attributes=..., sent_ns=..., links=..., redelivered=...)`` sets
+    (tests/unit/test_amqp_fast_paths.py compares every slot).
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        headers: object,
+        destination: str,
+        system: str,
+        message_id: str | None,
+        attributes: Callable[[], dict[str, Any]] | None,
+        sent_ns: int | None,
+        links: Sequence[Any] | None,
+        redelivered: bool | None,
+    ) -> None:
+        self.span = None
+        self._token = None
+        self._attached = None
+        self._closed = False
+        self.metrics_record = None
+        self._redelivered = redelivered
+        self._carrier = headers
+        self._destination = destination
+        self._system = system
+        self._message_id = message_id
+        self._attributes = attributes
+        self._sent_ns = sent_ns
+        self._links = links
+        self._operation = semconv.OP_PROCESS
+        self._name = None
+        self.incoming = None
+        self.transaction_id = None
+        self.queue_wait_ms = None
+        self._active = None
 
 
 def open_delivery(
@@ -163,24 +214,27 @@ def open_delivery_fields(
     try:
         text_id = message_id_text(message_id) if message_id is not None else None
         # Deliveries are remembered only to link spans: none without a span to link.
-        recording = spans_active()
+        settings = get_settings()
+        recording = (settings.enabled and not settings.propagation_only
+                     and sdk_installed())  # (spans_active(), inlined)
         key = message_key(headers, text_id) if recording else None
-        scope = consume_scope(
+        place = (
+            exchange if type(exchange) is str else None,
+            routing_key if type(routing_key) is str else "",
+            queue if type(queue) is str else None,
+        )
+        name = _destinations.get(place)  # (destination()'s common case, inlined)
+        scope = DeliveryScope(
             headers,
-            destination(
-                exchange if type(exchange) is str else None,
-                routing_key if type(routing_key) is str else "",
-                queue if type(queue) is str else None,
-            ),
+            name if name is not None else destination(*place),
             system,
-            message_id=text_id,
-            attributes=functools.partial(
+            text_id,
+            functools.partial(
                 delivery_attributes, routing_key, delivery_tag, correlation_id
             ) if recording else None,
-            sent_ns=broker_sent_ns(timestamp) if timestamp is not None else None,
-            links=(memory.links(key, headers, redelivered is not False)
-                   if key is not None else None),
-            redelivered=redelivered if type(redelivered) is bool else None,
+            broker_sent_ns(timestamp) if timestamp is not None else None,
+            memory.links(key, headers, redelivered is not False) if key is not None else None,
+            redelivered if type(redelivered) is bool else None,
         )
         scope.open()
         if key is not None and scope.span is not None:
@@ -199,62 +253,88 @@ def open_delivery_fields(
 _publishing: ContextVar[bool] = ContextVar("hoptrace_amqp_publishing", default=False)
 
 
-class Send:
-    """What one publish needs: the headers in, the send scope, the headers to send."""
+class SendScope(produce_scope):
+    """One publish's ``send`` scope, its fields set in one frame (positional arguments).
 
-    __slots__ = ("carrier", "guard", "scope")
+    The fields ``produce_scope(headers, destination, system, message_id=...,
+    attributes=..., copy=True)`` sets (tests/unit/test_amqp_fast_paths.py compares every
+    slot), without its keyword-only constructor's and its base class's extra frames.
+    """
 
-    def __init__(self) -> None:
-        self.guard: Token[bool] | None = None
-        self.scope: produce_scope | None = None
-        #: The headers to publish, or None to publish the caller's message unchanged.
-        self.carrier: Any = None
+    __slots__ = ()
 
-    def finish(self, exc: BaseException | None = None) -> None:
-        """End the send span (with ``exc`` as its error) and drop the guard."""
-        try:
-            if self.scope is not None:
-                self.scope.close(exc)
-        finally:
-            if self.guard is not None:
-                _publishing.reset(self.guard)
+    def __init__(
+        self, headers: Any, destination: str, system: str, message_id: str | None,
+        attributes: dict[str, Any],
+    ) -> None:
+        self.span = None
+        self._token = None
+        self._attached = None
+        self._closed = False
+        self.metrics_record = None
+        self._sent_time = True
+        self._carrier = headers
+        self._destination = destination
+        self._system = system
+        self._message_id = message_id
+        self._attributes = attributes
+        self._copy = True
+        self.carrier = headers
+        self.transaction_id = None
+
+
+#: What :func:`_begin` gives a publish: the headers to send (None: the caller's message goes
+#: out unchanged), the open send scope, the guard to reset.
+_Begun = tuple[Any, "produce_scope | None", "Token[bool] | None"]
+_UNTRACED: Final[_Begun] = (None, None, None)
 
 
 def _begin(
     headers: Any, system: str, exchange: object, routing_key: object,
     message_id: object, correlation_id: object, headers_only: bool, label: str,
-) -> Send:
-    send = Send()
-    if _publishing.get() or traced_already(headers):
-        return send
-    send.guard = _publishing.set(True)
+) -> _Begun:
+    if type(headers) is dict and not headers:
+        headers = None  # (the same headers sent from an empty dict, without copying it)
+    if _publishing.get() or (headers is not None and traced_already(headers)):
+        return _UNTRACED
+    guard = _publishing.set(True)
+    scope: produce_scope | None = None
     try:
         if headers_only and not (spans_active() or metrics.enabled()):
-            send.carrier = inject(headers, copy=True)
-            return send
+            return inject(headers, copy=True), None, guard
         attrs: dict[str, Any] = {}
         if type(routing_key) is str and routing_key:  # the conventions: only if not empty
             attrs[semconv.RABBITMQ_ROUTING_KEY] = routing_key
         if type(correlation_id) is str:
             attrs[semconv.MESSAGING_CONVERSATION_ID] = correlation_id
-        send.scope = produce_scope(
+        scope = SendScope(
             headers,
             destination(
                 exchange if type(exchange) is str and exchange else None,
                 str(routing_key or ""),
             ),
             system,
-            message_id=message_id_text(message_id),
-            attributes=attrs,
-            copy=True,
+            message_id_text(message_id) if message_id is not None else None,
+            attrs,
         ).open()
-        send.carrier = send.scope.carrier
+        return scope.carrier, scope, guard
     except Exception as exc:
         diagnostics.internal_error(label, exc)
-        if send.scope is not None:
-            send.scope.close()
-        send.scope = send.carrier = None
-    return send
+        if scope is not None:
+            scope.close()
+        return None, None, guard
+
+
+def _finish(
+    scope: produce_scope | None, guard: Token[bool] | None, exc: BaseException | None = None
+) -> None:
+    """End the send span (with ``exc`` as its error) and drop the guard."""
+    try:
+        if scope is not None:
+            scope.close(exc)
+    finally:
+        if guard is not None:
+            _publishing.reset(guard)
 
 
 def publish(
@@ -270,38 +350,44 @@ def publish(
     are written and no context is attached. ``label`` names the call in hoptrace's
     internal-error counts.
     """
-    if headers_only and _headers_only_now():
-        return _publish_headers(call, headers, label)
-    send = _begin(headers, system, exchange, routing_key, message_id, correlation_id,
-                  headers_only, label)
+    if headers_only and headers_only_now():
+        return publish_headers(call, headers, label)
+    carrier, scope, guard = _begin(headers, system, exchange, routing_key, message_id,
+                                   correlation_id, headers_only, label)
     try:
-        result = call(send.carrier)
+        result = call(carrier)
     except BaseException as exc:
-        send.finish(exc)
+        _finish(scope, guard, exc)
         raise
-    send.finish()
+    _finish(scope, guard)
     return result
 
 
-def _headers_only_now() -> bool:
+def headers_only_now() -> bool:
     """No span and no metric to record: a ``headers_only`` publish writes only headers.
 
     A failure says False: :func:`_begin` then asks again, and counts the error.
     """
     try:
-        return not (spans_active() or metrics.enabled())
+        settings = get_settings()
+        if settings.enabled and not settings.propagation_only and sdk_installed():
+            return False  # (spans_active(), inlined)
+        return not metrics.enabled()
     except Exception:
         return False
 
 
-def _publish_headers(call: Callable[[Any], R], headers: Any, label: str) -> R:
+def publish_headers(call: Callable[..., R], headers: Any, label: str, *args: Any) -> R:
     """:func:`publish` with ``headers_only`` and no span to make: only the headers written.
 
-    The same steps as :func:`_begin` and :meth:`Send.finish` take for it, without a
-    :class:`Send`.
+    Returns ``call(carrier, *args)``: a client passes its publish's arguments along rather
+    than a closure over them. Only when :func:`headers_only_now` says so. The same steps as
+    :func:`_begin` and :func:`_finish` take for it.
     """
-    if _publishing.get() or traced_already(headers):
-        return call(None)
+    if type(headers) is dict and not headers:
+        headers = None  # (as in _begin)
+    if _publishing.get() or (headers is not None and traced_already(headers)):
+        return call(None, *args)
     guard = _publishing.set(True)
     try:
         try:
@@ -309,7 +395,7 @@ def _publish_headers(call: Callable[[Any], R], headers: Any, label: str) -> R:
         except Exception as exc:
             diagnostics.internal_error(label, exc)
             carrier = None
-        return call(carrier)
+        return call(carrier, *args)
     finally:
         _publishing.reset(guard)
 
@@ -320,14 +406,14 @@ async def publish_async(
     label: str = "amqp.publish",
 ) -> R:
     """:func:`publish` for a coroutine (aio-pika's ``Exchange.publish``)."""
-    send = _begin(headers, system, exchange, routing_key, message_id, correlation_id, False,
-                  label)
+    carrier, scope, guard = _begin(headers, system, exchange, routing_key, message_id,
+                                   correlation_id, False, label)
     try:
-        result = await call(send.carrier)
+        result = await call(carrier)
     except BaseException as exc:
-        send.finish(exc)
+        _finish(scope, guard, exc)
         raise
-    send.finish()
+    _finish(scope, guard)
     return result
 
 
@@ -344,6 +430,15 @@ def open_from(
     both. ``label`` names the caller in hoptrace's internal-error counts.
     """
     try:
+        try:  # the clients' own objects have every field: no getattr calls for them
+            return open_delivery_fields(
+                properties.headers, system, method.exchange,  # type: ignore[attr-defined]
+                method.routing_key, queue, properties.message_id,  # type: ignore[attr-defined]
+                method.delivery_tag, properties.correlation_id,  # type: ignore[attr-defined]
+                properties.timestamp, method.redelivered,  # type: ignore[attr-defined]
+            )
+        except AttributeError:
+            pass
         return open_delivery_fields(
             getattr(properties, "headers", None),
             system,

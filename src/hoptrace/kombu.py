@@ -52,6 +52,10 @@ def _system(channel: Any) -> str:
 
 
 def _is_celery(headers: object) -> bool:
+    if headers is None:  # (the common cases first: no ABC check for them)
+        return False
+    if type(headers) is dict:
+        return CELERY_TASK_HEADER in headers
     return isinstance(headers, Mapping) and CELERY_TASK_HEADER in headers
 
 

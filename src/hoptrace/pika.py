@@ -72,11 +72,21 @@ def _copy_properties(properties: Any, headers: Any) -> Any:
         from pika.spec import BasicProperties  # type: ignore[import-untyped]
 
         return BasicProperties(headers=headers)
-    cls = type(properties)
-    new = object.__new__(cls)
-    new.__dict__.update(properties.__dict__)
-    new.headers = headers
+    new = object.__new__(type(properties))
+    fields = properties.__dict__.copy()  # (cheaper than filling the new object's own)
+    fields["headers"] = headers
+    new.__dict__ = fields
     return new
+
+
+def _send(
+    carrier: Any, properties: Any, original: Callable[..., Any], channel: Any, exchange: Any,
+    routing_key: Any, body: Any, mandatory: Any,
+) -> Any:
+    """Publish through ``original``, with the properties copied if there are headers to send."""
+    if carrier is not None:
+        properties = _copy_properties(properties, carrier)
+    return original(channel, exchange, routing_key, body, properties, mandatory)
 
 
 def _traced_call(
@@ -104,6 +114,11 @@ def _wrap_basic_publish(original: Callable[..., Any]) -> Callable[..., Any]:
         properties: Any = None,
         mandatory: bool = False,
     ) -> Any:
+        if _amqp.headers_only_now():  # (the common case: no closure, no span machinery)
+            return _amqp.publish_headers(
+                _send, getattr(properties, "headers", None), "pika.basic_publish",
+                properties, original, self, exchange, routing_key, body, mandatory,
+            )
         return _traced_call(
             exchange,
             routing_key,
@@ -163,7 +178,8 @@ def _wrap_callback(queue: Any, callback: Any) -> Any:
 
     def on_message(channel: Any, method: Any, properties: Any, body: Any) -> Any:
         return _amqp.run_in(
-            _open(queue, method, properties), callback, channel, method, properties, body
+            _amqp.open_from(method, properties, queue, semconv.SYSTEM_RABBITMQ, "pika.consume"),
+            callback, channel, method, properties, body,
         )
 
     return _amqp.wrapped(on_message, callback)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import datetime
 import random
+import types
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -206,7 +208,7 @@ def _publish_once(fast: bool, headers: Any, ambient: str, monkeypatch: Any) -> A
 
     import hoptrace
 
-    monkeypatch.setattr(_amqp, "_headers_only_now", lambda: fast)
+    monkeypatch.setattr(_amqp, "headers_only_now", lambda: fast)
     seen: list[Any] = []
 
     def call(carrier: Any) -> str:
@@ -305,3 +307,294 @@ def test_headers_only_fast_path_errors(monkeypatch: pytest.MonkeyPatch, no_sdk: 
     with pytest.raises(KeyError):
         _amqp.publish(fails, None, "rabbitmq", exchange="", routing_key="q", headers_only=True)
     assert _amqp._publishing.get() is False
+
+
+# ------------------------------------------------- a delivery's scope (one frame) ---
+
+LINKS: tuple[Any, ...] = (None, ())
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_delivery_scope_sets_what_consume_scope_s_constructor_sets(seed: int) -> None:
+    """DeliveryScope sets consume_scope's fields itself (positional): none may be missed."""
+    from hoptrace.core import hop
+
+    rng = random.Random(seed)
+    headers = rng.choice(CALLER_HEADERS)
+    fields = (
+        rng.choice(("q", "ex:k:q", "")), rng.choice(("rabbitmq", "kombu")),
+        rng.choice((None, "m-1", "ü" * 3)), rng.choice((None, lambda: {"a": 1})),
+        rng.choice((None, 0, 1_700_000_000 * 10**9)), rng.choice(LINKS),
+        rng.choice((None, True, False)),
+    )
+    destination, system, message_id, attributes, sent_ns, links, redelivered = fields
+    fast = _amqp.DeliveryScope(headers, *fields)
+    general_scope = hop.consume_scope(
+        headers, destination, system, message_id=message_id, attributes=attributes,
+        sent_ns=sent_ns, links=links, redelivered=redelivered,
+    )
+    slots = [name for cls in type(fast).__mro__ for name in getattr(cls, "__slots__", ())]
+    assert len(slots) > 15
+    for name in slots:
+        unset = object()  # (a slot neither sets stays unset in both)
+        assert getattr(fast, name, unset) == getattr(general_scope, name, unset), name
+
+
+class _Fields:
+    """A delivery's method or properties object: some fields, maybe one that raises."""
+
+    def __init__(self, values: dict[str, Any], raising: str | None = None) -> None:
+        self.__dict__.update(values)
+        self._raising = raising
+
+    def __getattr__(self, name: str) -> Any:
+        if name == self.__dict__.get("_raising"):
+            raise KeyError(name)  # not an AttributeError: a broken object
+        raise AttributeError(name)
+
+
+METHOD_FIELDS = ("exchange", "routing_key", "delivery_tag", "redelivered")
+PROPERTY_FIELDS = ("headers", "message_id", "correlation_id", "timestamp")
+VALUES: tuple[Any, ...] = (None, "", "ex", 7, True, False, b"id", 1_700_000_000)
+
+
+def _fields_object(rng: random.Random, names: tuple[str, ...]) -> _Fields:
+    values = {name: rng.choice(VALUES) for name in names if rng.random() < 0.8}
+    raising = rng.choice((None, None, None, *[n for n in names if n not in values]))
+    return _Fields(values, raising)
+
+
+def _getattr_path(method: Any, properties: Any, queue: Any) -> tuple[Any, ...]:
+    """The arguments open_from gave open_delivery_fields before its attribute fast path."""
+    return (
+        getattr(properties, "headers", None), "rabbitmq", getattr(method, "exchange", None),
+        getattr(method, "routing_key", None), queue, getattr(properties, "message_id", None),
+        getattr(method, "delivery_tag", None), getattr(properties, "correlation_id", None),
+        getattr(properties, "timestamp", None), getattr(method, "redelivered", True),
+    )
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_open_from_reads_the_fields_getattr_would(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """open_from's plain attribute reads (getattr only when one is missing): the same fields."""
+    rng = random.Random(seed)
+    method = _fields_object(rng, METHOD_FIELDS)
+    properties = _fields_object(rng, PROPERTY_FIELDS)
+    seen: list[tuple[Any, ...]] = []
+
+    def fields_taken(*args: Any) -> str:
+        seen.append(args)
+        return "s"
+
+    monkeypatch.setattr(_amqp, "open_delivery_fields", fields_taken)
+    try:
+        expected: Any = _getattr_path(method, properties, "q")
+    except KeyError:
+        expected = None  # a broken object: counted, no scope
+    result: Any = _amqp.open_from(method, properties, "q", "rabbitmq", "test.open_from")
+    if expected is None:
+        assert result is None and seen == []
+    else:
+        assert result == "s"
+        assert seen == [expected]
+
+
+def test_open_from_takes_plain_reads_for_pika_s_objects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fast path is the one taken for pika's own method and properties objects."""
+    pika = pytest.importorskip("pika")
+    from pika.spec import Basic  # type: ignore[import-untyped]
+
+    method = Basic.Deliver(consumer_tag="c", delivery_tag=3, redelivered=False,
+                           exchange="ex", routing_key="k")
+    properties = pika.BasicProperties(headers={"a": "b"}, message_id="m",
+                                      correlation_id="c", timestamp=5)
+    calls: list[Any] = []
+    monkeypatch.setattr(_amqp, "open_delivery_fields", lambda *args: calls.append(args))
+
+    def no_getattr(*args: Any) -> Any:
+        raise AssertionError("getattr path taken")
+
+    monkeypatch.setattr(_amqp, "getattr", no_getattr, raising=False)
+    _amqp.open_from(method, properties, "q", "rabbitmq", "t")
+    assert calls == [({"a": "b"}, "rabbitmq", "ex", "k", "q", "m", 3, "c", 5, False)]
+
+
+# ------------------------------------------------ pika's publish without a closure ---
+
+
+def _pika_publish_once(direct: bool, properties: Any, monkeypatch: Any) -> Any:
+    """One pika basic_publish, by the direct headers-only path or through _traced_call."""
+    import hoptrace.pika as hp
+
+    monkeypatch.setattr(_amqp, "headers_only_now", lambda: direct)
+    sent: list[Any] = []
+
+    def original(channel: Any, exchange: Any, routing_key: Any, body: Any, props: Any,
+                 mandatory: Any) -> str:
+        sent.append((channel, exchange, routing_key, body, props, mandatory,
+                     _amqp._publishing.get()))
+        return "done"
+
+    assert hp._wrap_basic_publish(original)("ch", "ex", "k", b"body", properties, True) == "done"
+    monkeypatch.undo()
+    assert _amqp._publishing.get() is False
+    (channel, exchange, routing_key, body, props, mandatory, guard), = sent
+    if props is None or props is properties:
+        return props, (channel, exchange, routing_key, body, mandatory, guard)
+    caller = (properties.headers if properties is not None else None) or {}
+    fields = {k: ("<fresh>" if k in ("traceparent", "baggage", SENT)
+                  or (k == "x-transaction-id" and v != caller.get(k)) else v)
+              for k, v in (props.headers or {}).items()}
+    return ((type(props), {**vars(props), "headers": fields}),
+            (channel, exchange, routing_key, body, mandatory, guard))
+
+
+@pytest.mark.parametrize("headers", CALLER_HEADERS)
+@pytest.mark.parametrize("with_properties", (False, True))
+def test_pika_direct_publish_matches_the_traced_call(
+    headers: Any, with_properties: bool, monkeypatch: pytest.MonkeyPatch, no_sdk: None
+) -> None:
+    pika = pytest.importorskip("pika")
+    import hoptrace
+
+    hoptrace.configure(propagation_only=True)
+    properties = (pika.BasicProperties(content_type="application/json", delivery_mode=2,
+                                       message_id="m-1", headers=copy.deepcopy(headers))
+                  if with_properties else None)
+    before = copy.deepcopy(vars(properties)) if properties is not None else None
+    direct = _pika_publish_once(True, properties, monkeypatch)
+    general_result = _pika_publish_once(False, properties, monkeypatch)
+    assert direct == general_result
+    if properties is not None:
+        assert vars(properties) == before  # the caller's properties are never changed
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_pika_properties_copy_matches_copy_copy(seed: int) -> None:
+    pika = pytest.importorskip("pika")
+    import hoptrace.pika as hp
+
+    rng = random.Random(seed)
+    texts = ("content_type", "content_encoding", "correlation_id", "reply_to", "expiration",
+             "message_id", "type", "user_id", "app_id")
+    numbers = ("delivery_mode", "priority", "timestamp")
+    chosen: dict[str, Any] = {n: rng.choice(("x", "ü", "", None)) for n in texts
+                              if rng.random() < 0.5}
+    chosen.update({n: rng.choice((0, 1, 2, None)) for n in numbers if rng.random() < 0.5})
+    properties = pika.BasicProperties(**chosen)
+    if rng.random() < 0.3:
+        properties.extra = "set later"
+    carrier = {"traceparent": "t"}
+    expected = copy.copy(properties)
+    expected.headers = carrier
+    made = hp._copy_properties(properties, carrier)
+    assert type(made) is type(expected)
+    assert list(vars(made).items()) == list(vars(expected).items())
+    assert made.headers is carrier and properties.headers is None
+    assert made.encode() == expected.encode()
+
+
+# ------------------------------------------------------ a publish's scope (one frame) ---
+
+
+@pytest.mark.parametrize("headers", CALLER_HEADERS)
+@pytest.mark.parametrize("message_id", (None, "m-1"))
+def test_a_send_scope_sets_what_produce_scope_s_constructor_sets(
+    headers: Any, message_id: Any
+) -> None:
+    """SendScope sets produce_scope's fields itself (positional): none may be missed."""
+    from hoptrace.core import hop
+
+    attrs = {"messaging.rabbitmq.destination.routing_key": "k"}
+    fast = _amqp.SendScope(headers, "ex:k", "rabbitmq", message_id, attrs)
+    general_scope = hop.produce_scope(headers, "ex:k", "rabbitmq", message_id=message_id,
+                                      attributes=attrs, copy=True)
+    slots = [name for cls in type(fast).__mro__ for name in getattr(cls, "__slots__", ())]
+    assert len(slots) > 10
+    for name in slots:
+        unset = object()  # (a slot neither sets stays unset in both)
+        assert getattr(fast, name, unset) == getattr(general_scope, name, unset), name
+
+
+def _traced_publish(headers: Any, headers_only: bool) -> Any:
+    seen: list[Any] = []
+
+    def call(carrier: Any) -> str:
+        seen.append(carrier)
+        return "sent"
+
+    assert _amqp.publish(call, headers, "rabbitmq", exchange="ex", routing_key="k",
+                         message_id="m-1", correlation_id="c-1", headers_only=headers_only,
+                         label="test.publish") == "sent"
+    (carrier,) = seen
+    return carrier
+
+
+@pytest.mark.parametrize("mode", ("spans", "propagation_only"))
+@pytest.mark.parametrize("headers_only", (False, True))
+def test_an_empty_header_dict_publishes_as_no_headers(
+    mode: str, headers_only: bool, spans: Any
+) -> None:
+    """An empty dict is sent as None is (no copy of it made): the same headers and span."""
+    import hoptrace
+
+    hoptrace.configure(propagation_only=mode == "propagation_only")
+    results = []
+    candidates: tuple[Any, ...] = ({}, None)
+    for headers in candidates:
+        spans.clear()
+        with hoptrace.transaction("job", transaction_id="b" * 32):
+            carrier = _traced_publish(headers, headers_only)
+        assert type(carrier) is dict
+        sent = spans.named("send ex:k")
+        results.append((
+            sorted(carrier), carrier["x-transaction-id"] if "x-transaction-id" in carrier
+            else carrier["baggage"],
+            [(s.kind, dict(s.attributes or {})) for s in sent],
+        ))
+    empty, none = results
+    assert empty == none
+    assert ("b" * 32) in str(empty[1])
+    assert empty[2] or mode == "propagation_only"
+
+
+class _Headers(dict):  # type: ignore[type-arg]
+    """A dict subclass, as some callers pass: the ABC path, not the exact-type one."""
+
+
+@pytest.mark.parametrize("headers", (
+    None, {}, {"task": "t"}, {"kept": "yes"}, _Headers(task="t"), _Headers(), [("task", "t")],
+    "task", b"task", 0, types.MappingProxyType({"task": 1}),
+))
+def test_kombu_celery_check_matches_the_mapping_check(headers: Any) -> None:
+    """kombu's exact-type shortcuts give what the plain ``Mapping`` check gave."""
+    import hoptrace.kombu as hk
+
+    expected = isinstance(headers, Mapping) and hk.CELERY_TASK_HEADER in headers
+    assert hk._is_celery(headers) is expected
+
+
+@pytest.mark.parametrize("headers", (*CALLER_HEADERS, _Headers(traceparent="x"), [("a", "b")]))
+def test_traced_already_is_false_without_the_active_span(headers: Any) -> None:
+    """No active span named by the headers: never traced already (whatever their type)."""
+    assert _amqp.traced_already(headers) is False
+
+
+@pytest.mark.parametrize("kind", (dict, _Headers, types.MappingProxyType))
+def test_traced_already_names_the_active_span(kind: Any) -> None:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+
+    sc = trace.SpanContext(0xABC, 0xDEF, False, trace.TraceFlags(1))
+    headers = kind({"traceparent": f"00-{0xABC:032x}-{0xDEF:016x}-01"})
+    token = otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(sc)))
+    try:
+        assert _amqp.traced_already(headers) is True
+        assert _amqp.traced_already(kind({"traceparent": None})) is False
+    finally:
+        otel_context.detach(token)
+    assert _amqp.traced_already(headers) is False
