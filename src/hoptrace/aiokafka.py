@@ -96,42 +96,33 @@ async def _send(
     original: Callable[..., Awaitable[Any]],
     producer: Any,
     topic: str,
-    value: Any,
-    key: Any,
-    partition: Any,
-    timestamp_ms: Any,
-    headers: Any,
+    value: Any = None,
+    key: Any = None,
+    partition: Any = None,
+    timestamp_ms: Any = None,
+    headers: Any = None,
 ) -> Any:
+    """``AIOKafkaProducer.send`` traced: its parameters after ``original``, and its result.
+
+    The patched method is ``functools.partial(_send, original)``: one coroutine per send.
+    """
     token = _in_send.set(True)
     try:
-        return await _send_traced(
-            original, producer, topic, value, key, partition, timestamp_ms, headers
-        )
+        if _traced_already(headers):
+            return await original(producer, topic, value, key, partition, timestamp_ms, headers)
+        scope = _kafka.open_send(topic, headers, key, timestamp_ms is not None, "aiokafka.send")
+        if scope is None:
+            return await original(producer, topic, value, key, partition, timestamp_ms, headers)
+        try:
+            future = await original(
+                producer, topic, value, key, partition, timestamp_ms, scope.carrier
+            )
+        except BaseException as exc:
+            scope.close(exc)
+            raise
+        return _kafka.await_ack(scope, future, _on_done, "aiokafka.send")
     finally:
         _in_send.reset(token)
-
-
-async def _send_traced(
-    original: Callable[..., Awaitable[Any]],
-    producer: Any,
-    topic: str,
-    value: Any,
-    key: Any,
-    partition: Any,
-    timestamp_ms: Any,
-    headers: Any,
-) -> Any:
-    if _traced_already(headers):
-        return await original(producer, topic, value, key, partition, timestamp_ms, headers)
-    scope = _kafka.open_send(topic, headers, key, timestamp_ms is not None, "aiokafka.send")
-    if scope is None:
-        return await original(producer, topic, value, key, partition, timestamp_ms, headers)
-    try:
-        future = await original(producer, topic, value, key, partition, timestamp_ms, scope.carrier)
-    except BaseException as exc:
-        scope.close(exc)
-        raise
-    return _kafka.await_ack(scope, future, _on_done, "aiokafka.send")
 
 
 def _on_done(future: Any, span: produce_scope) -> None:
@@ -305,8 +296,10 @@ class TracedProducer(_kafka.Proxy):
 
 
 async def _getone(
-    original: Callable[..., Awaitable[Any]], consumer: Any, partitions: tuple[Any, ...]
+    original: Callable[..., Awaitable[Any]], consumer: Any, *partitions: Any
 ) -> Any:
+    """``AIOKafkaConsumer.getone`` traced (patched in as ``functools.partial(_getone,
+    original)``: one coroutine per call)."""
     held.release(consumer)
     record = await original(consumer, *partitions)
     if _claimed(consumer):
@@ -338,7 +331,7 @@ class TracedConsumer(_kafka.Proxy):
     async def getone(self, *partitions: Any) -> Any:
         """Return the next record with its process scope held until the next request."""
         original = original_of(type(self._client).getone)
-        return await _getone(original, self._client, partitions)
+        return await _getone(original, self._client, *partitions)
 
     async def getmany(
         self, *partitions: Any, timeout_ms: int = 0, max_records: int | None = None
@@ -381,19 +374,12 @@ class TracedConsumer(_kafka.Proxy):
 
 
 def _wrap_send(original: Callable[..., Any]) -> Callable[..., Any]:
-    async def send(self: Any, topic: str, value: Any = None, key: Any = None,
-                   partition: Any = None, timestamp_ms: Any = None, headers: Any = None,
-                   ) -> Any:
-        return await _send(original, self, topic, value, key, partition, timestamp_ms, headers)
-
-    return send
+    # The patcher's dispatch passes ``self`` and the caller's arguments on: no frame between.
+    return functools.partial(_send, original)
 
 
 def _wrap_getone(original: Callable[..., Any]) -> Callable[..., Any]:
-    async def getone(self: Any, *partitions: Any) -> Any:
-        return await _getone(original, self, partitions)
-
-    return getone
+    return functools.partial(_getone, original)
 
 
 def _wrap_getmany(original: Callable[..., Any]) -> Callable[..., Any]:

@@ -19,6 +19,7 @@ or wrap chosen ones: :class:`TracedProducer` / :class:`TracedConsumer`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Final
@@ -56,12 +57,16 @@ def _send(
     original: Callable[..., Any],
     producer: Any,
     topic: str,
-    value: Any,
-    key: Any,
-    headers: Any,
-    partition: Any,
-    timestamp_ms: Any,
+    value: Any = None,
+    key: Any = None,
+    headers: Any = None,
+    partition: Any = None,
+    timestamp_ms: Any = None,
 ) -> Any:
+    """``KafkaProducer.send`` traced: its parameters after ``original``, and its result.
+
+    The patched method is ``functools.partial(_send, original)``: no frame of its own.
+    """
     scope = _kafka.open_send(topic, headers, key, timestamp_ms is not None, "kafka_python.send")
     if scope is None:
         return original(producer, topic, value, key, headers, partition, timestamp_ms)
@@ -154,41 +159,39 @@ class TracedConsumer(_kafka.Proxy):
 
 # ---------------------------------------------------------------- patching ---
 
+def _wrap_send(original: Callable[..., Any]) -> Callable[..., Any]:
+    # The patcher's dispatch passes ``self`` and the caller's arguments on: no frame between.
+    return functools.partial(_send, original)
+
+
+def _wrap_next(original: Callable[..., Any]) -> Callable[..., Any]:
+    return functools.partial(_next, original)
+
+
+def _wrap_iter(original: Callable[..., Any]) -> Callable[..., Any]:
+    def __iter__(self: Any) -> Any:
+        iterator = original(self)
+        return iterator if iterator is not self else held.HeldIteration(self, self.__next__)
+
+    return __iter__
+
+
+def _wrap_poll(original: Callable[..., Any]) -> Callable[..., Any]:
+    def poll(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return _poll(original, self, args, kwargs)
+
+    return poll
+
+
 def instrument() -> None:
     """Patch ``KafkaProducer.send`` and ``KafkaConsumer`` iteration and ``poll`` (idempotent)."""
     take_over(_CONTRIB, instrumented)
     from kafka import KafkaConsumer, KafkaProducer  # type: ignore[import-untyped]
 
-    def wrap_send(original: Callable[..., Any]) -> Callable[..., Any]:
-        def send(self: Any, topic: str, value: Any = None, key: Any = None, headers: Any = None,
-                 partition: Any = None, timestamp_ms: Any = None) -> Any:
-            return _send(original, self, topic, value, key, headers, partition, timestamp_ms)
-
-        return send
-
-    def wrap_next(original: Callable[..., Any]) -> Callable[..., Any]:
-        def __next__(self: Any) -> Any:
-            return _next(original, self)
-
-        return __next__
-
-    def wrap_iter(original: Callable[..., Any]) -> Callable[..., Any]:
-        def __iter__(self: Any) -> Any:
-            iterator = original(self)
-            return iterator if iterator is not self else held.HeldIteration(self, self.__next__)
-
-        return __iter__
-
-    def wrap_poll(original: Callable[..., Any]) -> Callable[..., Any]:
-        def poll(self: Any, *args: Any, **kwargs: Any) -> Any:
-            return _poll(original, self, args, kwargs)
-
-        return poll
-
     _client.wrap_each(_patcher, {
-        KafkaProducer: {"send": wrap_send},
+        KafkaProducer: {"send": _wrap_send},
         KafkaConsumer: {
-            "__next__": wrap_next, "__iter__": wrap_iter, "poll": wrap_poll,
+            "__next__": _wrap_next, "__iter__": _wrap_iter, "poll": _wrap_poll,
             "close": held.releasing, "commit": held.settling, "commit_async": held.settling,
         },
     })

@@ -90,8 +90,7 @@ def test_aiokafka_send(reader: InMemoryMetricReader) -> None:
     async def main() -> str:
         with hoptrace.transaction() as tx:
             for _ in range(3):
-                await hop_aiokafka._send_traced(send, None, "orders", b"v", None, None, None,
-                                                None)
+                await hop_aiokafka._send(send, None, "orders", b"v", None, None, None, None)
         return tx.transaction_id
 
     tx_id = asyncio.run(main())
