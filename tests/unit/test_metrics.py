@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from opentelemetry import context as otel_context
 from opentelemetry.metrics import Meter
 from opentelemetry.metrics import _internal as metrics_api
 from opentelemetry.sdk.metrics import MeterProvider
@@ -452,4 +453,54 @@ def test_counts_go_on_across_a_settings_change() -> None:
         from hoptrace import _config
 
         _config.reset()
+        provider.shutdown()
+
+
+def test_off_then_an_explicit_provider_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Off (no provider): every hook returns at its first comparison, the context untouched.
+    monkeypatch.setattr(metrics_api, "_METER_PROVIDER", None)
+    monkeypatch.delenv("OTEL_PYTHON_METER_PROVIDER", raising=False)
+    metrics.use_meter_provider(None)
+    assert metrics.enabled() is False
+    ctx = otel_context.get_current()
+    assert metrics.stamp_origin(ctx) is ctx
+    assert metrics.send_started("rabbitmq", "orders", None) is None
+    assert metrics.consumed("rabbitmq", "process", "orders", None, 1.0, False, None,
+                            time.time_ns(), None, {}) is None
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    metrics.use_meter_provider(provider)  # an explicit provider: "off" is known no more
+    try:
+        assert metrics.stamp_origin(ctx) is not ctx
+        with hoptrace.consume_scope(send("orders"), "orders", "rabbitmq"):
+            pass
+        recorded = Metrics(reader)
+        assert recorded.by_destination(metrics.CONSUMED_MESSAGES)["orders"].value == 1
+        assert recorded.by_destination(metrics.SENT_MESSAGES)["orders"].value == 1
+        assert recorded.by_destination(metrics.PATHWAY)["orders"].count == 1
+    finally:
+        metrics.use_meter_provider(None)
+        provider.shutdown()
+
+
+def test_every_metric_off_then_on_again_with_the_global_provider(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # "*" with the global provider set: off, known at the first comparison. A settings
+    # change forgets that: the next message records.
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    monkeypatch.setattr(metrics_api, "_METER_PROVIDER", provider)
+    metrics.use_meter_provider(None)
+    try:
+        hoptrace.configure(disabled_metrics={"*"})
+        with hoptrace.consume_scope(send("orders"), "orders", "rabbitmq"):
+            pass
+        assert metrics.enabled() is False and Metrics(reader).names() == set()
+        hoptrace.configure(disabled_metrics=set())
+        with hoptrace.consume_scope(send("orders"), "orders", "rabbitmq"):
+            pass
+        assert Metrics(reader).by_destination(metrics.CONSUMED_MESSAGES)["orders"].value == 1
+    finally:
+        hoptrace.configure()
         provider.shutdown()

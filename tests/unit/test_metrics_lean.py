@@ -285,10 +285,11 @@ def test_hoptrace_scopes_export_the_same_with_and_without_the_lean_path(
     lean_provider = MeterProvider(metric_readers=[lean_reader])
     sdk_provider = MeterProvider(metric_readers=[sdk_reader])
     live = run_hops(lean_provider)
-    assert isinstance(live.process, _sdk_metrics.LeanHistogram) and live.process._bindings
+    lean = getattr(live.process, "__self__", None)  # (the LeanHistogram's bound record)
+    assert isinstance(lean, _sdk_metrics.LeanHistogram) and lean._bindings
     monkeypatch.setattr(_sdk_metrics, "_known", ("forced off for the comparison", False))
     live = run_hops(sdk_provider)
-    assert not isinstance(live.process, _sdk_metrics.LeanHistogram)
+    assert not isinstance(getattr(live.process, "__self__", None), _sdk_metrics.LeanHistogram)
 
     def histograms(reader: InMemoryMetricReader) -> list[Any]:
         # (Counts, not buckets: these are real durations; the tests above compare buckets.)
@@ -405,20 +406,30 @@ HOSTILE = [0.0, -0.0, 5e-324, 0, 1, True, 7, 10**20, 1.7976931348623157e308,
            *(math.nextafter(b, math.inf) for b in BUCKETS), 0.3, 0.3]
 
 
+def one_aggregation_bindings(pair: Pair) -> list[bool]:
+    """For each bound attribute dict: whether ``record`` feeds its one aggregation itself."""
+    return [bound[4] is not None for lean in pair.lean for bound in lean._bindings.values()]
+
+
+@pytest.mark.parametrize("readers", [1, 2])
 @pytest.mark.parametrize("record_min_max", [True, False])
 @pytest.mark.parametrize("exemplar_filter", ["trace_based", "always_on", "always_off"])
 def test_the_inlined_aggregate_matches_the_sdk_s_on_hostile_values(
-    record_min_max: bool, exemplar_filter: str, monkeypatch: pytest.MonkeyPatch
+    readers: int, record_min_max: bool, exemplar_filter: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The lean path adds to the explicit-bucket aggregation's buckets, sum, min and max
     # itself: the same points as the SDK's own ``aggregate``, collection after collection
     # (a delta reader empties the buckets at each), with and without min/max, in every order.
+    # With one reader and the trace-based or always-off filter, ``record`` makes those steps
+    # (and the exemplar bucket's offer) itself; with two, ``_general`` and ``_aggregate``.
     monkeypatch.setenv("OTEL_METRICS_EXEMPLAR_FILTER", exemplar_filter)
     views = [View(instrument_name="hoptrace.queue_wait",
                   aggregation=ExplicitBucketHistogramAggregation(
                       BUCKETS, record_min_max=record_min_max))]
-    pair = Pair(lambda: [InMemoryMetricReader(),
-                         InMemoryMetricReader(preferred_temporality=DELTA)], views=views)
+    delta = readers == 1 and record_min_max  # (one reader: cumulative or delta)
+    pair = Pair(lambda: [InMemoryMetricReader(preferred_temporality=DELTA if delta else None),
+                         InMemoryMetricReader(preferred_temporality=DELTA)][:readers],
+                views=views)
     try:
         h = pair.histogram("hoptrace.queue_wait")
         for turn, kind in enumerate(("sampled", "none", "unsampled", "sampled")):
@@ -428,10 +439,64 @@ def test_the_inlined_aggregate_matches_the_sdk_s_on_hostile_values(
                     pair.record(h, value, SEND)
                     pair.record(h, value / 3, RECV)
             got = pair.compare()  # (each collection resets the delta reader's buckets)
-            assert sum(p["count"] for p in got[1][0][5]) == 2 * len(HOSTILE)
-        assert inlined_offers(pair) == [EXEMPLARS] * 2 * 2
+            assert sum(p["count"] for p in got[-1][0][5]) == 2 * len(HOSTILE) * (
+                1 if readers == 2 or delta else turn + 1)
+        assert inlined_offers(pair) == [EXEMPLARS] * 2 * readers
+        one = readers == 1 and EXEMPLARS and exemplar_filter != "always_on"
+        assert one_aggregation_bindings(pair) == [one] * 2
         point = next(p for p in got[0][0][5] if p["attributes"] == SEND)
-        assert point["count"] == 4 * len(HOSTILE)
+        assert point["count"] == (len(HOSTILE) if delta else 4 * len(HOSTILE))
         assert ("min" in point and point["min"] == 0.0) or not record_min_max
+        exemplars = [e for p in got[0][0][5] for e in p["exemplars"]]
+        assert bool(exemplars) == (EXEMPLARS and exemplar_filter != "always_off")
     finally:
         pair.close()
+
+
+def test_one_aggregation_offers_exemplars_as_the_sdk_s_bucket_does() -> None:
+    # One reader, the default trace-based filter: ``record`` writes the exemplar bucket's
+    # fields itself for the SDK's spans and the API's non-recording ones (a sampled remote
+    # parent), and calls the bucket's own ``offer`` for any other span class. Every value
+    # lands in each bucket in turn, so each bucket's last exemplar (value, span and trace
+    # IDs, filtered attributes) is compared, over two collections.
+    remote = trace.NonRecordingSpan(trace.SpanContext(
+        0x1234, 0x5678, True, trace.TraceFlags(trace.TraceFlags.SAMPLED)))
+
+    class OwnSpan(trace.NonRecordingSpan):
+        # Another getter (not its ``_context``): the filter and the bucket's offer ask it.
+        def get_span_context(self) -> trace.SpanContext:
+            return trace.SpanContext(0xEF, 0x12, True, trace.TraceFlags(1))
+
+    own = OwnSpan(trace.SpanContext(0xAB, 0xCD, True, trace.TraceFlags(0)))  # (not sampled)
+    # A View that keeps two attributes: the others are the exemplars' filtered attributes.
+    views = [View(instrument_name="hoptrace.queue_wait",
+                  attribute_keys={"messaging.system", "messaging.operation.name"})]
+    pair = Pair(lambda: [InMemoryMetricReader()], views=views)
+    try:
+        h = pair.histogram("hoptrace.queue_wait")
+        for span in (None, remote, own, None, own, remote):
+            with active("sampled") if span is None else _current(span):
+                for value in HOSTILE:
+                    pair.record(h, value, SEND)
+                    pair.record(h, value / 3, RECV)
+            got = pair.compare()  # (a collection empties the reservoir: this span's only)
+            exemplars = [e for p in got[0][0][5] for e in p["exemplars"]]
+            assert bool(exemplars) == EXEMPLARS
+            ids = {(e[2], e[3]) for e in exemplars}
+            if span is not None and EXEMPLARS:
+                assert ids == {(span.get_span_context().span_id,
+                                span.get_span_context().trace_id)}
+            assert all(span_id and trace_id for span_id, trace_id in ids)
+            assert all(e[1].get("messaging.destination.name") for e in exemplars)
+        assert one_aggregation_bindings(pair) == [EXEMPLARS] * 2
+    finally:
+        pair.close()
+
+
+@contextmanager
+def _current(span: Any) -> Iterator[None]:
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)

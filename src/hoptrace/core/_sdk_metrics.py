@@ -15,8 +15,11 @@ always-off filters inlined, any other one asked with the same arguments), and ca
 aggregation's own ``aggregate`` with a measurement of the same fields. For the SDK's
 explicit-bucket aggregation with its aligned-bucket reservoir, of the shape this module knows
 (:func:`_offer_inlined`), :func:`_aggregate` makes ``aggregate``'s own steps instead, under
-the aggregation's lock: the bucket count, sum, min and max, then the reservoir's offer. The
-temporality, the collection and the exported points remain the SDK's own doing.
+the aggregation's lock: the bucket count, sum, min and max, then the reservoir's offer. With
+one such aggregation (one reader, one matching View) and the trace-based or always-off filter,
+the common case, :meth:`LeanHistogram.record` makes all of those steps itself, and writes the
+SDK's ``ExemplarBucket`` fields as its ``offer`` does (:func:`_offer`). The temporality, the
+collection and the exported points remain the SDK's own doing.
 
 At first use, :func:`lean_histogram` checks that the SDK's record path has a shape this module
 knows (opentelemetry-sdk 1.20 to 1.45; the names each step reads, as ``_sdk_spans`` does). A
@@ -43,9 +46,10 @@ from opentelemetry.sdk.metrics._internal import aggregation as _aggregation
 from opentelemetry.sdk.metrics._internal import instrument as _instrument
 from opentelemetry.sdk.metrics._internal import measurement_consumer as _consumer
 from opentelemetry.sdk.metrics._internal import metric_reader_storage as _storage
-from opentelemetry.trace import INVALID_SPAN, Span, TraceFlags
+from opentelemetry.trace import INVALID_SPAN, Span, SpanContext, TraceFlags
 from opentelemetry.trace.propagation import _SPAN_KEY
 
+from .ids import TUPLE_LAYOUT
 from .otel_shims import get_current  # the same Context as the API's, one C call
 
 _logger = logging.getLogger("hoptrace")
@@ -66,6 +70,8 @@ class _Measurement(NamedTuple):
 
 
 _new_measurement = tuple.__new__
+#: The binding of an attribute dict not bound yet (no dict is this ``None``).
+_UNBOUND: Final = (None, None, None, None, None)
 
 # The names each step of the SDK's record path reads (recursively through nested code), for
 # the versions this module knows. Read from opentelemetry-sdk 1.20.0 to 1.45.1's sources.
@@ -195,20 +201,69 @@ class LeanHistogram:
         self._proxy = _meter_config_proxy(histogram) if self._gated else None
         #: id(attribute dict) -> (that dict, the storages mapping it was found in, the
         #: aggregations' ``aggregate`` methods or None when they could not be found exactly,
-        #: the exemplar filter's ``should_sample`` or a marker for an inlined one)
-        self._bindings: dict[int, tuple[Any, Any, Any, Any]] = {}
+        #: the exemplar filter's ``should_sample`` or a marker for an inlined one, the one
+        #: aggregation ``record`` feeds itself or None)
+        self._bindings: dict[int, tuple[Any, Any, Any, Any, Any]] = {}
 
-    def __call__(self, amount: float, attributes: dict[str, Any]) -> None:
-        """Record ``amount`` for ``attributes`` (a dict the caller never changes)."""
-        bound = self._bindings.get(id(attributes))
-        if (
-            bound is None
-            or bound[0] is not attributes
-            or bound[1] is not self._consumer._reader_storages
-        ):
+    def record(self, amount: float, attributes: dict[str, Any]) -> None:
+        """Record ``amount`` for ``attributes`` (a dict the caller never changes).
+
+        (hoptrace calls this bound method, not the instance: a call through ``__call__``
+        costs ~850 instructions more.)
+        """
+        bound = self._bindings.get(id(attributes), _UNBOUND)
+        if bound[0] is not attributes or bound[1] is not self._consumer._reader_storages:
             self._record(amount, attributes)
             self._bind(attributes)
             return
+        aggregation = bound[4]
+        if aggregation is None or not 0 <= amount < _INF:  # not the one-aggregation case,
+            self._general(amount, attributes, bound)  # or a value the SDK warns about or drops
+            return
+        proxy = self._proxy  # (SDK 1.41+: the meter's enabled flag, read without calls)
+        if proxy is None or not proxy._config.is_enabled \
+                or self._histogram._meter_config is not proxy:
+            self._general(amount, attributes, bound)  # (a disabled meter: the SDK's way)
+            return
+        # One explicit-bucket aggregation (one reader, one View) and the trace-based or the
+        # always-off exemplar filter: the steps of _general, _trace_based and _aggregate here.
+        keep = False
+        if bound[3] is _TRACE_BASED:
+            ctx = get_current()
+            span = ctx.get(_SPAN_KEY)
+            if span is not None:
+                plain = _plain_spans[type(span)]
+                if not plain:
+                    keep = _trace_based(ctx)
+                elif span is not INVALID_SPAN:
+                    # (The SDK's getter returns ``typing.cast(…, self._context)``: read directly.)
+                    direct = type(span).get_span_context in _SPAN_CONTEXT_GETTERS  # type: ignore[attr-defined]
+                    context = span._context if direct else span.get_span_context()  # type: ignore[attr-defined]
+                    flags = context[3] if type(context) is _SC_TUPLE else context.trace_flags
+                    keep = bool(flags & 1) if type(flags) is _SAMPLED_BIT else bool(flags.sampled)
+        lock = aggregation._lock
+        lock.acquire()
+        try:
+            aggregation._sum += amount
+            if aggregation._record_min_max:  # (min() and max(), as comparisons)
+                if amount < aggregation._min:
+                    aggregation._min = amount
+                if amount > aggregation._max:
+                    aggregation._max = amount
+            # (The bucket counts, made at the first record after a collection.)
+            (aggregation._value or _new_counts(aggregation))[
+                bisect_left(aggregation._boundaries, amount)] += 1
+        finally:
+            lock.release()
+        if keep:
+            _offer(aggregation._reservoir, amount, attributes, ctx,
+                   context if plain and direct else None)
+
+    __call__ = record
+
+    def _general(self, amount: float, attributes: dict[str, Any],
+                 bound: tuple[Any, Any, Any, Any, Any]) -> None:
+        """Record through each bound aggregation (any number, any filter), or the SDK's way."""
         if bound[2] is None or not 0 <= amount < _INF:  # aggregations not found exactly,
             self._record(amount, attributes)  # or a value the SDK warns about or drops
             return
@@ -256,7 +311,11 @@ class LeanHistogram:
         # (The SDK's configuration is frozen: its exemplar filter stays.)
         sample = _sampler(self._consumer._sdk_config.exemplar_filter) \
             if self._exemplars and sinks is not None else None
-        bindings[id(attributes)] = (attributes, storages, sinks, sample)
+        # The one-aggregation case ``record`` takes itself: one inlined aggregation, and a
+        # filter whose decision it makes (trace-based or always off).
+        single = (sinks[0][1] if sinks is not None and len(sinks) == 1
+                  and (sample is _TRACE_BASED or sample is _ALWAYS_OFF) else None)
+        bindings[id(attributes)] = (attributes, storages, sinks, sample, single)
 
     def _find(self, storages: Any, attributes: dict[str, Any]) -> tuple[Any, ...] | None:
         """The ``aggregate`` methods of the aggregations for ``attributes``; None if not exact."""
@@ -300,9 +359,11 @@ def _aggregate(aggregation: Any, amount: float, keep: bool, now: int, attributes
         if aggregation._value is None:
             aggregation._value = [0] * (len(aggregation._boundaries) + 1)
         aggregation._sum += amount
-        if aggregation._record_min_max:
-            aggregation._min = min(aggregation._min, amount)
-            aggregation._max = max(aggregation._max, amount)
+        if aggregation._record_min_max:  # (min() and max(), as comparisons)
+            if amount < aggregation._min:
+                aggregation._min = amount
+            if amount > aggregation._max:
+                aggregation._max = amount
         aggregation._value[bisect_left(aggregation._boundaries, amount)] += 1
     finally:
         lock.release()
@@ -315,6 +376,41 @@ def _aggregate(aggregation: Any, amount: float, keep: bool, now: int, attributes
                 amount, now, attributes, ctx)
         finally:
             lock.release()
+
+
+def _new_counts(aggregation: Any) -> list[int]:
+    """An explicit-bucket aggregation's empty bucket counts, set as its ``_value``."""
+    value = aggregation._value = [0] * (len(aggregation._boundaries) + 1)
+    return value
+
+
+def _offer(reservoir: Any, amount: float, attributes: Any, ctx: Any, context: Any) -> None:
+    """The aligned-bucket reservoir's ``offer`` of an exemplar the trace-based filter kept.
+
+    ``context``: the span context of ``ctx``'s span when that span is a plain Span (see
+    :class:`_SpanKinds`) whose ``get_span_context`` returns its ``_context`` (that object;
+    else None). The bucket is the one the reservoir picks (see :func:`_aggregate`); for the
+    SDK's ExemplarBucket (:func:`_bucket_shape`) and such a span, the bucket's ``offer``
+    steps are made here, else the bucket's own ``offer`` is called.
+    """
+    now = time_ns()
+    lock = reservoir._lock
+    lock.acquire()
+    try:
+        bucket = reservoir._reservoir_storage[bisect_left(reservoir._boundaries, amount)]
+        if context is not None and type(bucket) is _Bucket:
+            # The span is the context's, a Span and not INVALID_SPAN: its IDs are kept.
+            plain = type(context) is _SC_TUPLE
+            bucket._ExemplarBucket__value = amount
+            bucket._ExemplarBucket__time_unix_nano = now
+            bucket._ExemplarBucket__attributes = attributes
+            bucket._ExemplarBucket__span_id = context[1] if plain else context.span_id
+            bucket._ExemplarBucket__trace_id = context[0] if plain else context.trace_id
+            bucket._ExemplarBucket__offered = True
+        else:
+            bucket.offer(amount, now, attributes, ctx)
+    finally:
+        lock.release()
 
 
 #: The names each step of an exemplar offer reads, from ``aggregate`` of an explicit-bucket
@@ -414,44 +510,92 @@ def _meter_config_proxy(histogram: Any) -> Any:
     return proxy
 
 
-def _learn_span_type(span: object) -> bool:
-    """Whether ``span``'s class is a Span that compares by identity (remembered per class)."""
-    kind = type(span)
-    plain = (span.__class__ is kind and issubclass(kind, Span)
-             and kind.__eq__ is object.__eq__ and kind.__ne__ is object.__ne__)
-    if len(_plain_spans) < 64:
-        _plain_spans[kind] = plain
-    return plain
+class _SpanKinds(dict[type, bool]):
+    """Span classes seen by the trace-based filter: True for a Span class whose ``!=`` is
+    identity, so that ``isinstance(span, Span) and span != INVALID_SPAN`` is
+    ``span is not INVALID_SPAN``. An unseen class is judged at its first lookup."""
+
+    def __missing__(self, kind: type) -> bool:
+        plain = (issubclass(kind, Span) and kind.__eq__ is object.__eq__
+                 and kind.__ne__ is object.__ne__)
+        if len(self) < 64:
+            self[kind] = plain
+        return plain
 
 
-#: Span classes seen by the trace-based filter: True when ``span != INVALID_SPAN`` is identity.
-_plain_spans: dict[type, bool] = {}
+_plain_spans: Final = _SpanKinds()
 _SAMPLED_NAMES: Final = frozenset({"SAMPLED", "TraceFlags", "bool"})
 _FLAGS_INLINE: Final = (_names(getattr(TraceFlags.__dict__.get("sampled"), "fget", None))
                         == _SAMPLED_NAMES and TraceFlags.SAMPLED == 1)
+#: The flags type whose ``sampled`` is ``flags & 1`` (None: the property is read).
+_SAMPLED_BIT: Final = TraceFlags if _FLAGS_INLINE else None
+#: SpanContext when it is the 6-tuple (trace_id, span_id, …, trace_flags, …) whose
+#: properties read those items (None: the properties are read).
+_SC_TUPLE: Final = SpanContext if TUPLE_LAYOUT and all(
+    type(prop) is property and _names(prop.fget) == frozenset()
+    for prop in (SpanContext.__dict__.get(name) for name in ("trace_id", "span_id", "trace_flags"))
+) else None
 
 
 def _trace_based(ctx: Any) -> bool:
     """``TraceBasedExemplarFilter.should_sample``: whether ``ctx``'s span is sampled.
 
     ``isinstance(span, Span) and span != INVALID_SPAN`` is decided once per span class
-    (:func:`_learn_span_type`), and the flag's ``sampled`` property is read as ``flags & 1``.
+    (:class:`_SpanKinds`), and the flag's ``sampled`` property is read as ``flags & 1``.
     """
     span = ctx.get(_SPAN_KEY)
     if span is None:
         return False
-    plain = _plain_spans.get(type(span))
-    if plain is None:
-        plain = _learn_span_type(span)
-    if not plain:
+    if not _plain_spans[type(span)]:
         return bool(isinstance(span, Span) and span != INVALID_SPAN
                     and span.get_span_context().trace_flags.sampled)
     if span is INVALID_SPAN:  # (`!=` is identity for such a class)
         return False
     flags = span.get_span_context().trace_flags
-    return bool(flags & 1) if _FLAGS_INLINE and type(flags) is TraceFlags else bool(flags.sampled)
+    return bool(flags & 1) if type(flags) is _SAMPLED_BIT else bool(flags.sampled)
 
 
+
+
+def _bucket_shape() -> tuple[Any, Any]:
+    """The SDK's ExemplarBucket and the span classes' ``get_span_context`` functions whose
+    offer :meth:`LeanHistogram.__call__` may make itself: (None, ()) when not the known shape.
+
+    ``ExemplarBucket.offer`` (SDK 1.28 to 1.45) stores the value, time and attributes, the
+    IDs of the context's span unless it is INVALID_SPAN, and marks itself offered; the
+    getters listed return the span's ``_context`` field, the object the filter read.
+    """
+    try:
+        from opentelemetry.sdk.metrics._internal.exemplar import exemplar_reservoir as _res
+        from opentelemetry.sdk.trace import Span as _SdkSpan
+        from opentelemetry.trace import NonRecordingSpan
+    except ImportError:  # pragma: no cover - an SDK without exemplars
+        return None, ()
+    bucket = getattr(_res, "ExemplarBucket", None)
+    fields = frozenset(f"_ExemplarBucket__{name}" for name in (
+        "value", "time_unix_nano", "attributes", "span_id", "trace_id", "offered"))
+    if (
+        type(bucket) is not type
+        or _names(bucket.__dict__.get("offer")) != fields | _BUCKET_OFFER_READS
+        or _names(bucket.__dict__.get("__init__")) != fields
+        or "__slots__" in bucket.__dict__
+    ):
+        return None, ()
+    getters = tuple(
+        getter for getter in (_SdkSpan.__dict__.get("get_span_context"),
+                              NonRecordingSpan.__dict__.get("get_span_context"))
+        if _names(getter) in _CONTEXT_GETTER_NAMES)
+    return bucket, getters
+
+
+#: What ExemplarBucket.offer reads besides its own fields.
+_BUCKET_OFFER_READS: Final = frozenset({"INVALID_SPAN", "get_current_span", "get_span_context",
+                                        "span_id", "trace", "trace_id"})
+#: A span's ``get_span_context`` that returns its ``_context`` (the SDK's casts it).
+_CONTEXT_GETTER_NAMES: Final = (frozenset({"_context"}),
+                                frozenset({"typing", "_context", "cast", "SpanContext",
+                                           "trace_api"}))
+_Bucket, _SPAN_CONTEXT_GETTERS = _bucket_shape()
 _TRACE_BASED: Final = object()
 _ALWAYS_OFF: Final = object()
 #: The names TraceBasedExemplarFilter.should_sample (1.28-1.45) and get_current_span read.
@@ -484,7 +628,8 @@ def _sampler(exemplar_filter: Any) -> Any:
 
 
 def lean_histogram(histogram: Any) -> Any:
-    """``histogram``'s lean recorder, or its own ``record`` when its SDK is not a known shape."""
+    """``histogram``'s :class:`LeanHistogram`, or its own ``record`` when its SDK is not a
+    known shape (either is called as ``record(amount, attributes)``)."""
     global _known
     if _known is None:
         try:

@@ -26,7 +26,8 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, Final, NamedTuple
+from time import perf_counter_ns as _perf_counter_ns
+from typing import Any, Final, TypeAlias
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.context import Context
@@ -85,20 +86,6 @@ assert set(METRIC_NAMES) == {SENT_MESSAGES, CONSUMED_MESSAGES, OPERATION_DURATIO
                              PROCESS_DURATION, QUEUE_WAIT, CLOCK_SKEW, PATHWAY, RETRIES,
                              DEAD_LETTERS}
 
-
-class Record(NamedTuple):
-    """What a scope's close records: its kind, start time, edge attributes and instruments.
-
-    (A tuple: the hooks make one per scope with ``tuple.__new__``, without an ``__init__``.)
-    """
-
-    kind: int
-    start: int
-    attributes: dict[str, Any]
-    instruments: _Instruments
-
-
-_new_record = tuple.__new__
 
 
 class _Tally:
@@ -200,15 +187,23 @@ class _Instruments:
         self.dead_letters = counter(DEAD_LETTERS, "Messages dead-lettered or rejected for good.")
 
 
+#: What a scope's close records: its kind, start time (``perf_counter_ns``), edge attributes
+#: and instruments. (A plain tuple: a NamedTuple's ``tuple.__new__`` costs five times more.)
+Record: TypeAlias = tuple[int, int, dict[str, Any], _Instruments]
+
+
 def _recorder(histogram: Any) -> Callable[[float, dict[str, Any]], None]:
     """How to record into ``histogram``: the lean path for an SDK histogram, else ``record``."""
     if type(histogram).__module__.startswith("opentelemetry.sdk."):
         try:
-            from ._sdk_metrics import lean_histogram
+            from ._sdk_metrics import LeanHistogram, lean_histogram
         except ImportError:  # pragma: no cover - another SDK layout
             pass
         else:
-            return lean_histogram(histogram)  # type: ignore[no-any-return]
+            lean = lean_histogram(histogram)
+            # (Its bound ``record``: a call through the instance's ``__call__`` costs more.)
+            recorder = lean.record if isinstance(lean, LeanHistogram) else lean
+            return recorder
     return histogram.record  # type: ignore[no-any-return]
 
 
@@ -219,6 +214,11 @@ def _version() -> str:
 
 
 _UNSET: Final = object()
+#: Where the hooks read the global provider (the API's module, else a provider never seen).
+_global: Any = _api if _api is not None else type("_NoApi", (), {"_METER_PROVIDER": object()})
+#: The global provider for which metrics are off, with no explicit provider (the hooks'
+#: first check: one comparison returns when metrics are off); _UNSET when not known off.
+_off: object = _UNSET
 #: provider -> metric name -> the tally its observable counter reports
 _tallies: weakref.WeakKeyDictionary[Any, dict[str, _Tally]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
@@ -236,16 +236,16 @@ _error_edges: dict[tuple[int, str], tuple[dict[str, Any], dict[str, Any]]] = {}
 
 def use_meter_provider(provider: MeterProvider | None) -> None:
     """Record into ``provider`` instead of the global one (None: back to the global one)."""
-    global _explicit, _seen
+    global _explicit, _seen, _off
     with _lock:
         _explicit = provider
-        _seen = _UNSET
+        _seen = _off = _UNSET
 
 
 def _reset(_settings: Settings | None = None) -> None:
-    global _seen
+    global _seen, _off
     with _lock:
-        _seen = _UNSET
+        _seen = _off = _UNSET
         _edges.clear()
         _plain_edges.clear()
         _tally_keys.clear()
@@ -266,10 +266,8 @@ def _current_provider() -> object:
 
 def _instruments() -> _Instruments | None:
     """The live instruments, or None when no provider records (checked on every call)."""
-    if _explicit is None and _api is not None:  # the common case, inlined
-        if _api._METER_PROVIDER is _seen:
-            return _live
-        return _rebuild(_api._METER_PROVIDER)
+    if _api is not None and (_api._METER_PROVIDER if _explicit is None else _explicit) is _seen:
+        return _live  # (the provider seen last: the common case, inlined)
     provider = _current_provider()
     if provider is _seen:
         return _live
@@ -277,7 +275,7 @@ def _instruments() -> _Instruments | None:
 
 
 def _rebuild(seen: object) -> _Instruments | None:
-    global _seen, _live
+    global _seen, _live, _off
     with _lock:
         provider = seen
         if provider is None and os.environ.get("OTEL_PYTHON_METER_PROVIDER"):
@@ -295,6 +293,7 @@ def _rebuild(seen: object) -> _Instruments | None:
                 diagnostics.internal_error("metrics.instruments", exc)
         _live = live
         _seen = seen
+        _off = seen if live is None and _explicit is None and provider is seen else _UNSET
         return live
 
 
@@ -413,13 +412,17 @@ def _stamped(baggage: Any) -> Any:
 
 def stamp_origin(ctx: Context) -> Context:
     """Return ``ctx`` whose baggage carries the origin time (``ctx`` itself when off)."""
-    if _explicit is None and _api is not None and _api._METER_PROVIDER is _seen:
-        live = _live  # (_instruments(), inlined: the common case)
-    else:
-        live = _instruments()
+    if _global._METER_PROVIDER is _off:
+        return ctx  # metrics off (no provider, or a no-op one): one comparison
+    # (_instruments(), inlined for the provider seen last, global or explicit)
+    live = (_live if _api is not None
+            and (_api._METER_PROVIDER if _explicit is None else _explicit) is _seen
+            else _instruments())
     if live is None or live.pathway is None:
         return ctx
     baggage = ctx.get(BAGGAGE_KEY)
+    if baggage is None:  # (a transaction starting here: _stamped's step, without its call)
+        return Context({**ctx, BAGGAGE_KEY: {ORIGIN_BAGGAGE_KEY: str(time.time_ns() // 1_000_000)}})
     stamped = _stamped(baggage)
     if stamped is baggage:
         return ctx
@@ -428,7 +431,7 @@ def stamp_origin(ctx: Context) -> Context:
 
 def origin_ms(baggage: object, now_ms: int) -> int | None:
     """The origin time a baggage carries (ms since the epoch), or None if absent or garbage."""
-    if not baggage or not isinstance(baggage, Mapping):
+    if type(baggage) is not dict and (not baggage or not isinstance(baggage, Mapping)):
         return None
     raw = baggage.get(ORIGIN_BAGGAGE_KEY)
     if type(raw) is not str or not 0 < len(raw) <= 16 or not raw.isdigit() or not raw.isascii():
@@ -444,15 +447,19 @@ def origin_ms(baggage: object, now_ms: int) -> int | None:
 
 def send_started(system: str, destination: str, extra: object) -> Record | None:
     """Start timing a send; :func:`closed` records it. None when metrics are off."""
-    if _explicit is None and _api is not None and _api._METER_PROVIDER is _seen:
-        live = _live  # (_instruments(), inlined: the common case)
-    else:
-        live = _instruments()
+    if _global._METER_PROVIDER is _off:
+        return None  # metrics off (no provider, or a no-op one): one comparison
+    # (_instruments(), inlined for the provider seen last, global or explicit)
+    live = (_live if _api is not None
+            and (_api._METER_PROVIDER if _explicit is None else _explicit) is _seen
+            else _instruments())
     if live is None or (live.sent is None and live.operation is None):
         return None
     try:
-        attrs = edge_attributes(system, _OP_SEND, destination, extra)
-        return _new_record(Record, (_SEND, time.perf_counter_ns(), attrs, live))
+        attrs = _plain_edges.get((system, _OP_SEND, destination)) if extra is None else None
+        if attrs is None:  # (edge_attributes' first step, inlined: no call for a known edge)
+            attrs = edge_attributes(system, _OP_SEND, destination, extra)
+        return (_SEND, _perf_counter_ns(), attrs, live)
     except Exception as exc:
         diagnostics.internal_error("metrics.send", exc)
         return None
@@ -475,14 +482,18 @@ def consumed(
     Returns the record :func:`closed` completes with the processing duration, or None when
     metrics are off.
     """
-    if _explicit is None and _api is not None and _api._METER_PROVIDER is _seen:
-        live = _live  # (_instruments(), inlined: the common case)
-    else:
-        live = _instruments()
+    if _global._METER_PROVIDER is _off:
+        return None  # metrics off (no provider, or a no-op one): one comparison
+    # (_instruments(), inlined for the provider seen last, global or explicit)
+    live = (_live if _api is not None
+            and (_api._METER_PROVIDER if _explicit is None else _explicit) is _seen
+            else _instruments())
     if live is None:
         return None
     try:
-        attrs = edge_attributes(system, operation, destination, extra)
+        attrs = _plain_edges.get((system, operation, destination)) if extra is None else None
+        if attrs is None:  # (edge_attributes' first step, inlined: no call for a known edge)
+            attrs = edge_attributes(system, operation, destination, extra)
         if live.consumed is not None:
             live.consumed(1, attrs)
         if queue_wait_ms is not None and live.queue_wait is not None:
@@ -493,7 +504,8 @@ def consumed(
             now_ms = now_ns // 1_000_000
             origin = origin_ms(baggage, now_ms)
             if origin is not None:
-                live.pathway(max(0, now_ms - origin) / 1e3, attrs)
+                age = now_ms - origin
+                live.pathway((age if age > 0 else 0) / 1e3, attrs)  # (max(0, age), no call)
         if redelivered is True and live.retries is not None:
             live.retries(1, {**attrs, RETRY_KIND: "redelivery"})
         if (
@@ -504,7 +516,7 @@ def consumed(
             live.dead_letters(1, {**attrs, DEAD_LETTER_KIND: "x-death"})
         # (Returned even with the duration switched off: Celery counts retries through it.)
         kind = _PROCESS if operation == _OP_PROCESS else _OTHER
-        return _new_record(Record, (kind, time.perf_counter_ns(), attrs, live))
+        return (kind, _perf_counter_ns(), attrs, live)
     except Exception as exc:
         diagnostics.internal_error("metrics.consume", exc)
         return None
@@ -514,18 +526,18 @@ def closed(record: Record | None, exc: BaseException | None) -> None:
     """Record a scope's end: a send's count and duration, or a processing duration."""
     if record is None:
         return
-    live = record.instruments  # those of the open (a provider set in between: no matter)
+    # (live: the instruments of the open; a provider set in between is no matter)
+    kind, start, attrs, live = record
     try:
-        duration = (time.perf_counter_ns() - record.start) / 1e9
-        attrs = record.attributes
+        duration = (_perf_counter_ns() - start) / 1e9
         if exc is not None:
             attrs = _with_error(attrs, error_type(exc))
-        if record.kind == _SEND:
+        if kind == _SEND:
             if live.sent is not None:
                 live.sent(1, attrs)
             if live.operation is not None:
                 live.operation(duration, attrs)
-        elif record.kind == _PROCESS:
+        elif kind == _PROCESS:
             if live.process is not None:
                 live.process(duration, attrs)
         elif live.operation is not None:
@@ -547,11 +559,11 @@ def dead_lettered(record: Record | None, kind: str) -> None:
 def _count(record: Record | None, which: str, key: str, kind: str) -> None:
     if record is None:
         return
-    add: Callable[[int, dict[str, Any]], None] | None = getattr(record.instruments, which)
+    add: Callable[[int, dict[str, Any]], None] | None = getattr(record[3], which)
     if add is None:
         return
     try:
-        add(1, {**record.attributes, key: kind})
+        add(1, {**record[2], key: kind})
     except Exception as exc:
         diagnostics.internal_error("metrics." + which, exc)
 
