@@ -1,15 +1,24 @@
 """Instruction counts of hoptrace's per-message paths on the Kafka clients, with no broker.
 
-``*_produce`` / ``*_consume``: confluent-kafka's ``produce()`` / ``poll()``; ``*_getone``:
-aiokafka's ``getone()``; ``*_next``: kafka-python's ``__next__``.
+``*_produce`` / ``*_consume``: confluent-kafka's ``produce()`` / ``poll()``; ``*_aiosend`` /
+``*_getone``: aiokafka's ``send()`` / ``getone()``; ``*_kpsend`` / ``*_next``: kafka-python's
+``send()`` / ``__next__``. confluent-kafka's cases call its ``_produce`` / ``_poll``; the
+others call what ``instrument()`` patches in (without the patcher's own dispatch call). The
+plain cases call the client's stand-in as the bench's ``static`` variant calls the client,
+with the same three header pairs (a new list per send for aiokafka and kafka-python, as
+that variant passes them).
 
-The client's C calls are replaced by no-op Python stand-ins, so only hoptrace's own work is
+The client's own calls are replaced by no-op Python stand-ins, so only hoptrace's own work is
 counted. Each case runs one function N times through ``starmap``, and callgrind counts only
 inside ``starmap_next``: the count is the same whatever else the machine does.
 
     python bench/callgrind_cases.py                  # every case under callgrind, a table
     python bench/callgrind_cases.py prop_produce     # some cases
     python bench/callgrind_cases.py --run CASE 2000  # one case, N calls (what valgrind runs)
+
+``count_many`` counts several cases under one valgrind (``make bench``'s ``instructions``
+stage): each case runs in a child forked from an interpreter that imported what they all
+import, so each is counted as alone, without paying the imports under valgrind each time.
 
 Modes (the part of a case's name before ``_``): ``plain``; ``prop`` (propagation-only);
 ``fast`` / ``exact`` (SDK spans, ``fast_spans`` on / off, every span sampled); ``sprop`` /
@@ -20,11 +29,14 @@ message). See bench/results/profile-notes.md for what the figures say.
 from __future__ import annotations
 
 import collections
+import importlib
 import itertools
 import os
 import re
 import subprocess
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +46,8 @@ CASES = (
     "sexact_produce", "sexact_consume", "fast_produce", "fast_consume",
     "exact_produce", "exact_consume",
     "plain_getone", "prop_getone", "sfast_getone", "plain_next", "prop_next", "sfast_next",
+    "plain_aiosend", "prop_aiosend", "sfast_aiosend", "plain_kpsend", "prop_kpsend",
+    "sfast_kpsend",
     "piece_inject_dict", "piece_inject_list", "piece_write_list", "piece_gen_tx",
     "piece_produce_scope_dict", "piece_produce_scope_list", "piece_read_dict",
     "piece_read_list", "piece_consume_scope_dict", "piece_consume_scope_list",
@@ -128,6 +142,31 @@ def _noop(*args: Any, **kwargs: Any) -> None:
     return None
 
 
+class _Future:
+    """A send future stand-in: aiokafka's and kafka-python's, as far as hoptrace uses them."""
+
+    def add_done_callback(self, fn: Any) -> None:
+        return None
+
+    def add_callback(self, fn: Any, *args: Any) -> None:
+        return None
+
+    def add_errback(self, fn: Any, *args: Any) -> None:
+        return None
+
+
+_FUTURE = _Future()
+
+
+def _run(coro: Any) -> Any:
+    """Run a coroutine that never suspends to the end, without a loop."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError("the stand-in never suspends")
+
+
 def _record_case(mode: str, what: str, pairs: list[tuple[str, bytes]]) -> Callable[[], object]:
     """aiokafka's ``getone()`` (its coroutine run to the end without a loop: the thread's
     scope slot) or kafka-python's ``__next__``, around a stand-in that returns one record."""
@@ -140,23 +179,46 @@ def _record_case(mode: str, what: str, pairs: list[tuple[str, bytes]]) -> Callab
     async def getone(consumer: Any, *partitions: Any) -> Any:
         return record
 
-    def run(coro: Any) -> Any:
-        try:
-            coro.send(None)
-        except StopIteration as done:
-            return done.value
-        raise RuntimeError("the stand-in never suspends")
-
     def next_record(consumer: Any) -> Any:
         return record
 
     if what == "getone":
+        traced = getone if mode == "plain" else ak._wrap_getone(getone)
+        return lambda: _run(traced(consumer))
+    traced_next = next_record if mode == "plain" else kp._wrap_next(next_record)
+    return lambda: traced_next(consumer)
+
+
+def _send_case(mode: str, what: str, pairs: list[tuple[str, bytes]]) -> Callable[[], object]:
+    """aiokafka's ``send()`` (its coroutine run to the end without a loop) or kafka-python's
+    ``send()``, around a stand-in for the client's own that returns a future at once.
+
+    The plain client sends the three header pairs as a new list, as the bench's ``static``
+    variant does; the traced one sends none (hoptrace writes them).
+    """
+    import hoptrace.aiokafka as ak
+    import hoptrace.kafka_python as kp
+
+    producer = object()
+
+    async def aiosend(producer: Any, topic: str, value: Any = None, key: Any = None,
+                      partition: Any = None, timestamp_ms: Any = None,
+                      headers: Any = None) -> Any:
+        return _FUTURE
+
+    def kpsend(producer: Any, topic: str, value: Any = None, key: Any = None,
+               headers: Any = None, partition: Any = None, timestamp_ms: Any = None) -> Any:
+        return _FUTURE
+
+    if what == "aiosend":
         if mode == "plain":
-            return lambda: run(getone(consumer))
-        return lambda: run(ak._getone(getone, consumer, ()))
+            return lambda: _run(aiosend(producer, "orders", b"x", headers=list(pairs)))
+        traced = ak._wrap_send(aiosend)
+        return lambda: _run(traced(producer, "orders", b"x"))
     if mode == "plain":
-        return lambda: next_record(consumer)
-    return lambda: kp._next(next_record, consumer)
+        return lambda: kpsend(producer, "orders", b"x", headers=list(pairs))
+    traced_send = kp._wrap_send(kpsend)
+    return lambda: traced_send(producer, "orders", b"x")
 
 
 def _span_case(case: str) -> Callable[[], object]:
@@ -240,6 +302,8 @@ def build(case: str) -> Callable[[], object]:
 
     if what in ("getone", "next"):
         return _record_case(mode, what, pairs)
+    if what in ("aiosend", "kpsend"):
+        return _send_case(mode, what, pairs)
 
     if what == "consume":
         if mode == "plain":
@@ -277,11 +341,75 @@ def count_in(script: str, case: str, calls: int = CALLS) -> int:
     return int(found.group(1)) // calls
 
 
+def run_many(build_case: Callable[[str], Callable[[], object]], cases: list[str],
+             calls: int, preload: list[str]) -> None:
+    """Import ``preload``, then run each case (built, warmed up, called ``calls`` times) in
+    a child forked for it, one after another; print ``case PID`` for each.
+
+    Every case starts from the same state, as in an interpreter of its own (no case sees
+    what another left: a held scope, an SDK, Celery's signals, a larger heap for the
+    collector to walk), without paying for Python's start and the imports again.
+    """
+    for name in preload:
+        importlib.import_module(name)
+    for case in cases:
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: its own callgrind file (--callgrind-out-file=...%p)
+            code = 1
+            try:
+                repeat_calls(build_case(case), calls)
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if status != 0:
+            raise RuntimeError(f"case {case} failed (status {status})")
+        print(f"case {case} {pid}", flush=True)
+
+
+def count_many(script: str, cases: list[str], calls: int = CALLS,
+               preload: tuple[str, ...] = ()) -> dict[str, int]:
+    """Instructions per call of each of ``cases`` of ``script``, under one valgrind.
+
+    :func:`run_many` runs each case in a child of one interpreter that imported
+    ``preload`` (the modules every case imports anyway) first: the imports under valgrind
+    (20 s and more on this machine) are paid once, and each case is counted alone, as
+    :func:`count_in` counts it.
+    """
+    with tempfile.TemporaryDirectory(prefix="hoptrace-callgrind-") as tmp:
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--collect-atstart=no",
+             "--toggle-collect=starmap_next", f"--callgrind-out-file={tmp}/cg.%p",
+             sys.executable, script, "--run-many", str(calls), ",".join(preload), *cases],
+            capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-2000:])
+        pids = dict(re.findall(r"^case (\S+) (\d+)$", out.stdout, re.MULTILINE))
+        counts = {}
+        for case in cases:
+            with open(os.path.join(tmp, f"cg.{pids[case]}")) as f:
+                found = re.search(r"^summary: (\d+)", f.read(), re.MULTILINE)
+            if found is None:
+                raise RuntimeError(f"no count for {case}")
+            counts[case] = int(found.group(1)) // calls
+    return counts
+
+
 def cli(argv: list[str], script: str, cases: tuple[str, ...],
         build_case: Callable[[str], Callable[[], object]]) -> int:
-    """The command line of a callgrind script: a table of ``cases``, or ``--run CASE N``."""
+    """The command line of a callgrind script: a table of ``cases``, ``--run CASE N``, or
+    ``--run-many N MODULE,... CASE...`` (:func:`count_many`)."""
     if argv[:1] == ["--run"]:
         repeat_calls(build_case(argv[1]), int(argv[2]))
+        return 0
+    if argv[:1] == ["--run-many"]:
+        run_many(build_case, argv[3:], int(argv[1]), [m for m in argv[2].split(",") if m])
         return 0
     for case in argv or cases:
         print(f"{case:34} {count_in(script, case) / 1000:8.1f}k instructions per call",

@@ -1,0 +1,171 @@
+"""``make bench``'s ``instructions`` stage: the cases it counts, and the target rows it reads.
+
+The aiokafka and kafka-python send cases must count what the bench's variants do: the plain
+client's stand-in gets the three static header pairs, the traced one the headers hoptrace
+writes. The target rows must read both formats of results/instructions.json: today's, every
+client, and the one before, confluent-kafka alone.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import callgrind_cases  # noqa: E402  (bench/ is not a package)
+import run  # noqa: E402
+
+TIMES = run.TIMES
+
+pytest.importorskip("aiokafka")
+pytest.importorskip("kafka")
+
+
+def _headers_sent(case: str, stand_in: str) -> list[Any]:
+    """The ``headers`` each call of ``case`` handed the client's stand-in ``stand_in``."""
+    seen: list[Any] = []
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code.co_name == stand_in:
+            seen.append(frame.f_locals["headers"])
+
+    def calls() -> None:
+        one = callgrind_cases.build(case)
+        sys.setprofile(profile)
+        try:
+            for _ in range(3):
+                one()
+        finally:
+            sys.setprofile(None)
+
+    contextvars.Context().run(calls)
+    return seen
+
+
+@pytest.mark.parametrize(("path", "stand_in"), [("aiosend", "aiosend"), ("kpsend", "kpsend")])
+def test_send_cases_send_what_the_bench_variants_send(path: str, stand_in: str) -> None:
+    plain = _headers_sent(f"plain_{path}", stand_in)
+    assert len(plain) == 3
+    assert all(h == [("traceparent", b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"),
+                     ("x-transaction-id", b"c" * 32),
+                     ("baggage", b"transaction.id=" + b"c" * 32)] for h in plain)
+    assert plain[0] is not plain[1]  # a new list per send, as the static variant passes
+
+    traced = _headers_sent(f"prop_{path}", stand_in)
+    assert len(traced) == 3
+    names = [[name for name, _ in headers] for headers in traced]
+    assert names == [["traceparent", "baggage"]] * 3  # hoptrace's, propagation-only
+    trace_ids = {dict(headers)["traceparent"].split(b"-")[1] for headers in traced}
+    assert len(trace_ids) == 3  # a new trace per message: each case call is a send
+
+
+def test_every_client_counts_plain_and_prop_produce_and_consume() -> None:
+    assert set(run.INSTRUCTION_CLIENTS) == set(run.CLIENTS)
+    for client in run.CLIENTS:
+        cases = run.instruction_cases(client)
+        assert [c.split("_", 1)[0] for c in cases[:4]] == ["plain", "plain", "prop", "prop"]
+        script = run.INSTRUCTION_CLIENTS[client][0]
+        known = callgrind_cases.CASES if script == "callgrind_cases.py" else None
+        if known is not None:
+            assert set(cases) <= set(known)
+    assert run.instruction_cases("confluent-kafka")[4:] == list(run.SAMPLED_CASES)
+
+
+def _write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: dict[str, Any]) -> None:
+    (tmp_path / "instructions.json").write_text(json.dumps(data))
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+
+
+CONFLUENT = {"plain_produce": 1649, "plain_consume": 1133, "prop_produce": 27992,
+             "prop_consume": 62061, "sprop_produce": 52969, "sprop_consume": 62058,
+             "sfast_produce": 85832, "sfast_consume": 79959}
+
+
+def test_targets_from_the_format_before_every_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write(tmp_path, monkeypatch, {"client": "confluent-kafka (stand-ins)",
+                                   "instructions_per_message": CONFLUENT,
+                                   "instructions_per_us": 7368.0})
+    rows = run.instruction_targets()
+    assert [r[0] for r in rows] == [
+        f"2 confluent-kafka, in instructions: 1% sampled spans ≤ 1.25{TIMES} its "
+        "propagation-only",
+        "3 confluent-kafka, in instructions: propagation-only ≤ static headers + 10 µs",
+    ]
+    assert rows[0][1:] == (False, "163.0k vs 112.2k instructions per message over plain = "
+                           f"1.45{TIMES} (callgrind: produce 85.8k + poll 80.0k against 53.0k + "
+                           "62.1k)")
+    assert rows[1][1] is False
+    assert rows[1][2].startswith("+87.3k instructions per message, +11.8 µs at this machine's "
+                                 "7.4k instructions per µs on that path (produce 28.0k, poll "
+                                 "62.1k, against 1.6k and 1.1k")
+
+
+def test_targets_for_every_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clients = {
+        "confluent-kafka": {"produce": "produce", "consume": "consume",
+                            "instructions_per_message": CONFLUENT,
+                            "instructions_per_us": 7000.0, "rate_from": "confluent-kafka"},
+        "pika": {"produce": "pika_publish", "consume": "pika_consume",
+                 "instructions_per_message": {"plain_pika_publish": 1400,
+                                              "plain_pika_consume": 1000,
+                                              "prop_pika_publish": 30400,
+                                              "prop_pika_consume": 41000},
+                 "instructions_per_us": 7000.0, "rate_from": "confluent-kafka"},
+        "kafka-python": {"produce": "kpsend", "consume": "next",
+                         "instructions_per_message": {"plain_kpsend": 1900, "plain_next": 900,
+                                                      "prop_kpsend": 60000,
+                                                      "prop_next": 50000},
+                         "instructions_per_us": 5000.0, "rate_from": "kafka-python"},
+    }
+    _write(tmp_path, monkeypatch, {"python": "3.11.7", "calls": 2000, "clients": clients})
+    rows = {r[0]: r for r in run.instruction_targets()}
+    assert list(rows) == [
+        f"2 confluent-kafka, in instructions: 1% sampled spans ≤ 1.25{TIMES} its "
+        "propagation-only",
+        "3 confluent-kafka, in instructions: propagation-only ≤ static headers + 10 µs",
+        "3 kafka-python, in instructions: propagation-only ≤ static headers + 10 µs",
+        "3 pika, in instructions: propagation-only ≤ static headers + 10 µs",
+    ]
+    pika = rows["3 pika, in instructions: propagation-only ≤ static headers + 10 µs"]
+    assert pika[1] is True  # 69.0k over plain at 7.0k per µs: 9.9 µs
+    assert pika[2] == (
+        "+69.0k instructions per message, +9.9 µs at this machine's 7.0k instructions per µs "
+        "on confluent-kafka's path (pika's could not be timed) (produce 30.4k, consume 41.0k, "
+        "against 1.4k and 1.0k for the plain client sending static headers)")
+    kp = rows["3 kafka-python, in instructions: propagation-only ≤ static headers + 10 µs"]
+    assert kp[1] is False  # 107.2k at 5.0k per µs: 21.4 µs
+    assert "+107.2k instructions per message, +21.4 µs" in kp[2]
+    assert "on that path (produce 60.0k, consume 50.0k" in kp[2]
+
+
+@pytest.mark.parametrize(("floor", "out_of_reach"), [(560, True), (450, False)])
+def test_target_1_in_instructions_reads_the_peers_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, floor: int, out_of_reach: bool
+) -> None:
+    """The ratios are computed from the counts; "out of reach" only when the floor is."""
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    over = {"hop_fast": 700, "otel_confluent": 1000, "floor": floor, "floor_promise": 600,
+            "hop_pika": 520, "otel_pika": 1040}
+    (tmp_path / "peers_instructions.json").write_text(json.dumps({"over_plain": over}))
+    rows = {name.split(",")[0]: (met, figure) for name, met, figure in run.peer_targets()}
+    met, figure = rows["1 confluent-kafka"]
+    assert met is False and "= 0.70" in figure and f"{floor / 1000:.2f}" in figure
+    assert ("OUT OF REACH" in figure) is out_of_reach
+    assert rows["1 pika"] == (True, rows["1 pika"][1]) and "= 0.50" in rows["1 pika"][1]
+
+
+def test_target_1_in_instructions_is_absent_without_the_peers_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    assert run.peer_targets() == []
