@@ -15,7 +15,18 @@ Cases:
 - ``tx_fast``: the same, every span sampled (the root records).
 - ``sendunder_sfast``: confluent-kafka's ``produce`` stand-in under an open transaction the
   sampler dropped (the send span is dropped too), the transaction opened once outside.
-- ``piece_mint``: ``mint_span_context()``; ``piece_gen_tx``: ``generate_transaction_id()``.
+- ``piece_mint``: ``mint_span_context()``; ``piece_gen_tx``: ``generate_transaction_id()``;
+  ``piece_mint_span``: ``NonRecordingSpan(mint_span_context())``, what propagation-only gives
+  a transaction.
+- ``floor_child`` / ``floor_root``: the least a span the sampler drops can cost, whatever the
+  code around it: the SDK's ID generator asked for its IDs, the ``SpanContext`` and the
+  ``NonRecordingSpan`` built the cheapest way Python allows, and for a root the
+  ``TraceIdRatioBased`` decision (a child's decision, a table lookup, is left out). What the
+  sampled setup (``ParentBased(TraceIdRatioBased(0.01))``) cannot avoid per message is
+  ``floor_root + 2 * floor_child`` (the transaction's root, the send, the process span) less
+  ``piece_mint_span``, which propagation-only pays instead of the root.
+- ``floor_sampled``: a message the 1% ratio keeps, as ``tx_fast`` records it with a send span
+  under it (root and send recorded and exported): one in 100 messages pays it.
 """
 
 from __future__ import annotations
@@ -29,7 +40,49 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import callgrind_cases  # the shared stand-ins and SDK set-up
 
 CASES = ("tx_prop", "tx_sfast", "tx_sexact", "tx_fast", "sendunder_sfast", "piece_mint",
-         "piece_gen_tx")
+         "piece_gen_tx", "piece_mint_span", "floor_child", "floor_root", "floor_sampled")
+
+
+def _floor(case: str) -> Callable[[], object]:
+    """The least a dropped child (or root) costs: see the module's docstring."""
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+    from opentelemetry.trace import (
+        DEFAULT_TRACE_STATE,
+        NonRecordingSpan,
+        SpanContext,
+        TraceFlags,
+    )
+
+    from hoptrace.core.otel_shims import tracer
+
+    callgrind_cases._install("sfast")
+    ids = tracer().id_generator  # type: ignore[attr-defined]
+    new_tuple, new_object = tuple.__new__, object.__new__
+    unsampled = TraceFlags(0)
+    ratio = TraceIdRatioBased(0.01)
+    limit, bound = ratio.TRACE_ID_LIMIT, ratio.bound
+    parent_trace = 0xABC
+
+    def child() -> object:
+        span_id = ids.generate_span_id()
+        span = new_object(NonRecordingSpan)
+        span._context = new_tuple(SpanContext, (parent_trace, span_id, False, unsampled,
+                                                DEFAULT_TRACE_STATE, 0 < span_id < 1 << 64))
+        return span
+
+    def root() -> object:
+        trace_id = ids.generate_trace_id()
+        if trace_id & limit < bound:
+            return None
+        ids.is_trace_id_random()
+        span_id = ids.generate_span_id()
+        span = new_object(NonRecordingSpan)
+        span._context = new_tuple(SpanContext, (
+            trace_id, span_id, False, unsampled, DEFAULT_TRACE_STATE,
+            0 < trace_id < 1 << 128 and 0 < span_id < 1 << 64))
+        return span
+
+    return child if case == "floor_child" else root
 
 
 def build(case: str) -> Callable[[], object]:
@@ -37,13 +90,28 @@ def build(case: str) -> Callable[[], object]:
     import hoptrace
 
     mode = case.partition("_")[2]
+    if case in ("floor_child", "floor_root"):
+        return _floor(case)
     if case.startswith("piece_"):
+        from opentelemetry.trace import NonRecordingSpan
+
         from hoptrace.core import ids
 
         hoptrace.configure(propagation_only=True)
         pieces: dict[str, Callable[[], object]] = {
-            "piece_mint": ids.mint_span_context, "piece_gen_tx": ids.generate_transaction_id}
+            "piece_mint": ids.mint_span_context, "piece_gen_tx": ids.generate_transaction_id,
+            "piece_mint_span": lambda: NonRecordingSpan(ids.mint_span_context())}
         return pieces[case]
+    if case == "floor_sampled":  # every root kept: a recorded root and a recorded send
+        import hoptrace.confluent_kafka as ck
+
+        callgrind_cases._install("fast")
+        hoptrace.configure(fast_spans=True)
+
+        def sampled() -> None:
+            with hoptrace.transaction("job"):
+                ck._produce(callgrind_cases._noop, None, "orders", (b"x",), {})
+        return sampled
     callgrind_cases._install(mode)
     hoptrace.configure(fast_spans=not mode.endswith("exact"), propagation_only=mode == "prop")
     transaction = hoptrace.transaction
