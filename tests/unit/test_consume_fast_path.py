@@ -129,7 +129,9 @@ def _norm(value: object, ambient: Context) -> object:
 
 def seeded_consume(counter: Iterator[int], monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Draw hop's IDs from ``counter``, freeze its clock, and record every
-    ``metrics.consumed`` call (its attributes resolved) into the list returned."""
+    ``metrics.consumed`` call that records (its attributes resolved) into the list returned.
+
+    (A call while metrics are off records nothing, and hop may skip it: not listed.)"""
     monkeypatch.setattr(hop, "generate_transaction_id", lambda: f"{next(counter):032x}")
     monkeypatch.setattr(hop, "mint_span_context", lambda: SpanContext(
         next(counter), next(counter), False, TraceFlags(0)))
@@ -138,8 +140,10 @@ def seeded_consume(counter: Iterator[int], monkeypatch: pytest.MonkeyPatch) -> l
 
     def consumed(*args: Any) -> Any:
         extra = args[3]
-        calls.append((*args[:3], extra() if callable(extra) else extra, *args[4:]))
-        return _REAL_CONSUMED(*args)
+        record = _REAL_CONSUMED(*args)
+        if record is not None:
+            calls.append((*args[:3], extra() if callable(extra) else extra, *args[4:]))
+        return record
 
     monkeypatch.setattr(metrics, "consumed", consumed)
     return calls

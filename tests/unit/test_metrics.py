@@ -252,6 +252,41 @@ def test_off_without_a_provider_and_on_once_the_global_one_is_set(
         provider.shutdown()
 
 
+def test_enabled_follows_the_provider_after_metrics_were_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """enabled() answers "off" at one comparison, never from a stale answer."""
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    from hoptrace import _kafka
+
+    monkeypatch.setattr(metrics_api, "_METER_PROVIDER", None)
+    monkeypatch.delenv("OTEL_PYTHON_METER_PROVIDER", raising=False)
+    metrics.use_meter_provider(None)
+    hoptrace.configure(propagation_only=True)
+    assert metrics.enabled() is False and metrics.enabled() is False  # known off
+    assert _kafka.headers_only() is True
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    try:
+        # (Each asked first after a change, before anything else looks at the provider.)
+        monkeypatch.setattr(metrics_api, "_METER_PROVIDER", provider)  # set later: on
+        assert _kafka.headers_only() is False  # the send keeps its scope, to be counted
+        monkeypatch.setattr(metrics_api, "_METER_PROVIDER", None)
+        assert metrics.enabled() is False
+        monkeypatch.setattr(metrics_api, "_METER_PROVIDER", provider)
+        assert metrics.enabled() is True
+        monkeypatch.setattr(metrics_api, "_METER_PROVIDER", NoOpMeterProvider())
+        assert _kafka.headers_only() is True and metrics.enabled() is False
+        metrics.use_meter_provider(provider)  # an explicit provider: on
+        assert _kafka.headers_only() is False and metrics.enabled() is True
+        metrics.use_meter_provider(None)
+        assert metrics.enabled() is False
+    finally:
+        metrics.use_meter_provider(None)
+        provider.shutdown()
+
+
 def test_http_edge_stamps_the_origin(recorded: Metrics) -> None:
     from hoptrace._edge import server_scope
 

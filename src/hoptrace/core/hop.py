@@ -445,9 +445,12 @@ class produce_scope(_Scope):
                 self.carrier = {}
             return self
         try:
-            parent = metrics.stamp_origin(get_current())  # pathway origin, when metrics on
-            self.metrics_record = metrics.send_started(self._system, self._destination,
-                                                       self._attributes)
+            if metrics.provider_source._METER_PROVIDER is metrics.off_provider:
+                parent = get_current()  # metrics off: the hooks' own check, without their calls
+            else:
+                parent = metrics.stamp_origin(get_current())  # pathway origin
+                self.metrics_record = metrics.send_started(self._system, self._destination,
+                                                           self._attributes)
             tx = self.transaction_id = (
                 current_transaction_id(parent) or self._carried(carrier)
                 or generate_transaction_id()
@@ -695,7 +698,9 @@ class consume_scope(_Scope):
         """Attach the handler's context (see :meth:`_handler_values`); metrics see the hop."""
         values = self._handler_values(ambient, span, tx, baggage, carried, settings)
         self._active = span.get_span_context()
-        self.metrics_record = metrics.consumed(
+        self.metrics_record = None if (  # metrics off: the hook's own check, without its call
+            metrics.provider_source._METER_PROVIDER is metrics.off_provider
+        ) else metrics.consumed(
             self._system, self._operation, self._destination, self._attributes,
             self.queue_wait_ms, skew, baggage, now_ns, self._redelivered, self._carrier)
         self._attach(Context(values))
@@ -738,7 +743,9 @@ class consume_scope(_Scope):
         values = self._handler_values(ambient, span, tx, baggage, (
             baggage if baggage is not None else ambient.get(BAGGAGE_KEY)), settings)
         self._active = active
-        self.metrics_record = metrics.consumed(
+        self.metrics_record = None if (  # metrics off: the hook's own check, without its call
+            metrics.provider_source._METER_PROVIDER is metrics.off_provider
+        ) else metrics.consumed(
             self._system, self._operation, self._destination, self._attributes,
             self.queue_wait_ms, skew, baggage, now_ns, self._redelivered, self._carrier)
         ctx = Context(values)

@@ -215,10 +215,13 @@ def _version() -> str:
 
 _UNSET: Final = object()
 #: Where the hooks read the global provider (the API's module, else a provider never seen).
-_global: Any = _api if _api is not None else type("_NoApi", (), {"_METER_PROVIDER": object()})
-#: The global provider for which metrics are off, with no explicit provider (the hooks'
-#: first check: one comparison returns when metrics are off); _UNSET when not known off.
-_off: object = _UNSET
+provider_source: Final[Any] = (
+    _api if _api is not None else type("_NoApi", (), {"_METER_PROVIDER": object()}))
+#: The global provider for which metrics are off, with no explicit provider; _UNSET when not
+#: known off. The hooks' first check, one comparison that returns when metrics are off:
+#: ``provider_source._METER_PROVIDER is off_provider``. A caller may make the same check
+#: inline to skip a hook's call (it is kept current here; a hook called anyway is the same).
+off_provider: object = _UNSET
 #: provider -> metric name -> the tally its observable counter reports
 _tallies: weakref.WeakKeyDictionary[Any, dict[str, _Tally]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
@@ -236,16 +239,16 @@ _error_edges: dict[tuple[int, str], tuple[dict[str, Any], dict[str, Any]]] = {}
 
 def use_meter_provider(provider: MeterProvider | None) -> None:
     """Record into ``provider`` instead of the global one (None: back to the global one)."""
-    global _explicit, _seen, _off
+    global _explicit, _seen, off_provider
     with _lock:
         _explicit = provider
-        _seen = _off = _UNSET
+        _seen = off_provider = _UNSET
 
 
 def _reset(_settings: Settings | None = None) -> None:
-    global _seen, _off
+    global _seen, off_provider
     with _lock:
-        _seen = _off = _UNSET
+        _seen = off_provider = _UNSET
         _edges.clear()
         _plain_edges.clear()
         _tally_keys.clear()
@@ -275,7 +278,7 @@ def _instruments() -> _Instruments | None:
 
 
 def _rebuild(seen: object) -> _Instruments | None:
-    global _seen, _live, _off
+    global _seen, _live, off_provider
     with _lock:
         provider = seen
         if provider is None and os.environ.get("OTEL_PYTHON_METER_PROVIDER"):
@@ -293,12 +296,14 @@ def _rebuild(seen: object) -> _Instruments | None:
                 diagnostics.internal_error("metrics.instruments", exc)
         _live = live
         _seen = seen
-        _off = seen if live is None and _explicit is None and provider is seen else _UNSET
+        off_provider = seen if live is None and _explicit is None and provider is seen else _UNSET
         return live
 
 
 def enabled() -> bool:
     """Return whether hoptrace records metrics now (a provider is set, some metric is on)."""
+    if provider_source._METER_PROVIDER is off_provider:
+        return False  # metrics off (no provider, or a no-op one): the hooks' one comparison
     return _instruments() is not None
 
 
@@ -412,7 +417,7 @@ def _stamped(baggage: Any) -> Any:
 
 def stamp_origin(ctx: Context) -> Context:
     """Return ``ctx`` whose baggage carries the origin time (``ctx`` itself when off)."""
-    if _global._METER_PROVIDER is _off:
+    if provider_source._METER_PROVIDER is off_provider:
         return ctx  # metrics off (no provider, or a no-op one): one comparison
     # (_instruments(), inlined for the provider seen last, global or explicit)
     live = (_live if _api is not None
@@ -447,7 +452,7 @@ def origin_ms(baggage: object, now_ms: int) -> int | None:
 
 def send_started(system: str, destination: str, extra: object) -> Record | None:
     """Start timing a send; :func:`closed` records it. None when metrics are off."""
-    if _global._METER_PROVIDER is _off:
+    if provider_source._METER_PROVIDER is off_provider:
         return None  # metrics off (no provider, or a no-op one): one comparison
     # (_instruments(), inlined for the provider seen last, global or explicit)
     live = (_live if _api is not None
@@ -482,7 +487,7 @@ def consumed(
     Returns the record :func:`closed` completes with the processing duration, or None when
     metrics are off.
     """
-    if _global._METER_PROVIDER is _off:
+    if provider_source._METER_PROVIDER is off_provider:
         return None  # metrics off (no provider, or a no-op one): one comparison
     # (_instruments(), inlined for the provider seen last, global or explicit)
     live = (_live if _api is not None
