@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from random import randbytes
+from random import getrandbits as _getrandbits
 from time import time_ns
 from typing import Any, Final
 from urllib.parse import quote, unquote
@@ -877,7 +877,9 @@ def _write_minted(
     own_tx = tx is None and settings.transaction_id_generator is new_transaction_id
     if tx is None and not own_tx:
         tx = generate_transaction_id()
-    raw = randbytes(40 if own_tx else 24)
+    # (random.randbytes' own step, without its Python-level call on 3.11; the same bytes)
+    raw = _getrandbits(320).to_bytes(40, "little") if own_tx else _getrandbits(
+        192).to_bytes(24, "little")
     origin = _origin_only(entries, settings) if entries else None
     names = _names
     header = names.written
