@@ -18,6 +18,9 @@
  *
  * write_common() returns False when it cannot write the values exactly as the Python writer
  * would, and writes nothing then.
+ *
+ * dropped_child() is hoptrace/core/_sdk_spans.py's Starter.dropped_child (the span the sampler
+ * is known to drop), step for step in one call; _sdk_spans uses it under the same conditions.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1119,6 +1122,446 @@ mint_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
+/* ---- dropped_child: _sdk_spans.Starter.dropped_child in one call ----------------------
+ *
+ * The same steps in the same order as the Python method (every attribute read, call and
+ * comparison is the one it makes), for an API whose SpanContext is the 6-tuple. What it
+ * needs from Python is set once by configure_dropped(); until then it is refused.
+ * Anything the tuple fast path does not cover (a parent of another length) goes to the
+ * Python method, before any side effect.
+ */
+
+static PyObject *dc_span_context = NULL;  /* opentelemetry.trace.SpanContext */
+static PyObject *dc_pending_ids = NULL;   /* _sdk_spans.PendingIds */
+static PyObject *dc_flags = NULL;         /* _sdk_spans._FLAGS (a 4-tuple) */
+static PyObject *dc_default_state = NULL; /* DEFAULT_TRACE_STATE */
+static PyObject *dc_trace_api = NULL;     /* the opentelemetry.trace module */
+static PyObject *dc_nrs = NULL;           /* _NRS */
+static PyObject *dc_nrs_init = NULL;      /* _NRS_INIT (None: always call the class) */
+static PyObject *dc_random_flag = NULL;   /* _RANDOM_FLAG */
+static PyObject *dc_drop = NULL;          /* Decision.DROP */
+static PyObject *dc_span_id_max = NULL;   /* _SPAN_ID_MAX */
+static PyObject *dc_python = NULL;        /* the Python method, for what this does not cover */
+
+static PyObject *
+configure_dropped(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "configure_dropped takes 11 arguments");
+        return NULL;
+    }
+    if (!PyType_Check(args[0]) || !PyType_IsSubtype((PyTypeObject *)args[0], &PyTuple_Type)
+            || !PyType_Check(args[1]) || !PyTuple_Check(args[2]) || PyTuple_GET_SIZE(args[2]) != 4
+            || !PyType_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "configure_dropped: unexpected argument types");
+        return NULL;
+    }
+    PyObject **slots[11] = {&dc_span_context, &dc_pending_ids, &dc_flags, &dc_default_state,
+                            &dc_trace_api, &dc_nrs, &dc_nrs_init, &dc_random_flag, &dc_drop,
+                            &dc_span_id_max, &dc_python};
+    for (int i = 0; i < 11; i++) {
+        Py_INCREF(args[i]);
+        Py_XSETREF(*slots[i], args[i]);
+    }
+    Py_RETURN_NONE;
+}
+
+/* getattr(obj, name) with a C string name interned once. */
+#define DC_NAME(name) static PyObject *dc_name_##name = NULL;
+DC_NAME(shortcuts) DC_NAME(tracer) DC_NAME(sampler) DC_NAME(_sampler)
+DC_NAME(_drops) DC_NAME(_gated) DC_NAME(_gate_inline) DC_NAME(_tracer_config)
+DC_NAME(is_enabled) DC_NAME(_is_enabled) DC_NAME(id_generator) DC_NAME(inner)
+DC_NAME(_random_flag) DC_NAME(is_trace_id_random) DC_NAME(generate_span_id)
+DC_NAME(_tracer_metrics) DC_NAME(_noop_metrics) DC_NAME(start_span) DC_NAME(NonRecordingSpan)
+DC_NAME(__init__) DC_NAME(_context) DC_NAME(context)
+
+static PyObject *
+dc_intern(const char *text, PyObject **cache)
+{
+    if (*cache == NULL) {
+        *cache = PyUnicode_InternFromString(text);
+    }
+    return *cache;
+}
+
+static PyObject *
+dc_attr(PyObject *obj, const char *text, PyObject **cache)
+{
+    PyObject *name = dc_intern(text, cache);
+    return name == NULL ? NULL : PyObject_GetAttr(obj, name);
+}
+
+#define DC_CALL0(obj, name) dc_call0((obj), #name, &dc_name_##name)
+
+static PyObject *
+dc_call0(PyObject *obj, const char *text, PyObject **cache)
+{
+    PyObject *name = dc_intern(text, cache);
+    return name == NULL ? NULL : PyObject_CallMethodNoArgs(obj, name);
+}
+
+/* The truth of getattr(obj, name); -1 on error. */
+static int
+dc_truth(PyObject *obj, const char *text, PyObject **cache)
+{
+    PyObject *value = dc_attr(obj, text, cache);
+    if (value == NULL) {
+        return -1;
+    }
+    int truth = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return truth;
+}
+
+#define DC_TRUTH(obj, name) dc_truth((obj), #name, &dc_name_##name)
+#define DC_ATTR(obj, name) dc_attr((obj), #name, &dc_name_##name)
+
+/* trace_api.NonRecordingSpan(context=span_context), as _non_recording makes it. */
+static PyObject *
+dc_non_recording(PyObject *span_context, int plain_allowed)
+{
+    PyObject *nrs = DC_ATTR(dc_trace_api, NonRecordingSpan);
+    if (nrs == NULL) {
+        return NULL;
+    }
+    if (plain_allowed && nrs == dc_nrs && dc_nrs_init != Py_None) {
+        PyObject *init = DC_ATTR(nrs, __init__);
+        if (init == NULL) {
+            Py_DECREF(nrs);
+            return NULL;
+        }
+        Py_DECREF(init);  /* (compared by identity only) */
+        if (init == dc_nrs_init) {
+            PyObject *empty = PyTuple_New(0);
+            PyObject *span = empty == NULL ? NULL
+                : PyBaseObject_Type.tp_new((PyTypeObject *)nrs, empty, NULL);
+            Py_XDECREF(empty);
+            Py_DECREF(nrs);
+            if (span == NULL) {
+                return NULL;
+            }
+            PyObject *name = dc_intern("_context", &dc_name__context);
+            if (name == NULL || PyObject_SetAttr(span, name, span_context) < 0) {
+                Py_DECREF(span);
+                return NULL;
+            }
+            return span;
+        }
+    }
+    PyObject *name = dc_intern("context", &dc_name_context);
+    PyObject *kwnames = name == NULL ? NULL : PyTuple_Pack(1, name);
+    if (kwnames == NULL) {
+        Py_DECREF(nrs);
+        return NULL;
+    }
+    PyObject *call_args[1] = {span_context};
+    PyObject *span = PyObject_Vectorcall(nrs, call_args, 0, kwnames);
+    Py_DECREF(kwnames);
+    Py_DECREF(nrs);
+    return span;
+}
+
+/* The child's span context (new reference), from the parent's fields. */
+static PyObject *
+dc_build(PyObject *trace_id, PyObject *span_id, PyObject *flags, PyObject *state)
+{
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL) {
+        return NULL;
+    }
+    PyObject *valid = PyObject_RichCompare(zero, span_id, Py_LT);  /* 0 < span_id <= MAX */
+    Py_DECREF(zero);
+    if (valid == NULL) {
+        return NULL;
+    }
+    int first = PyObject_IsTrue(valid);
+    if (first < 0) {
+        Py_DECREF(valid);
+        return NULL;
+    }
+    if (first) {
+        Py_SETREF(valid, PyObject_RichCompare(span_id, dc_span_id_max, Py_LE));
+        if (valid == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *items = PyTuple_Pack(6, trace_id, span_id, Py_False, flags,
+                                   state == Py_None ? dc_default_state : state, valid);
+    Py_DECREF(valid);
+    if (items == NULL) {
+        return NULL;
+    }
+    PyObject *new_args = PyTuple_Pack(1, items);
+    Py_DECREF(items);
+    if (new_args == NULL) {
+        return NULL;
+    }
+    /* tuple.__new__(SpanContext, items) */
+    PyObject *made = PyTuple_Type.tp_new((PyTypeObject *)dc_span_context, new_args, NULL);
+    Py_DECREF(new_args);
+    return made;
+}
+
+/* bool(flags & _RANDOM_FLAG) if random_flag == 2
+ * else random_flag == 1 and id_generator.is_trace_id_random(); -1 on error. */
+static int
+dc_random(PyObject *starter, PyObject *flags, PyObject *id_generator)
+{
+    PyObject *random_flag = DC_ATTR(starter, _random_flag);
+    if (random_flag == NULL) {
+        return -1;
+    }
+    PyObject *number = PyLong_FromLong(2);
+    int is = number == NULL ? -1 : PyObject_RichCompareBool(random_flag, number, Py_EQ);
+    Py_XDECREF(number);
+    if (is != 0) {
+        Py_DECREF(random_flag);
+        if (is < 0) {
+            return -1;
+        }
+        PyObject *bit = PyNumber_And(flags, dc_random_flag);
+        if (bit == NULL) {
+            return -1;
+        }
+        int truth = PyObject_IsTrue(bit);
+        Py_DECREF(bit);
+        return truth;
+    }
+    number = PyLong_FromLong(1);
+    is = number == NULL ? -1 : PyObject_RichCompareBool(random_flag, number, Py_EQ);
+    Py_XDECREF(number);
+    Py_DECREF(random_flag);
+    if (is <= 0) {
+        return is;
+    }
+    PyObject *answer = DC_CALL0(id_generator, is_trace_id_random);
+    if (answer == NULL) {
+        return -1;
+    }
+    int truth = PyObject_IsTrue(answer);
+    Py_DECREF(answer);
+    return truth;
+}
+
+/* Whether the tracer is enabled (1), not (0), or an error (-1). */
+static int
+dc_enabled(PyObject *starter, PyObject *tracer)
+{
+    int inline_gate = DC_TRUTH(starter, _gate_inline);
+    if (inline_gate < 0) {
+        return -1;
+    }
+    PyObject *answer;
+    if (inline_gate) {
+        PyObject *config = DC_ATTR(tracer, _tracer_config);
+        if (config == NULL) {
+            return -1;
+        }
+        answer = DC_ATTR(config, is_enabled);
+        Py_DECREF(config);
+    }
+    else {
+        answer = DC_CALL0(tracer, _is_enabled);
+    }
+    if (answer == NULL) {
+        return -1;
+    }
+    int truth = PyObject_IsTrue(answer);
+    Py_DECREF(answer);
+    return truth;
+}
+
+/* tracer._tracer_metrics.start_span(parent, Decision.DROP) unless it is the no-op counter. */
+static int
+dc_count(PyObject *starter, PyObject *tracer, PyObject *parent)
+{
+    PyObject *metrics = DC_ATTR(tracer, _tracer_metrics);
+    if (metrics == NULL) {
+        return -1;
+    }
+    PyObject *noop = DC_ATTR(starter, _noop_metrics);
+    if (noop == NULL) {
+        Py_DECREF(metrics);
+        return -1;
+    }
+    Py_DECREF(noop);  /* (compared by identity only) */
+    if (metrics == noop) {
+        Py_DECREF(metrics);
+        return 0;
+    }
+    Py_DECREF(metrics);
+    metrics = DC_ATTR(tracer, _tracer_metrics);  /* (read again, as the Python method does) */
+    if (metrics == NULL) {
+        return -1;
+    }
+    PyObject *name = dc_intern("start_span", &dc_name_start_span);
+    PyObject *call_args[3] = {metrics, parent, dc_drop};
+    PyObject *result = name == NULL ? NULL
+        : PyObject_VectorcallMethod(name, call_args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(metrics);
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+/* The span from the tracer's ID generator onward (the drop is decided). */
+static PyObject *
+dc_made(PyObject *starter, PyObject *tracer, PyObject *parent, PyObject *span_id, int gated)
+{
+    PyObject *trace_id = PyTuple_GET_ITEM(parent, 0);
+    PyObject *flags = PyTuple_GET_ITEM(parent, 3);
+    PyObject *state = PyTuple_GET_ITEM(parent, 4);
+    PyObject *id_generator = DC_ATTR(tracer, id_generator);
+    if (id_generator == NULL) {
+        return NULL;
+    }
+    if ((PyObject *)Py_TYPE(id_generator) == dc_pending_ids) {
+        Py_SETREF(id_generator, DC_ATTR(id_generator, inner));
+        if (id_generator == NULL) {
+            return NULL;
+        }
+    }
+    int random = dc_random(starter, flags, id_generator);
+    if (random < 0) {
+        Py_DECREF(id_generator);
+        return NULL;
+    }
+    int given = PyObject_IsTrue(span_id);
+    if (given < 0) {
+        Py_DECREF(id_generator);
+        return NULL;
+    }
+    if (given) {
+        Py_INCREF(span_id);
+    }
+    else {
+        span_id = DC_CALL0(id_generator, generate_span_id);
+    }
+    Py_DECREF(id_generator);
+    if (span_id == NULL) {
+        return NULL;
+    }
+    PyObject *span_context = dc_build(trace_id, span_id,
+                                      PyTuple_GET_ITEM(dc_flags, random ? 2 : 0), state);
+    Py_DECREF(span_id);
+    if (span_context == NULL) {
+        return NULL;
+    }
+    if (gated && dc_count(starter, tracer, parent) < 0) {
+        Py_DECREF(span_context);
+        return NULL;
+    }
+    PyObject *span = dc_non_recording(span_context, 1);
+    Py_DECREF(span_context);
+    return span;
+}
+
+/* 1: the sampler drops a child of parent; 0: not known (None); -1: error. */
+static int
+dc_drops(PyObject *drops, PyObject *parent)
+{
+    if (PyObject_IsTrue(PyTuple_GET_ITEM(parent, 5)) == 0) {  /* valid (errors below) */
+        return 0;
+    }
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    int remote = PyObject_IsTrue(PyTuple_GET_ITEM(parent, 2));
+    if (remote < 0) {
+        return -1;
+    }
+    PyObject *one = PyLong_FromLong(1);
+    PyObject *bit = one == NULL ? NULL : PyNumber_And(PyTuple_GET_ITEM(parent, 3), one);
+    Py_XDECREF(one);
+    if (bit == NULL) {
+        return -1;
+    }
+    int sampled = PyObject_IsTrue(bit);
+    Py_DECREF(bit);
+    if (sampled < 0) {
+        return -1;
+    }
+    PyObject *drop = PySequence_GetItem(drops, (remote ? 2 : 0) + (sampled ? 0 : 1));
+    if (drop == NULL) {
+        return -1;
+    }
+    int truth = PyObject_IsTrue(drop);
+    Py_DECREF(drop);
+    return truth;
+}
+
+/* dropped_child(starter, parent, span_id): Starter.dropped_child(starter, parent, span_id). */
+static PyObject *
+dropped_child(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 2 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "dropped_child takes 2 or 3 arguments");
+        return NULL;
+    }
+    if (dc_python == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "dropped_child: configure_dropped was not called");
+        return NULL;
+    }
+    PyObject *starter = args[0], *parent = args[1];
+    PyObject *span_id = nargs == 3 ? args[2] : Py_None;
+    int shortcuts = DC_TRUTH(starter, shortcuts);
+    if (shortcuts <= 0) {
+        return shortcuts < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *tracer = DC_ATTR(starter, tracer);
+    if (tracer == NULL) {
+        return NULL;
+    }
+    PyObject *sampler = DC_ATTR(tracer, sampler);
+    PyObject *known = sampler == NULL ? NULL : DC_ATTR(starter, _sampler);
+    Py_XDECREF(known);  /* (compared by identity only) */
+    Py_XDECREF(sampler);
+    if (known == NULL) {
+        Py_DECREF(tracer);
+        return NULL;
+    }
+    if (sampler != known) {  /* another sampler: the Python method reads it */
+        Py_DECREF(tracer);
+        PyObject *call_args[3] = {starter, parent, span_id};
+        return PyObject_Vectorcall(dc_python, call_args, nargs, NULL);
+    }
+    PyObject *drops = DC_ATTR(starter, _drops);
+    if (drops == NULL) {
+        Py_DECREF(tracer);
+        return NULL;
+    }
+    if (drops == Py_None || (PyObject *)Py_TYPE(parent) != dc_span_context) {
+        Py_DECREF(drops);
+        Py_DECREF(tracer);
+        Py_RETURN_NONE;
+    }
+    if (PyTuple_GET_SIZE(parent) != 6) {  /* (the Python method's unpack decides) */
+        Py_DECREF(drops);
+        Py_DECREF(tracer);
+        PyObject *call_args[3] = {starter, parent, span_id};
+        return PyObject_Vectorcall(dc_python, call_args, nargs, NULL);
+    }
+    int drop = dc_drops(drops, parent);
+    Py_DECREF(drops);
+    if (drop <= 0) {
+        Py_DECREF(tracer);
+        return drop < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    int gated = DC_TRUTH(starter, _gated);
+    if (gated > 0) {
+        int enabled = dc_enabled(starter, tracer);
+        if (enabled <= 0) {
+            Py_DECREF(tracer);
+            return enabled < 0 ? NULL : dc_non_recording(parent, 0);
+        }
+    }
+    PyObject *span = gated < 0 ? NULL : dc_made(starter, tracer, parent, span_id, gated);
+    Py_DECREF(tracer);
+    return span;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"read_common", (PyCFunction)(void (*)(void))read_common, METH_FASTCALL,
      "The common case of reading hoptrace's headers from a dict, or None."},
@@ -1130,6 +1573,10 @@ static PyMethodDef speedups_methods[] = {
      "The common case of writing hoptrace's headers into a dict; False if not handled."},
     {"mint_common", (PyCFunction)(void (*)(void))mint_common, METH_FASTCALL,
      "write_common for a new trace whose IDs come from random bytes; False if not handled."},
+    {"configure_dropped", (PyCFunction)(void (*)(void))configure_dropped, METH_FASTCALL,
+     "Give dropped_child what it needs from hoptrace.core._sdk_spans (once)."},
+    {"dropped_child", (PyCFunction)(void (*)(void))dropped_child, METH_FASTCALL,
+     "_sdk_spans.Starter.dropped_child(starter, parent, span_id), in one call."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -205,14 +205,14 @@ def test_a_sampled_parent_whose_delegate_drops_gives_what_the_sdk_gives(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     taken = []
-    original = Starter.dropped_child
+    original = _sdk_spans.dropped_child_of  # (the C module's, when built)
 
     def counted(self: Starter, parent: SpanContext, span_id: int | None = None) -> Any:
         span = original(self, parent, span_id)
         taken.append(span is not None)
         return span
 
-    monkeypatch.setattr(Starter, "dropped_child", counted)
+    monkeypatch.setattr(_sdk_spans, "dropped_child_of", counted)
     headers = {"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01",
                "baggage": "transaction.id=" + "c" * 32}
     seen = {}

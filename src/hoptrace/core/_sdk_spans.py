@@ -395,7 +395,7 @@ class Starter:
             if type(parent) is not SpanContext:
                 pass  # start_span decides (and raises for a parent that is not a SpanContext)
             elif parent.is_valid:
-                dropped = self.dropped_child(parent)
+                dropped = dropped_child_of(self, parent)
                 if dropped is not None:
                     return dropped
             elif self._ratio is not None and self.fixed_ids:
@@ -504,6 +504,26 @@ class Starter:
         )
 
 
+def _c_dropped_child() -> Callable[..., trace_api.Span | None] | None:
+    """``Starter.dropped_child`` in the C module (the same steps in one call), when it is built
+    and allowed (not ``HOPTRACE_PURE_PYTHON``) and ``SpanContext`` is the 6-tuple."""
+    from .propagation import _speedups
+
+    entry = getattr(_speedups, "dropped_child", None)
+    if entry is None or not _TUPLE_LAYOUT:
+        return None
+    _speedups.configure_dropped(
+        SpanContext, PendingIds, _FLAGS, DEFAULT_TRACE_STATE, trace_api, _NRS, _NRS_INIT,
+        _RANDOM_FLAG, Decision.DROP, _SPAN_ID_MAX, Starter.dropped_child)
+    return entry  # type: ignore[no-any-return]
+
+
+#: ``Starter.dropped_child`` as a function of (starter, parent[, span_id]): the C module's
+#: when it can run, else the method itself.
+dropped_child_of: Callable[..., trace_api.Span | None] = (
+    _c_dropped_child() or Starter.dropped_child)
+
+
 def _shortcut_refusal(tracer: Any) -> tuple[str | None, Variant | None]:
     """Why the shortcuts cannot run for ``tracer`` (None if they can), and the variant."""
     if type(tracer) is not Tracer:
@@ -553,5 +573,5 @@ def forget_probes() -> None:
     _starters.clear()
 
 
-__all__: Final = ["PendingIds", "Starter", "Variant", "forget_probes", "start_span_variant",
-                  "starter_for"]
+__all__: Final = ["PendingIds", "Starter", "Variant", "dropped_child_of", "forget_probes",
+                  "start_span_variant", "starter_for"]

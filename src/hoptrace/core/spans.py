@@ -26,6 +26,8 @@ from .settings import get_settings
 
 #: [tracer, its _sdk_spans.Starter or None] for the tracer last seen.
 _starter_cache: list[Any] = [None, None]
+#: [the module _sdk_spans] once imported (its dropped_child_of: the C module's, when built).
+_sdk_dropped: list[Any] = [None]
 _logger = logging.getLogger("hoptrace")
 #: Whether the debug line saying fixed span IDs are not honoured was logged.
 _unfixed_logged: list[bool] = [False]
@@ -40,6 +42,7 @@ def _starter_for(current: object) -> Any:
                 from . import _sdk_spans
 
                 starter = _sdk_spans.starter_for(current)  # probes once per tracer
+                _sdk_dropped[0] = _sdk_spans
             except ImportError as exc:  # an SDK without the names hoptrace needs
                 _logger.debug("hoptrace: spans go through tracer.start_span alone: %s", exc)
             except Exception as exc:
@@ -152,7 +155,10 @@ def dropped_child(parent: SpanContext, span_id: int | None = None) -> Span | Non
         starter = fast_starter()
     if starter is None:
         return None
-    return starter.dropped_child(parent, span_id)  # type: ignore[no-any-return]
+    sdk = _sdk_dropped[0]
+    if sdk is None:  # pragma: no cover - a starter comes from _starter_for, which sets it
+        return starter.dropped_child(parent, span_id)  # type: ignore[no-any-return]
+    return sdk.dropped_child_of(starter, parent, span_id)  # type: ignore[no-any-return]
 
 
 def describe(exc: BaseException) -> str:
