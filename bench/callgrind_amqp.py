@@ -52,13 +52,7 @@ async def _anoop(*args: Any, **kwargs: Any) -> None:
     return None
 
 
-def _drive(coro: Any) -> Any:
-    """Run a coroutine that never suspends (no event loop): its stand-ins return at once."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    raise RuntimeError("the coroutine suspended")
+_drive = callgrind_cases.run_coroutine
 
 
 def _wire_headers() -> dict[str, Any]:

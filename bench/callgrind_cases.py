@@ -158,8 +158,9 @@ class _Future:
 _FUTURE = _Future()
 
 
-def _run(coro: Any) -> Any:
-    """Run a coroutine that never suspends to the end, without a loop."""
+def run_coroutine(coro: Any) -> Any:
+    """Run a coroutine that never suspends to the end, without a loop (its stand-ins return
+    at once)."""
     try:
         coro.send(None)
     except StopIteration as done:
@@ -184,7 +185,7 @@ def _record_case(mode: str, what: str, pairs: list[tuple[str, bytes]]) -> Callab
 
     if what == "getone":
         traced = getone if mode == "plain" else ak._wrap_getone(getone)
-        return lambda: _run(traced(consumer))
+        return lambda: run_coroutine(traced(consumer))
     traced_next = next_record if mode == "plain" else kp._wrap_next(next_record)
     return lambda: traced_next(consumer)
 
@@ -212,9 +213,9 @@ def _send_case(mode: str, what: str, pairs: list[tuple[str, bytes]]) -> Callable
 
     if what == "aiosend":
         if mode == "plain":
-            return lambda: _run(aiosend(producer, "orders", b"x", headers=list(pairs)))
+            return lambda: run_coroutine(aiosend(producer, "orders", b"x", headers=list(pairs)))
         traced = ak._wrap_send(aiosend)
-        return lambda: _run(traced(producer, "orders", b"x"))
+        return lambda: run_coroutine(traced(producer, "orders", b"x"))
     if mode == "plain":
         return lambda: kpsend(producer, "orders", b"x", headers=list(pairs))
     traced_send = kp._wrap_send(kpsend)
