@@ -482,7 +482,7 @@ def _exported(reader: InMemoryMetricReader) -> dict[str, Any]:
                 points = sorted(
                     (sorted((p.attributes or {}).items()),
                      getattr(p, "count", getattr(p, "value", None)),
-                     bool(p.exemplars))  # (spans: the same records keep an exemplar)
+                     bool(getattr(p, "exemplars", None)))  # (the same records keep one)
                     for p in metric.data.data_points)
                 bounds = {tuple(getattr(p, "explicit_bounds", ())) for p in metric.data.data_points}
                 kind = metric.data

@@ -200,7 +200,7 @@ def test_the_c_entry_gives_what_the_python_method_gives() -> None:
     outcomes = _compare(C_ENTRY)  # type: ignore[arg-type]
     spans = [o for o in outcomes if o is not None and o[0] != "raised"]
     raised = {o[1] for o in outcomes if o is not None and o[0] == "raised"}
-    assert len(outcomes) > 8000 and len(spans) > 1500  # the drop path ran, many ways
+    assert len(outcomes) > 8000 and len(spans) > 1000  # the drop path ran, many ways
     assert {ValueError, TypeError} <= raised  # the raising generator, the hostile parents
 
 
