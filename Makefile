@@ -36,9 +36,9 @@ unit: $(STAMP)
 # Every variant per client side by side (plain, static headers, hoptrace propagation-only and
 # with spans, OTel contrib, ddtrace, and the 1%-sampled setup) in CPU time (the targets) and
 # wall time, then the core, memory and metrics targets and the callgrind instruction counts
-# (skipped without valgrind): one summary, in bench/results/summary.md (about 30 minutes,
-# most of it the memory soak and callgrind; BENCH_ARGS=--quick for about 10,
-# BENCH_ARGS="hop --clients pika" for one stage and client).
+# of every client and of target 1 against the peers (skipped without valgrind): one summary,
+# in bench/results/summary.md (about 35-45 minutes, most of it the memory soak and callgrind;
+# BENCH_ARGS=--quick for about 10, BENCH_ARGS="hop --clients pika" for one stage and client).
 bench: $(STAMP)
 	scripts/brokers up
 	$(PY) bench/run.py $(BENCH_ARGS)

@@ -30,7 +30,7 @@ Stages (all by default; name some to run only those):
 Writes ``bench/results/hop.json`` and ``bench/results/summary.md``, prints the table and,
 for each target of issue 15, met or not with the figure.
 
-    python bench/run.py                # the full run (25-35 minutes on 2 busy cores)
+    python bench/run.py                # the full run (30-45 minutes on 2 busy cores)
     python bench/run.py --quick        # fewer messages, 3 repetitions, soak of 20,000
     python bench/run.py hop --clients pika,kombu --variants plain,static,hop_prop
     python bench/run.py --summary-only # rebuild the table from bench/results
