@@ -38,9 +38,9 @@ from opentelemetry import context as otel_context
 
 from . import _celery_retry, _celery_signals
 from ._celery_retry import RETRY_OF_HEADER
-from ._celery_signals import _Execution  # noqa: F401 (tests and tools look here)
 from ._config import ConfigurationError, get_settings
 from .core import diagnostics, metrics, semconv
+from .core import settings as _settings
 from .core.context import get_current, sdk_installed, transaction
 from .core.hop import produce_scope
 from .core.instrumentor import ClientInstrumentor, Contrib, take_over
@@ -81,7 +81,7 @@ def _wrap_sender(send: Callable[..., Any]) -> Callable[..., Any]:
     def send_task_message(producer: Any, name: str, message: Any, *args: Any, **kwargs: Any) -> Any:
         if not _active:
             return send(producer, name, message, *args, **kwargs)
-        settings = get_settings()
+        settings = _settings._current or get_settings()  # (get_settings' common case inline)
         if not settings.enabled:
             return send(producer, name, message, *args, **kwargs)
         scope: produce_scope | None = None

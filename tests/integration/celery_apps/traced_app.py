@@ -287,7 +287,7 @@ def build_app(broker: str, backend: str, queue: str, name: str = "traced_app") -
         from hoptrace.core.hop import consume_scope, produce_scope
 
         gc.collect()
-        kinds = (consume_scope, produce_scope, hoptrace.celery._Execution)
+        kinds = (consume_scope, produce_scope)
         live = {kind.__name__: 0 for kind in kinds}
         for obj in gc.get_objects():
             if type(obj) in kinds:
