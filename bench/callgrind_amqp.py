@@ -20,7 +20,8 @@ and handled, per call. The consumed messages carry what hoptrace's own publish w
 * aiopika: ``publish`` (``Exchange.publish``), ``consume`` (a ``Queue.consume`` callback),
   coroutines driven by ``send(None)``, with no event loop;
 * celery: ``publish`` (``amqp.send_task_message``), ``run`` (``task_prerun`` and
-  ``task_postrun`` sent through Celery's own signals).
+  ``task_postrun`` sent the way Celery's task tracer sends them: ``celery.app.trace``'s
+  ``send_prerun`` / ``send_postrun``, which hoptrace may replace by a direct call).
 """
 
 from __future__ import annotations
@@ -221,7 +222,8 @@ def _aio_pika(mode: str, path: str, headers: dict[str, Any]) -> Callable[[], obj
 
 
 def _celery(mode: str, path: str, headers: dict[str, Any]) -> Callable[[], object]:
-    from celery import Celery, signals  # type: ignore[import-untyped]
+    from celery import Celery  # type: ignore[import-untyped]
+    from celery.app import trace  # type: ignore[import-untyped]
 
     import hoptrace.celery as hc
 
@@ -263,7 +265,8 @@ def _celery(mode: str, path: str, headers: dict[str, Any]) -> Callable[[], objec
 
     task = _Task()
     task.request = request  # type: ignore[attr-defined]
-    prerun, postrun = signals.task_prerun.send, signals.task_postrun.send
+    # What Celery's task tracer calls: the signals' own send, or hoptrace's direct call.
+    prerun, postrun = trace.send_prerun, trace.send_postrun
 
     def run() -> None:
         prerun(sender=task, task_id=task_id, task=task, args=(1,), kwargs={})
