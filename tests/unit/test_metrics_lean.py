@@ -382,7 +382,7 @@ def test_a_meter_switched_off_and_on_again(monkeypatch: pytest.MonkeyPatch) -> N
 
     def switch(enabled: bool) -> None:
         for provider in (pair.lean_provider, pair.sdk_provider):
-            provider._set_meter_configurator(  # type: ignore[attr-defined]
+            provider._set_meter_configurator(
                 meter_configurator=lambda scope: _MeterConfig(is_enabled=enabled))
 
     try:

@@ -18,7 +18,7 @@ explicit-bucket aggregation with its aligned-bucket reservoir, of the shape this
 the aggregation's lock: the bucket count, sum, min and max, then the reservoir's offer. With
 one such aggregation (one reader, one matching View) and the trace-based or always-off filter,
 the common case, :meth:`LeanHistogram.record` makes all of those steps itself, and writes the
-SDK's ``ExemplarBucket`` fields as its ``offer`` does (:func:`_offer`). The temporality, the
+SDK's ``ExemplarBucket`` fields as its ``offer`` does (:func:`record_one`). The temporality, the
 collection and the exported points remain the SDK's own doing.
 
 At first use, :func:`lean_histogram` checks that the SDK's record path has a shape this module
@@ -226,40 +226,38 @@ class LeanHistogram:
             self._general(amount, attributes, bound)  # (a disabled meter: the SDK's way)
             return
         # One explicit-bucket aggregation (one reader, one View) and the trace-based or the
-        # always-off exemplar filter: the steps of _general, _trace_based and _aggregate here.
-        keep = False
-        if bound[3] is _TRACE_BASED:
-            ctx = get_current()
-            span = ctx.get(_SPAN_KEY)
-            if span is not None:
-                plain = _plain_spans[type(span)]
-                if not plain:
-                    keep = _trace_based(ctx)
-                elif span is not INVALID_SPAN:
-                    # (The SDK's getter returns ``typing.cast(…, self._context)``: read directly.)
-                    direct = type(span).get_span_context in _SPAN_CONTEXT_GETTERS  # type: ignore[attr-defined]
-                    context = span._context if direct else span.get_span_context()  # type: ignore[attr-defined]
-                    flags = context[3] if type(context) is _SC_TUPLE else context.trace_flags
-                    keep = bool(flags & 1) if type(flags) is _SAMPLED_BIT else bool(flags.sampled)
-        lock = aggregation._lock
-        lock.acquire()
-        try:
-            aggregation._sum += amount
-            if aggregation._record_min_max:  # (min() and max(), as comparisons)
-                if amount < aggregation._min:
-                    aggregation._min = amount
-                if amount > aggregation._max:
-                    aggregation._max = amount
-            # (The bucket counts, made at the first record after a collection.)
-            (aggregation._value or _new_counts(aggregation))[
-                bisect_left(aggregation._boundaries, amount)] += 1
-        finally:
-            lock.release()
-        if keep:
-            _offer(aggregation._reservoir, amount, attributes, ctx,
-                   context if plain and direct else None)
+        # always-off exemplar filter: the steps of _general, _trace_based and _aggregate.
+        record_one(aggregation, amount, attributes, bound[3] is _TRACE_BASED)
 
     __call__ = record
+
+    def single(self, attributes: dict[str, Any]) -> tuple[Any, Any, bool] | None:
+        """For a caller that records ``attributes`` through :func:`record_one` itself.
+
+        ``(aggregation, storages, trace_based)`` when ``record`` would feed that one
+        aggregation itself, bound in the storages mapping ``storages``, with the exemplar
+        filter trace-based (True) or always off. Before each record the caller checks what
+        ``record`` checks: ``storages`` is still :attr:`consumer`'s ``_reader_storages``, the
+        meter is enabled (:attr:`enabled`), the value is finite and not negative. None
+        otherwise: the caller takes ``record``.
+        """
+        bound = self._bindings.get(id(attributes), _UNBOUND)
+        if (bound[0] is not attributes or bound[4] is None
+                or bound[1] is not self._consumer._reader_storages
+                or self._proxy is None or self._histogram._meter_config is not self._proxy):
+            return None  # (as ``record``: its own path needs the meter's flag read so)
+        return bound[4], bound[1], bound[3] is _TRACE_BASED
+
+    @property
+    def consumer(self) -> Any:
+        """The SDK's measurement consumer (its ``_reader_storages``: the readers' storages)."""
+        return self._consumer
+
+    @property
+    def enabled(self) -> Any:
+        """The meter's config proxy, whose ``_config.is_enabled`` is the meter's enabled flag
+        (None: not that shape, and :meth:`single` gives None)."""
+        return self._proxy
 
     def _general(self, amount: float, attributes: dict[str, Any],
                  bound: tuple[Any, Any, Any, Any, Any]) -> None:
@@ -384,21 +382,55 @@ def _new_counts(aggregation: Any) -> list[int]:
     return value
 
 
-def _offer(reservoir: Any, amount: float, attributes: Any, ctx: Any, context: Any) -> None:
-    """The aligned-bucket reservoir's ``offer`` of an exemplar the trace-based filter kept.
+def record_one(aggregation: Any, amount: float, attributes: Any, trace_based: bool) -> None:
+    """Record ``amount`` (finite, not negative) into ``aggregation``, the one explicit-bucket
+    aggregation bound for ``attributes`` (:func:`_offer_inlined`), as the SDK's record does.
 
-    ``context``: the span context of ``ctx``'s span when that span is a plain Span (see
-    :class:`_SpanKinds`) whose ``get_span_context`` returns its ``_context`` (that object;
-    else None). The bucket is the one the reservoir picks (see :func:`_aggregate`); for the
-    SDK's ExemplarBucket (:func:`_bucket_shape`) and such a span, the bucket's ``offer``
-    steps are made here, else the bucket's own ``offer`` is called.
+    ``trace_based``: the exemplar filter is the SDK's trace-based one (else always off). The
+    filter's decision as the SDK makes it, the aggregation's steps under its lock (see
+    :func:`_aggregate`), then, for a kept exemplar, the aligned-bucket reservoir's ``offer``:
+    the bucket it picks is the aggregation's (the same boundaries), and for the SDK's
+    ExemplarBucket (:func:`_bucket_shape`) and a plain span (:class:`_SpanKinds`) whose
+    ``get_span_context`` returns its ``_context``, the bucket's ``offer`` steps are made here
+    with that span context's IDs; otherwise the bucket's own ``offer`` is called.
     """
+    keep: Any = False
+    direct = False
+    if trace_based:
+        ctx = get_current()
+        span = ctx.get(_SPAN_KEY)
+        if span is not None:
+            if not _direct_spans[type(span)]:
+                keep = _trace_based(ctx)
+            elif span is not INVALID_SPAN:
+                # (The SDK's getter returns ``typing.cast(…, self._context)``: read directly.)
+                direct = True
+                context = span._context  # type: ignore[attr-defined]
+                flags = context[3] if type(context) is _SC_TUPLE else context.trace_flags
+                keep = flags & 1 if type(flags) is _SAMPLED_BIT else flags.sampled
+    at = bisect_left(aggregation._boundaries, amount)
+    lock = aggregation._lock
+    lock.acquire()  # (not ``with``: half the instructions, the same release)
+    try:
+        aggregation._sum += amount
+        if aggregation._record_min_max:  # (min() and max(), as comparisons)
+            if amount < aggregation._min:
+                aggregation._min = amount
+            if amount > aggregation._max:
+                aggregation._max = amount
+        # (The bucket counts, made at the first record after a collection.)
+        (aggregation._value or _new_counts(aggregation))[at] += 1
+    finally:
+        lock.release()
+    if not keep:
+        return
+    reservoir = aggregation._reservoir
     now = time_ns()
     lock = reservoir._lock
     lock.acquire()
     try:
-        bucket = reservoir._reservoir_storage[bisect_left(reservoir._boundaries, amount)]
-        if context is not None and type(bucket) is _Bucket:
+        bucket = reservoir._reservoir_storage[at]
+        if direct and type(bucket) is _Bucket:
             # The span is the context's, a Span and not INVALID_SPAN: its IDs are kept.
             plain = type(context) is _SC_TUPLE
             bucket._ExemplarBucket__value = amount
@@ -524,6 +556,22 @@ class _SpanKinds(dict[type, bool]):
 
 
 _plain_spans: Final = _SpanKinds()
+
+
+class _DirectSpans(dict[type, bool]):
+    """Span classes seen by :func:`record_one`: True for a plain one (:class:`_SpanKinds`)
+    whose ``get_span_context`` returns its ``_context`` field (:func:`_bucket_shape`), read
+    directly then. An unseen class is judged at its first lookup."""
+
+    def __missing__(self, kind: type) -> bool:
+        direct = bool(_plain_spans[kind]
+                      and getattr(kind, "get_span_context", None) in _SPAN_CONTEXT_GETTERS)
+        if len(self) < 64:
+            self[kind] = direct
+        return direct
+
+
+_direct_spans: Final = _DirectSpans()
 _SAMPLED_NAMES: Final = frozenset({"SAMPLED", "TraceFlags", "bool"})
 _FLAGS_INLINE: Final = (_names(getattr(TraceFlags.__dict__.get("sampled"), "fget", None))
                         == _SAMPLED_NAMES and TraceFlags.SAMPLED == 1)
@@ -559,7 +607,7 @@ def _trace_based(ctx: Any) -> bool:
 
 def _bucket_shape() -> tuple[Any, Any]:
     """The SDK's ExemplarBucket and the span classes' ``get_span_context`` functions whose
-    offer :meth:`LeanHistogram.__call__` may make itself: (None, ()) when not the known shape.
+    offer :func:`record_one` may make itself: (None, ()) when not the known shape.
 
     ``ExemplarBucket.offer`` (SDK 1.28 to 1.45) stores the value, time and attributes, the
     IDs of the context's span unless it is INVALID_SPAN, and marks itself offered; the
@@ -651,4 +699,4 @@ def lean_histogram(histogram: Any) -> Any:
     return LeanHistogram(histogram, exemplars)
 
 
-__all__: Final = ["LeanHistogram", "lean_histogram"]
+__all__: Final = ["LeanHistogram", "lean_histogram", "record_one"]

@@ -21,7 +21,10 @@ RabbitMQ queues (``amq.gen-…``) are folded into one destination.
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
+import sys
 import threading
 import time
 import weakref
@@ -88,15 +91,26 @@ assert set(METRIC_NAMES) == {SENT_MESSAGES, CONSUMED_MESSAGES, OPERATION_DURATIO
 
 
 
+#: Whether ``next()`` of an ``itertools.count`` is atomic here (a GIL: no Python code runs
+#: within it). A free-threaded build counts through the tally's lock instead.
+_ATOMIC_NEXT: Final = bool(getattr(sys, "_is_gil_enabled", lambda: True)())
+
+
+def _count_of(counter: Any) -> int:
+    """How many times ``next()`` was called on ``counter``, an ``itertools.count()``."""
+    return int(repr(counter)[6:-1])  # ("count(N)": read without advancing it)
+
+
 class _Tally:
     """Counts per attribute set, reported by an observable counter at each collection.
 
     A synchronous SDK counter costs as much per ``add`` as a histogram ``record`` (it copies,
-    cleans and hashes the attributes every time); a locked dict increment costs ~1/20th.
-    The SDK still exports a monotonic cumulative sum, as for a Counter.
+    cleans and hashes the attributes every time); a locked dict increment costs ~1/20th, and
+    an edge's own count cell (:meth:`counter`, an ``itertools.count``: one atomic C call, no
+    lock) less again. The SDK still exports a monotonic cumulative sum, as for a Counter.
     """
 
-    __slots__ = ("_cells", "_counts", "_lock")
+    __slots__ = ("_cells", "_counters", "_counts", "_lock")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -104,6 +118,8 @@ class _Tally:
         self._counts: dict[tuple[tuple[str, Any], ...], list[int]] = {}
         #: id(an edge's cached attribute dict) -> (that dict, its cell): no key hashed per add.
         self._cells: dict[int, tuple[dict[str, Any], list[int]]] = {}
+        #: Per attribute set, the edge count cell adding to it (beside its ``_counts`` cell).
+        self._counters: dict[tuple[tuple[str, Any], ...], Any] = {}
 
     def add(self, amount: int, attributes: dict[str, Any]) -> None:
         bound = self._cells.get(id(attributes))
@@ -126,9 +142,29 @@ class _Tally:
             if cached and len(self._cells) < _MAX_EDGES:
                 self._cells[id(attributes)] = (attributes, cell)
 
+    def counter(self, attributes: dict[str, Any]) -> Any:
+        """The count cell of an edge's cached attribute dict: ``next(cell)`` adds one to the
+        same point as ``add(1, attributes)``. None when there is none to give (a dict not an
+        edge's cached one, as many cells as edges already, or no GIL to make it atomic)."""
+        known = _tally_keys.get(id(attributes))
+        if not _ATOMIC_NEXT or known is None or known[0] is not attributes:
+            return None
+        key = known[1]
+        with self._lock:
+            counter = self._counters.get(key)
+            if counter is None:
+                if len(self._counters) >= _MAX_EDGES:
+                    return None
+                counter = self._counters[key] = itertools.count()
+                self._counts.setdefault(key, [0])  # (hoptrace asks after an add: never made)
+            return counter
+
     def observe(self, _options: Any = None) -> list[Observation]:
         with self._lock:
-            counts = [(key, cell[0]) for key, cell in self._counts.items()]
+            counters = self._counters
+            counts = [(key, cell[0] if key not in counters
+                       else cell[0] + _count_of(counters[key]))
+                      for key, cell in self._counts.items()]
         return [Observation(value, dict(key)) for key, value in counts]
 
 
@@ -185,11 +221,116 @@ class _Instruments:
             LATENCY_BUCKETS)
         self.retries = counter(RETRIES, "Retried tasks and broker redeliveries.")
         self.dead_letters = counter(DEAD_LETTERS, "Messages dead-lettered or rejected for good.")
+        # Where an edge's records may go directly (see _Edge): the counters' tallies, the SDK
+        # histograms' lean paths, and what tells that the latter's bindings still hold.
+        self.tallies: dict[str, _Tally] = {
+            field: add.__self__ for field in _COUNTED if (add := getattr(self, field)) is not None}
+        sdk = sys.modules.get(__package__ + "._sdk_metrics")
+        leans = {field: lean for field in _TIMED
+                 if sdk is not None and isinstance(
+                     lean := getattr(getattr(self, field), "__self__", None), sdk.LeanHistogram)}
+        firsts = next(iter(leans.values()), None)
+        if sdk is not None and firsts is not None and firsts.enabled is not None and all(
+                lean.consumer is firsts.consumer and lean.enabled is firsts.enabled
+                for lean in leans.values()):
+            global _record_one
+            _record_one = sdk.record_one
+            self.leans: dict[str, Any] = leans
+            self.consumer: Any = firsts.consumer
+            self.meter_config: Any = firsts.enabled
+        else:
+            self.leans, self.consumer, self.meter_config = {}, _NO_SDK, _NO_SDK
 
 
-#: What a scope's close records: its kind, start time (``perf_counter_ns``), edge attributes
-#: and instruments. (A plain tuple: a NamedTuple's ``tuple.__new__`` costs five times more.)
-Record: TypeAlias = tuple[int, int, dict[str, Any], _Instruments]
+class _NoSdk:
+    """The consumer and meter config of instruments none of which records directly."""
+
+    _reader_storages = None
+
+    class _config:  # (read as the SDK's ``_ProxyMeterConfig._config``)
+        is_enabled = True
+
+
+_NO_SDK: Final = _NoSdk()
+_INF: Final = math.inf
+
+
+def _no_record_one(aggregation: Any, amount: float, attributes: Any, trace_based: bool) -> None:
+    raise RuntimeError("no SDK histogram records directly")  # pragma: no cover - never bound
+
+
+#: ``_sdk_metrics.record_one`` once an SDK histogram may record directly (imported then).
+_record_one: Callable[[Any, float, Any, bool], None] = _no_record_one
+#: The instruments an edge counts, and those it times (the fields of _Instruments and _Edge).
+_COUNTED: Final = ("sent", "consumed")
+_TIMED: Final = ("operation", "process", "queue_wait", "pathway")
+
+
+class _Edge:
+    """One edge's attribute dict and, for the instruments ``live``, where its records go.
+
+    Bound lazily, per instrument: after an edge's first count through its tally, its own
+    count cell (:meth:`_Tally.counter`); after its first record through an SDK histogram's
+    lean path, the one aggregation that path feeds for the edge's dict
+    (:meth:`LeanHistogram.single`), which the hooks then feed with
+    :func:`~hoptrace.core._sdk_metrics.record_one`, exactly as that path would. Before each
+    use the hooks check what the lean path checks (the instruments are ``live``, the
+    readers' storages are those the aggregations were found in, the meter is enabled, the
+    value is finite and not negative); when not, a record goes the general way.
+    """
+
+    __slots__ = ("attrs", "consumed", "live", "operation", "pathway", "process",
+                 "queue_wait", "sent", "storages", "trace_based")
+
+    def __init__(self, attrs: dict[str, Any]) -> None:
+        self.attrs = attrs
+        self.live: _Instruments | None = None
+        self.storages: Any = None
+        self.trace_based = False
+        self.sent: Any = None  # count cells: next() adds one
+        self.consumed: Any = None
+        self.operation: Any = None  # aggregations, recorded into by record_one
+        self.process: Any = None
+        self.queue_wait: Any = None
+        self.pathway: Any = None
+
+    def rebind(self, live: _Instruments) -> None:
+        """Forget every binding: they are bound again for ``live`` as records come."""
+        with _lock:  # (a binding is made under it too, for the edge's live and storages)
+            self.live = live
+            self.storages = live.consumer._reader_storages
+            self.sent = self.consumed = None
+            self.operation = self.process = self.queue_wait = self.pathway = None
+
+
+def _count_general(edge: _Edge, live: _Instruments, field: str) -> None:
+    """Count one for ``edge`` through ``live``'s tally, then bind the edge's count cell."""
+    getattr(live, field)(1, edge.attrs)
+    tally = live.tallies.get(field)
+    if tally is not None:
+        counter = tally.counter(edge.attrs)
+        with _lock:
+            if edge.live is live:  # (not rebound for other instruments meanwhile)
+                setattr(edge, field, counter)
+
+
+def _record_general(edge: _Edge, live: _Instruments, field: str, value: float) -> None:
+    """Record ``value`` for ``edge`` the general way, then bind the edge's aggregation."""
+    getattr(live, field)(value, edge.attrs)
+    lean = live.leans.get(field)
+    if lean is None or edge.live is not live:
+        return
+    found = lean.single(edge.attrs)
+    if found is not None:
+        with _lock:
+            if edge.live is live and found[1] is edge.storages:  # (as above)
+                setattr(edge, field, found[0])
+                edge.trace_based = found[2]
+
+
+#: What a scope's close records: its kind, start time (``perf_counter_ns``), edge and
+#: instruments. (A plain tuple: a NamedTuple's ``tuple.__new__`` costs five times more.)
+Record: TypeAlias = tuple[int, int, _Edge, _Instruments]
 
 
 def _recorder(histogram: Any) -> Callable[[float, dict[str, Any]], None]:
@@ -228,9 +369,9 @@ _lock = threading.Lock()
 _explicit: MeterProvider | None = None
 _seen: object = _UNSET
 _live: _Instruments | None = None
-_edges: dict[tuple[object, ...], dict[str, Any]] = {}
-#: (system, operation, destination) -> the edge's dict in ``_edges``, for scopes without extras
-_plain_edges: dict[tuple[object, ...], dict[str, Any]] = {}
+_edges: dict[tuple[object, ...], _Edge] = {}
+#: (system, operation, destination) -> the edge in ``_edges``, for scopes without extras
+_plain_edges: dict[tuple[object, ...], _Edge] = {}
 #: id(an edge's cached attribute dict) -> (that dict, its items as a tally key)
 _tally_keys: dict[int, tuple[dict[str, Any], tuple[tuple[str, Any], ...]]] = {}
 #: (id(an edge's attribute dict), error.type) -> (that dict, it with error.type)
@@ -335,18 +476,23 @@ def _low_cardinality(destination: str) -> str:
 
 def edge_attributes(system: str, operation: str, destination: str, extra: object) -> dict[str, Any]:
     """The attributes of one edge's metrics (cached: the same dict for the same edge)."""
-    if extra is None:  # no extra attributes: the edge's dict by a shorter key
-        attrs = _plain_edges.get((system, operation, destination))
-        if attrs is not None:
-            return attrs
+    return _edge(system, operation, destination, extra).attrs
+
+
+def _edge(system: str, operation: str, destination: str, extra: object) -> _Edge:
+    """One edge, with its attribute dict (cached: the same edge for the same attributes)."""
+    if extra is None:  # no extra attributes: the edge by a shorter key
+        edge = _plain_edges.get((system, operation, destination))
+        if edge is not None:
+            return edge
     named, group, address, port, task = _edge_fields(extra)
     if isinstance(named, str) and named:
         destination = named
     key = (system, operation, destination, group, address, port, task)
-    attrs = _edges.get(key)
-    if attrs is not None:
-        return attrs
-    attrs = {
+    edge = _edges.get(key)
+    if edge is not None:
+        return edge
+    attrs: dict[str, Any] = {
         semconv.MESSAGING_SYSTEM: system,
         semconv.MESSAGING_OPERATION_NAME: operation,
         semconv.MESSAGING_DESTINATION_NAME: _low_cardinality(destination),
@@ -359,14 +505,15 @@ def edge_attributes(system: str, operation: str, destination: str, extra: object
         attrs[SERVER_PORT] = port
     if isinstance(task, str) and task:
         attrs[semconv.CELERY_TASK_NAME] = task
+    edge = _Edge(attrs)
     if len(_edges) < _MAX_EDGES:
-        _edges[key] = attrs
+        _edges[key] = edge
         _tally_keys[id(attrs)] = (attrs, tuple(attrs.items()))
         if extra is None:
-            _plain_edges[(system, operation, destination)] = attrs
-    else:
+            _plain_edges[(system, operation, destination)] = edge
+    else:  # (not cached: its dict gets no count cell, see _Tally.counter)
         diagnostics.count("metrics.edges_over_cache")
-    return attrs
+    return edge
 
 
 def _with_error(attrs: dict[str, Any], error: str) -> dict[str, Any]:
@@ -408,11 +555,25 @@ def _stamped(baggage: Any) -> Any:
     try:
         if baggage and ORIGIN_BAGGAGE_KEY in baggage:
             return baggage
-        origin = str(time.time_ns() // 1_000_000)
+        origin = _origin_now()
         return {**baggage, ORIGIN_BAGGAGE_KEY: origin} if baggage else {ORIGIN_BAGGAGE_KEY: origin}
     except Exception as exc:
         diagnostics.internal_error("metrics.stamp_origin", exc)
         return baggage
+
+
+#: The last origin stamped: (ms since the epoch, as text), reused within that millisecond.
+_last_origin: tuple[int, str] = (-1, "")
+
+
+def _origin_now() -> str:
+    """Now, in ms since the epoch, as the origin entry's text."""
+    global _last_origin
+    now_ms = time.time_ns() // 1_000_000
+    last = _last_origin
+    if last[0] != now_ms:  # (str() of a 13-digit int costs more than the clock)
+        last = _last_origin = (now_ms, str(now_ms))
+    return last[1]
 
 
 def stamp_origin(ctx: Context) -> Context:
@@ -427,21 +588,38 @@ def stamp_origin(ctx: Context) -> Context:
         return ctx
     baggage = ctx.get(BAGGAGE_KEY)
     if baggage is None:  # (a transaction starting here: _stamped's step, without its call)
-        return Context({**ctx, BAGGAGE_KEY: {ORIGIN_BAGGAGE_KEY: str(time.time_ns() // 1_000_000)}})
+        global _last_origin
+        now_ms = time.time_ns() // 1_000_000  # (_origin_now, inlined)
+        last = _last_origin
+        if last[0] != now_ms:
+            last = _last_origin = (now_ms, str(now_ms))
+        return Context({**ctx, BAGGAGE_KEY: {ORIGIN_BAGGAGE_KEY: last[1]}})
     stamped = _stamped(baggage)
     if stamped is baggage:
         return ctx
     return Context({**ctx, BAGGAGE_KEY: stamped})
 
 
+#: The last origin text read and its value (a str equals no ``object()``).
+_last_read: tuple[object, int] = (object(), 0)
+
+
 def origin_ms(baggage: object, now_ms: int) -> int | None:
     """The origin time a baggage carries (ms since the epoch), or None if absent or garbage."""
+    global _last_read
     if type(baggage) is not dict and (not baggage or not isinstance(baggage, Mapping)):
         return None
     raw = baggage.get(ORIGIN_BAGGAGE_KEY)
-    if type(raw) is not str or not 0 < len(raw) <= 16 or not raw.isdigit() or not raw.isascii():
+    if type(raw) is not str:
         return None
-    value = int(raw)
+    last = _last_read
+    if raw == last[0]:  # (the same text as the last one read: its value, already checked)
+        value = last[1]
+    else:
+        if not 0 < len(raw) <= 16 or not raw.isdigit() or not raw.isascii():
+            return None
+        value = int(raw)
+        _last_read = (raw, value)
     if now_ms - value > _MAX_ORIGIN_AGE_MS:
         return None
     return value
@@ -461,16 +639,16 @@ def send_started(system: str, destination: str, extra: object) -> Record | None:
     if live is None or (live.sent is None and live.operation is None):
         return None
     try:
-        attrs = _plain_edges.get((system, _OP_SEND, destination)) if extra is None else None
-        if attrs is None:  # (edge_attributes' first step, inlined: no call for a known edge)
-            attrs = edge_attributes(system, _OP_SEND, destination, extra)
-        return (_SEND, _perf_counter_ns(), attrs, live)
+        edge = _plain_edges.get((system, _OP_SEND, destination)) if extra is None else None
+        if edge is None:  # (_edge's first step, inlined: no call for a known edge)
+            edge = _edge(system, _OP_SEND, destination, extra)
+        return (_SEND, _perf_counter_ns(), edge, live)
     except Exception as exc:
         diagnostics.internal_error("metrics.send", exc)
         return None
 
 
-def consumed(
+def consumed(  # noqa: C901 - each metric's step written out: no call per record
     system: str,
     operation: str,
     destination: str,
@@ -496,13 +674,26 @@ def consumed(
     if live is None:
         return None
     try:
-        attrs = _plain_edges.get((system, operation, destination)) if extra is None else None
-        if attrs is None:  # (edge_attributes' first step, inlined: no call for a known edge)
-            attrs = edge_attributes(system, operation, destination, extra)
+        edge = _plain_edges.get((system, operation, destination)) if extra is None else None
+        if edge is None:  # (_edge's first step, inlined: no call for a known edge)
+            edge = _edge(system, operation, destination, extra)
+        if edge.live is not live or edge.storages is not live.consumer._reader_storages:
+            edge.rebind(live)  # (other instruments, or a reader added or removed)
+        direct = live.meter_config._config.is_enabled
+        attrs = edge.attrs
         if live.consumed is not None:
-            live.consumed(1, attrs)
+            cell = edge.consumed
+            if cell is not None:
+                next(cell)
+            else:
+                _count_general(edge, live, "consumed")
         if queue_wait_ms is not None and live.queue_wait is not None:
-            live.queue_wait(queue_wait_ms / 1e3, attrs)
+            wait = queue_wait_ms / 1e3
+            aggregation = edge.queue_wait
+            if aggregation is not None and direct and 0 <= wait < _INF:
+                _record_one(aggregation, wait, attrs, edge.trace_based)
+            else:
+                _record_general(edge, live, "queue_wait", wait)
         if skew and live.skew is not None:
             live.skew(1, attrs)
         if baggage and live.pathway is not None:
@@ -510,7 +701,12 @@ def consumed(
             origin = origin_ms(baggage, now_ms)
             if origin is not None:
                 age = now_ms - origin
-                live.pathway((age if age > 0 else 0) / 1e3, attrs)  # (max(0, age), no call)
+                age_s = (age if age > 0 else 0) / 1e3  # (max(0, age), no call)
+                aggregation = edge.pathway
+                if aggregation is not None and direct and age_s < _INF:
+                    _record_one(aggregation, age_s, attrs, edge.trace_based)
+                else:
+                    _record_general(edge, live, "pathway", age_s)
         if redelivered is True and live.retries is not None:
             live.retries(1, {**attrs, RETRY_KIND: "redelivery"})
         if (
@@ -521,7 +717,7 @@ def consumed(
             live.dead_letters(1, {**attrs, DEAD_LETTER_KIND: "x-death"})
         # (Returned even with the duration switched off: Celery counts retries through it.)
         kind = _PROCESS if operation == _OP_PROCESS else _OTHER
-        return (kind, _perf_counter_ns(), attrs, live)
+        return (kind, _perf_counter_ns(), edge, live)
     except Exception as exc:
         diagnostics.internal_error("metrics.consume", exc)
         return None
@@ -532,23 +728,50 @@ def closed(record: Record | None, exc: BaseException | None) -> None:
     if record is None:
         return
     # (live: the instruments of the open; a provider set in between is no matter)
-    kind, start, attrs, live = record
+    kind, start, edge, live = record
     try:
         duration = (_perf_counter_ns() - start) / 1e9
         if exc is not None:
-            attrs = _with_error(attrs, error_type(exc))
-        if kind == _SEND:
-            if live.sent is not None:
-                live.sent(1, attrs)
-            if live.operation is not None:
-                live.operation(duration, attrs)
-        elif kind == _PROCESS:
+            _closed_with_error(kind, edge.attrs, live, duration, exc)
+            return
+        if edge.live is not live or edge.storages is not live.consumer._reader_storages:
+            edge.rebind(live)  # (other instruments, or a reader added or removed)
+        if kind == _SEND and live.sent is not None:
+            cell = edge.sent
+            if cell is not None:
+                next(cell)
+            else:
+                _count_general(edge, live, "sent")
+        if kind == _PROCESS:
             if live.process is not None:
-                live.process(duration, attrs)
+                aggregation = edge.process
+                if (aggregation is not None and live.meter_config._config.is_enabled
+                        and 0 <= duration < _INF):
+                    _record_one(aggregation, duration, edge.attrs, edge.trace_based)
+                else:
+                    _record_general(edge, live, "process", duration)
         elif live.operation is not None:
-            live.operation(duration, attrs)
+            aggregation = edge.operation
+            if (aggregation is not None and live.meter_config._config.is_enabled
+                    and 0 <= duration < _INF):
+                _record_one(aggregation, duration, edge.attrs, edge.trace_based)
+            else:
+                _record_general(edge, live, "operation", duration)
     except Exception as error:
         diagnostics.internal_error("metrics.close", error)
+
+
+def _closed_with_error(kind: int, attrs: dict[str, Any], live: _Instruments, duration: float,
+                       exc: BaseException) -> None:
+    """:func:`closed` for a scope that ended with ``exc``: the edge's dict with error.type."""
+    attrs = _with_error(attrs, error_type(exc))
+    if kind == _SEND and live.sent is not None:
+        live.sent(1, attrs)
+    if kind == _PROCESS:
+        if live.process is not None:
+            live.process(duration, attrs)
+    elif live.operation is not None:
+        live.operation(duration, attrs)
 
 
 def retried(record: Record | None, kind: str = "retry") -> None:
@@ -568,7 +791,7 @@ def _count(record: Record | None, which: str, key: str, kind: str) -> None:
     if add is None:
         return
     try:
-        add(1, {**record[2], key: kind})
+        add(1, {**record[2].attrs, key: kind})
     except Exception as exc:
         diagnostics.internal_error("metrics." + which, exc)
 
