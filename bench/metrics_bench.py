@@ -55,7 +55,9 @@ callgrind (counted only inside ``starmap_next``, the loop that runs the messages
 not move with the machine's load, ``--jobs`` valgrind runs at a time, and gives the floor's
 verdict (``floor`` in the JSON: its share of ``spans``, whether +10 % is within reach, and
 how far hoptrace is above it). ``--count VARIANT,...`` counts only those variants, with no
-timing and no file. ``--run VARIANT N`` is what valgrind runs.
+timing and no file; ``--count hook_consumed,...`` counts one metric hook per call instead
+(``HOOKS``: each as ``spans_metrics`` calls it for a message). ``--run VARIANT N`` is what
+valgrind runs.
 """
 
 from __future__ import annotations
@@ -517,8 +519,38 @@ def check_floor(tracer_provider: Any, messages: int = 20) -> None:
             raise AssertionError(f"{name} exports other metrics than hoptrace:\n{got}\n{want}")
 
 
+#: One metric hook each, as ``spans_metrics`` calls it for a message (``--count hook_…``).
+HOOKS = ("hook_stamp_origin", "hook_send_started", "hook_closed_send", "hook_consumed",
+         "hook_closed_process")
+
+
+def _hook(name: str, tracer_provider: Any) -> Callable[[], object]:
+    """One hook's call as :func:`one_message` makes it (warm: after 300 messages), alone:
+    the send's end and the processing's end inside a sampled span, the delivery outside
+    one with the baggage a message carries (its origin entry) and a dict carrier."""
+    from opentelemetry import context as otel_context
+
+    ctx = otel_context.get_current()
+    if name == "hook_stamp_origin":
+        return lambda: metrics.stamp_origin(ctx)
+    if name == "hook_send_started":
+        return lambda: metrics.send_started("rabbitmq", "bench", None)
+    baggage = {"transaction.id": "x", metrics.ORIGIN_BAGGAGE_KEY: str(time_ns() // 1_000_000)}
+    now_ns, carrier = time_ns(), {"traceparent": "00-…"}
+    if name == "hook_consumed":
+        return lambda: metrics.consumed("rabbitmq", "process", "bench", None, 1.0, False,
+                                        baggage, now_ns, None, carrier)
+    span = tracer_provider.get_tracer("bench").start_span("hop")
+    otel_context.attach(trace.set_span_in_context(span))  # (for the rest of this run)
+    record = (metrics.send_started("rabbitmq", "bench", None) if name == "hook_closed_send"
+              else metrics.consumed("rabbitmq", "process", "bench", None, 1.0, False, None,
+                                    now_ns, None, carrier))
+    return lambda: metrics.closed(record, None)
+
+
 def run_one(name: str, calls: int) -> None:
-    """Run ``calls`` messages of variant ``name`` through ``starmap`` (what valgrind counts)."""
+    """Run ``calls`` messages of variant ``name`` through ``starmap`` (what valgrind counts),
+    or ``calls`` calls of one hook (a name in :data:`HOOKS`) in ``spans_metrics``."""
     import collections
     import itertools
 
@@ -526,8 +558,11 @@ def run_one(name: str, calls: int) -> None:
     floor = _floor_of(name)
     os.environ.pop("OTEL_PYTHON_METER_PROVIDER", None)
     message = _message(name)
-    with variant(name, tracer_provider, meter_provider, floor):
+    with variant("spans_metrics" if name in HOOKS else name, tracer_provider, meter_provider,
+                 floor):
         loop_time(message, 300)  # warm: instruments, caches, bindings
+        if name in HOOKS:
+            message = _hook(name, tracer_provider)  # type: ignore[assignment]
         collections.deque(itertools.starmap(message, itertools.repeat((), calls)), maxlen=0)
     tracer_provider.shutdown()
     meter_provider.shutdown()
