@@ -23,7 +23,10 @@ import, so each is counted as alone, without paying the imports under valgrind e
 Modes (the part of a case's name before ``_``): ``plain``; ``prop`` (propagation-only);
 ``fast`` / ``exact`` (SDK spans, ``fast_spans`` on / off, every span sampled); ``sprop`` /
 ``sfast`` / ``sexact`` (``ParentBased(TraceIdRatioBased(0.01))`` and a transaction per
-message). See bench/results/profile-notes.md for what the figures say.
+message); ``fwd`` (propagation-only, sending from inside a consumed message's handler: a
+trace and a transaction current, the hop a service in the middle of a pathway makes; the
+``prop`` sends start from an empty context, as a pathway's first producer does). See
+bench/results/profile-notes.md for what the figures say.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ CASES = (
     "exact_produce", "exact_consume",
     "plain_getone", "prop_getone", "sfast_getone", "plain_next", "prop_next", "sfast_next",
     "plain_aiosend", "prop_aiosend", "sfast_aiosend", "plain_kpsend", "prop_kpsend",
-    "sfast_kpsend",
+    "sfast_kpsend", "fwd_produce", "fwd_aiosend", "fwd_kpsend",
     "piece_inject_dict", "piece_inject_list", "piece_write_list", "piece_gen_tx",
     "piece_produce_scope_dict", "piece_produce_scope_list", "piece_read_dict",
     "piece_read_list", "piece_consume_scope_dict", "piece_consume_scope_list",
@@ -60,7 +63,7 @@ CALLS = 2000
 def _install(mode: str) -> None:
     import hoptrace
 
-    if mode in ("prop", "sprop", "piece"):
+    if mode in ("prop", "sprop", "piece", "fwd"):
         hoptrace.configure(propagation_only=True)
         return
     if mode == "plain":
@@ -277,6 +280,18 @@ def _piece_case(case: str, pairs: list[tuple[str, bytes]]) -> Callable[[], objec
     }[case]
 
 
+def _configure(mode: str, pairs: list[tuple[str, bytes]]) -> None:
+    """Configure hoptrace for ``mode``; for ``fwd``, make a consumed message's context current
+    for every send that follows (never closed)."""
+    import hoptrace
+    from hoptrace.core.hop import consume_scope
+
+    hoptrace.configure(fast_spans=not mode.endswith("exact"),
+                       propagation_only=mode in ("prop", "sprop", "fwd"))
+    if mode == "fwd":
+        consume_scope({k: v.decode() for k, v in pairs}, "orders", "kafka").open()
+
+
 def build(case: str) -> Callable[[], object]:
     """The function one call of ``case`` runs."""
     mode, _, what = case.partition("_")
@@ -292,8 +307,7 @@ def build(case: str) -> Callable[[], object]:
     if mode == "piece":
         return _piece_case(case, pairs)
     if mode != "plain":
-        hoptrace.configure(fast_spans=not mode.endswith("exact"),
-                           propagation_only=mode in ("prop", "sprop"))
+        _configure(mode, pairs)
     message = _Message(pairs)
     owner = object()
     transaction = hoptrace.transaction
