@@ -111,9 +111,20 @@ DESELECT: dict[str, list[tuple[str, str]]] = {
             _NO_CONTRIB_CONFLUENT,
         ),
         (
-            "tests/unit/test_bench_peers.py::test_every_kafka_case_sends_the_trace_and_a_"
+            "tests/unit/test_bench_peers.py::test_every_confluent_case_sends_the_trace_and_a_"
             "business_id[otel_confluent]",
             _NO_CONTRIB_CONFLUENT,
+        ),
+        (
+            "tests/unit/test_bench_peers.py::test_contrib_continues_each_send_s_trace["
+            "otel_aiokafka]",
+            _NO_CONTRIB_AIOKAFKA,
+        ),
+        (
+            "tests/unit/test_bench_peers.py::test_contrib_continues_each_send_s_trace["
+            "otel_celery]",
+            "opentelemetry-instrumentation-celery 0.41b0 runs the task in its span but not in "
+            "the extracted context, so the business ID's baggage entry never reaches it",
         ),
         (
             "tests/unit/test_metrics_bench.py::test_the_floors_export_what_hoptrace_exports",

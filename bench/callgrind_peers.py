@@ -1,4 +1,4 @@
-"""Issue 15, target 1 in instructions: hoptrace with spans, its floor, and OTel contrib.
+"""Issue 15, target 1 in instructions: hoptrace with spans, its floor, and the peers.
 
 Target 1 asks hoptrace's overhead with spans (every span sampled) to be at most half the
 cheapest peer's. ``bench/results/summary.md`` measures it in CPU time, which moves with the
@@ -26,70 +26,87 @@ per span in all, the same for every variant, so it would weigh on contrib's thre
 against two and on no real deployment.
 
 Each case produces in a context of its own (a producer elsewhere) and then receives the
-record and runs a handler that reads the current context, as ``hop_bench`` does. Cases,
-per message:
+record and runs a handler that reads the current context, as ``hop_bench`` does. Every
+client that a peer instruments gets its cases, named ``KIND_CLIENT`` (``confluent``,
+``kafkapython``, ``aiokafka``, ``pika``, ``aiopika``, ``kombu``, ``celery``), on stand-ins
+that keep the message in flight between the send and the receive (the Kafka clients' from
+``bench/callgrind_cases.py``, the AMQP clients' and Celery's from ``bench/callgrind_amqp.py``).
+Kinds, per message:
 
-``plain_confluent`` / ``plain_pika``
+``plain``
     The stand-ins alone, no tracing: the overheads and ratios are over these.
 ``floor``
     No hoptrace code: a PRODUCER span with the messaging conventions' attributes
     (``span_floor.SEND_ATTRS``), ``traceparent`` and ``baggage`` formatted into the
-    record's headers; on the consume side the headers parsed back, a CONSUMER span
-    (``span_floor.PROCESS_ATTRS``) child of the send span, its context (with the baggage
-    entry) attached around the handler and detached. Two spans: what any implementation of
-    "a span per hop, the handler in the producer's trace" pays.
-``floor_promise``
+    message's headers as the client takes them; on the consume side the headers parsed
+    back, a CONSUMER span (``span_floor.PROCESS_ATTRS``) child of the send span, its context
+    (with the baggage entry) attached around the handler and detached. Two spans: what any
+    implementation of "a span per hop, the handler in the producer's trace" pays.
+``floor_promise`` (confluent-kafka)
     The same plus what hoptrace's spans add for its promise: ``hoptrace.transaction.id`` on
     both spans, ``hoptrace.queue_wait_ms`` on the process span.
-``hop_fast``
-    hoptrace on confluent-kafka (``_produce`` / ``_poll``, ``fast_spans=True``), the
-    send span ended by the delivery report the stand-in producer calls back at once, the
-    process span held until the next poll.
-``otel_confluent``
-    ``ConfluentKafkaInstrumentor.instrument_producer`` / ``instrument_consumer`` around the
-    same stand-ins; the business ID carried as ``hop_bench.OtelBaggage`` does (a baggage
-    entry attached around each produce). Contrib makes three spans per message (send,
-    recv, process).
-``hop_pika`` / ``otel_pika``
-    The same pair on pika: hoptrace's ``basic_publish`` wrapper and ``basic_consume``
-    callback wrapper against contrib's ``PikaInstrumentor.instrument_channel`` on a
-    stand-in ``BlockingChannel``, the delivery handed to the callback at once.
+``hop``
+    hoptrace's wrappers (``fast_spans=True``) around the same stand-ins. On the Kafka
+    clients the process span is held until the next poll; on confluent-kafka the send span
+    is ended by the delivery report the stand-in producer calls back at once.
+``otel``
+    OTel contrib's wrappers around the same stand-ins (put on them as the instrumentor puts
+    them on the client's classes: wrapt for kafka-python, aiokafka and aio-pika, the proxies
+    of ``instrument_producer`` / ``instrument_channel`` for confluent-kafka and pika, the
+    signal receivers for Celery), the business ID carried as ``hop_bench.OtelBaggage``
+    does (a baggage entry attached around each send). Contrib makes three spans per message
+    on confluent-kafka (send, recv, process), two elsewhere; on kafka-python and aiokafka
+    its receive span ends before the handler runs.
+``ddtrace`` (confluent-kafka, aiokafka, kombu, Celery)
+    ddtrace's integration wrappers, the business ID a baggage item on a context activated
+    per send (``hop_bench.DdBaggage``). ddtrace encodes each trace (msgpack) as its last
+    span ends, in that thread, so the count includes its encoding as the OTel cases'
+    include OTLP's; its writer thread only sends the bytes (not counted, as no OTel case
+    sends; what that thread still does to a payload is to put the string table in front).
+    Celery's distributed tracing, off by default in ddtrace, is switched on so the task
+    runs in the publisher's trace as in every other case; Kafka's header propagation is
+    switched on as ``run.py`` switches it on for ``hop_bench``. On the Kafka clients
+    ddtrace's consume span, like contrib's, ends before the handler runs.
+
+The full run counts each client's cases under one valgrind, each case in a child forked
+from an interpreter that imported what they all import (``callgrind_cases.count_many``),
+and the ddtrace cases each in an interpreter of its own (see :func:`count`).
 
     python bench/callgrind_peers.py           # every case; writes peers_instructions.json
-    python bench/callgrind_peers.py floor hop_fast/send otel_confluent:drop   # some, printed
+    python bench/callgrind_peers.py floor_confluent hop_pika/send otel_celery:drop  # printed
     python bench/callgrind_peers.py --run CASE 1024                 # what valgrind runs
 """
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
+import datetime
+import importlib
 import json
 import os
 import random
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pika  # type: ignore[import-untyped]
+from opentelemetry.context import get_current
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from pika.adapters.blocking_connection import BlockingChannel  # type: ignore[import-untyped]
 from pika.spec import Basic  # type: ignore[import-untyped]
+from wrapt import wrap_function_wrapper
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import callgrind_cases  # the shared runner
+import callgrind_amqp  # the AMQP clients' stand-ins
+import callgrind_cases  # the shared runner and the Kafka clients' stand-ins
 from span_floor import PROCESS_ATTRS, SEND_ATTRS
 
-KAFKA_CASES = ("plain_confluent", "floor", "floor_promise", "hop_fast", "otel_confluent")
-PIKA_CASES = ("plain_pika", "hop_pika", "otel_pika")
-#: Each case's client, and the case that is that client with no tracing (its stand-ins).
-PLAIN = {**dict.fromkeys(KAFKA_CASES, "plain_confluent"), **dict.fromkeys(PIKA_CASES, "plain_pika")}
 PROC_CASES = ("proc_none", "proc_batch", "proc_bsp", "proc_simple")
-CASES = KAFKA_CASES + PIKA_CASES
 #: BatchSpanProcessor's default ``max_export_batch_size``.
 BATCH = 512
 #: A multiple of BATCH: every span a case ends in the counted loop is encoded in it.
@@ -98,6 +115,7 @@ TOPIC = "orders"
 GROUP = "billing"
 PAYLOAD = b'{"order": 42, "items": ["a", "b"]}'
 BAGGAGE_KEY = "transaction.id"
+QUEUE = callgrind_amqp.QUEUE
 RESULTS = Path(__file__).resolve().parent / "results" / "peers_instructions.json"
 
 
@@ -212,6 +230,149 @@ Hop = tuple[Callable[[], None], Callable[[], None]]
 elsewhere = contextvars.Context
 
 
+def _handler() -> None:
+    get_current()  # the handler looks at its context, as logging would
+
+
+def _contrib_tracer(module: str, provider: Any) -> Any:
+    """The tracer a contrib instrumentor makes for itself."""
+    from opentelemetry import trace
+
+    return trace.get_tracer(module, tracer_provider=provider,
+                            schema_url="https://opentelemetry.io/schemas/1.11.0")
+
+
+class _Floor:
+    """The floor's work, on whichever client carries it (see the module doc).
+
+    :meth:`send` starts the send span, hands ``traceparent`` and ``baggage`` to the client's
+    send and ends the span; :meth:`process` parses them back from the headers the client
+    delivered, starts the process span and attaches its context around the handler.
+    """
+
+    def __init__(self, provider: Any, promise: bool) -> None:
+        from opentelemetry import baggage
+        from opentelemetry.context import attach, detach
+        from opentelemetry.trace import (
+            NonRecordingSpan,
+            SpanContext,
+            SpanKind,
+            TraceFlags,
+            set_span_in_context,
+        )
+
+        self._start = provider.get_tracer("floor").start_span
+        self._promise = promise
+        self._bits = random.getrandbits
+        self._sampled = TraceFlags(TraceFlags.SAMPLED)
+        self._set_baggage = baggage.set_baggage
+        self._attach, self._detach = attach, detach
+        self._remote, self._span_context = NonRecordingSpan, SpanContext
+        self._in_context = set_span_in_context
+        self._producer, self._consumer = SpanKind.PRODUCER, SpanKind.CONSUMER
+
+    def send(self, deliver: Callable[[str, str], object]) -> None:
+        tx = f"{self._bits(128):032x}"
+        attrs = {**SEND_ATTRS, "hoptrace.transaction.id": tx} if self._promise else SEND_ATTRS
+        span = self._start("send orders", kind=self._producer, attributes=attrs)
+        sent = span.get_span_context()
+        deliver(f"00-{sent.trace_id:032x}-{sent.span_id:016x}-01", f"{BAGGAGE_KEY}={tx}")
+        span.end()
+
+    def process(self, headers: Any, handler: Callable[[], object], sent_ms: float = 0) -> None:
+        traceparent, entry = headers["traceparent"], headers["baggage"]
+        if type(traceparent) is bytes:  # Kafka's header values
+            traceparent, entry = traceparent.decode(), entry.decode()
+        _, trace_hex, span_hex, _ = traceparent.split("-")
+        key, _, value = entry.partition("=")
+        parent = self._set_baggage(key, value, self._in_context(self._remote(
+            self._span_context(int(trace_hex, 16), int(span_hex, 16), True, self._sampled))))
+        attrs = PROCESS_ATTRS
+        if self._promise:
+            waited = time.time_ns() / 1e6 - sent_ms
+            attrs = {**PROCESS_ATTRS, "hoptrace.transaction.id": value,
+                     "hoptrace.queue_wait_ms": waited}
+        process = self._start("process orders", context=parent, kind=self._consumer,
+                              attributes=attrs)
+        token = self._attach(self._in_context(process, parent))
+        handler()
+        self._detach(token)
+        process.end()
+
+
+def _dd_tracer() -> Any:
+    """ddtrace's global tracer, set up to count: no agent is contacted while it counts.
+
+    ddtrace encodes a trace (msgpack, its agent's format) when the trace's last span ends,
+    in the thread that ends it (``NativeWriter.write`` → ``encoder.put``), so the count
+    includes it; its writer thread only sends the encoded bytes, as the OTel cases' export
+    would, and neither is counted. The interval keeps that thread from trying to.
+    """
+    for name, value in (("DD_TRACE_AGENT_URL", "http://127.0.0.1:9"),
+                        ("DD_TRACE_WRITER_INTERVAL_SECONDS", "3600"),
+                        ("DD_INSTRUMENTATION_TELEMETRY_ENABLED", "false"),
+                        ("DD_REMOTE_CONFIGURATION_ENABLED", "false"),
+                        ("DD_TRACE_STARTUP_LOGS", "false"),
+                        # As run.py sets it: without it ddtrace writes no Kafka header.
+                        ("DD_KAFKA_PROPAGATION_ENABLED", "true"),
+                        # Off by default: on, the task runs in the publisher's trace (the
+                        # business ID with it), as every other case's handler does.
+                        ("DD_CELERY_DISTRIBUTED_TRACING", "true")):
+        os.environ.setdefault(name, value)
+    from ddtrace.trace import tracer
+
+    return tracer
+
+
+class _Client:
+    """One client's stand-ins and its cases: each method returns a :data:`Hop`.
+
+    ``plain``: the stand-ins alone; ``floor``: the floor's work carried by them; ``hop``:
+    hoptrace's wrappers around them (``fast_spans=True``); ``otel`` (and ``ddtrace`` where
+    that peer has an integration): the peer's wrappers, the business ID carried as
+    ``hop_bench`` carries it.
+    """
+
+    peers: tuple[str, ...] = ("otel",)
+
+    def plain(self) -> Hop:
+        raise NotImplementedError
+
+    def floor(self, floor: _Floor) -> Hop:
+        raise NotImplementedError
+
+    def hop(self) -> Hop:
+        raise NotImplementedError
+
+    def otel(self, provider: Any) -> Hop:
+        raise NotImplementedError
+
+    def ddtrace(self) -> Hop:
+        raise NotImplementedError
+
+
+def _hoptrace() -> None:
+    import hoptrace
+
+    hoptrace.configure(fast_spans=True)
+
+
+def _scoped(scope: Any, send: Callable[[], object]) -> Callable[[], None]:
+    """``send`` inside a fresh business-ID scope (``hop_bench``'s ``OtelBaggage`` /
+    ``DdBaggage``), as the peers' variants send."""
+    enter, leave = scope.__enter__, scope.__exit__
+
+    def scoped() -> None:
+        enter()
+        send()
+        leave(None, None, None)
+
+    return scoped
+
+
+# ------------------------------------------------------------- confluent-kafka ---
+
+
 class _Kafka:
     """confluent-kafka stand-in: producer, consumer and the one record in flight.
 
@@ -257,113 +418,286 @@ class _Kafka:
         return None
 
 
-def _floor_case(provider: Any, promise: bool) -> Hop:
-    from opentelemetry import baggage
-    from opentelemetry.context import attach, detach, get_current
-    from opentelemetry.trace import (
-        NonRecordingSpan,
-        SpanContext,
-        SpanKind,
-        TraceFlags,
-        set_span_in_context,
-    )
+class _Confluent(_Client):
+    peers = ("otel", "ddtrace")
 
-    start = provider.get_tracer("floor").start_span
-    kafka = _Kafka()
-    bits = random.getrandbits
-    sampled = TraceFlags(TraceFlags.SAMPLED)
-    producer, consumer = kafka.produce, kafka.poll
-    set_baggage = baggage.set_baggage
-    producer_kind, consumer_kind = SpanKind.PRODUCER, SpanKind.CONSUMER
+    def plain(self) -> Hop:
+        kafka = _Kafka()
 
-    def send() -> None:
-        tx = f"{bits(128):032x}"
-        attrs = {**SEND_ATTRS, "hoptrace.transaction.id": tx} if promise else SEND_ATTRS
-        span = start("send orders", kind=producer_kind, attributes=attrs)
-        sent = span.get_span_context()
-        producer(TOPIC, PAYLOAD, headers=[
-            ("traceparent", f"00-{sent.trace_id:032x}-{sent.span_id:016x}-01".encode()),
-            ("baggage", f"{BAGGAGE_KEY}={tx}".encode()),
-        ])
-        span.end()
+        def receive() -> None:
+            kafka.poll(1.0)
+            _handler()
 
-    def receive() -> None:
-        record = consumer(1.0)
-        headers = dict(record.headers())
-        _, trace_hex, span_hex, _ = headers["traceparent"].decode().split("-")
-        key, _, value = headers["baggage"].decode().partition("=")
-        parent = set_baggage(key, value, set_span_in_context(NonRecordingSpan(
-            SpanContext(int(trace_hex, 16), int(span_hex, 16), True, sampled))))
-        attrs = PROCESS_ATTRS
-        if promise:
-            waited = time.time_ns() / 1e6 - record.timestamp()[1]
-            attrs = {**PROCESS_ATTRS, "hoptrace.transaction.id": value,
-                     "hoptrace.queue_wait_ms": waited}
-        process = start("process orders", context=parent, kind=consumer_kind,
-                        attributes=attrs)
-        token = attach(set_span_in_context(process, parent))
-        get_current()  # the handler looks at its context, as logging would
-        detach(token)
-        process.end()
+        return lambda: kafka.produce(TOPIC, PAYLOAD), receive
 
-    return send, receive
+    def floor(self, floor: _Floor) -> Hop:
+        kafka = _Kafka()
+        produce = kafka.produce
+
+        def deliver(traceparent: str, entry: str) -> None:
+            produce(TOPIC, PAYLOAD, headers=[("traceparent", traceparent.encode()),
+                                             ("baggage", entry.encode())])
+
+        def receive() -> None:
+            record = kafka.poll(1.0)
+            floor.process(dict(record.headers()), _handler, record.timestamp()[1])
+
+        return lambda: floor.send(deliver), receive
+
+    def hop(self) -> Hop:
+        import hoptrace.confluent_kafka as ck
+
+        _hoptrace()
+        kafka = _Kafka()
+        produce, poll = ck._produce, ck._poll
+        original_produce, original_poll = kafka.produce, kafka.poll
+        owner = object()
+
+        def send() -> None:
+            produce(original_produce, None, TOPIC, (PAYLOAD,), {})
+
+        def receive() -> None:
+            poll(original_poll, owner, GROUP, (1.0,), {})
+            _handler()
+
+        return send, receive
+
+    def otel(self, provider: Any) -> Hop:
+        from hop_bench import OtelBaggage
+        from opentelemetry.instrumentation.confluent_kafka import ConfluentKafkaInstrumentor
+
+        kafka: Any = _Kafka()
+        producer: Any = ConfluentKafkaInstrumentor.instrument_producer(kafka, provider)
+        consumer: Any = ConfluentKafkaInstrumentor.instrument_consumer(kafka, provider)
+
+        def receive() -> None:
+            consumer.poll(1.0)
+            _handler()
+
+        return _scoped(OtelBaggage(), lambda: producer.produce(TOPIC, PAYLOAD)), receive
+
+    def ddtrace(self) -> Hop:
+        """ddtrace's ``produce`` / ``poll`` wrappers, put on the stand-in as
+        ``ddtrace.patch(kafka=True)`` puts them on its producer and consumer classes."""
+        _dd_tracer()
+        import confluent_kafka
+        import ddtrace
+        from ddtrace.contrib.internal.kafka import patch
+        from hop_bench import DdBaggage
+
+        ddtrace.patch(kafka=True)
+
+        class Kafka(_Kafka, confluent_kafka.Message):
+            """The same stand-in, a ``confluent_kafka.Message`` too: ddtrace traces only the
+            records that are. What ddtrace's classes keep from their configuration."""
+
+            _dd_bootstrap_servers = "127.0.0.1:9092"
+            _dd_cluster_id = "bench-cluster"  # asked of the broker once, then kept
+            _group_id = GROUP
+
+        wrap_function_wrapper(Kafka, "produce", patch.traced_produce)
+        wrap_function_wrapper(Kafka, "poll", patch.traced_poll_or_consume)
+        kafka = Kafka()
+
+        def receive() -> None:
+            kafka.poll(1.0)
+            _handler()
+
+        return _scoped(DdBaggage(), lambda: kafka.produce(TOPIC, PAYLOAD)), receive
 
 
-def _plain_confluent() -> Hop:
-    from opentelemetry.context import get_current
-
-    kafka = _Kafka()
-
-    def receive() -> None:
-        kafka.poll(1.0)
-        get_current()
-
-    return lambda: kafka.produce(TOPIC, PAYLOAD), receive
+# ------------------------------------------------------- kafka-python, aiokafka ---
 
 
-def _hop_confluent() -> Hop:
-    from opentelemetry.context import get_current
+class _SentFuture(callgrind_cases._Future):
+    """A send future the broker has acknowledged: aiokafka's and kafka-python's, as far as
+    their instrumentations read it. A callback added to it runs at once, as on an
+    acknowledged future (the stand-in producers acknowledge every send at once, as
+    confluent-kafka's calls its delivery report), so hoptrace's send span ends there."""
 
-    import hoptrace
-    import hoptrace.confluent_kafka as ck
+    _produce_future = types.SimpleNamespace(topic_partition=(TOPIC, 0))  # contrib's partition
+    metadata = types.SimpleNamespace(topic=TOPIC, partition=0, offset=12345)
 
-    hoptrace.configure(fast_spans=True)
-    kafka = _Kafka()
-    produce, poll = ck._produce, ck._poll
-    original_produce, original_poll = kafka.produce, kafka.poll
-    owner = object()
+    def add_callback(self, fn: Any, *args: Any) -> None:  # kafka-python's
+        fn(*args, self.metadata)
 
-    def send() -> None:
-        produce(original_produce, None, TOPIC, (PAYLOAD,), {})
+    def add_done_callback(self, fn: Any) -> None:  # aiokafka's (an asyncio future)
+        fn(self)
 
-    def receive() -> None:
-        poll(original_poll, owner, GROUP, (1.0,), {})
-        get_current()
+    def cancelled(self) -> bool:
+        return False
 
-    return send, receive
+    def exception(self) -> None:
+        return None
+
+    def result(self) -> Any:
+        return self.metadata
 
 
-def _otel_confluent(provider: Any) -> Hop:
-    from hop_bench import OtelBaggage
-    from opentelemetry.context import get_current
-    from opentelemetry.instrumentation.confluent_kafka import ConfluentKafkaInstrumentor
+_SENT = _SentFuture()
 
-    kafka: Any = _Kafka()
-    producer: Any = ConfluentKafkaInstrumentor.instrument_producer(kafka, provider)
-    consumer: Any = ConfluentKafkaInstrumentor.instrument_consumer(kafka, provider)
-    scope = OtelBaggage()
-    enter, leave = scope.__enter__, scope.__exit__
 
-    def send() -> None:
-        enter()
-        producer.produce(TOPIC, PAYLOAD)
-        leave(None, None, None)
+_drive = callgrind_cases.run_coroutine
 
-    def receive() -> None:
-        consumer.poll(1.0)
-        get_current()
 
-    return send, receive
+class _KafkaRecords(_Client):
+    """kafka-python's and aiokafka's cases: a producer's ``send`` and a consumer's call that
+    returns one record (``callgrind_cases._Record``), on stand-in classes made per case (so
+    the wrappers put on them stay there), the record's headers in flight between.
+
+    ``_call`` turns what a call returns into its result (aiokafka's coroutines run to the end
+    without a loop); ``_RECEIVE`` names the consumer's call; ``_HOPTRACE`` / ``_CONTRIB`` the
+    modules whose ``_wrap_send`` and ``_WRAP_RECEIVE`` wrap them.
+    """
+
+    _RECEIVE = _WRAP_RECEIVE = _HOPTRACE = _CONTRIB = ""
+    producer_type: Any
+    consumer_type: Any
+
+    @staticmethod
+    def _call(result: Any) -> Any:
+        return result
+
+    def __init__(self) -> None:
+        self.producer, self.consumer = self.producer_type(), self.consumer_type()
+
+    def _receive(self) -> Any:
+        return self._call(getattr(self.consumer, self._RECEIVE)())
+
+    def plain(self) -> Hop:
+        send, call = self.producer.send, self._call
+
+        def receive() -> None:
+            self._receive()
+            _handler()
+
+        return lambda: call(send(TOPIC, PAYLOAD)), receive
+
+    def floor(self, floor: _Floor) -> Hop:
+        send, call = self.producer.send, self._call
+
+        def deliver(traceparent: str, entry: str) -> None:
+            call(send(TOPIC, PAYLOAD, headers=[("traceparent", traceparent.encode()),
+                                               ("baggage", entry.encode())]))
+
+        def receive() -> None:
+            floor.process(dict(self._receive().headers), _handler)
+
+        return lambda: floor.send(deliver), receive
+
+    def hop(self) -> Hop:
+        module = importlib.import_module(self._HOPTRACE)
+        _hoptrace()
+        send = module._wrap_send(self.producer_type.send)
+        receive_record = getattr(module, self._WRAP_RECEIVE)(
+            getattr(self.consumer_type, self._RECEIVE))
+        producer, consumer, call = self.producer, self.consumer, self._call
+
+        def receive() -> None:
+            call(receive_record(consumer))
+            _handler()
+
+        return lambda: call(send(producer, TOPIC, PAYLOAD)), receive
+
+    def otel(self, provider: Any) -> Hop:
+        from hop_bench import OtelBaggage
+
+        utils = importlib.import_module(f"{self._CONTRIB}.utils")
+        tracer = _contrib_tracer(self._CONTRIB, provider)
+        wrap_function_wrapper(self.producer_type, "send", utils._wrap_send(tracer, None))
+        wrap_function_wrapper(self.consumer_type, self._RECEIVE,
+                              getattr(utils, self._WRAP_RECEIVE)(tracer, None))
+        send, receive = self.plain()
+        return _scoped(OtelBaggage(), send), receive
+
+
+class _KafkaPython(_KafkaRecords):
+    """kafka-python's ``KafkaProducer.send`` and ``KafkaConsumer.__next__``."""
+
+    _RECEIVE, _WRAP_RECEIVE = "__next__", "_wrap_next"
+    _HOPTRACE, _CONTRIB = "hoptrace.kafka_python", "opentelemetry.instrumentation.kafka"
+
+    def __init__(self) -> None:
+        wire: list[Any] = [[]]
+
+        class Producer:
+            config = {"bootstrap_servers": ["127.0.0.1:9092"]}
+
+            def send(self, topic: str, value: Any = None, key: Any = None,
+                     headers: Any = None, partition: Any = None,
+                     timestamp_ms: Any = None) -> Any:
+                wire[0] = headers or []
+                return _SENT
+
+        class Consumer(callgrind_cases._KafkaConsumer):
+            config = {"group_id": GROUP, "bootstrap_servers": ["127.0.0.1:9092"]}
+
+            def __next__(self) -> Any:
+                return callgrind_cases._Record(wire[0])
+
+        self.producer_type, self.consumer_type = Producer, Consumer
+        super().__init__()
+
+
+class _AioClient:
+    _bootstrap_servers = "127.0.0.1:9092"
+    _client_id = "aiokafka-producer-1"
+    _dd_cluster_id = "bench-cluster"  # what ddtrace asks the broker once, then keeps
+
+    async def _wait_on_metadata(self, topic: str) -> None:
+        return None
+
+
+class _AioKafka(_KafkaRecords):
+    """aiokafka's ``AIOKafkaProducer.send`` and ``AIOKafkaConsumer.getone``."""
+
+    peers = ("otel", "ddtrace")
+    _RECEIVE, _WRAP_RECEIVE = "getone", "_wrap_getone"
+    _HOPTRACE, _CONTRIB = "hoptrace.aiokafka", "opentelemetry.instrumentation.aiokafka"
+
+    @staticmethod
+    def _call(result: Any) -> Any:
+        return _drive(result)
+
+    def __init__(self) -> None:
+        wire: list[Any] = [[]]
+
+        class Producer:
+            client = _AioClient()
+            _key_serializer = _value_serializer = None
+
+            def _partition(self, *args: Any) -> int:
+                return 0
+
+            async def send(self, topic: str, value: Any = None, key: Any = None,
+                           partition: Any = None, timestamp_ms: Any = None,
+                           headers: Any = None) -> Any:
+                wire[0] = headers or []
+                return _SENT
+
+        class Consumer(callgrind_cases._KafkaConsumer):
+            _client = _AioClient()
+            _group_id = GROUP
+
+            async def getone(self, *partitions: Any) -> Any:
+                return callgrind_cases._Record(wire[0])
+
+        self.producer_type, self.consumer_type = Producer, Consumer
+        super().__init__()
+
+    def ddtrace(self) -> Hop:
+        """ddtrace's aiokafka wrappers, put on the stand-in classes as
+        ``ddtrace.patch(aiokafka=True)`` puts them on aiokafka's."""
+        _dd_tracer()
+        import ddtrace
+        from ddtrace.contrib.internal.aiokafka import patch
+        from hop_bench import DdBaggage
+
+        ddtrace.patch(aiokafka=True)
+        wrap_function_wrapper(self.producer_type, "send", patch.traced_send)
+        wrap_function_wrapper(self.consumer_type, "getone", patch.traced_getone)
+        send, receive = self.plain()
+        return _scoped(DdBaggage(), send), receive
 
 
 # ----------------------------------------------------------------------- pika ---
@@ -385,8 +719,6 @@ class _PikaChannel(BlockingChannel):  # type: ignore[misc]
 
     def basic_consume(self, queue: str, on_message_callback: Any, *args: Any,
                       **kwargs: Any) -> str:
-        import types
-
         self._consumer_infos["ctag1.0"] = types.SimpleNamespace(
             on_message_callback=on_message_callback)
         return "ctag1.0"
@@ -416,44 +748,443 @@ class _PikaConnection:
 
 
 def _on_message(channel: Any, method: Any, properties: Any, body: Any) -> None:
-    from opentelemetry.context import get_current
-
-    get_current()  # the handler looks at its context, as logging would
+    _handler()
     channel.basic_ack(method.delivery_tag)
 
 
-def _pika_case(case: str, provider: Any) -> Hop:
+class _Pika(_Client):
     """hop_bench's pika run: ``basic_publish`` of one properties object; a consumer callback
     that looks at its context and acks; each instrumented per channel."""
-    channel: Any = _PikaChannel()
-    if case == "hop_pika":
-        import hoptrace
+
+    def __init__(self) -> None:
+        self.channel: Any = _PikaChannel()
+        self.properties = pika.BasicProperties(content_type="application/json",
+                                               delivery_mode=1)
+
+    def _run(self, scope: Any = None, on_message: Any = _on_message) -> Hop:
+        channel, properties = self.channel, self.properties
+        channel.basic_consume(TOPIC, on_message)
+        publish = channel.basic_publish
+
+        def send() -> None:
+            publish("", TOPIC, PAYLOAD, properties)
+
+        return (send if scope is None else _scoped(scope, send)), channel.deliver
+
+    def plain(self) -> Hop:
+        return self._run()
+
+    def floor(self, floor: _Floor) -> Hop:
+        properties = self.properties
+
+        def on_message(channel: Any, method: Any, props: Any, body: Any) -> None:
+            floor.process(props.headers, lambda: _on_message(channel, method, props, body))
+
+        send, receive = self._run(on_message=on_message)
+
+        def deliver(traceparent: str, entry: str) -> None:
+            properties.headers = {"traceparent": traceparent, "baggage": entry}
+            send()
+
+        return lambda: floor.send(deliver), receive
+
+    def hop(self) -> Hop:
         import hoptrace.pika
 
-        hoptrace.configure(fast_spans=True)
-        hoptrace.pika.instrument_channel(channel)
-        scope: Any = contextlib.nullcontext()
-    elif case == "plain_pika":
-        scope = contextlib.nullcontext()
-    else:
+        _hoptrace()
+        hoptrace.pika.instrument_channel(self.channel)
+        return self._run()
+
+    def otel(self, provider: Any) -> Hop:
         from hop_bench import OtelBaggage
         from opentelemetry.instrumentation.pika import PikaInstrumentor
 
-        PikaInstrumentor.instrument_channel(channel, tracer_provider=provider)
-        scope = OtelBaggage()
-    channel.basic_consume(TOPIC, _on_message)
-    properties = pika.BasicProperties(content_type="application/json", delivery_mode=1)
-    enter, leave, publish = scope.__enter__, scope.__exit__, channel.basic_publish
+        PikaInstrumentor.instrument_channel(self.channel, tracer_provider=provider)
+        return self._run(OtelBaggage())
 
-    def send() -> None:
-        enter()
-        publish("", TOPIC, PAYLOAD, properties)
-        leave(None, None, None)
 
-    return send, channel.deliver
+# ---------------------------------------------------------------------- kombu ---
+
+
+class _KombuMessage(callgrind_amqp._KombuMessage):
+    """A delivered message, with the channel ddtrace reads the broker's address from."""
+
+    channel = types.SimpleNamespace(connection=types.SimpleNamespace(
+        host="127.0.0.1:5672", virtual_host="/"))
+
+
+class _Kombu(_Client):
+    """``Producer.publish`` and ``Consumer._receive_callback`` (hoptrace's) or
+    ``Producer._publish`` and ``Consumer.receive`` (ddtrace's) around stand-ins that keep /
+    hand over the headers; the message as ``callgrind_amqp`` delivers it."""
+
+    peers = ("ddtrace",)
+
+    def __init__(self) -> None:
+        from kombu.entity import Exchange
+
+        self.headers: Any = None
+        self.exchange = Exchange("bench", type="direct")  # type: ignore[no-untyped-call]
+        self.producer = callgrind_amqp._KombuProducer()
+        self.consumer = callgrind_amqp._KombuConsumer()
+
+    def _publish(self, producer: Any, body: Any, **kwargs: Any) -> None:
+        self.headers = kwargs.get("headers")
+
+    def _message(self) -> Any:
+        return _KombuMessage(dict(self.headers) if self.headers else {})
+
+    @staticmethod
+    def _receive(consumer: Any, message: Any) -> None:
+        _handler()
+
+    def _run(self, publish: Any, receive: Any, headers: Any = None) -> Hop:
+        producer, consumer, exchange, message = (self.producer, self.consumer, self.exchange,
+                                                 self._message)
+        body = {"order": 42}
+        return (lambda: publish(producer, body, exchange=exchange, routing_key="k",
+                                headers=headers),
+                lambda: receive(consumer, message()))
+
+    def plain(self) -> Hop:
+        return self._run(self._publish, self._receive)
+
+    def floor(self, floor: _Floor) -> Hop:
+        publish, producer, consumer, exchange = (self._publish, self.producer, self.consumer,
+                                                 self.exchange)
+        body, receive = {"order": 42}, self._receive
+
+        def deliver(traceparent: str, entry: str) -> None:
+            publish(producer, body, exchange=exchange, routing_key="k",
+                    headers={"traceparent": traceparent, "baggage": entry})
+
+        def consume() -> None:
+            message = self._message()
+            floor.process(message.headers, lambda: receive(consumer, message))
+
+        return lambda: floor.send(deliver), consume
+
+    def hop(self) -> Hop:
+        import hoptrace.kombu as hk
+
+        _hoptrace()
+        return self._run(hk._wrap_publish(self._publish), hk._wrap_receive(self._receive))
+
+    def ddtrace(self) -> Hop:
+        """ddtrace's kombu integration: its ``_publish`` / ``receive`` wrappers, on stand-in
+        classes carrying the integration's pin, as ``ddtrace.patch(kombu=True)`` sets them
+        on kombu's."""
+        _dd_tracer()
+        import ddtrace
+        from ddtrace._trace.pin import Pin
+        from ddtrace.contrib.internal.kombu.patch import traced_publish, traced_receive
+        from hop_bench import DdBaggage
+        from kombu import messaging
+
+        ddtrace.patch(kombu=True)
+        kombu = self
+
+        class Producer(callgrind_amqp._KombuProducer):
+            def _publish(self, body: Any, priority: Any, content_type: Any,
+                         content_encoding: Any, headers: Any, *args: Any) -> None:
+                kombu.headers = headers
+
+        class Consumer(callgrind_amqp._KombuConsumer):
+            def receive(self, body: Any, message: Any) -> None:
+                _handler()
+
+        for stand_in, real in ((Producer, messaging.Producer), (Consumer, messaging.Consumer)):
+            pin = Pin.get_from(real)
+            assert pin is not None, "ddtrace.patch(kombu=True) pins kombu's classes"
+            pin.onto(stand_in)
+        wrap_function_wrapper(Producer, "_publish", traced_publish)
+        wrap_function_wrapper(Consumer, "receive", traced_receive)
+        producer, consumer, body = Producer(), Consumer(), {"order": 42}
+        # Producer.publish's call: body, priority, content type and encoding, headers,
+        # properties, routing key, mandatory, immediate, exchange name, declare.
+        args = (body, 0, "application/json", "utf-8")
+        rest = ({"delivery_mode": 2}, "k", False, False, "bench", ())
+
+        def send() -> None:
+            producer._publish(*args, {}, *rest)
+
+        def receive() -> None:
+            message = self._message()
+            consumer.receive(body, message)
+
+        return _scoped(DdBaggage(), send), receive
+
+
+# ------------------------------------------------------------------- aio-pika ---
+
+
+class _AioIncoming(callgrind_amqp._AioIncoming):
+    """A delivered message, with the properties contrib reads its IDs from."""
+
+    def __init__(self, headers: dict[str, Any], message_id: str, timestamp: Any) -> None:
+        super().__init__(headers, message_id, timestamp)
+        self.properties = types.SimpleNamespace(message_id=message_id, correlation_id=None)
+
+
+class _AioPika(_Client):
+    """``Exchange.publish`` of a new ``aio_pika.Message`` per send and a ``Queue.consume``
+    callback, on stand-in classes (new per case, so contrib's wrappers stay on them)."""
+
+    def __init__(self) -> None:
+        import aio_pika
+
+        self.sent: Any = None
+        client = self
+        # The broker's URL where each contrib release looks for it on aiormq's channel.
+        url = types.SimpleNamespace(host="127.0.0.1", port=5672)
+        channel = types.SimpleNamespace(
+            _connection=types.SimpleNamespace(url=url),
+            connection=types.SimpleNamespace(url=url, connection=types.SimpleNamespace(url=url)))
+
+        class Exchange(callgrind_amqp._AioExchange):
+            async def publish(self, message: Any, routing_key: str, **kwargs: Any) -> None:
+                client.sent = message
+
+        class Queue:
+            callback: Any = None
+
+            async def consume(self, callback: Any, **kwargs: Any) -> str:
+                self.callback = callback
+                return "ctag1.0"
+
+        Exchange.channel = Queue.channel = channel  # type: ignore[attr-defined]
+        self.exchange_type, self.queue_type = Exchange, Queue
+        self.exchange, self.queue = Exchange(), Queue()
+        self.message = aio_pika.Message
+        self.message_id = "5f0c2e4b6a0d4e2f9b1c3d5e7f9a1b2c"
+        self.timestamp = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+
+    def _incoming(self) -> Any:
+        headers = self.sent.headers
+        return _AioIncoming(dict(headers) if headers else {}, self.message_id, self.timestamp)
+
+    def _run(self, publish: Any, callback: Any, scope: Any = None) -> Hop:
+        exchange, queue, message, incoming = (self.exchange, self.queue, self.message,
+                                              self._incoming)
+        _drive(queue.consume(callback))
+
+        def send() -> None:
+            _drive(publish(exchange, message(PAYLOAD), QUEUE))
+
+        return ((send if scope is None else _scoped(scope, send)),
+                lambda: _drive(queue.callback(incoming())))
+
+    @staticmethod
+    async def _on_message(message: Any) -> None:
+        _handler()
+
+    def plain(self) -> Hop:
+        return self._run(self.exchange_type.publish, self._on_message)
+
+    def floor(self, floor: _Floor) -> Hop:
+        exchange, message, on_message = self.exchange, self.message, self._on_message
+
+        def deliver(traceparent: str, entry: str) -> None:
+            _drive(exchange.publish(message(PAYLOAD, headers={
+                "traceparent": traceparent, "baggage": entry}), QUEUE))
+
+        async def callback(incoming: Any) -> None:
+            floor.process(incoming.headers, lambda: _drive(on_message(incoming)))
+
+        _, receive = self._run(self.exchange_type.publish, callback)
+        return lambda: floor.send(deliver), receive
+
+    def hop(self) -> Hop:
+        import hoptrace.aio_pika as ha
+
+        _hoptrace()
+        return self._run(ha._wrap_publish(self.exchange_type.publish),
+                         ha._wrap_callback(QUEUE, self._on_message))
+
+    def otel(self, provider: Any) -> Hop:
+        """Contrib's own ``Exchange.publish`` / ``Queue.consume`` wrappers, put on the
+        stand-in classes instead of aio-pika's."""
+        from unittest import mock
+
+        from hop_bench import OtelBaggage
+        from opentelemetry.instrumentation.aio_pika import aio_pika_instrumentor as module
+
+        tracer = _contrib_tracer("opentelemetry.instrumentation.aio_pika", provider)
+        with mock.patch.object(module, "Exchange", self.exchange_type), \
+                mock.patch.object(module, "Queue", self.queue_type):
+            module.AioPikaInstrumentor._instrument_exchange(tracer)
+            module.AioPikaInstrumentor._instrument_queue(tracer)
+        return self._run(lambda exchange, message, key: exchange.publish(message, key),
+                         self._on_message, OtelBaggage())
+
+
+# --------------------------------------------------------------------- celery ---
+
+TASK_ID = "8d1c0c59-6a4e-4f7e-9c7a-2b1f0c3d4e5f"
+
+
+def _order(n: int) -> None:
+    """The Celery task (it never runs: the cases send its signals around the handler)."""
+
+
+class _Celery(_Client):
+    """Celery's ``amqp.send_task_message`` and a worker's task run, with no broker.
+
+    The publish sends ``before_task_publish`` / ``after_task_publish`` around the send, when
+    they have receivers, as ``send_task_message`` does, and keeps the message's headers; the
+    run builds the task's request from them (as the worker's ``Request`` does) and sends
+    ``task_prerun`` and ``task_postrun`` around the task, through Celery's own signals
+    (``callgrind_amqp``'s Celery run).
+    """
+
+    peers = ("otel", "ddtrace")
+
+    def __init__(self) -> None:
+        from celery import Celery, _state, signals  # type: ignore[import-untyped]
+
+        # Current: the peers find the task of a publish by its name in the current app.
+        previous = _state._tls.current_app
+        app = Celery("bench", broker="memory://", set_as_current=True)
+        _UNDO.append(lambda: setattr(_state._tls, "current_app", previous))
+
+        app.task(name="bench.order")(_order)  # one callable for every app: no warning
+        self.app, self.signals = app, signals
+        self.template = app.amqp.as_task_v2(TASK_ID, "bench.order", args=(1,), kwargs={})
+        self.headers: Any = None
+
+    def _send_task_message(self, producer: Any, name: str, message: Any, exchange: str = "",
+                           routing_key: str = "celery", **kwargs: Any) -> None:
+        headers, properties, body, _ = message
+        before, after = self.signals.before_task_publish, self.signals.after_task_publish
+        if before.receivers:
+            before.send(sender=name, body=body, exchange=exchange, routing_key=routing_key,
+                        declare=[], headers=headers, properties=properties,
+                        retry_policy=None)
+        self.headers = headers  # kombu's publish
+        if after.receivers:
+            after.send(sender=name, body=body, headers=headers, exchange=exchange,
+                       routing_key=routing_key)
+
+    def _publish(self, send: Any, extra: Callable[[], dict[str, str]] | None = None
+                 ) -> Callable[[], None]:
+        headers, properties, body, sent_event = self.template
+        producer = object()
+
+        def publish() -> None:
+            message = dict(headers)
+            if extra is not None:
+                message.update(extra())
+            send(producer, "bench.order", (message, properties, body, sent_event),
+                 exchange="", routing_key="celery")
+
+        return publish
+
+    def _run(self, process: _Floor | None = None) -> Callable[[], None]:
+        from celery.app.task import Context  # type: ignore[import-untyped]
+
+        class _Task:
+            name = "bench.order"
+            app = self.app  # where ddtrace's integration keeps its settings
+            request: Any = None
+
+        task = _Task()
+        prerun, postrun = self.signals.task_prerun.send, self.signals.task_postrun.send
+
+        def execute() -> None:
+            prerun(sender=task, task_id=TASK_ID, task=task, args=(1,), kwargs={})
+            _handler()
+            postrun(sender=task, task_id=TASK_ID, task=task, args=(1,), kwargs={},
+                    retval=None, state="SUCCESS")
+
+        def run() -> None:
+            headers = dict(self.headers)  # as the worker decodes them
+            task.request = Context({
+                **headers,
+                "delivery_info": {"exchange": "", "routing_key": "celery",
+                                  "redelivered": False, "priority": 0},
+                "args": (1,), "kwargs": {}, "is_eager": False, "hostname": "bench@local",
+            })
+            if process is None:
+                execute()
+            else:
+                process.process(headers, execute)
+
+        return run
+
+    def plain(self) -> Hop:
+        return self._publish(self._send_task_message), self._run()
+
+    def floor(self, floor: _Floor) -> Hop:
+        carried: list[dict[str, str]] = []
+
+        def deliver(traceparent: str, entry: str) -> None:
+            carried.append({"traceparent": traceparent, "baggage": entry})
+            publish()
+
+        publish = self._publish(self._send_task_message, carried.pop)
+        return lambda: floor.send(deliver), self._run(floor)
+
+    def hop(self) -> Hop:
+        import hoptrace.celery as hc
+
+        _hoptrace()
+        hc.instrument(self.app)
+        _UNDO.append(hc.uninstrument)
+        return self._publish(hc._wrap_sender(self._send_task_message)), self._run()
+
+    def otel(self, provider: Any) -> Hop:
+        from hop_bench import OtelBaggage
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+        instrumentor = CeleryInstrumentor()  # type: ignore[no-untyped-call]
+        instrumentor.instrument(tracer_provider=provider)
+        _UNDO.append(instrumentor.uninstrument)
+        return _scoped(OtelBaggage(), self._publish(self._send_task_message)), self._run()
+
+    def ddtrace(self) -> Hop:
+        """ddtrace's Celery integration, connected to Celery's signals as
+        ``ddtrace.patch(celery=True)`` connects it for every app."""
+        _dd_tracer()
+        import ddtrace
+        from ddtrace.contrib.internal.celery.app import patch_app, unpatch_app
+        from hop_bench import DdBaggage
+
+        ddtrace.patch(celery=True)
+        patch_app(self.app)  # type: ignore[no-untyped-call]
+        _UNDO.append(lambda: unpatch_app(self.app))  # type: ignore[no-untyped-call]
+        return _scoped(DdBaggage(), self._publish(self._send_task_message)), self._run()
 
 
 # ---------------------------------------------------------------------- cases ---
+
+#: Each client's stand-ins and cases, by the name its cases end with.
+CLIENTS: dict[str, type[_Client]] = {
+    "confluent": _Confluent, "kafkapython": _KafkaPython, "aiokafka": _AioKafka,
+    "pika": _Pika, "aiopika": _AioPika, "kombu": _Kombu, "celery": _Celery,
+}
+#: The client each name stands for in the targets.
+CLIENT_NAMES = {"confluent": "confluent-kafka", "kafkapython": "kafka-python",
+                "aiokafka": "aiokafka", "pika": "pika", "aiopika": "aio-pika",
+                "kombu": "kombu", "celery": "celery"}
+
+
+def client_cases(client: str) -> tuple[str, ...]:
+    """``client``'s cases, plain first: its floor, hoptrace, and each peer it has."""
+    extra = ("floor_promise",) if client == "confluent" else ()
+    kinds = ("plain", "floor", *extra, "hop", *CLIENTS[client].peers)
+    return tuple(f"{kind}_{client}" for kind in kinds)
+
+
+CASES = tuple(case for client in CLIENTS for case in client_cases(client))
+#: Callbacks that undo what a case connected process-wide (Celery's signals): the tests
+#: build several cases in one interpreter.
+_UNDO: list[Callable[[], object]] = []
+
+
+def reset() -> None:
+    """Undo what the cases built so far connected process-wide."""
+    while _UNDO:
+        _UNDO.pop()()
 
 
 def build(case: str, provider: Any = None) -> Callable[[], object]:
@@ -491,53 +1222,108 @@ def build(case: str, provider: Any = None) -> Callable[[], object]:
 
 
 def _hop(name: str, provider: Any) -> Hop:
-    if name in ("floor", "floor_promise"):
-        return _floor_case(provider, promise=name == "floor_promise")
-    if name == "plain_confluent":
-        return _plain_confluent()
-    if name == "hop_fast":
-        return _hop_confluent()
-    if name == "otel_confluent":
-        return _otel_confluent(provider)
-    if name in PIKA_CASES:
-        return _pika_case(name, provider)
-    raise ValueError(f"unknown case {name!r}")
+    kind, _, client = name.rpartition("_")
+    if client not in CLIENTS or name not in client_cases(client):
+        raise ValueError(f"unknown case {name!r}")
+    stand_ins = CLIENTS[client]()
+    if kind in ("floor", "floor_promise"):
+        return stand_ins.floor(_Floor(provider, promise=kind == "floor_promise"))
+    if kind == "otel":
+        return stand_ins.otel(provider)
+    method: Callable[[], Hop] = getattr(stand_ins, kind)
+    return method()
 
 
 def _overheads(counts: dict[str, int]) -> dict[str, int]:
     """Each traced case's instructions per message over its client's plain case."""
-    return {case: count - counts[PLAIN[case]] for case, count in counts.items()
-            if case in PLAIN and PLAIN[case] in counts and case != PLAIN[case]}
+    out = {}
+    for case, count in counts.items():
+        kind, _, client = case.rpartition("_")
+        plain = f"plain_{client}"
+        if kind != "plain" and plain in counts:
+            out[case] = count - counts[plain]
+    return out
 
 
 def _ratios(overheads: dict[str, int]) -> dict[str, float]:
-    pairs = [(case, "otel_confluent") for case in ("hop_fast", "floor", "floor_promise")]
-    pairs.append(("hop_pika", "otel_pika"))
-    return {f"{case}/{peer}": round(overheads[case] / overheads[peer], 3)
-            for case, peer in pairs if case in overheads and peer in overheads}
+    """hoptrace's and the floors' overheads over each peer's, per client."""
+    out = {}
+    for client, stand_ins in CLIENTS.items():
+        for peer in stand_ins.peers:
+            base = overheads.get(f"{peer}_{client}")
+            for kind in ("hop", "floor", "floor_promise"):
+                case = f"{kind}_{client}"
+                if base and case in overheads:
+                    out[f"{case}/{peer}_{client}"] = round(overheads[case] / base, 3)
+    return out
+
+
+#: Modules every case of the one valgrind run imports anyway (see ``count_many``).
+PRELOAD = ("hoptrace", "hoptrace.confluent_kafka", "hoptrace.kafka_python", "hoptrace.aiokafka",
+           "hoptrace.pika", "hoptrace.kombu", "hoptrace.aio_pika", "hoptrace.celery",
+           "opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.common.trace_encoder",
+           "hop_bench", "aio_pika", "celery", "kombu.entity", "wrapt")
+
+
+def count(cases: list[str]) -> dict[str, int]:
+    """Instructions per message of ``cases``: those ddtrace runs each in an interpreter of
+    its own (:func:`callgrind_cases.count_in`), the others a client at a time in children of
+    one interpreter (:func:`callgrind_cases.count_many`: the imports paid once per client).
+
+    A client whose run fails is run once more: a process that lives for minutes under
+    valgrind can be brought down by what it did not do (hoptrace's extension module rebuilt
+    under it, in a shared working tree).
+    """
+    counts: dict[str, int] = {}
+    for client in CLIENTS:
+        mine = [case for case in cases if case.rpartition("_")[2] == client]
+        shared = [case for case in mine if not case.startswith("ddtrace_")]
+        for attempt in (1, 2):
+            try:
+                counts.update(callgrind_cases.count_many(__file__, shared, CALLS, PRELOAD)
+                              if shared else {})
+                break
+            except RuntimeError as failed:
+                if attempt == 2:
+                    raise
+                print(f"{client}: the run failed, once more ({str(failed)[-300:]})",
+                      file=sys.stderr, flush=True)
+        for case in mine:
+            if case not in counts:
+                counts[case] = callgrind_cases.count_in(__file__, case, CALLS)
+    return {case: counts[case] for case in cases}
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--run"]:
+    if argv[:1] in (["--run"], ["--run-many"]):
         return callgrind_cases.cli(argv, __file__, CASES, build)
+    started = time.monotonic()
     counts: dict[str, int] = {}
-    for case in argv or CASES:
-        counts[case] = callgrind_cases.count_in(__file__, case, CALLS)
-        print(f"{case:28} {counts[case] / 1000:8.1f}k instructions per message", flush=True)
+    if argv:
+        for case in argv:
+            counts[case] = callgrind_cases.count_in(__file__, case, CALLS)
+    else:
+        counts = count(list(CASES))
+    for case, value in counts.items():
+        print(f"{case:28} {value / 1000:8.1f}k instructions per message", flush=True)
     overheads = _overheads(counts)
     ratios = _ratios(overheads)
     print("\nover plain, per message (produce + consume):")
     for case, value in overheads.items():
         print(f"{case:28} {value / 1000:8.1f}k")
     for name, ratio in ratios.items():
-        print(f"{name:28} {ratio:8.3f}")
+        print(f"{name:40} {ratio:8.3f}")
+    elapsed = time.monotonic() - started
+    print(f"\n{len(counts)} cases in {elapsed / 60:.1f} minutes")
     if not argv:
         RESULTS.write_text(json.dumps({
             "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "method": "callgrind instructions per message (produce + consume), counted in "
                       "starmap_next; spans encoded as OTLP in the foreground, batches of "
-                      f"{BATCH}; bench/callgrind_peers.py",
-            "calls": CALLS, "instructions_per_message": counts,
+                      f"{BATCH} (ddtrace: its msgpack encoding at each trace's end); "
+                      "bench/callgrind_peers.py",
+            "calls": CALLS, "minutes": round(elapsed / 60, 1), "clients": CLIENT_NAMES,
+            "instructions_per_message": counts,
             "over_plain": overheads, "ratios_over_plain": ratios,
         }, indent=2) + "\n")
     return 0

@@ -66,6 +66,16 @@ def test_send_cases_send_what_the_bench_variants_send(path: str, stand_in: str) 
     trace_ids = {dict(headers)["traceparent"].split(b"-")[1] for headers in traced}
     assert len(trace_ids) == 3  # a new trace per message: each case call is a send
 
+    # fwd: sent from inside a consumed message's handler, so in that message's trace and
+    # transaction (the trace ID and the transaction ID the case's incoming headers carry).
+    forwarded = _headers_sent(f"fwd_{path}", stand_in)
+    assert len(forwarded) == 3
+    for headers in forwarded:
+        values = dict(headers)
+        # propagation-only makes no span: the incoming span context is passed on as it came
+        assert values["traceparent"] == b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
+        assert values["baggage"] == b"transaction.id=" + b"c" * 32
+
 
 def test_every_client_counts_plain_and_prop_produce_and_consume() -> None:
     assert set(run.INSTRUCTION_CLIENTS) == set(run.CLIENTS)
@@ -154,14 +164,23 @@ def test_target_1_in_instructions_reads_the_peers_file(
 ) -> None:
     """The ratios are computed from the counts; "out of reach" only when the floor is."""
     monkeypatch.setattr(run, "RESULTS", tmp_path)
-    over = {"hop_fast": 700, "otel_confluent": 1000, "floor": floor, "floor_promise": 600,
-            "hop_pika": 520, "otel_pika": 1040}
-    (tmp_path / "peers_instructions.json").write_text(json.dumps({"over_plain": over}))
+    over = {"hop_confluent": 700, "otel_confluent": 1000, "floor_confluent": floor,
+            "floor_promise_confluent": 600, "hop_pika": 520, "otel_pika": 1040,
+            "hop_celery": 800, "otel_celery": 1200, "ddtrace_celery": 1000,
+            "floor_celery": floor}
+    clients = {"confluent": "confluent-kafka", "pika": "pika", "celery": "celery"}
+    (tmp_path / "peers_instructions.json").write_text(
+        json.dumps({"over_plain": over, "clients": clients}))
     rows = {name.split(",")[0]: (met, figure) for name, met, figure in run.peer_targets()}
     met, figure = rows["1 confluent-kafka"]
-    assert met is False and "= 0.70" in figure and f"{floor / 1000:.2f}" in figure
+    assert met is False and "= 0.70" in figure and f"= {floor / 1000:.2f}" in figure
+    assert f"(0.60{run.TIMES} with the transaction ID" in figure
     assert ("OUT OF REACH" in figure) is out_of_reach
     assert rows["1 pika"] == (True, rows["1 pika"][1]) and "= 0.50" in rows["1 pika"][1]
+    assert "floor" not in rows["1 pika"][1]  # none counted there
+    met, figure = rows["1 celery"]  # against the cheaper of its two peers, ddtrace
+    assert met is False and "vs ddtrace 1k" in figure and "= 0.80" in figure
+    assert f"= {floor / 1000:.2f}" in figure and ("OUT OF REACH" in figure) is out_of_reach
 
 
 def test_target_1_in_instructions_is_absent_without_the_peers_file(
