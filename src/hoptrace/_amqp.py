@@ -27,7 +27,8 @@ from ._redelivery import (
     message_key,
 )
 from .core import diagnostics, metrics, semconv
-from .core.hop import consume_scope, produce_scope, spans_active
+from .core import settings as _settings
+from .core.hop import AttachedSend, consume_scope, produce_scope, spans_active, unrecorded_send
 from .core.otel_shims import sdk_installed
 from .core.propagation import inject
 from .core.settings import get_settings
@@ -148,6 +149,10 @@ class DeliveryScope(consume_scope):
     """
 
     __slots__ = ()
+    # The same for every delivery: read from the class (a class attribute hides the base's
+    # slot of the name), two stores less per message.
+    _operation = semconv.OP_PROCESS
+    _name = None
 
     def __init__(
         self,
@@ -173,9 +178,7 @@ class DeliveryScope(consume_scope):
         self._attributes = attributes
         self._sent_ns = sent_ns
         self._links = links
-        self._operation = semconv.OP_PROCESS
-        self._name = None
-        self.incoming = None
+        self._incoming = None
         self.transaction_id = None
         self.queue_wait_ms = None
         self._active = None
@@ -212,9 +215,11 @@ def open_delivery_fields(
 ) -> consume_scope | None:
     """:func:`open_delivery` with positional arguments (the per-message path)."""
     try:
-        text_id = message_id_text(message_id) if message_id is not None else None
+        text_id = (  # (message_id_text's common case inline)
+            message_id if type(message_id) is str and len(message_id) <= 256
+            else _text(message_id) if message_id is not None else None)
         # Deliveries are remembered only to link spans: none without a span to link.
-        settings = get_settings()
+        settings = _settings._current or get_settings()
         recording = (settings.enabled and not settings.propagation_only
                      and sdk_installed())  # (spans_active(), inlined)
         key = message_key(headers, text_id) if recording else None
@@ -284,8 +289,9 @@ class SendScope(produce_scope):
 
 
 #: What :func:`_begin` gives a publish: the headers to send (None: the caller's message goes
-#: out unchanged), the open send scope, the guard to reset.
-_Begun = tuple[Any, "produce_scope | None", "Token[bool] | None"]
+#: out unchanged), the open send scope (or the context attached in its place), the guard to
+#: reset.
+_Begun = tuple[Any, "produce_scope | AttachedSend | None", "Token[bool] | None"]
 _UNTRACED: Final[_Begun] = (None, None, None)
 
 
@@ -302,6 +308,13 @@ def _begin(
     try:
         if headers_only and not (spans_active() or metrics.enabled()):
             return inject(headers, copy=True), None, guard
+        if (routing_key is None or type(routing_key) is str) and (
+            message_id is None or type(message_id) is str
+        ):  # (other types: their own code runs below, with its errors and counts)
+            # No span to make, no metric: the scope's headers and context, without it.
+            attached = unrecorded_send(headers, True, True)
+            if attached is not None:
+                return attached[0], attached[1], guard
         attrs: dict[str, Any] = {}
         if type(routing_key) is str and routing_key:  # the conventions: only if not empty
             attrs[semconv.RABBITMQ_ROUTING_KEY] = routing_key
@@ -325,8 +338,42 @@ def _begin(
         return None, None, guard
 
 
+#: Whether kombu's and aio-pika's publish try :func:`begin_unrecorded` first (the tests turn
+#: it off to compare it with :func:`publish`'s general steps).
+_unrecorded_fast: bool = True
+
+
+def begin_unrecorded(
+    headers: Any, routing_key: object, message_id: object, label: str
+) -> _Begun | None:
+    """:func:`_begin`'s answer when it takes ``unrecorded_send`` (no span, no metric to make).
+
+    The same steps in one frame, and without what only a span uses (the messaging system,
+    the destination, the correlation ID), so a client works those out only when None comes
+    back: then nothing was done (the guard is down again) and :func:`_begin` must run.
+    """
+    if not (_unrecorded_fast and (routing_key is None or type(routing_key) is str) and (
+            message_id is None or type(message_id) is str)):
+        return None  # (as in _begin: other types take their own path)
+    if type(headers) is dict and not headers:
+        headers = None  # (as in _begin)
+    if _publishing.get() or (headers is not None and traced_already(headers)):
+        return _UNTRACED
+    guard = _publishing.set(True)
+    try:
+        attached = unrecorded_send(headers, True, True)
+    except Exception as exc:
+        diagnostics.internal_error(label, exc)
+        return None, None, guard
+    if attached is None:  # a span or a metric to make, or hoptrace off: _begin decides
+        _publishing.reset(guard)
+        return None
+    return attached[0], attached[1], guard
+
+
 def _finish(
-    scope: produce_scope | None, guard: Token[bool] | None, exc: BaseException | None = None
+    scope: produce_scope | AttachedSend | None, guard: Token[bool] | None,
+    exc: BaseException | None = None,
 ) -> None:
     """End the send span (with ``exc`` as its error) and drop the guard."""
     try:

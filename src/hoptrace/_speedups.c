@@ -21,6 +21,9 @@
  *
  * dropped_child() is hoptrace/core/_sdk_spans.py's Starter.dropped_child (the span the sampler
  * is known to drop), step for step in one call; _sdk_spans uses it under the same conditions.
+ * start_lazy() is Starter.start_lazy for a root under ParentBased(TraceIdRatioBased(r)) (its
+ * other cases go to the Python method); dropped_span() and lazy_span() are
+ * hoptrace/core/spans.py's dropped_child and lazy_span (the starter in force, then the entry).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1122,13 +1125,14 @@ mint_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
-/* ---- dropped_child: _sdk_spans.Starter.dropped_child in one call ----------------------
+/* ---- dropped_child, start_lazy, dropped_span: _sdk_spans.Starter's shortcuts in one call --
  *
- * The same steps in the same order as the Python method (every attribute read, call and
- * comparison is the one it makes), for an API whose SpanContext is the 6-tuple. What it
- * needs from Python is set once by configure_dropped(); until then it is refused.
- * Anything the tuple fast path does not cover (a parent of another length) goes to the
- * Python method, before any side effect.
+ * The same steps in the same order as the Python methods (every read of the tracer, its
+ * sampler and its ID generator, every call and comparison is the one they make), for an API
+ * whose SpanContext is the 6-tuple. The starter's own fields, which only the Starter writes,
+ * are read from its _state tuple in one lookup. What these need from Python is set once by
+ * configure_dropped() and configure_lazy(); until then they are refused. Anything the fast
+ * paths do not cover goes to the Python method, before any side effect.
  */
 
 static PyObject *dc_span_context = NULL;  /* opentelemetry.trace.SpanContext */
@@ -1141,7 +1145,32 @@ static PyObject *dc_nrs_init = NULL;      /* _NRS_INIT (None: always call the cl
 static PyObject *dc_random_flag = NULL;   /* _RANDOM_FLAG */
 static PyObject *dc_drop = NULL;          /* Decision.DROP */
 static PyObject *dc_span_id_max = NULL;   /* _SPAN_ID_MAX */
-static PyObject *dc_python = NULL;        /* the Python method, for what this does not cover */
+static PyObject *dc_python = NULL;        /* Starter.dropped_child, for what this does not cover */
+static size_t dc_span_bits = 0;           /* 64 when _SPAN_ID_MAX is 2**64 - 1 */
+/* Set by configure_lazy(): */
+static PyObject *dc_context_type = NULL;  /* opentelemetry.context.Context */
+static PyObject *dc_span_key = NULL;      /* the Context key of the current span */
+static PyObject *dc_lazy_python = NULL;   /* Starter.start_lazy */
+static PyObject *dc_trace_id_max = NULL;  /* _TRACE_ID_MAX */
+static size_t dc_trace_bits = 0;          /* 128 when _TRACE_ID_MAX is 2**128 - 1 */
+
+static size_t dc_ones(PyObject *most);
+/* Set by configure_spans(): */
+static PyObject *dc_spans_module = NULL;  /* hoptrace.core.spans (its _fast_cache, fast_starter) */
+static PyObject *dc_settings_module = NULL; /* hoptrace.core.settings (its _current) */
+static PyObject *dc_sp_trace_api = NULL;  /* the opentelemetry.trace module */
+static PyObject *dc_sp_span_context = NULL; /* opentelemetry.trace.SpanContext */
+static PyObject *dc_internal_error = NULL; /* diagnostics.internal_error */
+static PyObject *dc_failed = NULL;        /* hop._FAILED */
+static PyObject *dc_fast_cache = NULL;    /* spans._fast_cache: [settings, provider, starter] */
+static PyObject *dc_sdk_holder = NULL;    /* spans._sdk_dropped: [_sdk_spans or None] */
+
+/* Starter._state: (tracer, sampler, drops, ratio, gated, gate_inline, random_flag,
+ * noop_metrics, shortcuts, fixed_ids), rebuilt by the Starter whenever one of them changes. */
+enum {
+    ST_TRACER, ST_SAMPLER, ST_DROPS, ST_RATIO, ST_GATED, ST_GATE_INLINE, ST_RANDOM_FLAG,
+    ST_NOOP_METRICS, ST_SHORTCUTS, ST_FIXED_IDS, ST_SIZE
+};
 
 static PyObject *
 configure_dropped(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -1163,17 +1192,75 @@ configure_dropped(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_INCREF(args[i]);
         Py_XSETREF(*slots[i], args[i]);
     }
+    dc_span_bits = dc_ones(dc_span_id_max);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+configure_lazy(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "configure_lazy takes 4 arguments");
+        return NULL;
+    }
+    if (!PyType_Check(args[0]) || !PyType_IsSubtype((PyTypeObject *)args[0], &PyDict_Type)
+            || !PyUnicode_CheckExact(args[1]) || !PyLong_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "configure_lazy: unexpected argument types");
+        return NULL;
+    }
+    PyObject **slots[4] = {&dc_context_type, &dc_span_key, &dc_lazy_python, &dc_trace_id_max};
+    for (int i = 0; i < 4; i++) {
+        Py_INCREF(args[i]);
+        Py_XSETREF(*slots[i], args[i]);
+    }
+    dc_trace_bits = dc_ones(dc_trace_id_max);
+    Py_RETURN_NONE;
+}
+
+/* configure_spans(spans module, settings module, opentelemetry.trace, SpanContext,
+ * diagnostics.internal_error, hop._FAILED, spans._fast_cache, spans._sdk_dropped): what
+ * dropped_span, dropped_hop and lazy_span need. The two lists are changed in place, never
+ * rebound. */
+static PyObject *
+configure_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "configure_spans takes 8 arguments");
+        return NULL;
+    }
+    if (!PyList_CheckExact(args[6]) || PyList_GET_SIZE(args[6]) != 3
+            || !PyList_CheckExact(args[7]) || PyList_GET_SIZE(args[7]) != 1) {
+        PyErr_SetString(PyExc_TypeError, "configure_spans: unexpected caches");
+        return NULL;
+    }
+    if (!PyModule_Check(args[0]) || !PyModule_Check(args[1]) || !PyModule_Check(args[2])
+            || !PyType_Check(args[3])
+            || !PyType_IsSubtype((PyTypeObject *)args[3], &PyTuple_Type)
+            || !PyCallable_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "configure_spans: unexpected argument types");
+        return NULL;
+    }
+    PyObject **slots[8] = {&dc_spans_module, &dc_settings_module, &dc_sp_trace_api,
+                           &dc_sp_span_context, &dc_internal_error, &dc_failed, &dc_fast_cache,
+                           &dc_sdk_holder};
+    for (int i = 0; i < 8; i++) {
+        Py_INCREF(args[i]);
+        Py_XSETREF(*slots[i], args[i]);
+    }
     Py_RETURN_NONE;
 }
 
 /* getattr(obj, name) with a C string name interned once. */
 #define DC_NAME(name) static PyObject *dc_name_##name = NULL;
-DC_NAME(shortcuts) DC_NAME(tracer) DC_NAME(sampler) DC_NAME(_sampler)
-DC_NAME(_drops) DC_NAME(_gated) DC_NAME(_gate_inline) DC_NAME(_tracer_config)
+DC_NAME(sampler) DC_NAME(_state) DC_NAME(_tracer_config)
 DC_NAME(is_enabled) DC_NAME(_is_enabled) DC_NAME(id_generator) DC_NAME(inner)
-DC_NAME(_random_flag) DC_NAME(is_trace_id_random) DC_NAME(generate_span_id)
-DC_NAME(_tracer_metrics) DC_NAME(_noop_metrics) DC_NAME(start_span) DC_NAME(NonRecordingSpan)
-DC_NAME(__init__) DC_NAME(_context) DC_NAME(context)
+DC_NAME(is_trace_id_random) DC_NAME(generate_span_id) DC_NAME(generate_trace_id)
+DC_NAME(_tracer_metrics) DC_NAME(start_span) DC_NAME(NonRecordingSpan)
+DC_NAME(__init__) DC_NAME(_context) DC_NAME(context) DC_NAME(INVALID_SPAN_CONTEXT)
+DC_NAME(TRACE_ID_LIMIT) DC_NAME(_bound) DC_NAME(start) DC_NAME(get_span_context)
+DC_NAME(_current) DC_NAME(_TRACER_PROVIDER) DC_NAME(fast_starter)
+DC_NAME(dropped_child_of) DC_NAME(start_lazy_of) DC_NAME(dropped_child)
+DC_NAME(start_lazy)
 
 static PyObject *
 dc_intern(const char *text, PyObject **cache)
@@ -1191,6 +1278,29 @@ dc_attr(PyObject *obj, const char *text, PyObject **cache)
     return name == NULL ? NULL : PyObject_GetAttr(obj, name);
 }
 
+/* getattr(module, name), from the module's dict when the name is there (what the module's
+ * getattr finds first, without the type lookups), else the getattr itself. */
+static PyObject *
+dc_module_attr(PyObject *module, const char *text, PyObject **cache)
+{
+    PyObject *name = dc_intern(text, cache);
+    if (name == NULL) {
+        return NULL;
+    }
+    if (PyModule_CheckExact(module)) {
+        PyObject *value = PyDict_GetItemWithError(PyModule_GetDict(module), name);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    return PyObject_GetAttr(module, name);
+}
+
+#define DC_MODULE_ATTR(module, name) dc_module_attr((module), #name, &dc_name_##name)
+
 #define DC_CALL0(obj, name) dc_call0((obj), #name, &dc_name_##name)
 
 static PyObject *
@@ -1200,32 +1310,44 @@ dc_call0(PyObject *obj, const char *text, PyObject **cache)
     return name == NULL ? NULL : PyObject_CallMethodNoArgs(obj, name);
 }
 
-/* The truth of getattr(obj, name); -1 on error. */
-static int
-dc_truth(PyObject *obj, const char *text, PyObject **cache)
+#define DC_ATTR(obj, name) dc_attr((obj), #name, &dc_name_##name)
+
+/* starter._state, checked (new reference). */
+static PyObject *
+dc_state(PyObject *starter)
 {
-    PyObject *value = dc_attr(obj, text, cache);
-    if (value == NULL) {
-        return -1;
+    PyObject *state = DC_ATTR(starter, _state);
+    if (state != NULL && (!PyTuple_CheckExact(state) || PyTuple_GET_SIZE(state) != ST_SIZE)) {
+        Py_DECREF(state);
+        PyErr_SetString(PyExc_TypeError, "Starter._state is not the 10-tuple it should be");
+        return NULL;
     }
-    int truth = PyObject_IsTrue(value);
-    Py_DECREF(value);
-    return truth;
+    return state;
 }
 
-#define DC_TRUTH(obj, name) dc_truth((obj), #name, &dc_name_##name)
-#define DC_ATTR(obj, name) dc_attr((obj), #name, &dc_name_##name)
+#define ST(state, index) PyTuple_GET_ITEM((state), (index))
 
 /* trace_api.NonRecordingSpan(context=span_context), as _non_recording makes it. */
 static PyObject *
 dc_non_recording(PyObject *span_context, int plain_allowed)
 {
-    PyObject *nrs = DC_ATTR(dc_trace_api, NonRecordingSpan);
+    PyObject *nrs = DC_MODULE_ATTR(dc_trace_api, NonRecordingSpan);
     if (nrs == NULL) {
         return NULL;
     }
     if (plain_allowed && nrs == dc_nrs && dc_nrs_init != Py_None) {
-        PyObject *init = DC_ATTR(nrs, __init__);
+        /* nrs.__init__: the class's own, when its dict has one (its metaclass's is no data
+         * descriptor), without the lookups through the metaclass and the MRO */
+        PyObject *dict = ((PyTypeObject *)nrs)->tp_dict;
+        PyObject *name = dc_intern("__init__", &dc_name___init__);
+        PyObject *init = dict == NULL || name == NULL ? NULL
+            : PyDict_GetItemWithError(dict, name);
+        if (init != NULL) {
+            Py_INCREF(init);
+        }
+        else if (!PyErr_Occurred()) {
+            init = DC_ATTR(nrs, __init__);
+        }
         if (init == NULL) {
             Py_DECREF(nrs);
             return NULL;
@@ -1261,64 +1383,106 @@ dc_non_recording(PyObject *span_context, int plain_allowed)
     return span;
 }
 
-/* The child's span context (new reference), from the parent's fields. */
-static PyObject *
-dc_build(PyObject *trace_id, PyObject *span_id, PyObject *flags, PyObject *state)
+/* n when most is 2**n - 1 (an exact int), else 0. */
+static size_t
+dc_ones(PyObject *most)
 {
+    if (most == NULL || !PyLong_CheckExact(most) || _PyLong_Sign(most) <= 0) {
+        return 0;
+    }
+    PyObject *one = PyLong_FromLong(1);
+    PyObject *next = one == NULL ? NULL : PyNumber_Add(most, one);
+    PyObject *both = next == NULL ? NULL : PyNumber_And(next, most);
+    int zero = both == NULL ? -1 : PyObject_Not(both);
+    Py_XDECREF(one);
+    Py_XDECREF(next);
+    Py_XDECREF(both);
+    size_t bits = zero > 0 ? _PyLong_NumBits(most) : 0;
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return bits == (size_t)-1 ? 0 : bits;
+}
+
+/* Python's ``0 < value <= most`` (new reference): the first false comparison, else the last.
+ * For an exact int and most == 2**bits - 1 (bits > 0), the same bool from the int's sign and
+ * bit length, without the two comparisons. */
+static PyObject *
+dc_between(PyObject *value, PyObject *most, size_t bits)
+{
+    if (bits > 0 && PyLong_CheckExact(value)) {
+        if (_PyLong_Sign(value) <= 0) {
+            return Py_NewRef(Py_False);
+        }
+        size_t used = _PyLong_NumBits(value);
+        if (used != (size_t)-1) {
+            return PyBool_FromLong(used <= bits);
+        }
+        PyErr_Clear();  /* (too large to count: the comparisons below decide) */
+    }
     PyObject *zero = PyLong_FromLong(0);
     if (zero == NULL) {
         return NULL;
     }
-    PyObject *valid = PyObject_RichCompare(zero, span_id, Py_LT);  /* 0 < span_id <= MAX */
+    PyObject *result = PyObject_RichCompare(zero, value, Py_LT);
     Py_DECREF(zero);
-    if (valid == NULL) {
+    if (result == NULL) {
         return NULL;
     }
-    int first = PyObject_IsTrue(valid);
+    int first = PyObject_IsTrue(result);
     if (first < 0) {
-        Py_DECREF(valid);
+        Py_DECREF(result);
         return NULL;
     }
     if (first) {
-        Py_SETREF(valid, PyObject_RichCompare(span_id, dc_span_id_max, Py_LE));
-        if (valid == NULL) {
-            return NULL;
-        }
+        Py_SETREF(result, PyObject_RichCompare(value, most, Py_LE));
     }
-    PyObject *items = PyTuple_Pack(6, trace_id, span_id, Py_False, flags,
+    return result;
+}
+
+/* tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state, valid)). */
+static PyObject *
+dc_context_of(PyObject *trace_id, PyObject *span_id, PyObject *flags, PyObject *state,
+              PyObject *valid)
+{
+    /* (what tuple.__new__ does for a subclass: the subclass's tp_alloc, the items copied) */
+    PyTypeObject *type = (PyTypeObject *)dc_span_context;
+    PyObject *made = type->tp_alloc(type, 6);
+    if (made == NULL) {
+        return NULL;
+    }
+    PyObject *items[6] = {trace_id, span_id, Py_False, flags, state, valid};
+    for (Py_ssize_t i = 0; i < 6; i++) {
+        PyTuple_SET_ITEM(made, i, Py_NewRef(items[i]));
+    }
+    return made;
+}
+
+/* The child's span context (new reference), from the parent's fields. */
+static PyObject *
+dc_build(PyObject *trace_id, PyObject *span_id, PyObject *flags, PyObject *state)
+{
+    PyObject *valid = dc_between(span_id, dc_span_id_max, dc_span_bits);  /* 0 < id <= MAX */
+    if (valid == NULL) {
+        return NULL;
+    }
+    PyObject *made = dc_context_of(trace_id, span_id, flags,
                                    state == Py_None ? dc_default_state : state, valid);
     Py_DECREF(valid);
-    if (items == NULL) {
-        return NULL;
-    }
-    PyObject *new_args = PyTuple_Pack(1, items);
-    Py_DECREF(items);
-    if (new_args == NULL) {
-        return NULL;
-    }
-    /* tuple.__new__(SpanContext, items) */
-    PyObject *made = PyTuple_Type.tp_new((PyTypeObject *)dc_span_context, new_args, NULL);
-    Py_DECREF(new_args);
     return made;
 }
 
 /* bool(flags & _RANDOM_FLAG) if random_flag == 2
  * else random_flag == 1 and id_generator.is_trace_id_random(); -1 on error. */
 static int
-dc_random(PyObject *starter, PyObject *flags, PyObject *id_generator)
+dc_random(PyObject *state, PyObject *flags, PyObject *id_generator)
 {
-    PyObject *random_flag = DC_ATTR(starter, _random_flag);
-    if (random_flag == NULL) {
+    long random_flag = PyLong_AsLong(ST(state, ST_RANDOM_FLAG));
+    if (random_flag == -1 && PyErr_Occurred()) {
         return -1;
     }
-    PyObject *number = PyLong_FromLong(2);
-    int is = number == NULL ? -1 : PyObject_RichCompareBool(random_flag, number, Py_EQ);
-    Py_XDECREF(number);
-    if (is != 0) {
-        Py_DECREF(random_flag);
-        if (is < 0) {
-            return -1;
-        }
+    if (random_flag == 2) {
         PyObject *bit = PyNumber_And(flags, dc_random_flag);
         if (bit == NULL) {
             return -1;
@@ -1327,12 +1491,8 @@ dc_random(PyObject *starter, PyObject *flags, PyObject *id_generator)
         Py_DECREF(bit);
         return truth;
     }
-    number = PyLong_FromLong(1);
-    is = number == NULL ? -1 : PyObject_RichCompareBool(random_flag, number, Py_EQ);
-    Py_XDECREF(number);
-    Py_DECREF(random_flag);
-    if (is <= 0) {
-        return is;
+    if (random_flag != 1) {
+        return 0;
     }
     PyObject *answer = DC_CALL0(id_generator, is_trace_id_random);
     if (answer == NULL) {
@@ -1345,9 +1505,9 @@ dc_random(PyObject *starter, PyObject *flags, PyObject *id_generator)
 
 /* Whether the tracer is enabled (1), not (0), or an error (-1). */
 static int
-dc_enabled(PyObject *starter, PyObject *tracer)
+dc_enabled(PyObject *state, PyObject *tracer)
 {
-    int inline_gate = DC_TRUTH(starter, _gate_inline);
+    int inline_gate = PyObject_IsTrue(ST(state, ST_GATE_INLINE));
     if (inline_gate < 0) {
         return -1;
     }
@@ -1373,19 +1533,13 @@ dc_enabled(PyObject *starter, PyObject *tracer)
 
 /* tracer._tracer_metrics.start_span(parent, Decision.DROP) unless it is the no-op counter. */
 static int
-dc_count(PyObject *starter, PyObject *tracer, PyObject *parent)
+dc_count(PyObject *state, PyObject *tracer, PyObject *parent)
 {
     PyObject *metrics = DC_ATTR(tracer, _tracer_metrics);
     if (metrics == NULL) {
         return -1;
     }
-    PyObject *noop = DC_ATTR(starter, _noop_metrics);
-    if (noop == NULL) {
-        Py_DECREF(metrics);
-        return -1;
-    }
-    Py_DECREF(noop);  /* (compared by identity only) */
-    if (metrics == noop) {
+    if (metrics == ST(state, ST_NOOP_METRICS)) {
         Py_DECREF(metrics);
         return 0;
     }
@@ -1406,24 +1560,29 @@ dc_count(PyObject *starter, PyObject *tracer, PyObject *parent)
     return 0;
 }
 
+/* tracer.id_generator, past a PendingIds wrapper (new reference). */
+static PyObject *
+dc_generator(PyObject *tracer)
+{
+    PyObject *id_generator = DC_ATTR(tracer, id_generator);
+    if (id_generator != NULL && (PyObject *)Py_TYPE(id_generator) == dc_pending_ids) {
+        Py_SETREF(id_generator, DC_ATTR(id_generator, inner));
+    }
+    return id_generator;
+}
+
 /* The span from the tracer's ID generator onward (the drop is decided). */
 static PyObject *
-dc_made(PyObject *starter, PyObject *tracer, PyObject *parent, PyObject *span_id, int gated)
+dc_made(PyObject *state, PyObject *tracer, PyObject *parent, PyObject *span_id, int gated)
 {
     PyObject *trace_id = PyTuple_GET_ITEM(parent, 0);
     PyObject *flags = PyTuple_GET_ITEM(parent, 3);
-    PyObject *state = PyTuple_GET_ITEM(parent, 4);
-    PyObject *id_generator = DC_ATTR(tracer, id_generator);
+    PyObject *trace_state = PyTuple_GET_ITEM(parent, 4);
+    PyObject *id_generator = dc_generator(tracer);
     if (id_generator == NULL) {
         return NULL;
     }
-    if ((PyObject *)Py_TYPE(id_generator) == dc_pending_ids) {
-        Py_SETREF(id_generator, DC_ATTR(id_generator, inner));
-        if (id_generator == NULL) {
-            return NULL;
-        }
-    }
-    int random = dc_random(starter, flags, id_generator);
+    int random = dc_random(state, flags, id_generator);
     if (random < 0) {
         Py_DECREF(id_generator);
         return NULL;
@@ -1444,12 +1603,12 @@ dc_made(PyObject *starter, PyObject *tracer, PyObject *parent, PyObject *span_id
         return NULL;
     }
     PyObject *span_context = dc_build(trace_id, span_id,
-                                      PyTuple_GET_ITEM(dc_flags, random ? 2 : 0), state);
+                                      PyTuple_GET_ITEM(dc_flags, random ? 2 : 0), trace_state);
     Py_DECREF(span_id);
     if (span_context == NULL) {
         return NULL;
     }
-    if (gated && dc_count(starter, tracer, parent) < 0) {
+    if (gated && dc_count(state, tracer, parent) < 0) {
         Py_DECREF(span_context);
         return NULL;
     }
@@ -1492,6 +1651,69 @@ dc_drops(PyObject *drops, PyObject *parent)
     return truth;
 }
 
+/* 1 when tracer.sampler is still the one the starter read (0: another one; -1: error). */
+static int
+dc_same_sampler(PyObject *state)
+{
+    PyObject *sampler = DC_ATTR(ST(state, ST_TRACER), sampler);
+    if (sampler == NULL) {
+        return -1;
+    }
+    Py_DECREF(sampler);  /* (compared by identity only) */
+    return sampler == ST(state, ST_SAMPLER);
+}
+
+static PyObject *
+dc_dropped(PyObject *starter, PyObject *parent, PyObject *span_id, Py_ssize_t nargs)
+{
+    PyObject *state = dc_state(starter);
+    if (state == NULL) {
+        return NULL;
+    }
+    int shortcuts = PyObject_IsTrue(ST(state, ST_SHORTCUTS));
+    int same = shortcuts <= 0 ? shortcuts : dc_same_sampler(state);
+    if (same <= 0) {
+        Py_DECREF(state);
+        if (same < 0) {
+            return NULL;
+        }
+        if (shortcuts) {  /* another sampler: the Python method reads it */
+            PyObject *call_args[3] = {starter, parent, span_id};
+            return PyObject_Vectorcall(dc_python, call_args, nargs, NULL);
+        }
+        Py_RETURN_NONE;
+    }
+    PyObject *drops = ST(state, ST_DROPS);
+    if (drops == Py_None || (PyObject *)Py_TYPE(parent) != dc_span_context) {
+        Py_DECREF(state);
+        Py_RETURN_NONE;
+    }
+    if (PyTuple_GET_SIZE(parent) != 6) {  /* (the Python method's unpack decides) */
+        Py_DECREF(state);
+        PyObject *call_args[3] = {starter, parent, span_id};
+        return PyObject_Vectorcall(dc_python, call_args, nargs, NULL);
+    }
+    PyObject *span = NULL;
+    PyObject *tracer = ST(state, ST_TRACER);
+    int drop = dc_drops(drops, parent);
+    int gated = drop <= 0 ? 0 : PyObject_IsTrue(ST(state, ST_GATED));
+    int enabled = gated <= 0 ? gated : dc_enabled(state, tracer);
+    if (drop < 0 || gated < 0 || enabled < 0) {
+        span = NULL;
+    }
+    else if (drop == 0) {
+        span = Py_NewRef(Py_None);
+    }
+    else if (gated && !enabled) {
+        span = dc_non_recording(parent, 0);
+    }
+    else {
+        span = dc_made(state, tracer, parent, span_id, gated);
+    }
+    Py_DECREF(state);
+    return span;
+}
+
 /* dropped_child(starter, parent, span_id): Starter.dropped_child(starter, parent, span_id). */
 static PyObject *
 dropped_child(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -1504,62 +1726,687 @@ dropped_child(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "dropped_child: configure_dropped was not called");
         return NULL;
     }
-    PyObject *starter = args[0], *parent = args[1];
-    PyObject *span_id = nargs == 3 ? args[2] : Py_None;
-    int shortcuts = DC_TRUTH(starter, shortcuts);
-    if (shortcuts <= 0) {
-        return shortcuts < 0 ? NULL : Py_NewRef(Py_None);
-    }
-    PyObject *tracer = DC_ATTR(starter, tracer);
-    if (tracer == NULL) {
+    return dc_dropped(args[0], args[1], nargs == 3 ? args[2] : Py_None, nargs);
+}
+
+/* Python's ``0 < trace_id <= TRACE_MAX and 0 < span_id <= SPAN_MAX`` (new reference). */
+static PyObject *
+dc_both_valid(PyObject *trace_id, PyObject *span_id)
+{
+    PyObject *valid = dc_between(trace_id, dc_trace_id_max, dc_trace_bits);
+    if (valid == NULL) {
         return NULL;
     }
-    PyObject *sampler = DC_ATTR(tracer, sampler);
-    PyObject *known = sampler == NULL ? NULL : DC_ATTR(starter, _sampler);
-    Py_XDECREF(known);  /* (compared by identity only) */
-    Py_XDECREF(sampler);
-    if (known == NULL) {
-        Py_DECREF(tracer);
+    int truth = PyObject_IsTrue(valid);
+    if (truth <= 0) {
+        if (truth < 0) {
+            Py_CLEAR(valid);
+        }
+        return valid;
+    }
+    Py_DECREF(valid);
+    return dc_between(span_id, dc_span_id_max, dc_span_bits);
+}
+
+/* 1 when (trace_id & ratio.TRACE_ID_LIMIT) < ratio._bound (the root is sampled); -1: error. */
+static int
+dc_ratio_keeps(PyObject *ratio, PyObject *trace_id)
+{
+    PyObject *limit = DC_ATTR(ratio, TRACE_ID_LIMIT);
+    if (limit == NULL) {
+        return -1;
+    }
+    PyObject *masked = PyNumber_And(trace_id, limit);
+    Py_DECREF(limit);
+    if (masked == NULL) {
+        return -1;
+    }
+    PyObject *bound = DC_ATTR(ratio, _bound);
+    if (bound == NULL) {
+        Py_DECREF(masked);
+        return -1;
+    }
+    PyObject *below = PyObject_RichCompare(masked, bound, Py_LT);
+    Py_DECREF(masked);
+    Py_DECREF(bound);
+    if (below == NULL) {
+        return -1;
+    }
+    int truth = PyObject_IsTrue(below);
+    Py_DECREF(below);
+    return truth;
+}
+
+/* The unsampled root's span, from its trace ID on (the drop is decided): Starter._root. */
+static PyObject *
+dc_root_dropped(PyObject *state, PyObject *tracer, PyObject *id_generator, PyObject *trace_id)
+{
+    long random_flag = PyLong_AsLong(ST(state, ST_RANDOM_FLAG));
+    if (random_flag == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (sampler != known) {  /* another sampler: the Python method reads it */
-        Py_DECREF(tracer);
-        PyObject *call_args[3] = {starter, parent, span_id};
-        return PyObject_Vectorcall(dc_python, call_args, nargs, NULL);
-    }
-    PyObject *drops = DC_ATTR(starter, _drops);
-    if (drops == NULL) {
-        Py_DECREF(tracer);
-        return NULL;
-    }
-    if (drops == Py_None || (PyObject *)Py_TYPE(parent) != dc_span_context) {
-        Py_DECREF(drops);
-        Py_DECREF(tracer);
-        Py_RETURN_NONE;
-    }
-    if (PyTuple_GET_SIZE(parent) != 6) {  /* (the Python method's unpack decides) */
-        Py_DECREF(drops);
-        Py_DECREF(tracer);
-        PyObject *call_args[3] = {starter, parent, span_id};
-        return PyObject_Vectorcall(dc_python, call_args, nargs, NULL);
-    }
-    int drop = dc_drops(drops, parent);
-    Py_DECREF(drops);
-    if (drop <= 0) {
-        Py_DECREF(tracer);
-        return drop < 0 ? NULL : Py_NewRef(Py_None);
-    }
-    int gated = DC_TRUTH(starter, _gated);
-    if (gated > 0) {
-        int enabled = dc_enabled(starter, tracer);
-        if (enabled <= 0) {
-            Py_DECREF(tracer);
-            return enabled < 0 ? NULL : dc_non_recording(parent, 0);
+    PyObject *random;  /* random_flag != 0 and id_generator.is_trace_id_random() */
+    if (random_flag != 0) {
+        random = DC_CALL0(id_generator, is_trace_id_random);
+        if (random == NULL) {
+            return NULL;
         }
     }
-    PyObject *span = gated < 0 ? NULL : dc_made(starter, tracer, parent, span_id, gated);
-    Py_DECREF(tracer);
+    else {
+        random = Py_NewRef(Py_False);
+    }
+    PyObject *span_id = DC_CALL0(id_generator, generate_span_id);
+    int truth = span_id == NULL ? -1 : PyObject_IsTrue(random);
+    Py_DECREF(random);
+    PyObject *valid = truth < 0 ? NULL : dc_both_valid(trace_id, span_id);
+    PyObject *span_context = valid == NULL ? NULL
+        : dc_context_of(trace_id, span_id, PyTuple_GET_ITEM(dc_flags, truth ? 2 : 0),
+                        dc_default_state, valid);
+    Py_XDECREF(valid);
+    Py_XDECREF(span_id);
+    if (span_context == NULL) {
+        return NULL;
+    }
+    int gated = PyObject_IsTrue(ST(state, ST_GATED));
+    if (gated < 0 || (gated && dc_count(state, tracer, Py_None) < 0)) {
+        Py_DECREF(span_context);
+        return NULL;
+    }
+    PyObject *span = dc_non_recording(span_context, 1);
+    Py_DECREF(span_context);
     return span;
+}
+
+/* Starter._root(name, context, kind, attributes, parent) under the starter's _state. */
+static PyObject *
+dc_root(PyObject *state, PyObject *starter, PyObject *const *args, PyObject *parent)
+{
+    PyObject *tracer = ST(state, ST_TRACER);
+    int gated = PyObject_IsTrue(ST(state, ST_GATED));
+    int enabled = gated <= 0 ? gated : dc_enabled(state, tracer);
+    if (enabled < 0 || gated < 0) {
+        return NULL;
+    }
+    if (gated && !enabled) {
+        return dc_non_recording(parent, 0);
+    }
+    PyObject *id_generator = dc_generator(tracer);
+    if (id_generator == NULL) {
+        return NULL;
+    }
+    PyObject *trace_id = DC_CALL0(id_generator, generate_trace_id);
+    int keeps = trace_id == NULL ? -1 : dc_ratio_keeps(ST(state, ST_RATIO), trace_id);
+    PyObject *span = NULL;
+    if (keeps == 0) {
+        span = dc_root_dropped(state, tracer, id_generator, trace_id);
+    }
+    else if (keeps > 0) {  /* sampled: self.start(name, context, kind, attributes(), ..., trace_id) */
+        PyObject *attributes = PyObject_CallNoArgs(args[3]);
+        PyObject *name = dc_intern("start", &dc_name_start);
+        if (attributes != NULL && name != NULL) {
+            PyObject *call_args[9] = {starter, args[0], args[1], args[2], attributes, Py_None,
+                                      Py_None, Py_None, trace_id};
+            span = PyObject_VectorcallMethod(name, call_args, 9 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                             NULL);
+        }
+        Py_XDECREF(attributes);
+    }
+    Py_DECREF(id_generator);
+    Py_XDECREF(trace_id);
+    return span;
+}
+
+/* start_lazy(starter, name, context, kind, attributes): Starter.start_lazy. A root under a
+ * known ratio is decided here; everything else goes to the Python method. */
+static PyObject *
+start_lazy(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "start_lazy takes 5 arguments");
+        return NULL;
+    }
+    if (dc_python == NULL || dc_lazy_python == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "start_lazy: configure_lazy was not called");
+        return NULL;
+    }
+    PyObject *starter = args[0], *context = args[2];
+    PyObject *state = dc_state(starter);
+    if (state == NULL) {
+        return NULL;
+    }
+    int fast = PyObject_IsTrue(ST(state, ST_SHORTCUTS));
+    if (fast > 0) {  /* a root under a known ratio, in a Context: ratio is not None and fixed_ids */
+        fast = (ST(state, ST_RATIO) != Py_None && (PyObject *)Py_TYPE(context) == dc_context_type)
+            ? PyObject_IsTrue(ST(state, ST_FIXED_IDS)) : 0;
+    }
+    if (fast > 0) {
+        fast = dc_same_sampler(state);
+    }
+    if (fast > 0) {
+        PyObject *current = PyDict_GetItemWithError(context, dc_span_key);  /* context.get() */
+        fast = current == NULL ? (PyErr_Occurred() ? -1 : 1) : current == Py_None;
+    }
+    PyObject *span = NULL;
+    if (fast > 0) {
+        PyObject *parent = DC_MODULE_ATTR(dc_trace_api, INVALID_SPAN_CONTEXT);
+        if (parent != NULL) {
+            span = dc_root(state, starter, args + 1, parent);
+            Py_DECREF(parent);
+        }
+    }
+    else if (fast == 0) {
+        span = PyObject_Vectorcall(dc_lazy_python, args, 5, NULL);
+    }
+    Py_DECREF(state);
+    return span;
+}
+
+/* ---- the starter in force, and the two entries hop.py and transaction.py call ----------- */
+
+/* spans.fast_starter()'s answer (new reference; None for none): its cache while the settings
+ * and the global provider it was kept for are the ones in force, as spans.dropped_child
+ * reads it, else the call. */
+static PyObject *
+dc_starter_now(void)
+{
+    PyObject *cache = dc_fast_cache;  /* (the list object itself is never rebound) */
+    PyObject *settings = DC_MODULE_ATTR(dc_settings_module, _current);
+    PyObject *provider = settings == NULL ? NULL : DC_MODULE_ATTR(dc_sp_trace_api, _TRACER_PROVIDER);
+    if (provider == NULL && settings != NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();  /* no such global: fast_starter() asks the public API */
+        provider = Py_NewRef(Py_None);
+    }
+    PyObject *starter = NULL;
+    if (provider != NULL) {
+        if (PyList_CheckExact(cache) && PyList_GET_SIZE(cache) == 3
+                && PyList_GET_ITEM(cache, 0) == settings && PyList_GET_ITEM(cache, 1) == provider
+                && provider != Py_None) {
+            starter = Py_NewRef(PyList_GET_ITEM(cache, 2));
+        }
+        else {
+            starter = DC_CALL0(dc_spans_module, fast_starter);
+        }
+    }
+    Py_XDECREF(settings);
+    Py_XDECREF(provider);
+    return starter;
+}
+
+/* _sdk_spans.<name> (new reference), the module spans.py keeps once imported; NULL with no
+ * error set when it is not (then the caller uses the starter's own method). */
+static PyObject *
+dc_sdk_entry(const char *text, PyObject **cache)
+{
+    PyObject *holder = dc_sdk_holder;  /* (the list object itself is never rebound) */
+    PyObject *sdk = PyList_GET_SIZE(holder) == 1 ? PyList_GET_ITEM(holder, 0) : Py_None;
+    if (sdk == Py_None) {
+        return NULL;
+    }
+    Py_INCREF(sdk);  /* (the list may change during the lookup) */
+    PyObject *entry = dc_module_attr(sdk, text, cache);
+    Py_DECREF(sdk);
+    return entry;
+}
+
+/* parent if it is a SpanContext, else parent.get_span_context() (new reference). */
+static PyObject *
+dc_span_context_of(PyObject *parent)
+{
+    if ((PyObject *)Py_TYPE(parent) == dc_sp_span_context) {
+        return Py_NewRef(parent);
+    }
+    return DC_CALL0(parent, get_span_context);
+}
+
+/* dropped_span(parent, span_id): spans.dropped_child(parent, span_id), where parent is a span
+ * or its span context: the starter in force, then _sdk_spans.dropped_child_of. */
+static PyObject *
+dropped_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "dropped_span takes 1 or 2 arguments");
+        return NULL;
+    }
+    if (dc_spans_module == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "dropped_span: configure_spans was not called");
+        return NULL;
+    }
+    PyObject *parent = args[0], *span_id = nargs == 2 ? args[1] : Py_None;
+    parent = dc_span_context_of(parent);
+    if (parent == NULL) {
+        return NULL;
+    }
+    PyObject *starter = dc_starter_now();
+    PyObject *span = NULL;
+    if (starter == Py_None) {
+        span = Py_NewRef(Py_None);
+    }
+    else if (starter != NULL) {
+        PyObject *entry = dc_sdk_entry("dropped_child_of", &dc_name_dropped_child_of);
+        if (entry != NULL && PyCFunction_Check(entry)
+                && PyCFunction_GET_FUNCTION(entry) == (PyCFunction)(void (*)(void))dropped_child) {
+            span = dc_dropped(starter, parent, span_id, 3);  /* ours: without the call */
+        }
+        else if (entry != NULL) {
+            PyObject *call_args[3] = {starter, parent, span_id};
+            span = PyObject_Vectorcall(entry, call_args, 3, NULL);
+        }
+        else if (!PyErr_Occurred()) {
+            PyObject *call_args[3] = {starter, parent, span_id};
+            PyObject *name = dc_intern("dropped_child", &dc_name_dropped_child);
+            span = name == NULL ? NULL : PyObject_VectorcallMethod(
+                name, call_args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        }
+        Py_XDECREF(entry);
+        Py_DECREF(starter);
+    }
+    Py_DECREF(parent);
+    return span;
+}
+
+/* dropped_hop(parent, span_id, where): hop._dropped_child. spans.dropped_child(parent,
+ * span_id) (this module's dropped_span unless replaced); an Exception it raises is counted
+ * by diagnostics.internal_error(where, exc) and gives hop._FAILED. */
+static PyObject *
+dropped_hop(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "dropped_hop takes 3 arguments");
+        return NULL;
+    }
+    if (dc_spans_module == NULL || dc_failed == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "dropped_hop: configure_spans was not called");
+        return NULL;
+    }
+    PyObject *entry = DC_MODULE_ATTR(dc_spans_module, dropped_child);
+    PyObject *span = NULL;
+    if (entry != NULL && PyCFunction_Check(entry)
+            && PyCFunction_GET_FUNCTION(entry) == (PyCFunction)(void (*)(void))dropped_span) {
+        span = dropped_span(NULL, args, 2);  /* ours: without the call */
+    }
+    else if (entry != NULL) {
+        span = PyObject_Vectorcall(entry, args, 2, NULL);
+    }
+    Py_XDECREF(entry);
+    if (span != NULL || !PyErr_ExceptionMatches(PyExc_Exception)) {
+        return span;
+    }
+    /* except Exception as exc: diagnostics.internal_error(where, exc); return _FAILED */
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc = PyErr_GetRaisedException();
+#else
+    PyObject *type, *exc, *traceback;
+    PyErr_Fetch(&type, &exc, &traceback);
+    PyErr_NormalizeException(&type, &exc, &traceback);
+    if (traceback != NULL && exc != NULL) {
+        PyException_SetTraceback(exc, traceback);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    if (exc == NULL) {
+        return NULL;
+    }
+#endif
+    PyObject *call_args[2] = {args[2], exc};
+    PyObject *result = PyObject_Vectorcall(dc_internal_error, call_args, 2, NULL);
+    Py_DECREF(exc);
+    if (result == NULL) {
+        return NULL;
+    }
+    Py_DECREF(result);
+    return Py_NewRef(dc_failed);
+}
+
+/* lazy_span(name, context, kind, attributes): spans.lazy_span, the starter in force's
+ * _sdk_spans.start_lazy_of; None when no starter's shortcuts apply. */
+static PyObject *
+lazy_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "lazy_span takes 4 arguments");
+        return NULL;
+    }
+    if (dc_spans_module == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "lazy_span: configure_spans was not called");
+        return NULL;
+    }
+    PyObject *starter = dc_starter_now();
+    if (starter == NULL || starter == Py_None) {
+        return starter;
+    }
+    PyObject *span = NULL;
+    PyObject *call_args[5] = {starter, args[0], args[1], args[2], args[3]};
+    PyObject *entry = dc_sdk_entry("start_lazy_of", &dc_name_start_lazy_of);
+    if (entry != NULL && PyCFunction_Check(entry)
+            && PyCFunction_GET_FUNCTION(entry) == (PyCFunction)(void (*)(void))start_lazy) {
+        span = start_lazy(NULL, call_args, 5);  /* ours: without the call */
+    }
+    else if (entry != NULL) {
+        span = PyObject_Vectorcall(entry, call_args, 5, NULL);
+    }
+    else if (!PyErr_Occurred()) {
+        PyObject *name = dc_intern("start_lazy", &dc_name_start_lazy);
+        span = name == NULL ? NULL : PyObject_VectorcallMethod(
+            name, call_args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    Py_XDECREF(entry);
+    Py_DECREF(starter);
+    return span;
+}
+
+/*
+ * consume_scope._open_unrecorded's common case in one call (core/hop.py): read_incoming on
+ * the carrier, then, when the message carries all of its context (a span context, a
+ * transaction ID and the sender's baggage mirroring it), no span is current, and its queue
+ * wait is no clock skew: the handler's NonRecordingSpan, HopInfo and Context, attached to the
+ * runtime context's ContextVar; hop.py stores on the scope the fields it gives back.
+ * What it does not cover goes back to Python with what was read.
+ */
+static PyObject *ou_context_name = NULL;  /* "_context", interned */
+static PyObject *ou_var = NULL;     /* the runtime context's ContextVar */
+static PyObject *ou_nrs = NULL;     /* opentelemetry.trace.NonRecordingSpan */
+static PyObject *ou_context = NULL;  /* opentelemetry.context.Context */
+static PyObject *ou_hop = NULL;     /* hop.HopInfo */
+static PyObject *ou_keys = NULL;    /* (SPAN_KEY, TRANSACTION_KEY, BAGGAGE_KEY, HOP_KEY, HOP_SPAN_KEY) */
+static PyObject *ou_empty = NULL;   /* () */
+
+static PyObject *
+configure_consume(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyContextVar_CheckExact(args[0]) || !PyType_Check(args[1])
+        || !PyType_Check(args[2])
+        || !PyType_IsSubtype((PyTypeObject *)args[2], &PyDict_Type)
+        || !PyType_Check(args[3])
+        || !PyType_IsSubtype((PyTypeObject *)args[3], &PyTuple_Type)
+        || !PyTuple_CheckExact(args[4]) || PyTuple_GET_SIZE(args[4]) != 5) {
+        PyErr_SetString(PyExc_TypeError, "configure_consume() takes a ContextVar, the span, "
+                        "Context and HopInfo types, and the 5 context keys");
+        return NULL;
+    }
+    if (ou_context_name == NULL
+        && (ou_context_name = PyUnicode_InternFromString("_context")) == NULL) {
+        return NULL;
+    }
+    if (ou_empty == NULL && (ou_empty = PyTuple_New(0)) == NULL) {
+        return NULL;
+    }
+    PyObject **slots[5] = {&ou_var, &ou_nrs, &ou_context, &ou_hop, &ou_keys};
+    for (int i = 0; i < 5; i++) {
+        Py_INCREF(args[i]);
+        Py_XSETREF(*slots[i], args[i]);
+    }
+    Py_RETURN_NONE;
+}
+
+/* The queue wait (ms) at ``now`` (time.time_ns()'s, as hop.py read it) from the send time
+ * ``sent`` (an int, or None: no wait); 1 with *wait set, 0 for none, 2 when Python should
+ * work it out (skew, an odd value). */
+static int
+ou_wait(PyObject *sent, PyObject *now, double *wait)
+{
+    if (sent == Py_None) {
+        return 0;
+    }
+    if (!PyLong_CheckExact(sent) || !PyLong_CheckExact(now)) {
+        return 2;
+    }
+    int overflow = 0, overflow_now = 0;
+    long long sent_ns = PyLong_AsLongLongAndOverflow(sent, &overflow);
+    long long now_ns = PyLong_AsLongLongAndOverflow(now, &overflow_now);
+    /* (-1 is never an error here: exact ints; it is < 0) */
+    if (overflow || overflow_now || sent_ns < 0 || now_ns < 0 || sent_ns > now_ns) {
+        return 2;
+    }
+    *wait = (double)(now_ns - sent_ns) / 1e6;
+    return 1;
+}
+
+/* The handler's Context: ``ambient``'s values, then the message's span, transaction, baggage
+ * and hop, as _handler_values' common case builds them (new reference). */
+static PyObject *
+ou_handler_context(PyObject *ambient, PyObject *span, PyObject *tx, PyObject *baggage,
+                   PyObject *hop)
+{
+    PyObject *ctx = PyObject_CallNoArgs(ou_context);
+    if (ctx == NULL) {
+        return NULL;
+    }
+    if (!PyDict_Check(ctx) || (PyDict_GET_SIZE(ambient) && PyDict_Update(ctx, ambient) < 0)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "Context() is no dict");
+        }
+        Py_DECREF(ctx);
+        return NULL;
+    }
+    PyObject *values[5] = {span, tx, baggage, hop, span};
+    for (int i = 0; i < 5; i++) {
+        if (PyDict_SetItem(ctx, PyTuple_GET_ITEM(ou_keys, i), values[i]) < 0) {
+            Py_DECREF(ctx);
+            return NULL;
+        }
+    }
+    return ctx;
+}
+
+/* NonRecordingSpan(remote) made as object.__new__ plus its one store (hop.py checks its
+ * __init__ does no more), and HopInfo(system, destination, message_id); 0, or -1 with an
+ * error set. */
+static int
+ou_hop_only(PyObject *const *hop_items, PyObject **hop);
+
+static int
+ou_span_and_hop(PyObject *const *hop_items, PyObject *remote, PyObject **span, PyObject **hop)
+{
+    *span = PyBaseObject_Type.tp_new((PyTypeObject *)ou_nrs, ou_empty, NULL);
+    if (*span == NULL || PyObject_SetAttr(*span, ou_context_name, remote) < 0) {
+        return -1;
+    }
+    return ou_hop_only(hop_items, hop);
+}
+
+/* HopInfo(system, destination, message_id) in *hop; 0, or -1 with an error set. */
+static int
+ou_hop_only(PyObject *const *hop_items, PyObject **hop)
+{
+    /* tuple.__new__(HopInfo, (system, destination, message_id)) (tuple_subtype_new) */
+    *hop = ((PyTypeObject *)ou_hop)->tp_alloc((PyTypeObject *)ou_hop, 3);
+    if (*hop == NULL) {
+        return -1;
+    }
+    for (int i = 0; i < 3; i++) {
+        Py_INCREF(hop_items[i]);
+        PyTuple_SET_ITEM(*hop, i, hop_items[i]);
+    }
+    return 0;
+}
+
+/* The current Context when it is one this covers (an exact Context with no current span),
+ * as a new reference; NULL with no error set when not. */
+static PyObject *
+ou_ambient(void)
+{
+    PyObject *ambient = NULL;
+    if (PyContextVar_Get(ou_var, NULL, &ambient) < 0 || ambient == NULL) {
+        return NULL;
+    }
+    if (Py_TYPE(ambient) != (PyTypeObject *)ou_context) {
+        Py_DECREF(ambient);
+        return NULL;
+    }
+    if (PyDict_GET_SIZE(ambient)) {
+        PyObject *current = PyDict_GetItemWithError(ambient, PyTuple_GET_ITEM(ou_keys, 0));
+        if ((current != NULL && current != Py_None) || (current == NULL && PyErr_Occurred())) {
+            Py_DECREF(ambient);
+            return NULL;
+        }
+    }
+    return ambient;
+}
+
+/* The dropped child of ``remote`` (dropped_hop(remote, None, where)) for ou_open: the span
+ * the handler's context gets in *span (NonRecordingSpan(remote) when dropped_hop failed,
+ * counted), the scope's span in *kept (None then) and the active span context in *active;
+ * 1 when the sampler may keep the child (Python goes on), 0, or -1 with an error set. */
+static int
+ou_dropped(PyObject *remote, PyObject *where, PyObject **span, PyObject **kept,
+           PyObject **active)
+{
+    PyObject *call_args[3] = {remote, Py_None, where};
+    PyObject *child = dropped_hop(NULL, call_args, 3);
+    if (child == NULL) {
+        return -1;
+    }
+    if (child == Py_None) {
+        Py_DECREF(child);
+        return 1;
+    }
+    if (child == dc_failed) {  /* counted: no span, the producer's context goes on */
+        Py_DECREF(child);
+        *kept = Py_NewRef(Py_None);
+        *active = Py_NewRef(remote);
+        return 0;  /* (*span: ou_span_and_hop's NonRecordingSpan(remote)) */
+    }
+    *active = DC_CALL0(child, get_span_context);
+    if (*active == NULL) {
+        Py_DECREF(child);
+        return -1;
+    }
+    *kept = child;
+    *span = Py_NewRef(child);
+    return 0;
+}
+
+/* The scope opened (what hop.py stores on it): (incoming, transaction ID, queue wait or None,
+ * active span context, token, Context), and the scope's span when ``where`` is given (the
+ * dropped child, see ou_dropped); Py_None: Python goes on with ``found``; ``(found,)``: the
+ * sampler was asked and may keep the child; NULL: an error. ``rest``: now_ns, the scope's
+ * sent_ns, system, destination, message_id. ``where``: NULL for open_unrecorded's
+ * NonRecordingSpan(remote). */
+static PyObject *
+ou_open(PyObject *found, PyObject *baggage_key, PyObject *const *rest, PyObject *where)
+{
+    PyObject *remote = PyTuple_GET_ITEM(found, 0), *tx = PyTuple_GET_ITEM(found, 1);
+    PyObject *baggage = PyTuple_GET_ITEM(found, 2), *sent = PyTuple_GET_ITEM(found, 3);
+    if (remote == Py_None || !PyUnicode_CheckExact(tx) || PyUnicode_GET_LENGTH(tx) == 0
+        || !PyDict_CheckExact(baggage)) {
+        Py_RETURN_NONE;
+    }
+    PyObject *mirrored = PyDict_GetItemWithError(baggage, baggage_key);
+    if (mirrored != tx) {
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    }
+    double wait = 0.0;
+    int waited = ou_wait(sent != Py_None ? sent : rest[1], rest[0], &wait);
+    if (waited == 2) {
+        Py_RETURN_NONE;
+    }
+    PyObject *ambient = ou_ambient();
+    if (ambient == NULL) {
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *span = NULL, *hop = NULL, *ctx = NULL, *token = NULL, *result = NULL;
+    PyObject *kept = NULL, *active = NULL;
+    if (where != NULL) {
+        int asked = ou_dropped(remote, where, &span, &kept, &active);
+        if (asked != 0) {
+            Py_DECREF(ambient);
+            return asked < 0 ? NULL : PyTuple_Pack(1, found);
+        }
+    }
+    PyObject *ms = waited ? PyFloat_FromDouble(wait) : Py_NewRef(Py_None);
+    if (ms != NULL && (span != NULL ? ou_hop_only(rest + 2, &hop)
+                       : ou_span_and_hop(rest + 2, remote, &span, &hop)) == 0
+        && (ctx = ou_handler_context(ambient, span, tx, baggage, hop)) != NULL
+        && (token = PyContextVar_Set(ou_var, ctx)) != NULL) {
+        result = kept == NULL ? PyTuple_Pack(6, found, tx, ms, remote, token, ctx)
+            : PyTuple_Pack(7, found, tx, ms, active, token, ctx, kept);
+        if (result == NULL && PyContextVar_Reset(ou_var, token) < 0) {
+            PyErr_Clear();  /* (the MemoryError stays the one raised) */
+        }
+    }
+    Py_DECREF(ambient);
+    Py_XDECREF(kept);
+    Py_XDECREF(active);
+    Py_XDECREF(ms);
+    Py_XDECREF(span);
+    Py_XDECREF(hop);
+    Py_XDECREF(ctx);
+    Py_XDECREF(token);
+    return result;
+}
+
+/* open_unrecorded(carrier, spec, baggage_key, now_ns, sent_ns, system, destination,
+ * message_id): the 6-tuple of ou_open when the scope opened; else what read_incoming gives
+ * (None also when it raised an Exception), for Python to go on with. */
+static PyObject *ou_entry(PyObject *module, PyObject *const *args, PyObject *where);
+
+static PyObject *
+open_unrecorded(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8 || !PyUnicode_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "open_unrecorded() takes a carrier, a read spec, a "
+                        "key, the time in ns, the broker's send time and the hop's 3 fields");
+        return NULL;
+    }
+    if (ou_var == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "open_unrecorded: configure_consume was not called");
+        return NULL;
+    }
+    return ou_entry(module, args, NULL);
+}
+
+/* open_unrecorded's steps; ``where``: open_dropped's (NULL for open_unrecorded). */
+static PyObject *
+ou_entry(PyObject *module, PyObject *const *args, PyObject *where)
+{
+    PyObject *found = read_incoming(module, args, 2);
+    if (found == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_Exception)) {  /* read() counts it */
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        return NULL;
+    }
+    if (found == Py_None) {
+        return found;
+    }
+    PyObject *opened = ou_open(found, args[2], args + 3, where);
+    if (opened == Py_None) {
+        Py_DECREF(opened);
+        return found;
+    }
+    Py_DECREF(found);
+    return opened;
+}
+
+/* open_dropped(carrier, spec, baggage_key, now_ns, sent_ns, system, destination, message_id,
+ * where): open_unrecorded with spans on, where the handler's span is the sampler-dropped
+ * child of the sender's span, made by dropped_hop(remote, None, where) (the Python-level
+ * spans.dropped_child in force): the 7-tuple of ou_open when the scope opened; ``(found,)``
+ * when the sampler may keep the child (Python goes on without asking again); else what
+ * read_incoming gives (None also when it raised an Exception). configure_spans must have
+ * been called (hop.py calls this only when hop._dropped_child is dropped_hop). */
+static PyObject *
+open_dropped(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "open_dropped() takes open_unrecorded's 8 arguments "
+                        "and where a failure is counted");
+        return NULL;
+    }
+    if (dc_spans_module == NULL || dc_failed == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "open_dropped: configure_spans was not called");
+        return NULL;
+    }
+    if (!PyUnicode_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "open_dropped(): the baggage key is a str");
+        return NULL;
+    }
+    if (ou_var == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "open_dropped: configure_consume was not called");
+        return NULL;
+    }
+    return ou_entry(module, args, args[8]);
 }
 
 static PyMethodDef speedups_methods[] = {
@@ -1577,6 +2424,23 @@ static PyMethodDef speedups_methods[] = {
      "Give dropped_child what it needs from hoptrace.core._sdk_spans (once)."},
     {"dropped_child", (PyCFunction)(void (*)(void))dropped_child, METH_FASTCALL,
      "_sdk_spans.Starter.dropped_child(starter, parent, span_id), in one call."},
+    {"configure_lazy", (PyCFunction)(void (*)(void))configure_lazy, METH_FASTCALL,
+     "Give start_lazy what it needs from hoptrace.core._sdk_spans (once)."},
+    {"configure_spans", (PyCFunction)(void (*)(void))configure_spans, METH_FASTCALL,
+     "Give dropped_span and lazy_span what they need from hoptrace.core.spans (once)."},
+    {"start_lazy", (PyCFunction)(void (*)(void))start_lazy, METH_FASTCALL,
+     "_sdk_spans.Starter.start_lazy(starter, name, context, kind, attributes): a dropped root "
+     "in one call."},
+    {"dropped_span", (PyCFunction)(void (*)(void))dropped_span, METH_FASTCALL,
+     "spans.dropped_child(parent, span_id) for a span or span context, in one call."},
+    {"dropped_hop", (PyCFunction)(void (*)(void))dropped_hop, METH_FASTCALL,
+     "hop._dropped_child(parent, span_id, where), in one call."},
+    {"open_dropped", (PyCFunction)(void (*)(void))open_dropped, METH_FASTCALL,
+     "consume_scope._open_dropped's common case (a sampler-dropped span) in one call."},
+    {"lazy_span", (PyCFunction)(void (*)(void))lazy_span, METH_FASTCALL,
+     "spans.lazy_span(name, context, kind, attributes), in one call."},
+    {"configure_consume", (PyCFunction)(void (*)(void))configure_consume, METH_FASTCALL, "Give open_unrecorded what it needs from hoptrace.core.hop (once)."},
+    {"open_unrecorded", (PyCFunction)(void (*)(void))open_unrecorded, METH_FASTCALL, "consume_scope._open_unrecorded's common case in one call: the scope's fields, else what read_incoming gives."},
     {NULL, NULL, 0, NULL},
 };
 

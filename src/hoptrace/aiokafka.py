@@ -60,6 +60,12 @@ _CONTRIB: Final = Contrib(
 )
 
 _claimed = _client.claimed  # a client hoptrace.faststream traces itself is left alone
+_CLAIM_ATTRIBUTE: Final = _client.CLAIM_ATTRIBUTE  # (what _claimed reads)
+# Per-message calls, bound once (one global read each instead of a module attribute's).
+_attached_send: Final = _kafka.attached_send
+_hold_record: Final = _kafka.hold_record
+_record_scope: Final = _kafka.consumer_record_scope
+_release: Final = held.release
 
 
 def _traced_already(headers: object) -> bool:
@@ -108,8 +114,17 @@ async def _send(
     """
     token = _in_send.set(True)
     try:
-        if _traced_already(headers):
+        if headers and _traced_already(headers):  # (None, the common case: no call)
             return await original(producer, topic, value, key, partition, timestamp_ms, headers)
+        attached = _attached_send(headers, key, timestamp_ms is not None)
+        if attached is not None:  # no span, no metric: the context around the call, no scope
+            carrier, context = attached
+            try:
+                return await original(
+                    producer, topic, value, key, partition, timestamp_ms, carrier)
+            finally:
+                if context is not None:
+                    context.close()
         scope = _kafka.open_send(topic, headers, key, timestamp_ms is not None, "aiokafka.send")
         if scope is None:
             return await original(producer, topic, value, key, partition, timestamp_ms, headers)
@@ -300,11 +315,15 @@ async def _getone(
 ) -> Any:
     """``AIOKafkaConsumer.getone`` traced (patched in as ``functools.partial(_getone,
     original)``: one coroutine per call)."""
-    held.release(consumer)
-    record = await original(consumer, *partitions)
-    if _claimed(consumer):
+    _release(consumer)
+    record = await (original(consumer, *partitions) if partitions else original(consumer))
+    # _claimed(consumer) and _group(consumer), inline: one record's scope per call.
+    if getattr(consumer, _CLAIM_ATTRIBUTE, None) is not None:
         return record
-    return _kafka.hold_record(consumer, record, _kafka.consumer_record_scope, _group(consumer))
+    group = getattr(consumer, "_group_id", None)
+    if not isinstance(group, str):
+        group = None
+    return _hold_record(consumer, record, _record_scope, group)
 
 
 async def _getmany(

@@ -67,6 +67,14 @@ def _send(
 
     The patched method is ``functools.partial(_send, original)``: no frame of its own.
     """
+    attached = _kafka.attached_send(headers, key, timestamp_ms is not None)
+    if attached is not None:  # no span, no metric: the context around the call, no scope
+        carrier, context = attached
+        try:
+            return original(producer, topic, value, key, carrier, partition, timestamp_ms)
+        finally:
+            if context is not None:
+                context.close()
     scope = _kafka.open_send(topic, headers, key, timestamp_ms is not None, "kafka_python.send")
     if scope is None:
         return original(producer, topic, value, key, headers, partition, timestamp_ms)

@@ -15,8 +15,16 @@ from typing import Any
 
 import pytest
 import test_confluent_kafka_unit as unit
+from opentelemetry import propagate
 from opentelemetry.context import Context, attach, detach
-from opentelemetry.trace import NonRecordingSpan, SpanContext
+from opentelemetry.propagators.b3 import B3MultiFormat
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    NonRecordingSpan,
+    SpanContext,
+    TraceFlags,
+    TraceState,
+)
 
 from hoptrace import _kafka
 from hoptrace.core import propagation
@@ -105,6 +113,15 @@ HEADERS: list[Any] = [
 
 TRACE = SpanContext(0x1234, 0x5678, is_remote=False)
 DROPPED = NonRecordingSpan(TRACE)
+#: The send spans ``send_headers`` is given (render writes each as the context's span): none,
+#: a dropped one, a sampled one with trace state, and an invalid one.
+SPANS = [
+    None,
+    DROPPED,
+    NonRecordingSpan(SpanContext(0x9ABC, 0xDEF0, False, TraceFlags(1),
+                                 TraceState([("vendor", "v1")]))),
+    NonRecordingSpan(INVALID_SPAN_CONTEXT),
+]
 
 
 def contexts() -> list[tuple[str, dict[Any, Any]]]:
@@ -143,12 +160,26 @@ def untimed(headers: Any) -> Any:
     return {k: value(k, v) for k, v in headers.items()}
 
 
+@pytest.fixture(params=["w3c", "b3"])
+def textmap(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The propagator in force: the W3C set (render's own writer) or B3 (render goes
+    through it)."""
+    saved = propagate.get_global_textmap()
+    if request.param == "b3":
+        propagate.set_global_textmap(B3MultiFormat())
+    try:
+        yield request.param
+    finally:
+        propagate.set_global_textmap(saved)
+
+
+@pytest.mark.usefixtures("textmap")
 def test_send_headers_matches_the_general_calls(
     headers_only_mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cases = 0
     for (label, values), headers, timestamp_given, span, seed in itertools.product(
-        contexts(), HEADERS, (False, True), (None, DROPPED), (1, 2)
+        contexts(), HEADERS, (False, True), SPANS, (1, 2)
     ):
         token = attach(Context(values))
         try:
@@ -165,7 +196,7 @@ def test_send_headers_matches_the_general_calls(
         if headers is None:
             assert all(type(k) is str and type(v) is bytes for k, v in fast)
         cases += 1
-    assert cases == len(contexts()) * len(HEADERS) * 8
+    assert cases == len(contexts()) * len(HEADERS) * 4 * len(SPANS)
 
 
 @pytest.mark.usefixtures("no_sdk")

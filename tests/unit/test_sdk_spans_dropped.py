@@ -41,7 +41,7 @@ from opentelemetry.trace import (
 from opentelemetry.util.types import Attributes
 
 import hoptrace
-from hoptrace.core import _sdk_spans, hop, semconv
+from hoptrace.core import _sdk_spans, hop, semconv, spans
 from hoptrace.core._sdk_spans import Starter
 from hoptrace.core.otel_shims import tracer
 
@@ -131,9 +131,9 @@ def way(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Configure hoptrace for one of the three ways of starting the hop's span."""
     hoptrace.configure(fast_spans=name != "sdk")
     if name == "generic":  # the shortcuts say "don't know": tracer.start_span runs
-        monkeypatch.setattr(hop, "dropped_child", lambda parent, span_id=None: None)
+        monkeypatch.setattr(spans, "dropped_child", lambda parent, span_id=None: None)
         monkeypatch.setattr(  # a transaction's span, started lazily (test_sdk_spans_root.py)
-            Starter, "start_lazy",
+            _sdk_spans, "start_lazy_of",
             lambda self, name, context, kind, attributes: self.tracer.start_span(
                 name, context=context, kind=kind, attributes=attributes()),
         )

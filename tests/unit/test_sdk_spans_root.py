@@ -2,7 +2,7 @@
 
 In the production setup each message starts a transaction whose span is the root of a new
 trace, and 99% of them are dropped. ``Starter.start_lazy`` takes the trace ID from the ID
-generator and decides it as ``TraceIdRatioBased`` does (``trace_id & TRACE_ID_LIMIT <
+generator and decides it as ``TraceIdRatioBased`` does (in C when the module is built: ``_sdk_spans.start_lazy_of``) (``trace_id & TRACE_ID_LIMIT <
 bound``) before the span's attributes are built; a dropped root is the SDK's
 ``NonRecordingSpan``, made directly; a sampled one is ``tracer.start_span``'s, given that trace
 ID. These tests run the same transactions three ways with the same seeded ID generator: that
@@ -36,7 +36,6 @@ from opentelemetry.util.types import Attributes
 
 import hoptrace
 from hoptrace.core import _sdk_spans, semconv
-from hoptrace.core._sdk_spans import Starter
 from hoptrace.core.transaction import transaction
 
 LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
@@ -131,8 +130,8 @@ WAYS = ("shortcut", "sdk", "generic")
 def way(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     hoptrace.configure(fast_spans=name != "sdk")
     if name == "generic":  # the lazy start is tracer.start_span, attributes built
-        monkeypatch.setattr(
-            Starter, "start_lazy",
+        monkeypatch.setattr(  # (the entry transaction() reaches, C or Python)
+            _sdk_spans, "start_lazy_of",
             lambda self, name, context, kind, attributes: self.tracer.start_span(
                 name, context=context, kind=kind, attributes=attributes()),
         )

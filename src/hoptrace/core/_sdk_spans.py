@@ -17,7 +17,9 @@ things around it, for the SDK's ``Tracer`` of the versions it knows (SDK 1.20 to
   records nothing. :meth:`Starter.start_lazy` does the same for a root under
   ``ParentBased(TraceIdRatioBased(r))``: it takes the trace ID from the ID generator and
   decides it as that sampler does, before the caller's attributes are built; a root it keeps
-  goes to ``tracer.start_span`` with that same trace ID.
+  goes to ``tracer.start_span`` with that same trace ID. Built, the C module runs both
+  (:data:`dropped_child_of`, :data:`start_lazy_of`: the same steps in one call, the
+  starter's own fields read from its ``_state`` tuple).
 
 At first use for a tracer, :func:`starter_for` checks that the SDK has the shape this module
 knows. When it does not, hoptrace uses ``tracer.start_span`` alone and says why once, at
@@ -310,16 +312,17 @@ def _ids_refusal(tracer: Any) -> str | None:
 class Starter:
     """Starts spans for one SDK tracer: fixed IDs, and the sampling shortcuts if known."""
 
-    __slots__ = ("_drops", "_gate_inline", "_gated", "_noop_metrics", "_random_flag", "_ratio",
-                 "_sampler", "fixed_ids", "shortcuts", "tracer", "variant")
+    __slots__ = ("_drops", "_fixed_ids", "_gate_inline", "_gated", "_noop_metrics",
+                 "_random_flag", "_ratio", "_sampler", "_shortcuts", "_state", "tracer",
+                 "variant")
 
     def __init__(self, tracer: Any, variant: Variant | None, fixed_ids: bool) -> None:
         self.tracer = tracer
         #: The known shape of ``start_span``: the shortcuts run only for one.
         self.variant = variant
-        self.shortcuts = variant is not None
-        #: Whether :meth:`start` can fix the span's IDs.
-        self.fixed_ids = fixed_ids
+        self._shortcuts = variant is not None
+        self._fixed_ids = fixed_ids
+        self._state: tuple[Any, ...] = ()
         self._sampler: Any = None
         self._drops: tuple[bool, ...] | None = None
         self._ratio: TraceIdRatioBased | None = None
@@ -332,6 +335,33 @@ class Starter:
         self._noop_metrics = _noop_tracer_metrics(tracer) if gated else None
         if variant is not None:
             self._use(tracer.sampler)
+        self._refresh()
+
+    @property
+    def shortcuts(self) -> bool:
+        """Whether the sampling shortcuts run (a known shape of ``start_span``)."""
+        return self._shortcuts
+
+    @shortcuts.setter
+    def shortcuts(self, value: bool) -> None:
+        self._shortcuts = value
+        self._refresh()
+
+    @property
+    def fixed_ids(self) -> bool:
+        """Whether :meth:`start` can fix the span's IDs."""
+        return self._fixed_ids
+
+    @fixed_ids.setter
+    def fixed_ids(self, value: bool) -> None:
+        self._fixed_ids = value
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Keep :attr:`_state`, the fields the C entries read in one lookup, up to date."""
+        self._state = (self.tracer, self._sampler, self._drops, self._ratio, self._gated,
+                       self._gate_inline, self._random_flag, self._noop_metrics,
+                       self._shortcuts, self._fixed_ids)
 
     def start(
         self,
@@ -502,6 +532,7 @@ class Starter:
         self._drops = None if decisions is None else tuple(
             decision is Decision.DROP for decision in decisions[1:]
         )
+        self._refresh()
 
 
 def _c_dropped_child() -> Callable[..., trace_api.Span | None] | None:
@@ -522,6 +553,23 @@ def _c_dropped_child() -> Callable[..., trace_api.Span | None] | None:
 #: when it can run, else the method itself.
 dropped_child_of: Callable[..., trace_api.Span | None] = (
     _c_dropped_child() or Starter.dropped_child)
+
+
+def _c_start_lazy() -> Callable[..., trace_api.Span] | None:
+    """``Starter.start_lazy`` in the C module (a dropped root in one call; anything else goes
+    to the method), when :func:`_c_dropped_child` runs in C too."""
+    from .propagation import _speedups
+
+    entry = getattr(_speedups, "start_lazy", None)
+    if entry is None or dropped_child_of is Starter.dropped_child:
+        return None
+    _speedups.configure_lazy(Context, _SPAN_KEY, Starter.start_lazy, _TRACE_ID_MAX)
+    return entry  # type: ignore[no-any-return]
+
+
+#: ``Starter.start_lazy`` as a function of (starter, name, context, kind, attributes): the C
+#: module's when it can run, else the method itself.
+start_lazy_of: Callable[..., trace_api.Span] = _c_start_lazy() or Starter.start_lazy
 
 
 def _shortcut_refusal(tracer: Any) -> tuple[str | None, Variant | None]:
@@ -574,4 +622,4 @@ def forget_probes() -> None:
 
 
 __all__: Final = ["PendingIds", "Starter", "Variant", "dropped_child_of", "forget_probes",
-                  "start_span_variant", "starter_for"]
+                  "start_lazy_of", "start_span_variant", "starter_for"]

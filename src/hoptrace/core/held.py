@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 from opentelemetry.context import get_current
 
 from . import diagnostics
+from . import settings as _settings
 from .hop import consume_scope
 from .settings import get_settings
 
@@ -176,7 +177,7 @@ def hold(
         if slots and (len(slots) > 1 or where not in slots):
             for other in [w for w in slots if w is not where and _gone(w)]:
                 slots.pop(other).close()
-        if not get_settings().hold_consume_scope:
+        if not (_settings._current or get_settings()).hold_consume_scope:
             if opened:
                 scope.close()
             return None
@@ -206,14 +207,15 @@ def release(owner: object | None = None) -> None:
     if owner is not None:
         last = len(stack) - 1
         entry = stack[last]
-        if entry.owner is owner:  # the common case: _close_from for the newest scope alone
+        # (entry[i]: Held's fields by index, which the interpreter reads without a lookup.)
+        if entry[0] is owner:  # the common case: _close_from for the newest scope alone
             try:
-                _stack.reset(entry.mark[0])  # as _owned(entry): the stack is stack[:last] again
+                _stack.reset(entry[4][0])  # as _owned(entry): the stack is stack[:last] again
             except (ValueError, RuntimeError):
                 _stack.set(stack[:last])
                 return  # only inherited: forgotten here, left to the task that opened it
             try:
-                entry.scope.close()
+                entry[1].close()
             except Exception as exc:
                 diagnostics.internal_error("held.release", exc)
             return

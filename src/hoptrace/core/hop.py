@@ -16,11 +16,13 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from random import getrandbits as _getrandbits
 from types import TracebackType
 from typing import Any, Final, NamedTuple, TypeVar, cast
 
 from opentelemetry.context import Context, create_key
 from opentelemetry.trace import (
+    DEFAULT_TRACE_STATE,
     INVALID_SPAN_CONTEXT,
     Link,
     NonRecordingSpan,
@@ -31,6 +33,10 @@ from opentelemetry.trace import (
 from opentelemetry.util.types import AttributeValue
 
 from . import diagnostics, metrics, semconv
+from . import ids as _ids
+from . import propagation as _propagation
+from . import settings as _settings
+from . import spans as _spans
 from .carriers import Carrier, write_headers
 from .context import (
     BAGGAGE_KEY,
@@ -44,14 +50,22 @@ from .context import (
     generate_transaction_id,
     get_current,
     mint_span_context,
+    plain_span_init,
     restore,
     sdk_installed,
     span_in,
 )
 from .otel_shims import _CONTEXT_VAR
-from .propagation import Incoming, carried_transaction_id, holds_transaction_header, read, render
-from .settings import get_settings
-from .spans import dropped_child, start_span
+from .propagation import (
+    Incoming,
+    carried_transaction_id,
+    holds_transaction_header,
+    incoming_from,
+    read,
+    render,
+)
+from .settings import get_settings, new_transaction_id
+from .spans import start_span
 
 Attributes = Mapping[str, AttributeValue]
 
@@ -68,8 +82,36 @@ class HopInfo(NamedTuple):
 
 
 _new_tuple = tuple.__new__  # HopInfo without NamedTuple's Python-level __new__
+_new_object = object.__new__
+_SAMPLED_OFF: Final = _ids._SAMPLED_OFF  # (mint_span_context's flags)
+#: ``NonRecordingSpan.__init__`` when all it does is store the span context (else None): a
+#: consume scope then makes its span without the class call.
+_NRS_INIT: Final = plain_span_init()
 #: :func:`restore`'s own call, where OTel keeps the current Context in a ContextVar.
 _reset: Final = _CONTEXT_VAR.reset if _CONTEXT_VAR is not None else None
+
+
+def _consume_entry() -> Any:
+    """The C module's ``open_unrecorded``, configured, when it may stand in for
+    :meth:`consume_scope._open_unrecorded`'s common case; else None.
+
+    That is: the module is built (and allowed) with the C reader, OTel keeps the current
+    Context in a ContextVar (what :func:`attach` sets), ``Context`` makes its instances as
+    ``dict`` does, and ``NonRecordingSpan`` is made as :data:`_NRS_INIT` allows.
+    """
+    module = _propagation._speedups
+    entry = getattr(module, "open_unrecorded", None)
+    if (entry is None or _CONTEXT_VAR is None or _NRS_INIT is None
+            or _propagation._read_incoming is None
+            or Context.__init__ is not dict.__init__ or Context.__new__ is not dict.__new__):
+        return None
+    module.configure_consume(_CONTEXT_VAR, NonRecordingSpan, Context, HopInfo, (
+        SPAN_KEY, TRANSACTION_KEY, BAGGAGE_KEY, HOP_KEY, HOP_SPAN_KEY))
+    return entry
+
+
+#: ``_speedups.open_unrecorded`` (see :func:`_consume_entry`), or None: the Python steps.
+_open_c: Any = _consume_entry()
 
 
 def spans_active() -> bool:
@@ -164,7 +206,7 @@ def start_child_span(
 _FAILED: Final[Span] = NonRecordingSpan(INVALID_SPAN_CONTEXT)
 
 
-def _dropped_child(
+def _dropped_child_of(
     parent: Span | SpanContext, span_id: int | None, where: str
 ) -> Span | None:
     """The non-recording child of ``parent`` (a span, or its span context) when the sampler
@@ -175,12 +217,25 @@ def _dropped_child(
     and returns :data:`_FAILED`.
     """
     try:
-        return dropped_child(
-            parent if type(parent) is SpanContext else parent.get_span_context(),  # type: ignore[union-attr]
-            span_id)
+        return _spans.dropped_child(parent, span_id)  # (it reads the span's context)
     except Exception as exc:
         diagnostics.internal_error(where, exc)
         return _FAILED
+
+
+#: :func:`_dropped_child_of`: the C module's ``dropped_hop`` (the same steps in one call) when
+#: it is built, else the function itself.
+_dropped_child: Callable[[Span | SpanContext, int | None, str], Span | None] = (
+    _spans.use_c_entries(_FAILED) or _dropped_child_of)
+
+
+#: ``_speedups.open_dropped`` (:meth:`consume_scope._open_dropped`'s common case in one
+#: call) where :data:`_open_c` applies and :data:`_dropped_child` is the C module's
+#: ``dropped_hop`` (:data:`_c_dropped_hop`), else None.
+_c_dropped_hop: Any = getattr(_propagation._speedups, "dropped_hop", None)
+_open_dropped_c: Any = getattr(_propagation._speedups, "open_dropped", None) if (
+    _open_c is not None and _c_dropped_hop is not None and _dropped_child is _c_dropped_hop
+) else None
 
 
 #: Each destination's contribution to first-attempt span IDs (a bounded cache).
@@ -245,6 +300,51 @@ def records_transaction(span: Span | None, tx: str) -> bool:
         return attributes is not None and attributes.get(semconv.TRANSACTION_ID) == tx
     except Exception:  # a foreign span type: record the ID
         return False
+
+
+def _read_valid(
+    carrier: object, settings: Any, opening: consume_scope | None = None, now_ns: int = 0
+) -> tuple[Any, ...] | None:
+    """:func:`read`'s C path for a consume scope: the C reader's result when ``carrier`` holds
+    only valid context (what :func:`read` returns, as :func:`incoming_from` builds it), else
+    None (then :func:`read` reads it, rejects what it must and counts a failure).
+
+    With ``opening`` (a scope :data:`_open_dropped_c` may open, at ``now_ns``), what that
+    call gives instead: the scope's fields when it opened the scope (7 items), ``(found,)``
+    when it asked the sampler, which may keep the child, or what was read."""
+    kind = type(carrier)
+    if (kind is list or kind is dict or kind is tuple) and (
+        _propagation._read_incoming is not None
+        and _propagation._propagate_now is not None
+        and _propagation._propagate_now._HTTP_TEXT_FORMAT is _propagation._w3c_now
+        and (_propagation._read_pairs if kind is not dict else _propagation._read_common)
+        is not None
+    ):
+        names = _propagation._names
+        try:
+            spec = (names.spec if settings is names.settings
+                    else _propagation._incoming_spec(names, settings))
+            if opening is None:
+                return _propagation._read_incoming(carrier, spec)  # type: ignore[no-any-return]
+        except Exception:  # read() counts it
+            return None
+        # (outside the try: once the sampler was asked, an error is the open's, counted there)
+        return _open_dropped_c(  # type: ignore[no-any-return]
+            carrier, spec, settings.baggage_key, now_ns, opening._sent_ns, opening._system,
+            opening._destination, opening._message_id, "consume_scope.span")
+    return None
+
+
+def _ambient_parent(ambient: Context, span: Any, remote: SpanContext | None) -> Span | None:
+    """``span``, the ambient one, if it may be the handler's parent: a valid span that is not
+    another message's open scope when this message carries its own context (as
+    :meth:`consume_scope._open_general` decides)."""
+    sc = span.get_span_context()
+    if sc is None or not sc.is_valid or (
+        remote is not None and ambient.get(HOP_SPAN_KEY) is span
+    ):
+        return None
+    return cast(Span, span)
 
 
 _S = TypeVar("_S", bound="_Scope")
@@ -395,6 +495,194 @@ class _Scope:
         self._close(None if isinstance(exc, GeneratorExit) else exc, True)
 
 
+def _check_carrier(carrier: object) -> None:
+    """Raise TypeError for a carrier of a type hoptrace cannot write (not dict or list)."""
+    if not isinstance(carrier, (Mapping, list, tuple)):
+        raise TypeError(
+            f"unsupported carrier type {type(carrier).__name__}: use a dict of headers, "
+            "a list of (key, value) pairs, or a tuple of pairs"
+        )
+
+
+def _send_values(
+    parent: Context, span: Span | None, tx: str, carrier: Any, settings: Any, sent_time: bool,
+    copy: bool,
+) -> tuple[Any, Context | None, object]:
+    """Attach the context a send runs in; return the carrier it sends, that context and the
+    token to restore (see :class:`produce_scope`).
+
+    The context is ``parent`` with ``span`` (the send span, or a minted one) current and
+    transaction ``tx`` bound; None (and no token) when that is ``parent`` itself (no span,
+    and ``tx`` is its own): nothing is attached. The carrier is ``carrier`` rendered into in
+    place (a dict, unless ``copy``), else ``write_headers``' answer. A failure to render is
+    counted and the carrier goes unchanged (a new dict for None), the context attached.
+    """
+    ctx: Context | None = None
+    token: object = None
+    if span is not None or tx is not parent.get(TRANSACTION_KEY):
+        scoped: dict[str, object] = {**parent}
+        if span is not None:
+            scoped[SPAN_KEY] = scoped[HOP_SPAN_KEY] = span
+        bind_transaction(scoped, tx, parent.get(BAGGAGE_KEY), settings)
+        ctx = Context(scoped)
+        token = attach(ctx)  # (before rendering: a propagator sees it current)
+    try:
+        if type(carrier) is dict and not copy:
+            # Straight into the caller's dict (as inject does); on error it holds only
+            # whole values.
+            render(ctx if ctx is not None else parent, settings, carrier, sent_time)
+            return carrier, ctx, token
+        if carrier is None:  # (write_headers(None, values) is a copy of this new dict)
+            return (render(ctx if ctx is not None else parent, settings, None, sent_time),
+                    ctx, token)
+        values = render(ctx if ctx is not None else parent, settings, None, sent_time,
+                        holds_transaction_header(carrier))
+        return write_headers(carrier, values, copy=copy), ctx, token
+    except Exception as exc:
+        diagnostics.internal_error("produce_scope.open", exc)
+        return ({} if carrier is None else carrier), ctx, token
+
+
+class AttachedSend(tuple):  # type: ignore[type-arg]
+    """The context :func:`unrecorded_send` attached: ``(token, context)``; :meth:`close` it."""
+
+    __slots__ = ()
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """Detach the context, as the send scope's ``close()`` would (``exc`` is ignored).
+
+        That is: only while the context, or one built on its send span, is still current
+        (:meth:`_Scope._release` for a scope closed by a call); else it is counted and left.
+        """
+        token, attached = self
+        current = get_current()
+        if current is not attached:
+            mark = attached.get(HOP_SPAN_KEY)
+            if mark is None or current.get(HOP_SPAN_KEY) is not mark:
+                diagnostics.count("scope.left_already")
+                return
+        if _reset is None:
+            if not restore(token):
+                diagnostics.count("scope.closed_elsewhere")
+            return
+        try:  # restore(token), inline
+            _reset(token)
+        except (ValueError, RuntimeError):
+            diagnostics.count("scope.closed_elsewhere")
+
+
+#: Whether :func:`unrecorded_send` takes :func:`_fresh_send` where it may (the tests turn it
+#: off to compare the two).
+_fresh_fast: bool = True
+
+
+def _fresh_send(settings: Any, sent_time: bool) -> tuple[dict[str, Any], AttachedSend]:
+    """:func:`unrecorded_send` of no carrier in an empty context: a new transaction (and,
+    without an SDK, a new trace), attached, and the headers that carry it.
+
+    What the general path computes for it, without what an empty context makes moot (its
+    copy, its transaction and baggage lookups, the carrier's transaction ID) and with
+    ``render``'s common case inline: the same IDs from the same random draws (the
+    transaction ID's first), the same context, the same headers
+    (tests/unit/test_send_attach.py compares the two).
+    """
+    tx = (  # generate_transaction_id(); the default generator's random.randbytes(16), inline
+        _getrandbits(128).to_bytes(16, "little").hex()
+        if settings.transaction_id_generator is new_transaction_id
+        else generate_transaction_id())
+    span: Any = None
+    trace_id = span_id = state = None
+    if not sdk_installed():  # no backend: the trace starts here
+        if _ids.TUPLE_LAYOUT:  # mint_span_context()'s own steps, the IDs kept at hand
+            trace_id = _getrandbits(128) or 1
+            span_id = _getrandbits(64) or 1
+            state = DEFAULT_TRACE_STATE
+            sc = _new_tuple(SpanContext, (trace_id, span_id, False, _SAMPLED_OFF, state, True))
+        else:
+            sc = mint_span_context()
+            trace_id, span_id, state = sc.trace_id, sc.span_id, sc.trace_state
+        if NonRecordingSpan.__init__ is _NRS_INIT:  # NonRecordingSpan(sc), no call
+            span = _new_object(NonRecordingSpan)
+            span._context = sc
+        else:
+            span = NonRecordingSpan(sc)
+        scoped: dict[str, object] = {SPAN_KEY: span, HOP_SPAN_KEY: span, TRANSACTION_KEY: tx}
+    else:
+        scoped = {TRANSACTION_KEY: tx}
+    if settings.baggage_mirror:  # (bind_transaction without a baggage)
+        scoped[BAGGAGE_KEY] = {settings.baggage_key: tx}
+    ctx = Context(scoped)
+    token = attach(ctx)
+    attached: AttachedSend = _new_tuple(AttachedSend, (token, ctx))
+    values: dict[str, Any] = {}
+    try:
+        names = _propagation._names
+        now = _propagation._propagate_now
+        if not (  # render(ctx, settings, None, sent_time)'s common case (else render itself)
+            now is not None and now._HTTP_TEXT_FORMAT is _propagation._w3c_now
+            and _propagation._write_common is not None and names.settings is settings
+            and (names.written is not None or not names.tight)
+            and (state is None or state is _propagation._DEFAULT_STATE)
+        ):
+            return render(ctx, settings, None, sent_time), attached
+        if not _propagation._write_common(
+            values, trace_id, span_id, False, semconv.TRACEPARENT, names.written, tx,
+            semconv.BAGGAGE, names.mirror_prefix if settings.baggage_mirror else None,
+            names.sent if sent_time else None, None,
+        ):
+            _propagation._write_text(values, trace_id, span_id, 0, state, tx, None, settings,
+                                     sent_time, names.written)
+        return values, attached
+    except Exception as exc:
+        diagnostics.internal_error("produce_scope.open", exc)
+        return {}, attached
+
+
+def unrecorded_send(
+    carrier: Carrier, sent_time: bool = True, copy: bool = False
+) -> tuple[Any, AttachedSend | None] | None:
+    """A send's carrier, its context attached, when its scope would make no span nor metric.
+
+    For a client whose send runs user code (a serializer, a partitioner, an errback) whose
+    log lines must keep the trace and the transaction ID. When no span is made
+    (``propagation_only``, or no SDK) and metrics are off, ``produce_scope(carrier, ...,
+    copy=copy, sent_time=sent_time).open()`` would only render its carrier and attach its
+    context: the same two here, in one step and without the scope. Returns the carrier to
+    send and the attached context, to :meth:`~AttachedSend.close` once the client's call
+    returns or raises (None: nothing attached, as the scope attaches nothing either).
+    None when hoptrace is disabled or the send needs its scope. Raises TypeError as the
+    scope does (tests/unit/test_send_attach.py compares the two).
+    """
+    settings = _settings._current or get_settings()
+    if not settings.enabled or not (settings.propagation_only or not sdk_installed()) or (
+        metrics.provider_source._METER_PROVIDER is not metrics.off_provider and metrics.enabled()
+    ):
+        return None
+    if carrier is not None and type(carrier) is not dict and type(carrier) is not list:
+        _check_carrier(carrier)
+    try:
+        # produce_scope.open with metrics off, and _start_span making no span.
+        parent = get_current()
+        if carrier is None and not parent and _fresh_fast:
+            return _fresh_send(settings, sent_time)
+        tx = parent.get(TRANSACTION_KEY)  # (current_transaction_id's common case, inline)
+        if type(tx) is not str:
+            tx = current_transaction_id(parent)
+        tx = tx or produce_scope._carried(carrier) or generate_transaction_id()
+        active = parent.get(SPAN_KEY)
+        span = None
+        if (active is None or not active.get_span_context().is_valid  # type: ignore[attr-defined]
+                ) and not sdk_installed():
+            span = NonRecordingSpan(mint_span_context())  # (no backend: the trace starts here)
+        carrier, ctx, token = _send_values(parent, span, tx, carrier, settings, sent_time, copy)
+    except Exception as exc:
+        diagnostics.internal_error("produce_scope.open", exc)
+        return ({} if carrier is None else carrier), None
+    if ctx is None:
+        return carrier, None
+    return carrier, _new_tuple(AttachedSend, (token, ctx))
+
+
 class produce_scope(_Scope):
     """A ``send {destination}`` PRODUCER span, current while open, injected into the carrier.
 
@@ -433,12 +721,8 @@ class produce_scope(_Scope):
         """Start the span, attach it, and inject into the carrier."""
         carrier = self._carrier
         kind = type(carrier)
-        if (carrier is not None and kind is not dict and kind is not list
-                and not isinstance(carrier, (Mapping, list, tuple))):
-            raise TypeError(
-                f"unsupported carrier type {type(carrier).__name__}: use a dict of headers, "
-                "a list of (key, value) pairs, or a tuple of pairs"
-            )
+        if carrier is not None and kind is not dict and kind is not list:
+            _check_carrier(carrier)
         settings = get_settings()
         if not settings.enabled:
             if self.carrier is None:
@@ -456,24 +740,9 @@ class produce_scope(_Scope):
                 or generate_transaction_id()
             )
             span = self._start_span(parent, tx, settings)
-            if span is not None or tx is not parent.get(TRANSACTION_KEY):
-                scoped: dict[str, object] = {**parent}
-                if span is not None:
-                    scoped[SPAN_KEY] = scoped[HOP_SPAN_KEY] = span
-                bind_transaction(scoped, tx, parent.get(BAGGAGE_KEY), settings)
-                ctx = Context(scoped)
-                self._attach(ctx)
-            else:
-                ctx = parent
-            if kind is dict and not self._copy:
-                # Straight into the caller's dict (as inject does); on error it holds only
-                # whole values.
-                render(ctx, settings, carrier, self._sent_time)  # type: ignore[arg-type]
-                self.carrier = carrier
-            else:
-                values = render(ctx, settings, None, self._sent_time,
-                                holds_transaction_header(carrier))
-                self.carrier = write_headers(carrier, values, copy=self._copy)
+            # (As _attach: the context, when there is one to attach, and its token.)
+            self.carrier, self._attached, self._token = _send_values(
+                parent, span, tx, carrier, settings, self._sent_time, self._copy)
         except Exception as exc:
             diagnostics.internal_error("produce_scope.open", exc)
             if self.carrier is None:
@@ -483,8 +752,11 @@ class produce_scope(_Scope):
     @staticmethod
     def _carried(carrier: Carrier) -> str | None:
         # Outside any transaction, a message that already carries a valid ID (one a
-        # framework or another instrumentation passes on) keeps it.
-        return carried_transaction_id(carrier) if carrier is not None else None
+        # framework or another instrumentation passes on) keeps it. (A new empty list, a
+        # Kafka send's without headers, carries none: no read.)
+        if carrier is None or (type(carrier) is list and not carrier):
+            return None
+        return carried_transaction_id(carrier)
 
     def _start_span(self, parent: Context, tx: str, settings: Any) -> Span | None:
         """Start the send span; None when spans are off and a trace is active already."""
@@ -555,6 +827,7 @@ class consume_scope(_Scope):
         "_attributes",
         "_carrier",
         "_destination",
+        "_incoming",
         "_kind",
         "_links",
         "_message_id",
@@ -563,7 +836,6 @@ class consume_scope(_Scope):
         "_redelivered",
         "_sent_ns",
         "_system",
-        "incoming",
         "queue_wait_ms",
         "transaction_id",
     )
@@ -582,7 +854,12 @@ class consume_scope(_Scope):
         name: str | None = None,
         redelivered: bool | None = None,
     ) -> None:
-        super().__init__()
+        # _Scope.__init__'s fields, set here (one frame and a super() call less per message)
+        self.span: Span | None = None
+        self._token: object | None = None
+        self._attached: Context | None = None
+        self._closed = False
+        self.metrics_record: metrics.Record | None = None
         self._redelivered = redelivered
         self._carrier = carrier
         self._destination = destination
@@ -593,7 +870,7 @@ class consume_scope(_Scope):
         self._links = links
         self._operation = operation
         self._name = name
-        self.incoming: Incoming | None = None
+        self._incoming: Incoming | tuple[Any, ...] | None = None
         self.transaction_id: str | None = None
         self.queue_wait_ms: float | None = None
         self._active: SpanContext | None = None
@@ -602,9 +879,29 @@ class consume_scope(_Scope):
     #: turn it off to compare that fast path with the general one).
     _unrecorded_fast: bool = True
 
-    #: Whether a span the sampler is known to drop opens through :meth:`_open`'s shortcut
-    #: (the tests turn it off to compare it with :meth:`_open_general`).
+    #: Whether a scope that makes spans opens through :meth:`_open_dropped`, with its
+    #: shortcut for a span the sampler is known to drop (the tests turn it off to compare it
+    #: with :meth:`_open_general`).
     _dropped_fast: bool = True
+
+    def open(self: _S) -> _S:
+        """Open the scope unless hoptrace is disabled; never raises."""
+        # _Scope.open and _open's choice inline (every consumed message opens a scope);
+        # get_settings()'s common case too.
+        settings = _settings._current or get_settings()
+        if settings.enabled:
+            try:
+                if self._unrecorded_fast and (  # type: ignore[attr-defined]
+                    settings.propagation_only or not sdk_installed()
+                ):
+                    self._open_unrecorded(settings)  # type: ignore[attr-defined]
+                elif self._unrecorded_fast and self._dropped_fast:  # type: ignore[attr-defined]
+                    self._open_dropped(settings)  # type: ignore[attr-defined]
+                else:
+                    self._open(settings)
+            except Exception as exc:
+                diagnostics.internal_error(self._opening, exc)
+        return self
 
     def _open(self, settings: Any) -> None:
         """Extract the message's context, start the span and attach both."""
@@ -612,19 +909,64 @@ class consume_scope(_Scope):
         if not spans and self._unrecorded_fast:
             self._open_unrecorded(settings)
             return
+        if spans and self._dropped_fast:
+            self._open_dropped(settings)
+            return
         now_ns = time.time_ns()
         incoming = read(self._carrier, settings)
-        self.incoming = incoming
+        self._incoming = incoming
+        self._open_general(settings, incoming, get_current(), now_ns, spans, None)
+
+    def _open_dropped(self, settings: Any) -> None:
+        """:meth:`_open` with spans on, first trying the shortcut for a dropped span.
+
+        When the message carries a span context, is trusted, parent mode is on, and there is
+        no ambient span, extra link or redelivery flag, the producer's span is the parent,
+        with no links (:func:`incoming_parent`'s answer). When the sampler is known to drop
+        its child, that child is all the span work: no parent span object, attributes or
+        links (test_sdk_spans_dropped.py). A carrier of valid context is read in one C call
+        (:attr:`incoming` is built from it only when asked for), else by :func:`read`;
+        everything else goes on through :meth:`_open_general`
+        (test_consume_dropped_fast_path.py compares the two). Where :data:`_open_dropped_c`
+        applies (as :data:`_open_c` does, and ``_dropped_child`` is the C module's), that C
+        call also asks for the dropped child and attaches the handler's context when the
+        message carries all of its context and no span is current (the same test compares it
+        with these steps).
+        """
+        now_ns = time.time_ns()
+        found = _read_valid(self._carrier, settings, self if (
+            _open_dropped_c is not None and _dropped_child is _c_dropped_hop
+            and settings.trust_incoming and settings.link_mode != "link"
+            and self._redelivered is None and not self._links
+            and NonRecordingSpan.__init__ is _NRS_INIT
+            and metrics.provider_source._METER_PROVIDER is metrics.off_provider
+        ) else None, now_ns)
+        if found is not None and len(found) != 4:  # _open_dropped_c asked the sampler
+            if len(found) == 7:  # and opened the scope: its fields
+                (self._incoming, self.transaction_id, wait, self._active, self._token,
+                 self._attached, self.span) = found
+                if wait is not None:
+                    self.queue_wait_ms = wait
+                self.metrics_record = None
+                return
+            found = self._incoming = found[0]  # the child may be kept: the general path
+            self._open_general(settings, self.incoming, get_current(), now_ns, True, found[1])  # type: ignore[arg-type]
+            return
+        if found is not None:  # all of it valid: what read() would return, as a tuple
+            self._incoming = found
+            remote, carried, baggage, sent = found
+        else:
+            incoming = self._incoming = read(self._carrier, settings)
+            remote = incoming.span_context
+            carried = incoming.transaction_id
+            baggage = incoming.baggage
+            sent = incoming.sent_ns
         ambient = get_current()
-        remote = incoming.span_context
         tx = None
-        if (spans and remote is not None and self._dropped_fast and settings.trust_incoming
-                and settings.link_mode != "link" and ambient.get(SPAN_KEY) is None
-                and self._redelivered is None and not self._links):
-            # The producer's span is the parent, with no links (incoming_parent's answer).
-            # When the sampler is known to drop its child, that child is all the span work:
-            # no parent span object, attributes or links (test_sdk_spans_dropped.py).
-            tx = incoming.transaction_id or generate_transaction_id()  # (incoming_transaction)
+        if (remote is not None and settings.trust_incoming and settings.link_mode != "link"
+                and ambient.get(SPAN_KEY) is None and self._redelivered is None
+                and not self._links):
+            tx = carried or generate_transaction_id()  # (incoming_transaction)
             span: Any = _dropped_child(remote, None, "consume_scope.span")
             if span is not None:
                 self.transaction_id = tx
@@ -632,12 +974,11 @@ class consume_scope(_Scope):
                     span = NonRecordingSpan(remote)
                 else:
                     self.span = span
-                baggage = incoming.baggage
                 self._enter(ambient, span, tx, baggage, baggage if baggage is not None
-                            else ambient.get(BAGGAGE_KEY), self._queue_wait(incoming, now_ns),
+                            else ambient.get(BAGGAGE_KEY), self._queue_wait(sent, now_ns),
                             now_ns, settings)
                 return
-        self._open_general(settings, incoming, ambient, now_ns, spans, tx)
+        self._open_general(settings, self.incoming, ambient, now_ns, True, tx)  # type: ignore[arg-type]
 
     def _open_general(
         self, settings: Any, incoming: Incoming, ambient: Context, now_ns: int, spans: bool,
@@ -669,7 +1010,7 @@ class consume_scope(_Scope):
             links.extend(item if isinstance(item, Link) else Link(item) for item in self._links)
         baggage = incoming.baggage if trusted else None
         carried = baggage if baggage is not None else ambient.get(BAGGAGE_KEY)
-        skew = self._queue_wait(incoming, now_ns)
+        skew = self._queue_wait(incoming.sent_ns, now_ns)
         span: Any = None
         if spans:
             span_id = (None if self._redelivered is None
@@ -703,52 +1044,102 @@ class consume_scope(_Scope):
         ) else metrics.consumed(
             self._system, self._operation, self._destination, self._attributes,
             self.queue_wait_ms, skew, baggage, now_ns, self._redelivered, self._carrier)
-        self._attach(Context(values))
+        ctx = Context(values)  # (_attach, inline)
+        self._token = attach(ctx)
+        self._attached = ctx
 
     def _open_unrecorded(self, settings: Any) -> None:
         """:meth:`_open` when no span is made (propagation-only, no SDK): the same context.
 
         What the general path computes only for a span (its links, attributes, upstream ID,
         fixed span ID) is left out; everything the context, the scope's fields and metrics
-        get is the same (tests/unit/test_consume_fast_path.py compares the two).
+        get is the same (tests/unit/test_consume_fast_path.py compares the two). Every
+        consumed message runs it: :meth:`_queue_wait` and the common case of
+        :meth:`_handler_values` are inline. Where :data:`_open_c` applies (a trusted sender,
+        parent mode, metrics off), the C module does it all in one call when the message
+        carries all of its context and no span is current (test_consume_open_c.py compares
+        the two); else it hands back what it read and the steps below go on from there.
         """
         now_ns = time.time_ns()
-        incoming = read(self._carrier, settings)
-        self.incoming = incoming
+        carrier = self._carrier
+        kind = type(carrier)
+        found: Any = None
+        if (kind is list or kind is dict or kind is tuple) and (
+            _propagation._read_incoming is not None
+            and _propagation._propagate_now is not None
+            and _propagation._propagate_now._HTTP_TEXT_FORMAT is _propagation._w3c_now
+            and (_propagation._read_pairs if kind is not dict else _propagation._read_common)
+            is not None
+        ):  # read()'s C path, inline; :attr:`incoming` is built from it only when asked for
+            names = _propagation._names
+            try:
+                spec = names.spec if settings is names.settings else _propagation._incoming_spec(
+                    names, settings)
+                if (_open_c is not None and settings.trust_incoming
+                        and settings.link_mode != "link" and NonRecordingSpan.__init__ is _NRS_INIT
+                        and metrics.provider_source._METER_PROVIDER is metrics.off_provider):
+                    found = _open_c(carrier, spec, settings.baggage_key, now_ns, self._sent_ns,
+                                    self._system, self._destination, self._message_id)
+                    if found is not None and len(found) == 6:  # open: its fields
+                        (self._incoming, self.transaction_id, wait, self._active, self._token,
+                         self._attached) = found
+                        if wait is not None:
+                            self.queue_wait_ms = wait
+                        self.metrics_record = None
+                        return
+                else:
+                    found = _propagation._read_incoming(carrier, spec)
+            except Exception:  # read() below counts it
+                found = None
+        if found is not None:  # all of it valid
+            self._incoming = found
+            remote, carried_tx, baggage, sent = found
+        else:
+            incoming = self._incoming = read(carrier, settings)
+            remote = incoming.span_context
+            carried_tx = incoming.transaction_id
+            baggage = incoming.baggage
+            sent = incoming.sent_ns
         ambient = get_current()
         trusted = settings.trust_incoming
         # incoming_transaction, without the upstream ID only a span records
-        tx = (incoming.transaction_id if trusted else None) or generate_transaction_id()
-        self.transaction_id = tx
-        remote = incoming.span_context
-        ambient_span = ambient.get(SPAN_KEY)
+        tx = self.transaction_id = (carried_tx if trusted else None) or generate_transaction_id()
+        ambient_span = ambient.get(SPAN_KEY) if ambient else None  # (a poll loop: nothing)
         if ambient_span is not None:
-            ambient_sc = ambient_span.get_span_context()  # type: ignore[attr-defined]
-            if ambient_sc is None or not ambient_sc.is_valid or (
-                remote is not None and ambient.get(HOP_SPAN_KEY) is ambient_span
-            ):  # (as _open: another message's open scope is no parent for this one)
-                ambient_span = None
+            ambient_span = _ambient_parent(ambient, ambient_span, remote)
         # incoming_parent, without the links only a span records
         span: Any
         if (ambient_span is None and remote is not None and trusted
                 and settings.link_mode != "link"):
-            span = NonRecordingSpan(remote)
+            if NonRecordingSpan.__init__ is _NRS_INIT:  # NonRecordingSpan(remote), no call
+                span = _new_object(NonRecordingSpan)
+                span._context = remote
+            else:
+                span = NonRecordingSpan(remote)
             active = remote
         else:
             span = ambient_span if ambient_span is not None else NonRecordingSpan(
                 mint_span_context())
             active = span.get_span_context()
-        baggage = incoming.baggage if trusted else None
-        skew = self._queue_wait(incoming, now_ns)
-        values = self._handler_values(ambient, span, tx, baggage, (
-            baggage if baggage is not None else ambient.get(BAGGAGE_KEY)), settings)
+        if not trusted:
+            baggage = None
+        skew = self._queue_wait(sent, now_ns)  # (the common case is _open_c's, above)
+        if not ambient and baggage is not None and baggage.get(settings.baggage_key) is tx:
+            # _handler_values' common case (a poll loop; the sender's baggage with this ID)
+            ctx = Context({
+                SPAN_KEY: span, TRANSACTION_KEY: tx, BAGGAGE_KEY: baggage,
+                HOP_KEY: _new_tuple(HopInfo, (self._system, self._destination,
+                                              self._message_id)),
+                HOP_SPAN_KEY: span})
+        else:
+            ctx = Context(self._handler_values(ambient, span, tx, baggage, (
+                baggage if baggage is not None else ambient.get(BAGGAGE_KEY)), settings))
         self._active = active
         self.metrics_record = None if (  # metrics off: the hook's own check, without its call
             metrics.provider_source._METER_PROVIDER is metrics.off_provider
         ) else metrics.consumed(
             self._system, self._operation, self._destination, self._attributes,
             self.queue_wait_ms, skew, baggage, now_ns, self._redelivered, self._carrier)
-        ctx = Context(values)
         self._token = attach(ctx)
         self._attached = ctx
 
@@ -770,13 +1161,13 @@ class consume_scope(_Scope):
         bind_transaction(values, tx, carried, settings)
         return values
 
-    def _queue_wait(self, incoming: Incoming, now_ns: int) -> bool:
+    def _queue_wait(self, sent: int | None, now_ns: int) -> bool:
         """Set :attr:`queue_wait_ms` from the message's send time; return whether it was skewed.
 
-        The send time is the one the message carries, else the broker's (``sent_ns``). A send
-        time in the future (clock skew between hosts) is counted and gives a wait of 0.
+        The send time is the one the message carries (``sent``), else the broker's
+        (``sent_ns``). A send time in the future (clock skew between hosts) is counted and
+        gives a wait of 0.
         """
-        sent = incoming.sent_ns
         if sent is None:
             sent = self._sent_ns
             if sent is None:
@@ -830,6 +1221,18 @@ class consume_scope(_Scope):
     def span_context(self) -> SpanContext | None:
         """The span context the handler runs in (to link a later attempt to), or None."""
         return self._active
+
+    @property
+    def incoming(self) -> Incoming | None:
+        """What the scope read from the message's carrier (None before it opened)."""
+        found = self._incoming
+        if type(found) is tuple:  # the C reader's result, kept as it came
+            found = self._incoming = incoming_from(found)
+        return found  # type: ignore[return-value]
+
+    @incoming.setter
+    def incoming(self, value: Incoming | None) -> None:
+        self._incoming = value
 
 
 class receive_scope(_Scope):
@@ -890,6 +1293,7 @@ class receive_scope(_Scope):
 
 
 __all__: Final = [
+    "AttachedSend",
     "HopInfo",
     "consume_scope",
     "current_hop",
@@ -900,4 +1304,5 @@ __all__: Final = [
     "receive_scope",
     "records_transaction",
     "start_child_span",
+    "unrecorded_send",
 ]

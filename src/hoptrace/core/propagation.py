@@ -431,18 +431,26 @@ def read(carrier: Carrier | object, settings: Settings) -> Incoming:
                 names.spec if settings is names.settings else _incoming_spec(names, settings),
             )
             if found is not None:  # all of it valid already
-                span_context, incoming.transaction_id, baggage, incoming.sent_ns = found
-                if span_context is not None:
-                    incoming.span_context = span_context
-                if baggage is not None:  # (as _parse_baggage gives it)
-                    incoming.baggage = baggage
-                return incoming
+                return incoming_from(found, incoming)
         raw = carrier if type(carrier) is dict else read_headers(carrier, names.wanted)
         if not raw:
             return incoming
         _take_all(incoming, raw, names, settings)
     except Exception as exc:
         diagnostics.internal_error("extract", exc)
+    return incoming
+
+
+def incoming_from(found: tuple[Any, ...], incoming: Incoming | None = None) -> Incoming:
+    """The :class:`Incoming` (``incoming``, else a new one) filled with the C reader's result
+    ``found``, a carrier's context that is all valid, as :func:`read` returns it."""
+    if incoming is None:
+        incoming = Incoming()
+    span_context, incoming.transaction_id, baggage, incoming.sent_ns = found
+    if span_context is not None:
+        incoming.span_context = span_context
+    if baggage is not None:  # (as _parse_baggage gives it)
+        incoming.baggage = baggage
     return incoming
 
 
@@ -772,20 +780,23 @@ def _header_key(values: dict[str, Any], tx: object, replace: bool) -> str | None
 
 def render(
     ctx: Context, settings: Settings, values: dict[str, Any] | None = None,
-    sent_time: bool = True, replace_header: bool = False,
+    sent_time: bool = True, replace_header: bool = False, span: object = None,
 ) -> dict[str, Any]:
     """Write the header values that carry ``ctx`` into ``values`` (a new dict if None).
 
     ``sent_time=False`` leaves the send time out, for messages whose broker stamps it.
     ``replace_header=True`` writes the transaction header even when hoptrace writes none, for
     a carrier that holds one already (see :func:`holds_transaction_header`).
+    ``span``, if not None, is written as if it were ``ctx``'s span (a send span, without a
+    copy of ``ctx`` to hold it).
     """
     if values is None:
         values = {}
     if _propagate_now is None or _propagate_now._HTTP_TEXT_FORMAT is not _w3c_now:
         textmap = _through()
         if textmap is not None:
-            return _render_through(textmap, ctx, settings, values, sent_time, replace_header)
+            return _render_through(textmap, ctx if span is None else Context(
+                {**ctx, SPAN_KEY: span}), settings, values, sent_time, replace_header)
     tx: Any = ctx.get(TRANSACTION_KEY)
     entries: Any = ctx.get(BAGGAGE_KEY)
     origin: Any = None
@@ -796,7 +807,7 @@ def render(
             entries = None  # only the transaction's own entry, which the mirror writes
         else:
             origin = _origin_only(entries, settings)
-    span = ctx.get(SPAN_KEY)
+    span = ctx.get(SPAN_KEY) if span is None else span
     valid = False
     if span is not None:
         sc = span.get_span_context()  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ plain ``tracer.start_span`` call.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -27,6 +28,7 @@ from .settings import get_settings
 #: [tracer, its _sdk_spans.Starter or None] for the tracer last seen.
 _starter_cache: list[Any] = [None, None]
 #: [the module _sdk_spans] once imported (its dropped_child_of: the C module's, when built).
+#: Changed in place, never rebound: the C module holds this list (as it does _fast_cache).
 _sdk_dropped: list[Any] = [None]
 _logger = logging.getLogger("hoptrace")
 #: Whether the debug line saying fixed span IDs are not honoured was logged.
@@ -98,9 +100,9 @@ def start_span_lazy(
     ``NonRecordingSpan``, made without building them. Anything else gets
     ``tracer.start_span``.
     """
-    starter = fast_starter()
-    if starter is not None:
-        return starter.start_lazy(name, context, kind, attributes)  # type: ignore[no-any-return]
+    span = lazy_span(name, context, kind, attributes)
+    if span is not None:
+        return span
     return tracer().start_span(
         name, context=context, kind=kind, attributes=attributes(), links=None,
         start_time=None)  # (as start_span passes them)
@@ -122,6 +124,7 @@ def sdk_starter() -> Any:
 
 
 #: [settings, provider, :func:`fast_starter`'s answer] for the settings and provider last seen.
+#: Changed in place, never rebound: the C module holds this list.
 _fast_cache: list[Any] = [None, None, None]
 
 
@@ -140,25 +143,70 @@ def fast_starter() -> Any:
     return starter
 
 
-def dropped_child(parent: SpanContext, span_id: int | None = None) -> Span | None:
-    """The span a child of ``parent`` gets when the sampler is known to drop it.
+def dropped_child(parent: Span | SpanContext, span_id: int | None = None) -> Span | None:
+    """The span a child of ``parent`` (a span, or its span context) gets when the sampler is
+    known to drop it.
 
     None when that is not known (``fast_spans`` off, a tracer or sampler hoptrace does not
     know, a decision that records): then the caller starts the span with :func:`start_span`,
-    attributes and all. The span is the one :func:`start_span` would return.
+    attributes and all. The span is the one :func:`start_span` would return. (In C when the
+    module is built: ``_speedups.dropped_span``, the same steps.)
     """
-    cache = _fast_cache  # (fast_starter(), without its call while its cache holds)
-    if (cache[0] is _settings._current and PROVIDER_GLOBAL
-            and cache[1] is _trace_api._TRACER_PROVIDER and cache[1] is not None):
-        starter = cache[2]
-    else:
-        starter = fast_starter()
+    if type(parent) is not SpanContext:
+        parent = parent.get_span_context()  # type: ignore[union-attr]
+    starter = fast_starter()
     if starter is None:
         return None
     sdk = _sdk_dropped[0]
     if sdk is None:  # pragma: no cover - a starter comes from _starter_for, which sets it
         return starter.dropped_child(parent, span_id)  # type: ignore[no-any-return]
     return sdk.dropped_child_of(starter, parent, span_id)  # type: ignore[no-any-return]
+
+
+def lazy_span(
+    name: str,
+    context: Context,
+    kind: SpanKind,
+    attributes: Callable[[], dict[str, AttributeValue]],
+) -> Span | None:
+    """:func:`start_span_lazy` when a Starter's shortcuts apply now (:func:`fast_starter`),
+    else None (the caller then starts the span its own way). In C when the module is built:
+    ``_speedups.lazy_span``, the same steps."""
+    starter = fast_starter()
+    if starter is None:
+        return None
+    sdk = _sdk_dropped[0]
+    if sdk is None:  # pragma: no cover - a starter comes from _starter_for, which sets it
+        return starter.start_lazy(name, context, kind, attributes)  # type: ignore[no-any-return]
+    return sdk.start_lazy_of(  # type: ignore[no-any-return]
+        starter, name, context, kind, attributes)
+
+
+#: The Python :func:`dropped_child` and :func:`lazy_span` (the tests compare the C module's
+#: with them).
+python_entries: Final = (dropped_child, lazy_span)
+
+
+def use_c_entries(failed: Span) -> Callable[..., Span | None] | None:
+    """Make :func:`dropped_child` and :func:`lazy_span` the C module's ``dropped_span`` and
+    ``lazy_span`` (the same steps in one call), when it is built and allowed (not
+    ``HOPTRACE_PURE_PYTHON``) and ``SpanContext`` is the 6-tuple; return its ``dropped_hop``
+    (``hop._dropped_child``, whose failures give ``failed``), else None.
+
+    Called once, by hop.py at its import (the C module comes from propagation.py, which
+    imports modules that import this one). Callers read both functions from this module at
+    each call, so they see the swap.
+    """
+    global dropped_child, lazy_span
+    from .ids import TUPLE_LAYOUT
+    from .propagation import _speedups
+
+    if getattr(_speedups, "dropped_hop", None) is None or not TUPLE_LAYOUT:
+        return None
+    _speedups.configure_spans(sys.modules[__name__], _settings, _trace_api, SpanContext,
+                              diagnostics.internal_error, failed, _fast_cache, _sdk_dropped)
+    dropped_child, lazy_span = _speedups.dropped_span, _speedups.lazy_span
+    return _speedups.dropped_hop  # type: ignore[no-any-return]
 
 
 def describe(exc: BaseException) -> str:
@@ -185,6 +233,6 @@ def end_span(span: Span, exc: BaseException | None, where: str) -> None:
 
 
 __all__: Final = [
-    "describe", "dropped_child", "end_span", "fast_starter", "sdk_starter", "start_span",
-    "start_span_lazy",
+    "describe", "dropped_child", "end_span", "fast_starter", "lazy_span", "sdk_starter",
+    "start_span", "start_span_lazy",
 ]
