@@ -80,48 +80,50 @@ def _load_plain() -> tuple[Any, ...]:
     return _plain
 
 
-def _as_constructed(message: Any, plain: tuple[Any, ...]) -> bool:
-    """Whether every field of ``message`` holds what ``Message.__init__`` would make of it.
+def _copy_fields(message: Any, plain: tuple[Any, ...], headers: Any) -> Any:
+    """A new ``Message`` with ``message``'s fields and ``headers``, unlocked
+    (``_KNOWN_SLOTS``); None unless every field of ``message`` holds what
+    ``Message.__init__`` would make of it (or one was never set: ``__copy__`` decides).
 
     Then ``Message.__copy__`` (a new ``Message`` built from these fields) gives back the same
     values, and copying them one by one is the same copy.
     """
-    _, delivery_mode, datetime, _ = plain
+    cls, delivery_mode, datetime, unlocked = plain
     body = message.body
     if (type(body) is not bytes or message.body_size != len(body)
             or type(message.delivery_mode) is not delivery_mode
             or type(message.priority) is not int):
-        return False
+        return None
     timestamp = message.timestamp
     if timestamp is not None and not isinstance(timestamp, datetime):
-        return False
-    for name in _TEXT_FIELDS:  # optional(value, str): None, or a non-empty str
-        value = getattr(message, name)
+        return None
+    for value in (  # _TEXT_FIELDS, read directly (no getattr call for each)
+        message.correlation_id, message.reply_to, message.message_id, message.type,
+        message.user_id, message.app_id,
+    ):  # optional(value, str): None, or a non-empty str
         if value is not None and (type(value) is not str or not value):
-            return False
-    return True
-
-
-def _copy_fields(message: Any, unlocked: Any, cls: Any, headers: Any) -> Any:
-    """A new ``cls`` with ``message``'s fields and ``headers``, unlocked (``_KNOWN_SLOTS``)."""
-    new = object.__new__(unlocked)
-    new.app_id = message.app_id
-    new.body = message.body
-    new.body_size = message.body_size
-    new.content_encoding = message.content_encoding
-    new.content_type = message.content_type
-    new.correlation_id = message.correlation_id
-    new.delivery_mode = message.delivery_mode
-    new.expiration = message.expiration
-    new.headers = headers
-    new.message_id = message.message_id
-    new.priority = message.priority
-    new.reply_to = message.reply_to
-    new.timestamp = message.timestamp
-    new.type = message.type
-    new.user_id = message.user_id
-    new._Message__lock = False
-    new.__class__ = cls
+            return None
+    try:
+        new = object.__new__(unlocked)
+        new.app_id = message.app_id
+        new.body = message.body
+        new.body_size = message.body_size
+        new.content_encoding = message.content_encoding
+        new.content_type = message.content_type
+        new.correlation_id = message.correlation_id
+        new.delivery_mode = message.delivery_mode
+        new.expiration = message.expiration
+        new.headers = headers
+        new.message_id = message.message_id
+        new.priority = message.priority
+        new.reply_to = message.reply_to
+        new.timestamp = message.timestamp
+        new.type = message.type
+        new.user_id = message.user_id
+        new._Message__lock = False
+        new.__class__ = cls
+    except AttributeError:  # a field never set: let __copy__ decide
+        return None
     return new
 
 
@@ -137,11 +139,10 @@ def _with_headers(message: Any, headers: Any) -> Any:
     ``copy.copy``.
     """
     plain = _plain if _plain is not None else _load_plain()
-    if plain and type(message) is plain[0] and _as_constructed(message, plain):
-        try:
-            return _copy_fields(message, plain[3], plain[0], headers)
-        except AttributeError:  # a field never set: let __copy__ decide
-            pass
+    if plain and type(message) is plain[0]:
+        new = _copy_fields(message, plain, headers)
+        if new is not None:
+            return new
     outgoing = copy.copy(message)
     outgoing.headers = headers
     return outgoing
@@ -150,12 +151,27 @@ def _with_headers(message: Any, headers: Any) -> Any:
 def _wrap_publish(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def publish(self: Any, message: Any, routing_key: str, *args: Any,
                       **kwargs: Any) -> Any:
+        headers = getattr(message, "headers", None)
+        begun = _amqp.begin_unrecorded(
+            headers, routing_key, getattr(message, "message_id", None), "aio_pika.publish")
+        if begun is not None:  # no span, no metric: _amqp.publish_async's steps, inline
+            carrier, attached, guard = begun
+            try:
+                result = await original(
+                    self, message if carrier is None else _with_headers(message, carrier),
+                    routing_key, *args, **kwargs)
+            except BaseException as exc:
+                _amqp._finish(attached, guard, exc)
+                raise
+            _amqp._finish(attached, guard)
+            return result
+
         def send(carrier: Any) -> Awaitable[Any]:
             outgoing = message if carrier is None else _with_headers(message, carrier)
             return original(self, outgoing, routing_key, *args, **kwargs)
 
         return await _amqp.publish_async(
-            send, getattr(message, "headers", None), semconv.SYSTEM_RABBITMQ,
+            send, headers, semconv.SYSTEM_RABBITMQ,
             exchange=_exchange_name(self),
             routing_key=routing_key, message_id=getattr(message, "message_id", None),
             correlation_id=getattr(message, "correlation_id", None), label="aio_pika.publish",

@@ -71,11 +71,25 @@ def _wrap_publish(original: Callable[..., Any]) -> Callable[..., Any]:
             kwargs = {**dict(zip(_PUBLISH_DEFAULTS, args, strict=False)), **kwargs}
             args = ()
         headers = kwargs.get("headers")
-        if _is_celery(headers):
+        if headers is not None and _is_celery(headers):
             return original(self, body, **kwargs)
         routing_key = kwargs.get("routing_key")
         if routing_key is None:
             routing_key = getattr(self, "routing_key", None)
+        channel = self.channel  # (first, as below: a channel promise resolves out of context)
+        begun = _amqp.begin_unrecorded(
+            headers, routing_key, kwargs.get("message_id"), "kombu.publish")
+        if begun is not None:  # no span, no metric: _amqp.publish's steps, no closure
+            carrier, attached, guard = begun
+            if carrier is not None:
+                kwargs["headers"] = carrier
+            try:
+                result = original(self, body, **kwargs)
+            except BaseException as exc:
+                _amqp._finish(attached, guard, exc)
+                raise
+            _amqp._finish(attached, guard)
+            return result
 
         def send(carrier: Any) -> Any:
             if carrier is not None:
@@ -83,7 +97,7 @@ def _wrap_publish(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(self, body, **kwargs)
 
         return _amqp.publish(
-            send, headers, _system(self.channel),
+            send, headers, _system(channel),
             exchange=_exchange_name(kwargs.get("exchange") or getattr(self, "exchange", None)),
             routing_key=routing_key, message_id=kwargs.get("message_id"),
             correlation_id=kwargs.get("correlation_id"), label="kombu.publish",
