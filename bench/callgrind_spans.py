@@ -18,6 +18,11 @@ Cases:
 - ``piece_mint``: ``mint_span_context()``; ``piece_gen_tx``: ``generate_transaction_id()``;
   ``piece_mint_span``: ``NonRecordingSpan(mint_span_context())``, what propagation-only gives
   a transaction.
+- ``piece_dropped_root``: what a transaction's root costs under
+  ``ParentBased(TraceIdRatioBased(0.01))`` (``spans.lazy_span``: the IDs, the ratio's
+  decision, the ``NonRecordingSpan`` for the 99% dropped, ``tracer.start_span`` for the 1%);
+  ``piece_dropped_child``: a send's span under such a dropped root (``hop._dropped_child``).
+  Compare them with ``floor_root`` and ``floor_child``.
 - ``floor_child`` / ``floor_root``: the least a span the sampler drops can cost, whatever the
   code around it: the SDK's ID generator asked for its IDs, the ``SpanContext`` and the
   ``NonRecordingSpan`` built the cheapest way Python allows, and for a root the
@@ -34,13 +39,15 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import callgrind_cases  # the shared stand-ins and SDK set-up
 
 CASES = ("tx_prop", "tx_sfast", "tx_sexact", "tx_fast", "sendunder_sfast", "piece_mint",
-         "piece_gen_tx", "piece_mint_span", "floor_child", "floor_root", "floor_sampled")
+         "piece_gen_tx", "piece_mint_span", "piece_dropped_root", "piece_dropped_child",
+         "floor_child", "floor_root", "floor_sampled")
 
 
 def _floor(case: str) -> Callable[[], object]:
@@ -85,6 +92,36 @@ def _floor(case: str) -> Callable[[], object]:
     return child if case == "floor_child" else root
 
 
+def _dropped_root() -> object:
+    """A transaction's scope, open, whose root the sampler dropped (the caller closes it)."""
+    import hoptrace
+
+    while True:
+        scope = hoptrace.transaction("job").open()
+        if scope.span is not None and not scope.span.get_span_context().trace_flags.sampled:
+            return scope
+        scope.close()
+
+
+def _dropped_piece(case: str) -> Callable[[], object]:
+    """``piece_dropped_root`` / ``piece_dropped_child``: see the module's docstring."""
+    from opentelemetry.context import Context
+    from opentelemetry.trace import SpanKind
+
+    import hoptrace
+    from hoptrace.core import hop, spans
+
+    callgrind_cases._install("sfast")
+    hoptrace.configure(fast_spans=True)
+    if case == "piece_dropped_root":
+        internal, empty = SpanKind.INTERNAL, Context()
+        spans.fast_starter()
+        return lambda: spans.lazy_span("job", empty, internal, dict)
+    root: Any = _dropped_root().span  # type: ignore[attr-defined]
+    dropped_child = hop._dropped_child
+    return lambda: dropped_child(root, None, "bench")
+
+
 def build(case: str) -> Callable[[], object]:
     """The function one call of ``case`` runs."""
     import hoptrace
@@ -92,6 +129,8 @@ def build(case: str) -> Callable[[], object]:
     mode = case.partition("_")[2]
     if case in ("floor_child", "floor_root"):
         return _floor(case)
+    if case in ("piece_dropped_root", "piece_dropped_child"):
+        return _dropped_piece(case)
     if case.startswith("piece_"):
         from opentelemetry.trace import NonRecordingSpan
 
@@ -123,11 +162,7 @@ def build(case: str) -> Callable[[], object]:
     import hoptrace.confluent_kafka as ck
 
     noop = callgrind_cases._noop
-    while True:  # an open transaction the sampler dropped, kept open for every call
-        scope = transaction("job").open()
-        if scope.span is not None and not scope.span.get_span_context().trace_flags.sampled:
-            break
-        scope.close()
+    _dropped_root()  # an open transaction the sampler dropped, kept open for every call
     return lambda: ck._produce(noop, None, "orders", (b"x",), {})
 
 
