@@ -165,6 +165,37 @@ DESELECT: dict[str, list[tuple[str, str]]] = {
             "opentelemetry-exporter-prometheus 0.41b0 names series without the unit suffixes "
             "the example's output filter looks for",
         ),
+        # OTel API 1.20 keeps the current Context where hoptrace cannot reach its ContextVar
+        # (otel_shims._CONTEXT_VAR is None), so the C consume open stands down there and the
+        # tests that compare it with the Python steps have nothing to compare.
+        (
+            "tests/unit/test_consume_open_c.py::*",
+            "OTel API 1.20: no reachable ContextVar, the C consume open is not used",
+        ),
+        (
+            "tests/unit/test_consume_dropped_fast_path.py::test_the_c_open_*",
+            "OTel API 1.20: no reachable ContextVar, the C consume open is not used",
+        ),
+        (
+            "tests/unit/test_metrics_edges.py::test_shortcut_exports_what_the_general_path_"
+            "exports[*-trace_based]",
+            "SDK 1.20 has no exemplars (they came in 1.22): the comparison needs some",
+        ),
+        (
+            "tests/unit/test_metrics_edges.py::test_shortcut_exports_what_the_general_path_"
+            "exports[*-always_on]",
+            "SDK 1.20 has no exemplars (they came in 1.22): the comparison needs some",
+        ),
+        (
+            "tests/unit/test_metrics_edges.py::test_a_reader_added_or_the_meter_switched_off[*",
+            "SDK 1.20 can neither add a reader to a provider nor switch a meter off",
+        ),
+        (
+            "tests/unit/test_bench_peers.py::test_ddtrace_handles_each_message_in_a_child_of_"
+            "its_send[ddtrace_confluent]",
+            "with the oldest confluent-kafka pin the bench's stand-in cannot instantiate the "
+            "Kafka class ddtrace's integration patches (a bench harness, not a hoptrace path)",
+        ),
         # Features of newer SDKs that hoptrace's shortcuts match where they exist.
         (
             "tests/unit/test_metrics_lean.py::test_a_meter_switched_off_and_on_again",
