@@ -15,35 +15,34 @@ machine's speed hits them alike:
   hoptrace's own share is ``metrics_api_noop`` minus ``off``;
 * ``metrics`` — no tracing SDK, an SDK MeterProvider with an InMemoryMetricReader;
 * ``spans`` — SDK spans (BatchSpanProcessor, exporter drops them), no MeterProvider;
-* ``spans_metrics`` — SDK spans and the SDK MeterProvider: the target is at most +10 % over
-  ``spans`` (issue 15);
-* ``spans_metrics_no_pathway`` — the same with ``hoptrace.pathway.duration`` switched off,
-  which also drops the origin baggage entry from every message;
-* ``spans_metrics_lean`` — also without ``messaging.client.operation.duration``: two
-  histogram records per message instead of four;
+* ``spans_metrics`` — SDK spans and the SDK MeterProvider, the default set of metrics: the
+  target is at most +10 % over ``spans`` (issue 15);
+* ``spans_metrics_pathway`` — the same with the opt-in ``hoptrace.pathway.duration`` on
+  (``enabled_metrics``), which also carries the origin baggage entry on every message;
+* ``spans_metrics_lean`` — the default set without ``messaging.client.operation.duration``:
+  two histogram records per message instead of three;
 * ``spans_metrics_sdk_record`` — ``spans_metrics`` with every histogram record going through
   the SDK's ``Histogram.record`` (hoptrace's lean histogram path switched off): the "before";
 * ``sdk_api`` — ``spans`` plus the same metrics recorded with no hoptrace metric code: the
   same SDK instruments (names, kinds, units, buckets; the SDK's default exemplar filter) in
   a MeterProvider of their own, fed through the OTel API beside the same scopes, with the
   attribute sets and the number of records per message that hoptrace makes (two counts as
-  plain integers that observable counters report, four ``Histogram.record`` calls, two of
-  them inside the span). The pathway's origin is held in a local, not carried on the wire,
-  and the counts take no lock: what an instrumentation pays that records these metrics the
-  ordinary way;
+  plain integers that observable counters report, three ``Histogram.record`` calls, two of
+  them inside the span). The counts take no lock: what an instrumentation pays that records
+  these metrics the ordinary way;
 * ``floor`` — ``spans`` plus the least work any implementation must do to record the same
   instruments into the SDK: after a first message through the API (which makes the SDK's
-  aggregations), each of the four histogram records is the explicit-bucket aggregation's
+  aggregations), each of the three histogram records is the explicit-bucket aggregation's
   own steps on the aggregation found once (its lock, the sum, min, max and bucket count,
   the bucket found once for the aggregation and its exemplar reservoir), and for the two
   records made in a sampled span the exemplar bucket's fields written under the
   reservoir's lock, with the IDs read from the scope's span context; the two counts are
   plain integers as in ``sdk_api``. Nothing else: no attribute set is built or hashed, no
-  function is called but the clocks (four ``perf_counter_ns`` for the durations, a
-  ``time_ns`` per exemplar and two for the pathway), the lock methods, ``bisect_left`` and
-  ``get_span_context``; no meter-enabled check, no check of the value. The pathway's origin
-  is a local. ``floor`` minus ``spans`` is the SDK's share of target 6, which no
-  instrumentation can go under; ``spans_metrics`` minus ``floor`` is hoptrace's own.
+  function is called but the clocks (four ``perf_counter_ns`` for the durations and a
+  ``time_ns`` per exemplar), the lock methods, ``bisect_left`` and ``get_span_context``; no
+  meter-enabled check, no check of the value. ``floor`` minus ``spans`` is the SDK's share of
+  target 6, which no instrumentation can go under; ``spans_metrics`` minus ``floor`` is
+  hoptrace's own.
 
 ``check_floor`` verifies, before the timing, that ``sdk_api`` and ``floor`` export the same
 metrics, kinds, attribute sets, counts and exemplar-keeping points as hoptrace.
@@ -90,13 +89,13 @@ from hoptrace.core import _sdk_metrics, hop, metrics
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("off_hooks_stubbed", "off", "metrics_api_noop", "metrics", "spans", "spans_metrics",
-            "spans_metrics_no_pathway", "spans_metrics_lean", "spans_metrics_sdk_record",
+            "spans_metrics_pathway", "spans_metrics_lean", "spans_metrics_sdk_record",
             "sdk_api", "floor")
 #: The variants whose figures are given over ``spans``.
-OVER_SPANS = ("spans_metrics", "spans_metrics_no_pathway", "spans_metrics_lean",
+OVER_SPANS = ("spans_metrics", "spans_metrics_pathway", "spans_metrics_lean",
               "spans_metrics_sdk_record", "sdk_api", "floor")
-#: What ``spans_metrics_lean`` switches off: two of the four histogram records per message.
-LEAN = frozenset({"messaging.client.operation.duration", "hoptrace.pathway.duration"})
+#: What ``spans_metrics_lean`` switches off: one of the three histogram records per message.
+LEAN = frozenset({"messaging.client.operation.duration"})
 
 
 class DropExporter(SpanExporter):
@@ -160,7 +159,6 @@ class Floor:
         self.operation = histogram(metrics.OPERATION_DURATION, metrics.SEMCONV_BUCKETS)
         self.process = histogram(metrics.PROCESS_DURATION, metrics.SEMCONV_BUCKETS)
         self.queue_wait = histogram(metrics.QUEUE_WAIT, metrics.LATENCY_BUCKETS)
-        self.pathway = histogram(metrics.PATHWAY, metrics.LATENCY_BUCKETS)
 
 
 class AggregationFloor(Floor):
@@ -186,7 +184,7 @@ class AggregationFloor(Floor):
             return found
 
         self.aggregations = tuple(aggregation(h) for h in (self.operation, self.process,
-                                                          self.queue_wait, self.pathway))
+                                                          self.queue_wait))
         self.bound = True
 
 
@@ -197,15 +195,14 @@ def one_message_api() -> None:
     """:func:`one_message` with hoptrace's metrics recorded through the OTel API directly.
 
     The records are made where hoptrace makes them: the send's count and duration and the
-    processing duration inside their span (exemplars), the delivery's count, queue wait and
-    pathway outside it.
+    processing duration inside their span (exemplars), the delivery's count and queue wait
+    outside it.
     """
     floor = _floor
     assert floor is not None
     start = time.perf_counter_ns()
     with hoptrace.produce_scope(None, "bench", "rabbitmq") as send:
         headers = send.carrier
-        origin_ns = time.time_ns()  # the transaction's start (hoptrace carries it as baggage)
         floor.sent[0] += 1
         floor.operation.record((time.perf_counter_ns() - start) / 1e9, SEND_ATTRS)
     with hoptrace.consume_scope(headers, "bench", "rabbitmq") as scope:
@@ -214,13 +211,12 @@ def one_message_api() -> None:
     floor.consumed[0] += 1
     if scope.queue_wait_ms is not None:
         floor.queue_wait.record(scope.queue_wait_ms / 1e3, PROCESS_ATTRS)
-    floor.pathway.record(max(0, time.time_ns() - origin_ns) / 1e9, PROCESS_ATTRS)
 
 
 def one_message_floor() -> None:  # noqa: C901 - the steps written out, no call
     """:func:`one_message_api` with each record made as the least work the SDK needs.
 
-    Written out four times rather than called: a helper's call would count against the
+    Written out three times rather than called: a helper's call would count against the
     floor. The records keep the order and the contexts of :func:`one_message_api`.
     """
     floor = _floor
@@ -228,11 +224,10 @@ def one_message_floor() -> None:  # noqa: C901 - the steps written out, no call
         one_message_api()
         floor.bind()
         return
-    operation, process, queue_wait, pathway = floor.aggregations
+    operation, process, queue_wait = floor.aggregations
     start = perf_counter_ns()
     with hoptrace.produce_scope(None, "bench", "rabbitmq") as send:
         headers = send.carrier
-        origin_ns = time_ns()
         floor.sent[0] += 1
         value = (perf_counter_ns() - start) / 1e9
         agg = operation
@@ -310,23 +305,7 @@ def one_message_floor() -> None:  # noqa: C901 - the steps written out, no call
         if value > agg._max:
             agg._max = value
         lock.release()
-    value = (time_ns() - origin_ns) / 1e9
-    if value < 0:  # (a wall clock set back: hoptrace records 0)
-        value = 0.0
-    agg = pathway
-    at = bisect_left(agg._boundaries, value)
-    lock = agg._lock
-    lock.acquire()
-    counts = agg._value
-    if counts is None:
-        counts = agg._value = [0] * (len(agg._boundaries) + 1)
-    counts[at] += 1
-    agg._sum += value
-    if value < agg._min:
-        agg._min = value
-    if value > agg._max:
-        agg._max = value
-    lock.release()
+
 
 
 def _floor_of(name: str) -> Floor:
@@ -367,8 +346,8 @@ def variant(name: str, tracer_provider: Any, meter_provider: Any,
         metrics.use_meter_provider(NoOpInstrumentsProvider())
     elif "metrics" in name:
         metrics.use_meter_provider(meter_provider)
-    if name.endswith("no_pathway"):
-        _config.configure(disabled_metrics={metrics.PATHWAY})
+    if name.endswith("pathway"):
+        _config.configure(enabled_metrics={metrics.PATHWAY})
     if name.endswith("lean"):
         _config.configure(disabled_metrics=LEAN)
     if name == "off_hooks_stubbed":
@@ -435,8 +414,8 @@ def run(loops: int, repeats: int) -> dict[str, Any]:
         "metrics_without_spans_us": median("metrics") - median("off"),
         "metrics_over_spans_us": median("spans_metrics") - median("spans"),
         "metrics_over_spans_pct": 100 * (median("spans_metrics") / median("spans") - 1),
-        "metrics_no_pathway_over_spans_pct": 100 * (
-            median("spans_metrics_no_pathway") / median("spans") - 1),
+        "metrics_pathway_over_spans_pct": 100 * (
+            median("spans_metrics_pathway") / median("spans") - 1),
         "metrics_lean_over_spans_pct": 100 * (
             median("spans_metrics_lean") / median("spans") - 1),
         "metrics_sdk_record_over_spans_pct": 100 * (
@@ -519,7 +498,8 @@ def check_floor(tracer_provider: Any, messages: int = 20) -> None:
             raise AssertionError(f"{name} exports other metrics than hoptrace:\n{got}\n{want}")
 
 
-#: One metric hook each, as ``spans_metrics`` calls it for a message (``--count hook_…``).
+#: One metric hook each, as ``spans_metrics`` calls it for a message (``--count hook_…``);
+#: the origin's stamp as ``spans_metrics_pathway`` calls it.
 HOOKS = ("hook_stamp_origin", "hook_send_started", "hook_closed_send", "hook_consumed",
          "hook_closed_process")
 
@@ -558,8 +538,8 @@ def run_one(name: str, calls: int) -> None:
     floor = _floor_of(name)
     os.environ.pop("OTEL_PYTHON_METER_PROVIDER", None)
     message = _message(name)
-    with variant("spans_metrics" if name in HOOKS else name, tracer_provider, meter_provider,
-                 floor):
+    hooked = "spans_metrics_pathway" if name == "hook_stamp_origin" else "spans_metrics"
+    with variant(hooked if name in HOOKS else name, tracer_provider, meter_provider, floor):
         loop_time(message, 300)  # warm: instruments, caches, bindings
         if name in HOOKS:
             message = _hook(name, tracer_provider)  # type: ignore[assignment]

@@ -605,7 +605,10 @@ def _metrics_figure(data: Any) -> tuple[bool | None, str] | None:
             and isinstance(floor, dict)):
         return met, timed
     hop = counted["spans_metrics"]
-    figure = f"instructions per message +{hop:.1f}% over spans alone"
+    figure = f"instructions per message +{hop:.1f}% over spans alone (the default metrics"
+    pathway = counted.get("spans_metrics_pathway")
+    figure += (f"; with the opt-in pathway on too: +{pathway:.1f}%)"
+               if isinstance(pathway, (int, float)) else ")")
     if floor.get("reachable"):
         figure += (f"; the floor (the SDK's aggregation steps alone for the same records, "
                    f"attribute sets and exemplars) is +{floor['floor_over_spans_pct']:.1f}%, "

@@ -56,6 +56,9 @@ def main() -> int:
     metrics.set_meter_provider(MeterProvider(
         metric_readers=[reader], resource=Resource.create({"service.name": "shop"})))
     server, port = serve(args.port)
+    # The pathway (time since the transaction began, per edge) is opt-in: it carries the
+    # transaction's start in every message's baggage.
+    hoptrace.configure(enabled_metrics={"hoptrace.pathway.duration"})
     hoptrace.kombu.instrument()
 
     url = "memory://" if args.broker == "memory" else amqp_url()
@@ -88,8 +91,8 @@ def main() -> int:
     # 2. What Prometheus scrapes: the per-edge series of this process.
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
         text = page.read().decode()
-    wanted = ("hoptrace_queue_wait_seconds_count", "messaging_client_sent_messages_total",
-              "messaging_client_consumed_messages_total")
+    wanted = ("hoptrace_queue_wait_seconds_count", "hoptrace_pathway_duration_seconds_count",
+              "messaging_client_sent_messages_total", "messaging_client_consumed_messages_total")
     print(f"handled {len(handled)} of {sum(SENT.values())} messages; /metrics on port {port}:")
     for line in sorted(text.splitlines()):
         if line.startswith(wanted):

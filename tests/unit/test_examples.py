@@ -101,3 +101,7 @@ def test_metrics_prometheus_example_exports_one_queue_wait_series_per_edge() -> 
     assert counts == {"shop:orders": "5.0", "shop:refunds": "3.0"}
     sent = dict(re.findall(r"messaging_client_sent_messages_total\s+(\S+)\s+(\S+)", stdout))
     assert sent == {"shop:orders": "5.0", "shop:refunds": "3.0"}
+    # The opt-in pathway, enabled by the example: the origin went with every message.
+    pathway = dict(re.findall(r"hoptrace_pathway_duration_seconds_count\s+(\S+)\s+(\S+)",
+                              stdout))
+    assert pathway == {"shop:orders": "5.0", "shop:refunds": "3.0"}

@@ -133,7 +133,15 @@ def test_negative_queue_wait_is_clamped_to_zero_and_counted(recorded: Metrics) -
     assert skew.value == 2 and skew.attributes["messaging.destination.name"] == "late"
 
 
-def test_pathway_runs_from_the_first_send_through_every_hop(recorded: Metrics, spans: Any) -> None:
+@pytest.fixture
+def pathway() -> None:
+    """The opt-in pathway metric on (conftest resets the settings after each test)."""
+    hoptrace.configure(enabled_metrics={metrics.PATHWAY})
+
+
+def test_pathway_runs_from_the_first_send_through_every_hop(
+    recorded: Metrics, spans: Any, pathway: None
+) -> None:
     with hoptrace.transaction("checkout"):
         first = send("step-1")
     assert metrics.ORIGIN_BAGGAGE_KEY in first["baggage"]
@@ -156,7 +164,7 @@ def test_pathway_runs_from_the_first_send_through_every_hop(recorded: Metrics, s
 
 @pytest.mark.parametrize("garbage", ["abc", "-5", "9" * 17, "%EF%BC%91%EF%BC%92", "", "1"])
 def test_a_garbage_origin_is_ignored_without_a_warning(
-    recorded: Metrics, caplog: pytest.LogCaptureFixture, garbage: str
+    recorded: Metrics, caplog: pytest.LogCaptureFixture, garbage: str, pathway: None
 ) -> None:
     headers = send("orders")
     headers["baggage"] = f"{metrics.ORIGIN_BAGGAGE_KEY}={garbage},transaction.id=t-1"
@@ -207,8 +215,67 @@ def test_temporary_queues_fold_into_one_destination(recorded: Metrics) -> None:
     assert point.attributes["messaging.destination.name"] == "amq.default:reply:amq.gen-*"
 
 
+def test_the_pathway_is_opt_in(recorded: Metrics, monkeypatch: pytest.MonkeyPatch) -> None:
+    # By default: no origin entry on the wire, no pathway recorded, the rest recorded.
+    with hoptrace.transaction("checkout"):
+        headers = send("orders")
+    assert metrics.ORIGIN_BAGGAGE_KEY not in headers["baggage"]
+    with hoptrace.consume_scope(headers, "orders", "rabbitmq"):
+        pass
+    assert metrics.PATHWAY not in recorded.names()
+    assert recorded.by_destination(metrics.QUEUE_WAIT)["orders"].count == 1
+    # Named in HOPTRACE_ENABLED_METRICS (or "*"): stamped by the first send, recorded.
+    for value in (metrics.PATHWAY, "*"):
+        monkeypatch.setenv("HOPTRACE_ENABLED_METRICS", value)
+        hoptrace.configure()
+        with hoptrace.transaction("checkout"):
+            headers = send("orders")
+        assert metrics.ORIGIN_BAGGAGE_KEY in headers["baggage"]
+        with hoptrace.consume_scope(headers, "orders", "rabbitmq"):
+            pass
+    assert recorded.by_destination(metrics.PATHWAY)["orders"].count == 2
+    # An upstream origin still travels on through a service that records no pathway.
+    monkeypatch.delenv("HOPTRACE_ENABLED_METRICS")
+    hoptrace.configure()
+    with hoptrace.consume_scope(headers, "orders", "rabbitmq"):
+        onward = send("next")
+    assert metrics.ORIGIN_BAGGAGE_KEY in onward["baggage"]
+    assert recorded.by_destination(metrics.PATHWAY)["orders"].count == 2
+
+
+def test_disabled_metrics_win_over_enabled_ones(recorded: Metrics) -> None:
+    hoptrace.configure(enabled_metrics=["*"], disabled_metrics={metrics.PATHWAY})
+    headers = send("orders")
+    assert metrics.ORIGIN_BAGGAGE_KEY not in headers.get("baggage", "")
+    with hoptrace.consume_scope(headers, "orders", "rabbitmq"):
+        pass
+    assert metrics.PATHWAY not in recorded.names()
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ({metrics.PROCESS_DURATION}, r"already on by default.*opt-in metrics only"),
+    ({"hoptrace.pathways"}, r"unknown metric\(s\) \['hoptrace\.pathways'\]"),
+    (5, r"enabled_metrics must be an iterable of metric names"),
+    ({3}, r"enabled_metrics must be a frozenset of metric names"),
+])
+def test_enabled_metrics_names_opt_in_metrics_only(value: Any, message: str) -> None:
+    with pytest.raises(hoptrace.ConfigurationError, match=message):
+        hoptrace.configure(enabled_metrics=value)
+
+
+def test_a_bad_enabled_metrics_variable_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HOPTRACE_ENABLED_METRICS", "messaging.process.duration")
+    with caplog.at_level(logging.WARNING, logger="hoptrace"):
+        settings = hoptrace.configure()
+    assert settings.enabled_metrics == frozenset()
+    assert any("HOPTRACE_ENABLED_METRICS" in r.getMessage() for r in caplog.records)
+
+
 def test_each_metric_switches_off(recorded: Metrics) -> None:
-    hoptrace.configure(disabled_metrics={metrics.QUEUE_WAIT, metrics.PATHWAY})
+    hoptrace.configure(enabled_metrics={metrics.PATHWAY},
+                       disabled_metrics={metrics.QUEUE_WAIT, metrics.PATHWAY})
     headers = send("orders")
     assert metrics.ORIGIN_BAGGAGE_KEY not in headers.get("baggage", "")  # no bytes for it
     with hoptrace.consume_scope(headers, "orders", "rabbitmq"):
@@ -287,7 +354,7 @@ def test_enabled_follows_the_provider_after_metrics_were_off(
         provider.shutdown()
 
 
-def test_http_edge_stamps_the_origin(recorded: Metrics) -> None:
+def test_http_edge_stamps_the_origin(recorded: Metrics, pathway: None) -> None:
     from hoptrace._edge import server_scope
 
     scope = server_scope([], "GET", "/", "http").open()
@@ -504,6 +571,7 @@ def test_off_then_an_explicit_provider_records(monkeypatch: pytest.MonkeyPatch) 
                             time.time_ns(), None, {}) is None
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
+    hoptrace.configure(enabled_metrics={metrics.PATHWAY})
     metrics.use_meter_provider(provider)  # an explicit provider: "off" is known no more
     try:
         assert metrics.stamp_origin(ctx) is not ctx

@@ -34,13 +34,13 @@ def test_the_floors_export_what_hoptrace_exports() -> None:
 def test_a_floor_feeding_a_wrong_aggregation_is_caught(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A floor whose pathway lands in the queue-wait histogram: check_floor refuses it.
+    # A floor whose queue wait lands in the process histogram: check_floor refuses it.
     bind = metrics_bench.AggregationFloor.bind
 
     def swapped(self: Any) -> None:
         bind(self)
-        operation, process, queue_wait, _ = self.aggregations
-        self.aggregations = (operation, process, queue_wait, queue_wait)
+        operation, process, _ = self.aggregations
+        self.aggregations = (operation, process, process)
 
     monkeypatch.setattr(metrics_bench.AggregationFloor, "bind", swapped)
     with pytest.raises(AssertionError, match="floor exports other metrics"):
@@ -52,7 +52,8 @@ def figure(floor_pct: float, hop_pct: float) -> tuple[bool | None, str]:
     counts = {"spans": spans, "floor": int(spans * (1 + floor_pct / 100)),
               "spans_metrics": int(spans * (1 + hop_pct / 100))}
     data = {"targets": {"x": False}, "overheads": {"metrics_over_spans_pct": 30.0},
-            "instructions_over_spans_pct": {"spans_metrics": hop_pct, "sdk_api": 85.0},
+            "instructions_over_spans_pct": {"spans_metrics": hop_pct, "sdk_api": 85.0,
+                                            "spans_metrics_pathway": hop_pct + 6.1},
             "floor": metrics_bench._floor_verdict(counts)}
     found = run._metrics_figure(data)
     assert found is not None
@@ -63,6 +64,7 @@ def test_the_row_says_how_far_above_a_reachable_floor() -> None:
     met, text = figure(5.5, 16.8)
     assert met is False
     assert "+5.5%, so +10% is within reach" in text and "11.3 points above the floor" in text
+    assert "(the default metrics; with the opt-in pathway on too: +22.9%)" in text
     assert figure(5.5, 9.0)[0] is True  # (the verdict: instructions, when counted)
 
 

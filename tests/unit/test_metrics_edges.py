@@ -36,6 +36,15 @@ from hoptrace.core import _sdk_metrics, metrics
 DELTA: dict[type, AggregationTemporality] = {Histogram: AggregationTemporality.DELTA}
 
 
+@pytest.fixture(autouse=True)
+def _pathway_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every metric on, the opt-in pathway too, through any later configure()."""
+    from hoptrace import _config
+
+    monkeypatch.setenv("HOPTRACE_ENABLED_METRICS", "*")
+    _config.reset()
+
+
 class CountingIds(IdGenerator):
     """Span and trace IDs that both runs of a comparison get alike (reset before each)."""
 

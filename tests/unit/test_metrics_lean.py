@@ -42,6 +42,15 @@ VALUES = [0.0, 0.001, 0.004, 0.005, 0.0051, 0.02, 0.3, 0.3, 1.0, 7.5, 12.0, 600.
 EXEMPLARS = _sdk_metrics._shape()[1]
 DELTA: dict[type, AggregationTemporality] = {Histogram: AggregationTemporality.DELTA}
 
+
+@pytest.fixture(autouse=True)
+def _pathway_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every metric on, the opt-in pathway too, through any later configure()."""
+    from hoptrace import _config
+
+    monkeypatch.setenv("HOPTRACE_ENABLED_METRICS", "*")
+    _config.reset()
+
 _sampled = TracerProvider().get_tracer("test")
 _unsampled = TracerProvider(sampler=ALWAYS_OFF).get_tracer("test")
 

@@ -38,7 +38,7 @@ from opentelemetry.metrics import MeterProvider, NoOpMeterProvider, Observation
 
 from . import diagnostics, semconv
 from .context import BAGGAGE_KEY
-from .settings import METRIC_NAMES, Settings, get_settings, on_change
+from .settings import METRIC_NAMES, Settings, get_settings, metric_on, on_change
 
 try:  # the global provider, read without a call; the public getter is the fallback
     from opentelemetry.metrics import _internal as _api
@@ -172,11 +172,10 @@ class _Instruments:
     """The instruments of one provider; None for each metric switched off."""
 
     def __init__(self, provider: MeterProvider, settings: Settings) -> None:
-        off = settings.disabled_metrics
         meter = provider.get_meter("hoptrace", _version(), schema_url=semconv.SCHEMA_URL)
 
         def on(name: str) -> bool:
-            return name not in off
+            return metric_on(settings, name)
 
         def counter(name: str, description: str) -> Any:
             if not on(name):

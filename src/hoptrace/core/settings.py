@@ -75,6 +75,9 @@ class Settings:
     warning_interval: float = 60.0
     #: Metrics to leave unrecorded (names from METRIC_NAMES, or "*" for all of them).
     disabled_metrics: frozenset[str] = frozenset()
+    #: Opt-in metrics to record as well (names from OPT_IN_METRICS, or "*" for all of them).
+    #: ``disabled_metrics`` wins over it.
+    enabled_metrics: frozenset[str] = frozenset()
     hold_consume_scope: bool = True
     transaction_id_generator: Callable[[], str] = field(default=new_transaction_id)
 
@@ -162,6 +165,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
         "max_tracestate_bytes": _parse_int,
         "warning_interval": _parse_float,
         "disabled_metrics": _parse_names,
+        "enabled_metrics": _parse_names,
         "hold_consume_scope": _parse_bool,
     }.items()
 }
@@ -218,6 +222,12 @@ METRIC_NAMES: tuple[str, ...] = (
 )
 
 
+#: The metrics recorded only when ``enabled_metrics`` names them: the pathway carries its
+#: origin time in every message's baggage, so it costs bytes on the wire and work on every
+#: hop (docs/metrics.md, "Cost").
+OPT_IN_METRICS: tuple[str, ...] = ("hoptrace.pathway.duration",)
+
+
 def _check_metric_names(name: str, value: object) -> None:
     if not isinstance(value, frozenset) or not all(isinstance(k, str) for k in value):
         raise ConfigurationError(f"{name} must be a frozenset of metric names")
@@ -226,6 +236,28 @@ def _check_metric_names(name: str, value: object) -> None:
         raise ConfigurationError(
             f"{name}: unknown metric(s) {unknown}; known: {list(METRIC_NAMES)}"
         )
+
+
+def _check_opt_in_names(name: str, value: object) -> None:
+    _check_metric_names(name, value)
+    assert isinstance(value, frozenset)
+    by_default = sorted(value - set(OPT_IN_METRICS) - {"*"})
+    if by_default:
+        raise ConfigurationError(
+            f"{name}: {by_default} already on by default; {name} names opt-in metrics only: "
+            f"{list(OPT_IN_METRICS)}"
+        )
+
+
+def metric_on(settings: Settings, metric: str) -> bool:
+    """Whether ``settings`` record ``metric`` (with a MeterProvider that records)."""
+    off = settings.disabled_metrics
+    if metric in off or "*" in off:
+        return False
+    if metric in OPT_IN_METRICS:
+        wanted = settings.enabled_metrics
+        return metric in wanted or "*" in wanted
+    return True
 
 
 def _int_between(lo: int, hi: int) -> Callable[[str, object], None]:
@@ -270,6 +302,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "max_tracestate_bytes": _int_between(1, 8192),
     "warning_interval": _check_interval,
     "disabled_metrics": _check_metric_names,
+    "enabled_metrics": _check_opt_in_names,
     "hold_consume_scope": _check_bool,
     "transaction_id_generator": _check_generator,
 }
@@ -394,8 +427,9 @@ def configure(**options: Any) -> Settings:
         if isinstance(allow, str) or not isinstance(allow, Iterable):
             raise ConfigurationError("baggage_allowlist must be an iterable of keys or None")
         options["baggage_allowlist"] = frozenset(allow)
-    if "disabled_metrics" in options and not isinstance(options["disabled_metrics"], str):
-        options["disabled_metrics"] = frozenset(options["disabled_metrics"])
+    for names in ("disabled_metrics", "enabled_metrics"):
+        if names in options and not isinstance(options[names], str):
+            options[names] = _frozen_names(names, options[names])
     merged = _env_values(os.environ, options)
     merged.update(options)
     _current = Settings(**merged)
@@ -410,6 +444,12 @@ def reset() -> Settings:
     current = get_settings()
     _on_change(current)
     return current
+
+
+def _frozen_names(name: str, value: object) -> frozenset[Any]:
+    if not isinstance(value, Iterable):
+        raise ConfigurationError(f"{name} must be an iterable of metric names")
+    return frozenset(value)
 
 
 _listeners: list[Callable[[Settings], None]] = []
