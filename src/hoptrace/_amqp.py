@@ -57,7 +57,6 @@ __all__ = [
     "publish_async",
     "publish_headers",
     "run_in",
-    "run_in_async",
     "traced_already",
     "wrappable",
     "wrapped",
@@ -99,15 +98,36 @@ def _text(value: object) -> str | None:
     return None
 
 
+_UTC: Final = datetime.timezone.utc
+#: The last UTC datetime :func:`broker_sent_ns` converted, and its ns (one tuple: replaced
+#: whole, never seen half-updated by another thread).
+_last_stamp: tuple[datetime.datetime | None, int] = (None, 0)
+
+
 def broker_sent_ns(timestamp: object) -> int | None:
-    """Return the AMQP ``timestamp`` property (seconds, or a datetime) in ns, else None."""
+    """Return the AMQP ``timestamp`` property (seconds, or a datetime) in ns, else None.
+
+    An AMQP timestamp counts whole seconds, so messages sent in the same second carry the
+    same one: the last UTC datetime's conversion (``timestamp()``: about 3k instructions)
+    is kept for the next message (aio-pika decodes the property into a new UTC datetime on
+    every message).
+    """
     if type(timestamp) is int and timestamp > 0:
         return timestamp * 1_000_000_000
     if isinstance(timestamp, datetime.datetime):
+        global _last_stamp
+        utc = type(timestamp) is datetime.datetime and timestamp.tzinfo is _UTC
+        if utc:
+            last = _last_stamp
+            if timestamp == last[0]:  # (the same tzinfo: compared field by field)
+                return last[1]
         try:
-            return int(timestamp.timestamp() * 1e9)
+            ns = int(timestamp.timestamp() * 1e9)
         except (OverflowError, OSError, ValueError):
             return None
+        if utc:
+            _last_stamp = (timestamp, ns)
+        return ns
     return None
 
 
@@ -220,7 +240,7 @@ def open_delivery_fields(
             else _text(message_id) if message_id is not None else None)
         # Deliveries are remembered only to link spans: none without a span to link.
         settings = _settings._current or get_settings()
-        recording = (settings.enabled and not settings.propagation_only
+        recording = (not settings.propagation_only and settings.enabled
                      and sdk_installed())  # (spans_active(), inlined)
         key = message_key(headers, text_id) if recording else None
         place = (
@@ -555,21 +575,6 @@ def run_in(scope: consume_scope | None, call: Callable[..., R], *args: Any) -> R
         return call(*args)
     try:
         result = call(*args)
-    except BaseException as exc:
-        scope.close(exc)
-        raise
-    scope.close()
-    return result
-
-
-async def run_in_async(
-    scope: consume_scope | None, call: Callable[..., Awaitable[R]], *args: Any
-) -> R:
-    """:func:`run_in` for a coroutine callback (aio-pika's ``Queue.consume``)."""
-    if scope is None:
-        return await call(*args)
-    try:
-        result = await call(*args)
     except BaseException as exc:
         scope.close(exc)
         raise

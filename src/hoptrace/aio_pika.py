@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -75,56 +76,11 @@ def _load_plain() -> tuple[Any, ...]:
 
         __slots__ = ()
         __setattr__ = object.__setattr__  # type: ignore[assignment]
+        # No fields set: _Unlocked() is a bare object (object.__new__ without its wrapper).
+        __init__ = object.__init__
 
     _plain = (Message, DeliveryMode, datetime, _Unlocked)
     return _plain
-
-
-def _copy_fields(message: Any, plain: tuple[Any, ...], headers: Any) -> Any:
-    """A new ``Message`` with ``message``'s fields and ``headers``, unlocked
-    (``_KNOWN_SLOTS``); None unless every field of ``message`` holds what
-    ``Message.__init__`` would make of it (or one was never set: ``__copy__`` decides).
-
-    Then ``Message.__copy__`` (a new ``Message`` built from these fields) gives back the same
-    values, and copying them one by one is the same copy.
-    """
-    cls, delivery_mode, datetime, unlocked = plain
-    body = message.body
-    if (type(body) is not bytes or message.body_size != len(body)
-            or type(message.delivery_mode) is not delivery_mode
-            or type(message.priority) is not int):
-        return None
-    timestamp = message.timestamp
-    if timestamp is not None and not isinstance(timestamp, datetime):
-        return None
-    for value in (  # _TEXT_FIELDS, read directly (no getattr call for each)
-        message.correlation_id, message.reply_to, message.message_id, message.type,
-        message.user_id, message.app_id,
-    ):  # optional(value, str): None, or a non-empty str
-        if value is not None and (type(value) is not str or not value):
-            return None
-    try:
-        new = object.__new__(unlocked)
-        new.app_id = message.app_id
-        new.body = message.body
-        new.body_size = message.body_size
-        new.content_encoding = message.content_encoding
-        new.content_type = message.content_type
-        new.correlation_id = message.correlation_id
-        new.delivery_mode = message.delivery_mode
-        new.expiration = message.expiration
-        new.headers = headers
-        new.message_id = message.message_id
-        new.priority = message.priority
-        new.reply_to = message.reply_to
-        new.timestamp = message.timestamp
-        new.type = message.type
-        new.user_id = message.user_id
-        new._Message__lock = False
-        new.__class__ = cls
-    except AttributeError:  # a field never set: let __copy__ decide
-        return None
-    return new
 
 
 def _with_headers(message: Any, headers: Any) -> Any:
@@ -133,27 +89,76 @@ def _with_headers(message: Any, headers: Any) -> Any:
     aio-pika's ``Message.__copy__`` builds a new ``Message`` through ``__init__``, which sets
     17 fields through the lock-checking ``__setattr__`` (about 90k instructions). A plain
     ``Message`` whose fields hold what ``__init__`` makes of them (any message built by its
-    constructor and not changed to other types since) is copied field by field instead, to
-    the same values; anything else (a subclass, an ``IncomingMessage``, a field changed to
-    something ``__init__`` would convert, another aio-pika's fields) goes through
-    ``copy.copy``.
+    constructor and not changed to other types since) is copied field by field instead
+    (``_KNOWN_SLOTS``), unlocked: ``__copy__`` would build a new ``Message`` from these same
+    values and get them back unchanged. Anything else (a subclass, an ``IncomingMessage``, a
+    field changed to something ``__init__`` would convert, another aio-pika's fields, a field
+    never set) goes through ``copy.copy``.
     """
     plain = _plain if _plain is not None else _load_plain()
     if plain and type(message) is plain[0]:
-        new = _copy_fields(message, plain, headers)
-        if new is not None:
-            return new
+        cls, delivery_mode, datetime, unlocked = plain
+        body = message.body
+        if (type(body) is bytes and message.body_size == len(body)
+                and type(message.delivery_mode) is delivery_mode
+                and type(message.priority) is int):
+            timestamp = message.timestamp
+            if timestamp is None or isinstance(timestamp, datetime):
+                for value in (  # _TEXT_FIELDS, read directly (no getattr call for each)
+                    message.correlation_id, message.reply_to, message.message_id,
+                    message.type, message.user_id, message.app_id,
+                ):  # optional(value, str): None, or a non-empty str
+                    if value is not None and (type(value) is not str or not value):
+                        break
+                else:
+                    try:
+                        new = unlocked()
+                        new.app_id = message.app_id
+                        new.body = body
+                        new.body_size = message.body_size
+                        new.content_encoding = message.content_encoding
+                        new.content_type = message.content_type
+                        new.correlation_id = message.correlation_id
+                        new.delivery_mode = message.delivery_mode
+                        new.expiration = message.expiration
+                        new.headers = headers
+                        new.message_id = message.message_id
+                        new.priority = message.priority
+                        new.reply_to = message.reply_to
+                        new.timestamp = timestamp
+                        new.type = message.type
+                        new.user_id = message.user_id
+                        new._Message__lock = False
+                        new.__class__ = cls
+                        return new
+                    except AttributeError:  # a field never set: let __copy__ decide
+                        pass
     outgoing = copy.copy(message)
     outgoing.headers = headers
     return outgoing
 
 
+def _send(original: Callable[..., Awaitable[Any]], exchange: Any, message: Any,
+          routing_key: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+          carrier: Any) -> Awaitable[Any]:
+    """``Exchange.publish`` of ``message``, with ``carrier`` as its headers (None: unchanged)."""
+    outgoing = message if carrier is None else _with_headers(message, carrier)
+    return original(exchange, outgoing, routing_key, *args, **kwargs)
+
+
 def _wrap_publish(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def publish(self: Any, message: Any, routing_key: str, *args: Any,
                       **kwargs: Any) -> Any:
-        headers = getattr(message, "headers", None)
-        begun = _amqp.begin_unrecorded(
-            headers, routing_key, getattr(message, "message_id", None), "aio_pika.publish")
+        # (No closure here: its cells would cost every publish, the span-less ones too.)
+        try:  # getattr(message, name, None), without its call for aio-pika's own messages
+            headers = message.headers
+        except AttributeError:
+            headers = None
+        try:
+            message_id = message.message_id
+        except AttributeError:
+            message_id = None
+        begun = _amqp.begin_unrecorded(headers, routing_key, message_id, "aio_pika.publish")
         if begun is not None:  # no span, no metric: _amqp.publish_async's steps, inline
             carrier, attached, guard = begun
             try:
@@ -165,13 +170,9 @@ def _wrap_publish(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awai
                 raise
             _amqp._finish(attached, guard)
             return result
-
-        def send(carrier: Any) -> Awaitable[Any]:
-            outgoing = message if carrier is None else _with_headers(message, carrier)
-            return original(self, outgoing, routing_key, *args, **kwargs)
-
         return await _amqp.publish_async(
-            send, headers, semconv.SYSTEM_RABBITMQ,
+            functools.partial(_send, original, self, message, routing_key, args, kwargs),
+            headers, semconv.SYSTEM_RABBITMQ,
             exchange=_exchange_name(self),
             routing_key=routing_key, message_id=getattr(message, "message_id", None),
             correlation_id=getattr(message, "correlation_id", None), label="aio_pika.publish",
@@ -203,7 +204,18 @@ def _wrap_callback(queue_name: Any, callback: Any) -> Any:
         return callback  # aio-pika's own machinery, such as QueueIterator.on_message
 
     async def on_message(message: Any) -> Any:
-        return await _amqp.run_in_async(_open(queue_name, message), callback, message)
+        # _amqp.run_in's steps for a coroutine, inline: no second coroutine per message
+        scope = _amqp.open_from(
+            message, message, queue_name, semconv.SYSTEM_RABBITMQ, "aio_pika.consume")
+        if scope is None:
+            return await callback(message)
+        try:
+            result = await callback(message)
+        except BaseException as exc:
+            scope.close(exc)
+            raise
+        scope.close()
+        return result
 
     return _amqp.wrapped(on_message, callback)
 
