@@ -18,6 +18,9 @@
  *
  * write_common() returns False when it cannot write the values exactly as the Python writer
  * would, and writes nothing then.
+ * pairs_of() turns a dict of str header values into Kafka's list of (name, UTF-8 bytes)
+ * pairs, and returns None for anything else.
+ * record_id() is a Kafka record's message ID, "topic-partition@offset", or None.
  *
  * dropped_child() is hoptrace/core/_sdk_spans.py's Starter.dropped_child (the span the sampler
  * is known to drop), step for step in one call; _sdk_spans uses it under the same conditions.
@@ -840,6 +843,22 @@ halves_of(PyObject *value, int bits, unsigned long long *high, unsigned long lon
         *low = (unsigned long long)small;
         return 0;
     }
+#if PY_VERSION_HEX < 0x030D0000
+    /* Both halves in one conversion (OverflowError: negative, or 2**128 or more). */
+    unsigned char bytes[16];
+    if (_PyLong_AsByteArray((PyLongObject *)value, bytes, 16, 1, 0) < 0) {
+        PyErr_Clear();
+        return -1;
+    }
+    unsigned long long halves[2] = {0, 0};
+    for (int i = 15; i >= 8; i--) {
+        halves[1] = (halves[1] << 8) | bytes[i];
+        halves[0] = (halves[0] << 8) | bytes[i - 8];
+    }
+    *high = halves[1];
+    *low = halves[0];
+    return bits == 64 && *high != 0 ? -1 : 0;
+#else
     *low = PyLong_AsUnsignedLongLongMask(value);
     PyObject *shift = PyLong_FromLong(64);
     if (shift == NULL) {
@@ -863,6 +882,7 @@ halves_of(PyObject *value, int bits, unsigned long long *high, unsigned long lon
         return -1;
     }
     return 0;
+#endif
 }
 
 static PyObject *
@@ -934,12 +954,56 @@ origin_ok(PyObject *origin, PyObject *mirror_prefix, PyObject *transaction)
            && ascii_of(transaction, &size) != NULL;
 }
 
+/* values[key] = text for a dict; for a list, append (key, text as its UTF-8 bytes), the pair
+ * that str.encode() makes of it. 0, or -1 with an exception set. */
+static int
+put(PyObject *values, PyObject *key, PyObject *text)
+{
+    if (PyDict_CheckExact(values)) {
+        return PyDict_SetItem(values, key, text);
+    }
+    PyObject *encoded = PyUnicode_AsUTF8String(text);
+    if (encoded == NULL) {
+        return -1;
+    }
+    PyObject *pair = PyTuple_New(2);
+    if (pair == NULL) {
+        Py_DECREF(encoded);
+        return -1;
+    }
+    Py_INCREF(key);
+    PyTuple_SET_ITEM(pair, 0, key);
+    PyTuple_SET_ITEM(pair, 1, encoded);
+    int status = PyList_Append(values, pair);
+    Py_DECREF(pair);
+    return status;
+}
+
+/* For a list of pairs: 1 if the names to write are str, each unlike the others (what a dict
+ * would keep of them: one entry per name); 0 if not (nothing is written then). */
+static int
+distinct_names(PyObject *const *names, int count)
+{
+    for (int i = 0; i < count; i++) {
+        if (!PyUnicode_CheckExact(names[i])) {
+            return 0;
+        }
+        for (int j = 0; j < i; j++) {
+            if (PyUnicode_Compare(names[i], names[j]) == 0) {
+                return 0;
+            }
+        }
+    }
+    return 1;
+}
+
 /*
  * Store traceparent (if not NULL; a new reference, consumed), the transaction ID (if its key,
  * keys[1], is not None), the baggage (if mirror_prefix is not None: the mirror, after the
  * origin entry if origin is not None) and the send time (if sent_key is not None) into the
- * dict values, in that order. keys: traceparent, transaction, baggage. Returns 0, or -1 with
- * an exception set. The caller checked origin with origin_ok().
+ * dict values (or, as (name, UTF-8 bytes) pairs, onto the list values), in that order. keys:
+ * traceparent, transaction, baggage. Returns 0, or -1 with an exception set. The caller
+ * checked origin with origin_ok() (and, for a list, the names with distinct_names()).
  */
 static int
 store(PyObject *values, PyObject *traceparent, PyObject *const *keys, PyObject *transaction,
@@ -963,10 +1027,10 @@ store(PyObject *values, PyObject *traceparent, PyObject *const *keys, PyObject *
             goto done;
         }
     }
-    if ((traceparent != NULL && PyDict_SetItem(values, keys[0], traceparent) < 0)
-        || (keys[1] != Py_None && PyDict_SetItem(values, keys[1], transaction) < 0)
-        || (mirror != NULL && PyDict_SetItem(values, keys[2], mirror) < 0)
-        || (sent != NULL && PyDict_SetItem(values, sent_key, sent) < 0)) {
+    if ((traceparent != NULL && put(values, keys[0], traceparent) < 0)
+        || (keys[1] != Py_None && put(values, keys[1], transaction) < 0)
+        || (mirror != NULL && put(values, keys[2], mirror) < 0)
+        || (sent != NULL && put(values, sent_key, sent) < 0)) {
         goto done;
     }
     status = 0;
@@ -1013,7 +1077,10 @@ origin_arg_ok(PyObject *origin, PyObject *mirror_prefix, PyObject *transaction)
  * mirror carries the ID: the caller never passes None for both); mirror_prefix None no
  * baggage; sent_key None no send time; origin (1 to 16 ASCII digits, with a mirror) puts the
  * pathway's origin entry before the mirror in the baggage. Writes, in the Python writer's order, traceparent, transaction ID, the
- * baggage and the send time into the dict ``values``.
+ * baggage and the send time into the dict ``values``; or, when ``values`` is an empty list,
+ * appends them to it as the (name, UTF-8 bytes) pairs a Kafka client sends (False when two
+ * of the names to write are equal or one is not a str, as a dict would keep one entry; or
+ * when the transaction ID or the mirror prefix is not ASCII).
  */
 static PyObject *
 write_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -1026,9 +1093,35 @@ write_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *transaction = args[6];
     PyObject *origin = nargs == 11 ? args[10] : Py_None;
     PyObject *keys[3] = {args[4], args[5], args[7]};
-    if (!PyDict_CheckExact(values) || !PyUnicode_CheckExact(transaction)
+    if (!(PyDict_CheckExact(values) || (PyList_CheckExact(values) && PyList_GET_SIZE(values) == 0))
+        || !PyUnicode_CheckExact(transaction)
         || !mirror_ok(args[8]) || !origin_arg_ok(origin, args[8], transaction)) {
         Py_RETURN_FALSE;
+    }
+    if (!PyDict_CheckExact(values)) {
+        /* ASCII values only, so that no encoding can fail half-way through the list. */
+        Py_ssize_t size = 0;
+        if (ascii_of(transaction, &size) == NULL
+            || (args[8] != Py_None && ascii_of(args[8], &size) == NULL)) {
+            Py_RETURN_FALSE;
+        }
+        PyObject *names[4];
+        int count = 0;
+        if (trace_id != Py_None) {
+            names[count++] = keys[0];
+        }
+        if (keys[1] != Py_None) {
+            names[count++] = keys[1];
+        }
+        if (args[8] != Py_None) {
+            names[count++] = keys[2];
+        }
+        if (args[9] != Py_None) {
+            names[count++] = args[9];
+        }
+        if (!distinct_names(names, count)) {
+            Py_RETURN_FALSE;
+        }
     }
     PyObject *traceparent = NULL;
     if (trace_id != Py_None) {
@@ -1050,6 +1143,124 @@ write_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_RETURN_TRUE;
+}
+
+/*
+ * pairs_of(values) -> list | None
+ *
+ * [(key, str.encode(value)) for key, value in values.items()] for an exact dict whose values
+ * are all str: the header pairs a Kafka client sends, each value as its UTF-8 bytes (strict:
+ * a lone surrogate raises UnicodeEncodeError, as str.encode does). None, with nothing built,
+ * for anything else (the Python comprehension then runs, with its own errors).
+ */
+static PyObject *
+pairs_of(PyObject *module, PyObject *values)
+{
+    if (!PyDict_CheckExact(values)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t size = PyDict_GET_SIZE(values), pos = 0, i = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(values, &pos, &key, &value)) {
+        if (!PyUnicode_Check(value)) {
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *pairs = PyList_New(size);
+    if (pairs == NULL) {
+        return NULL;
+    }
+    pos = 0;
+    /* (Nothing below runs Python code but a collection a new object may start: should that
+     * change the dict's size, the Python comprehension does the whole conversion instead.) */
+    while (i < size && PyDict_Next(values, &pos, &key, &value)) {
+        PyObject *encoded = PyUnicode_Check(value) ? PyUnicode_AsUTF8String(value) : NULL;
+        if (encoded == NULL) {
+            Py_DECREF(pairs);
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            Py_RETURN_NONE;
+        }
+        PyObject *pair = PyTuple_New(2);
+        if (pair == NULL) {
+            Py_DECREF(encoded);
+            Py_DECREF(pairs);
+            return NULL;
+        }
+        Py_INCREF(key);
+        PyTuple_SET_ITEM(pair, 0, key);
+        PyTuple_SET_ITEM(pair, 1, encoded);
+        PyList_SET_ITEM(pairs, i++, pair);
+    }
+    if (i != size || PyDict_GET_SIZE(values) != size) {
+        Py_DECREF(pairs);
+        Py_RETURN_NONE;
+    }
+    return pairs;
+}
+
+/* The decimal digits of value (an optional '-' first) written backwards from end; returns
+ * where they start. */
+static char *
+decimal_backwards(char *end, long long value)
+{
+    unsigned long long magnitude = value < 0 ? 0ULL - (unsigned long long)value
+                                             : (unsigned long long)value;
+    do {
+        *--end = (char)('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude != 0);
+    if (value < 0) {
+        *--end = '-';
+    }
+    return end;
+}
+
+/*
+ * record_id(topic, partition, offset) -> str | None
+ *
+ * f"{topic}-{partition}@{offset}", a Kafka record's message ID, for an ASCII exact str topic
+ * and exact ints that fit in 64 bits; None for anything else (the f-string then runs).
+ */
+static PyObject *
+record_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "record_id() takes 3 arguments");
+        return NULL;
+    }
+    Py_ssize_t topic_size = 0;
+    const unsigned char *topic = ascii_of(args[0], &topic_size);
+    if (topic == NULL || !PyLong_CheckExact(args[1]) || !PyLong_CheckExact(args[2])) {
+        Py_RETURN_NONE;
+    }
+    int overflow = 0;
+    long long partition = PyLong_AsLongLongAndOverflow(args[1], &overflow);
+    if (overflow != 0 || (partition == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    long long offset = PyLong_AsLongLongAndOverflow(args[2], &overflow);
+    if (overflow != 0 || (offset == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    char digits[48]; /* '-', up to 20 characters, '@', up to 20 characters */
+    char *end = digits + sizeof(digits);
+    char *start = decimal_backwards(end, offset);
+    *--start = '@';
+    start = decimal_backwards(start, partition);
+    *--start = '-';
+    Py_ssize_t tail = (Py_ssize_t)(end - start);
+    PyObject *text = PyUnicode_New(topic_size + tail, 127);
+    if (text == NULL) {
+        return NULL;
+    }
+    char *out = (char *)PyUnicode_DATA(text);
+    memcpy(out, topic, (size_t)topic_size);
+    memcpy(out + topic_size, start, (size_t)tail);
+    return text;
 }
 
 static unsigned long long
@@ -2420,6 +2631,10 @@ static PyMethodDef speedups_methods[] = {
      "The common case of writing hoptrace's headers into a dict; False if not handled."},
     {"mint_common", (PyCFunction)(void (*)(void))mint_common, METH_FASTCALL,
      "write_common for a new trace whose IDs come from random bytes; False if not handled."},
+    {"record_id", (PyCFunction)(void (*)(void))record_id, METH_FASTCALL,
+     "f\"{topic}-{partition}@{offset}\" for an ASCII topic and 64-bit ints; None if not handled."},
+    {"pairs_of", (PyCFunction)pairs_of, METH_O,
+     "A dict of str header values as a list of (name, UTF-8 bytes) pairs; None if not handled."},
     {"configure_dropped", (PyCFunction)(void (*)(void))configure_dropped, METH_FASTCALL,
      "Give dropped_child what it needs from hoptrace.core._sdk_spans (once)."},
     {"dropped_child", (PyCFunction)(void (*)(void))dropped_child, METH_FASTCALL,

@@ -28,7 +28,7 @@ from . import _client, _kafka
 from ._kafka import close_scope as close_scope
 from ._kafka import iterate as iterate
 from ._kafka import processing as processing
-from .core import held
+from .core import diagnostics, held
 from .core.instrumentor import Contrib, take_over
 from .core.patching import Patcher, original_of
 
@@ -112,6 +112,7 @@ class TracedProducer(_kafka.Proxy):
 # ---------------------------------------------------------------- consumer ---
 
 
+_record_scope: Final = _kafka.consumer_record_scope
 #: Set while a traced ``__next__`` runs: kafka-python's iterator calls ``poll()`` itself,
 #: and those internal polls are not batch receives of the caller's.
 _in_next: ContextVar[bool] = ContextVar("hoptrace_kafka_python_in_next", default=False)
@@ -124,7 +125,15 @@ def _next(original: Callable[..., Any], consumer: Any) -> Any:
         record = original(consumer)
     finally:
         _in_next.reset(token)
-    return _kafka.hold_record(consumer, record, _kafka.consumer_record_scope, _group(consumer))
+    try:  # _group(consumer) and _kafka.hold_record, inline: once per record
+        group = consumer.config.get("group_id")
+    except Exception:
+        group = None
+    try:
+        held.hold(consumer, _record_scope(record, group if isinstance(group, str) else None))
+    except Exception as exc:
+        diagnostics.internal_error("kafka.consume", exc)
+    return record
 
 
 def _poll(

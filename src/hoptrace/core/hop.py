@@ -576,7 +576,9 @@ class AttachedSend(tuple):  # type: ignore[type-arg]
 _fresh_fast: bool = True
 
 
-def _fresh_send(settings: Any, sent_time: bool) -> tuple[dict[str, Any], AttachedSend]:
+def _fresh_send(
+    settings: Any, sent_time: bool, pairs: bool = False
+) -> tuple[dict[str, Any] | list[tuple[str, bytes]], AttachedSend]:
     """:func:`unrecorded_send` of no carrier in an empty context: a new transaction (and,
     without an SDK, a new trace), attached, and the headers that carry it.
 
@@ -584,7 +586,8 @@ def _fresh_send(settings: Any, sent_time: bool) -> tuple[dict[str, Any], Attache
     copy, its transaction and baggage lookups, the carrier's transaction ID) and with
     ``render``'s common case inline: the same IDs from the same random draws (the
     transaction ID's first), the same context, the same headers
-    (tests/unit/test_send_attach.py compares the two).
+    (tests/unit/test_send_attach.py compares the two). ``pairs``: the C writer may answer the
+    headers as the new list of (name, UTF-8 bytes) pairs a Kafka client sends instead.
     """
     tx = (  # generate_transaction_id(); the default generator's random.randbytes(16), inline
         _getrandbits(128).to_bytes(16, "little").hex()
@@ -614,7 +617,7 @@ def _fresh_send(settings: Any, sent_time: bool) -> tuple[dict[str, Any], Attache
     ctx = Context(scoped)
     token = attach(ctx)
     attached: AttachedSend = _new_tuple(AttachedSend, (token, ctx))
-    values: dict[str, Any] = {}
+    values: Any = [] if pairs else {}
     try:
         names = _propagation._names
         now = _propagation._propagate_now
@@ -630,6 +633,7 @@ def _fresh_send(settings: Any, sent_time: bool) -> tuple[dict[str, Any], Attache
             semconv.BAGGAGE, names.mirror_prefix if settings.baggage_mirror else None,
             names.sent if sent_time else None, None,
         ):
+            values = {}  # (nothing written: the Python writer's dict)
             _propagation._write_text(values, trace_id, span_id, 0, state, tx, None, settings,
                                      sent_time, names.written)
         return values, attached
@@ -639,7 +643,7 @@ def _fresh_send(settings: Any, sent_time: bool) -> tuple[dict[str, Any], Attache
 
 
 def unrecorded_send(
-    carrier: Carrier, sent_time: bool = True, copy: bool = False
+    carrier: Carrier, sent_time: bool = True, copy: bool = False, pairs: bool = False
 ) -> tuple[Any, AttachedSend | None] | None:
     """A send's carrier, its context attached, when its scope would make no span nor metric.
 
@@ -651,7 +655,8 @@ def unrecorded_send(
     send and the attached context, to :meth:`~AttachedSend.close` once the client's call
     returns or raises (None: nothing attached, as the scope attaches nothing either).
     None when hoptrace is disabled or the send needs its scope. Raises TypeError as the
-    scope does (tests/unit/test_send_attach.py compares the two).
+    scope does (tests/unit/test_send_attach.py compares the two). ``pairs``: for no carrier,
+    the headers may come as a new list of (name, UTF-8 bytes) pairs instead of the dict.
     """
     settings = _settings._current or get_settings()
     if not settings.enabled or not (settings.propagation_only or not sdk_installed()) or (
@@ -664,7 +669,7 @@ def unrecorded_send(
         # produce_scope.open with metrics off, and _start_span making no span.
         parent = get_current()
         if carrier is None and not parent and _fresh_fast:
-            return _fresh_send(settings, sent_time)
+            return _fresh_send(settings, sent_time, pairs)
         tx = parent.get(TRANSACTION_KEY)  # (current_transaction_id's common case, inline)
         if type(tx) is not str:
             tx = current_transaction_id(parent)
