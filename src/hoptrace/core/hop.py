@@ -20,6 +20,7 @@ from random import getrandbits as _getrandbits
 from types import TracebackType
 from typing import Any, Final, NamedTuple, TypeVar, cast
 
+from opentelemetry import trace as _trace_api
 from opentelemetry.context import Context, create_key
 from opentelemetry.trace import (
     DEFAULT_TRACE_STATE,
@@ -55,7 +56,7 @@ from .context import (
     sdk_installed,
     span_in,
 )
-from .otel_shims import _CONTEXT_VAR
+from .otel_shims import _CONTEXT_VAR, PROVIDER_GLOBAL, _provider_seen
 from .propagation import (
     Incoming,
     carried_transaction_id,
@@ -432,7 +433,10 @@ class _Scope:
         span = self.span
         if span is not None:
             self.span = None
-            end_span(span, exc, self._where)
+            # (a dropped span's end does nothing: no end_span call for it, spans.NRS_END)
+            if exc is not None or type(span) is not NonRecordingSpan or (
+                    NonRecordingSpan.end is not _spans.NRS_END):
+                end_span(span, exc, self._where)
         token, attached = self._token, self._attached
         if token is not None and attached is not None and get_current() is attached:
             self._token = self._attached = None
@@ -453,8 +457,9 @@ class _Scope:
         self._closed = True
         metrics.closed(self.metrics_record, exc)
         span, self.span = self.span, None
-        if span is not None:
-            end_span(span, exc, self._where)
+        if span is not None and (exc is not None or type(span) is not NonRecordingSpan or (
+                NonRecordingSpan.end is not _spans.NRS_END)):
+            end_span(span, exc, self._where)  # (skipped as close() skips it)
         self._release(nested)
 
     def release_context(self) -> None:
@@ -897,7 +902,9 @@ class consume_scope(_Scope):
         if settings.enabled:
             try:
                 if self._unrecorded_fast and (  # type: ignore[attr-defined]
-                    settings.propagation_only or not sdk_installed()
+                    settings.propagation_only or not (  # sdk_installed(), its cached answer inline
+                        _provider_seen[1] if PROVIDER_GLOBAL
+                        and _trace_api._TRACER_PROVIDER is _provider_seen[0] else sdk_installed())
                 ):
                     self._open_unrecorded(settings)  # type: ignore[attr-defined]
                 elif self._unrecorded_fast and self._dropped_fast:  # type: ignore[attr-defined]

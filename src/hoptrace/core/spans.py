@@ -13,11 +13,20 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from types import FunctionType
 from typing import Any, Final
 
 from opentelemetry import trace as _trace_api
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+)
 from opentelemetry.util.types import AttributeValue
 
 from . import diagnostics
@@ -217,6 +226,28 @@ def describe(exc: BaseException) -> str:
         return type(exc).__name__
 
 
+def _does_nothing(method: object) -> bool:
+    """Whether ``method`` is a plain function whose body only returns None (reads no name)."""
+
+    def model(self: object, end_time: int | None = None) -> None:
+        pass
+
+    if type(method) is not FunctionType:
+        return False
+    code = method.__code__
+    return (code.co_code == model.__code__.co_code and code.co_consts[:1] == (None,)
+            and not code.co_names)
+
+
+#: ``NonRecordingSpan.end`` while it is the API's own, which does nothing (else None). A scope
+#: that ends a span of exactly that class, with no error to record, while the class's ``end``
+#: is still this one, need not call :func:`end_span`: it would only call that ``end``. (An
+#: ``end`` set on one span instance itself is not looked for: reading the instance's
+#: ``__dict__`` would cost about what the skip saves.)
+NRS_END: Final = (NonRecordingSpan.__dict__.get("end")
+                  if _does_nothing(NonRecordingSpan.__dict__.get("end")) else None)
+
+
 def end_span(span: Span, exc: BaseException | None, where: str) -> None:
     """End ``span``, first recording ``exc`` as its error; the span is ended whatever happens."""
     try:
@@ -233,6 +264,6 @@ def end_span(span: Span, exc: BaseException | None, where: str) -> None:
 
 
 __all__: Final = [
-    "describe", "dropped_child", "end_span", "fast_starter", "lazy_span", "sdk_starter",
+    "NRS_END", "describe", "dropped_child", "end_span", "fast_starter", "lazy_span", "sdk_starter",
     "start_span", "start_span_lazy",
 ]
