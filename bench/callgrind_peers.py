@@ -1,4 +1,4 @@
-"""Issue 15, target 1 in instructions: hoptrace with spans, its floor, and the peers.
+"""Issue 15, targets 1 and 2 (b) in instructions: hoptrace with spans, its floor, the peers.
 
 Target 1 asks hoptrace's overhead with spans (every span sampled) to be at most half the
 cheapest peer's. ``bench/results/summary.md`` measures it in CPU time, which moves with the
@@ -68,11 +68,43 @@ Kinds, per message:
     switched on as ``run.py`` switches it on for ``hop_bench``. On the Kafka clients
     ddtrace's consume span, like contrib's, ends before the handler runs.
 
+Target 2 (b), the production setup, has kinds of its own, on every client OTel contrib
+instruments (not kombu), set up as ``hop_bench``'s 1% variants: the provider samples with
+``ParentBased(TraceIdRatioBased(0.01))``, and each send runs inside a new root span opened
+around it, so 99% of messages record nothing:
+
+``s_hop``
+    hoptrace's wrappers (``fast_spans=True``), each send inside ``hoptrace.transaction``
+    (``hop_bench.HoptraceTransaction``: the root span and a new transaction ID).
+``s_otel``
+    OTel contrib's wrappers, each send inside a root span with the business ID a baggage
+    entry attached on it (``hop_bench.OtelRoot``).
+``s_prop``
+    hoptrace propagation-only (no SDK, as ``hop_bench``'s ``s_hop_prop``), each send inside
+    ``hoptrace.transaction``: target 2 (a)'s reference, counted beside them.
+
+ddtrace has no such kind: target 2 (b) compares with OTel contrib alone, and ddtrace's 1%
+rule could not sample the same messages (its trace IDs come from its own generator, which
+no seed here reaches).
+
+Which 1% are recorded is decided by the root's trace ID, so the two SDK kinds draw it from
+the same seeded stream (:class:`SeededIds`): the n-th message's root gets the n-th trace ID
+of ``random.Random(seed)`` on both sides, whatever else each side draws (span IDs, contrib's
+own ``recv`` roots on confluent-kafka: another stream), so both record exactly the same
+messages. A case ``NAME@SEED`` uses that seed (1 without one); the full run counts
+``SAMPLED_CALLS`` messages at each of ``SEEDS`` (:func:`recorded`: how many of them are
+sampled). At 1% a queue of ``BATCH`` spans fills only every ~17,000 messages, so these
+cases export what is queued every ``BATCH`` messages instead (as a BatchSpanProcessor's
+timer does), counted from the end of the warm-up: every span a counted message records is
+encoded in the count.
+
 The full run counts each client's cases under one valgrind, each case in a child forked
 from an interpreter that imported what they all import (``callgrind_cases.count_many``),
 and the ddtrace cases each in an interpreter of its own (see :func:`count`).
 
     python bench/callgrind_peers.py           # every case; writes peers_instructions.json
+    python bench/callgrind_peers.py --sampled # only target 2 (b)'s cases, into the same file
+    python bench/callgrind_peers.py s_hop_pika@2 s_otel_pika@2     # printed
     python bench/callgrind_peers.py floor_confluent hop_pika/send otel_celery:drop  # printed
     python bench/callgrind_peers.py --run CASE 1024                 # what valgrind runs
 """
@@ -82,6 +114,7 @@ from __future__ import annotations
 import contextvars
 import datetime
 import importlib
+import itertools
 import json
 import os
 import random
@@ -96,6 +129,7 @@ import pika  # type: ignore[import-untyped]
 from opentelemetry.context import get_current
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from pika.adapters.blocking_connection import BlockingChannel  # type: ignore[import-untyped]
 from pika.spec import Basic  # type: ignore[import-untyped]
 from wrapt import wrap_function_wrapper
@@ -111,6 +145,17 @@ PROC_CASES = ("proc_none", "proc_batch", "proc_bsp", "proc_simple")
 BATCH = 512
 #: A multiple of BATCH: every span a case ends in the counted loop is encoded in it.
 CALLS = 2 * BATCH
+#: Target 2 (b)'s kinds (the module doc): hoptrace's and contrib's, then hoptrace's reference.
+SAMPLED_KINDS = ("s_hop", "s_otel", "s_prop")
+#: The sampler's ratio, as ``hop_bench``'s 1% variants set it.
+RATE = 0.01
+#: Messages counted per sampled case: a multiple of BATCH (see the module doc), about 40
+#: recorded at 1%.
+SAMPLED_CALLS = 8 * BATCH
+#: The seeds of the trace IDs that decide which messages are recorded, one count each.
+SEEDS = (1, 2)
+#: The calls ``callgrind_cases.repeat_calls`` makes before the counted loop.
+WARMUP = 200
 TOPIC = "orders"
 GROUP = "billing"
 PAYLOAD = b'{"order": 42, "items": ["a", "b"]}'
@@ -178,16 +223,70 @@ class _Drop(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def encoding_provider(processor: str = "batch") -> Any:
+class SeededIds(IdGenerator):
+    """Trace and span IDs from two seeded streams (``RandomIdGenerator``'s draws otherwise).
+
+    A trace ID asked for right after :meth:`message_root` is the next of the messages'
+    stream, ``random.Random(seed)``; every other ID comes from a stream of its own. Each
+    message's root draws the same trace ID on every kind, so the same messages are sampled.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self._roots = random.Random(seed).getrandbits
+        self._other = random.Random(f"other {seed}").getrandbits
+        self._root_next = False
+
+    def message_root(self) -> None:
+        """The next trace ID asked for is a message's root's."""
+        self._root_next = True
+
+    def generate_span_id(self) -> int:
+        return self._other(64) or 1
+
+    def generate_trace_id(self) -> int:
+        if self._root_next:
+            self._root_next = False
+            return self._roots(128) or 1
+        return self._other(128) or 1
+
+    def is_trace_id_random(self) -> bool:
+        return True
+
+
+def sampled_setup(seed: int) -> dict[str, Any]:
+    """The tracer provider's arguments of the 1% kinds: the sampler, the seeded IDs."""
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    return {"sampler": ParentBased(TraceIdRatioBased(RATE)), "id_generator": SeededIds(seed)}
+
+
+def message_roots(seed: int, calls: int, skip: int = WARMUP) -> list[int]:
+    """The root trace IDs :class:`SeededIds` gives messages ``skip + 1`` to ``skip + calls``."""
+    draw = random.Random(seed).getrandbits
+    roots = [draw(128) or 1 for _ in range(skip + calls)]
+    return roots[skip:]
+
+
+def recorded(seed: int, calls: int = SAMPLED_CALLS, skip: int = WARMUP) -> int:
+    """How many of those messages ``ParentBased(TraceIdRatioBased(RATE))`` samples."""
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+
+    ratio = TraceIdRatioBased(RATE)
+    return sum(1 for t in message_roots(seed, calls, skip)
+               if t & ratio.TRACE_ID_LIMIT < ratio.bound)
+
+
+def encoding_provider(processor: str = "batch", seed: int | None = None) -> Any:
     """A tracer provider whose spans end into an OTLP encoder.
 
     ``batch``: through :class:`ForegroundBatchProcessor`; ``simple``: through a
     SimpleSpanProcessor (one export per span); ``drop``: the first, with nothing encoded.
+    With ``seed``, the 1% kinds' provider (:func:`sampled_setup`).
     """
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    provider = TracerProvider()
+    provider = TracerProvider(**({} if seed is None else sampled_setup(seed)))
     exporter = OtlpEncoder()
     if processor == "simple":
         provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -335,6 +434,13 @@ class _Client:
 
     peers: tuple[str, ...] = ("otel",)
 
+    def otel_scope(self) -> Any:
+        """The scope contrib's sends run in: a new business ID (``hop_bench.OtelBaggage``);
+        the 1% kind sets a root span's (:func:`_hop`)."""
+        from hop_bench import OtelBaggage
+
+        return OtelBaggage()
+
     def plain(self) -> Hop:
         raise NotImplementedError
 
@@ -463,7 +569,6 @@ class _Confluent(_Client):
         return send, receive
 
     def otel(self, provider: Any) -> Hop:
-        from hop_bench import OtelBaggage
         from opentelemetry.instrumentation.confluent_kafka import ConfluentKafkaInstrumentor
 
         kafka: Any = _Kafka()
@@ -474,7 +579,7 @@ class _Confluent(_Client):
             consumer.poll(1.0)
             _handler()
 
-        return _scoped(OtelBaggage(), lambda: producer.produce(TOPIC, PAYLOAD)), receive
+        return _scoped(self.otel_scope(), lambda: producer.produce(TOPIC, PAYLOAD)), receive
 
     def ddtrace(self) -> Hop:
         """ddtrace's ``produce`` / ``poll`` wrappers, put on the stand-in as
@@ -600,15 +705,13 @@ class _KafkaRecords(_Client):
         return lambda: call(send(producer, TOPIC, PAYLOAD)), receive
 
     def otel(self, provider: Any) -> Hop:
-        from hop_bench import OtelBaggage
-
         utils = importlib.import_module(f"{self._CONTRIB}.utils")
         tracer = _contrib_tracer(self._CONTRIB, provider)
         wrap_function_wrapper(self.producer_type, "send", utils._wrap_send(tracer, None))
         wrap_function_wrapper(self.consumer_type, self._RECEIVE,
                               getattr(utils, self._WRAP_RECEIVE)(tracer, None))
         send, receive = self.plain()
-        return _scoped(OtelBaggage(), send), receive
+        return _scoped(self.otel_scope(), send), receive
 
 
 class _KafkaPython(_KafkaRecords):
@@ -796,11 +899,10 @@ class _Pika(_Client):
         return self._run()
 
     def otel(self, provider: Any) -> Hop:
-        from hop_bench import OtelBaggage
         from opentelemetry.instrumentation.pika import PikaInstrumentor
 
         PikaInstrumentor.instrument_channel(self.channel, tracer_provider=provider)
-        return self._run(OtelBaggage())
+        return self._run(self.otel_scope())
 
 
 # ---------------------------------------------------------------------- kombu ---
@@ -1006,7 +1108,6 @@ class _AioPika(_Client):
         stand-in classes instead of aio-pika's."""
         from unittest import mock
 
-        from hop_bench import OtelBaggage
         from opentelemetry.instrumentation.aio_pika import aio_pika_instrumentor as module
 
         tracer = _contrib_tracer("opentelemetry.instrumentation.aio_pika", provider)
@@ -1015,7 +1116,7 @@ class _AioPika(_Client):
             module.AioPikaInstrumentor._instrument_exchange(tracer)
             module.AioPikaInstrumentor._instrument_queue(tracer)
         return self._run(lambda exchange, message, key: exchange.publish(message, key),
-                         self._on_message, OtelBaggage())
+                         self._on_message, self.otel_scope())
 
 
 # --------------------------------------------------------------------- celery ---
@@ -1133,13 +1234,12 @@ class _Celery(_Client):
         return self._publish(hc._wrap_sender(self._send_task_message)), self._run()
 
     def otel(self, provider: Any) -> Hop:
-        from hop_bench import OtelBaggage
         from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
         instrumentor = CeleryInstrumentor()  # type: ignore[no-untyped-call]
         instrumentor.instrument(tracer_provider=provider)
         _UNDO.append(instrumentor.uninstrument)
-        return _scoped(OtelBaggage(), self._publish(self._send_task_message)), self._run()
+        return _scoped(self.otel_scope(), self._publish(self._send_task_message)), self._run()
 
     def ddtrace(self) -> Hop:
         """ddtrace's Celery integration, connected to Celery's signals as
@@ -1169,13 +1269,33 @@ CLIENT_NAMES = {"confluent": "confluent-kafka", "kafkapython": "kafka-python",
 
 
 def client_cases(client: str) -> tuple[str, ...]:
-    """``client``'s cases, plain first: its floor, hoptrace, and each peer it has."""
+    """``client``'s cases, plain first: its floor, hoptrace, each peer it has, and target
+    2 (b)'s 1% kinds where OTel contrib instruments it."""
     extra = ("floor_promise",) if client == "confluent" else ()
-    kinds = ("plain", "floor", *extra, "hop", *CLIENTS[client].peers)
+    sampled = SAMPLED_KINDS if "otel" in CLIENTS[client].peers else ()
+    kinds = ("plain", "floor", *extra, "hop", *CLIENTS[client].peers, *sampled)
     return tuple(f"{kind}_{client}" for kind in kinds)
 
 
 CASES = tuple(case for client in CLIENTS for case in client_cases(client))
+#: Target 2 (b)'s cases, as the full run counts them: the SDK kinds at each seed.
+SAMPLED_CASES = tuple(
+    case for client in CLIENTS for case in ("plain_" + client, *(
+        f"{kind}_{client}@{seed}" if kind != "s_prop" else f"{kind}_{client}"
+        for kind in SAMPLED_KINDS for seed in (SEEDS if kind != "s_prop" else (0,))))
+    if f"s_hop_{client}" in CASES)
+
+
+def name_of(case: str) -> str:
+    """``KIND_CLIENT`` of a case name (without its half, seed and processor)."""
+    return case.partition(":")[0].partition("@")[0].partition("/")[0]
+
+
+def client_of(case: str) -> str:
+    """The client a case name stands for (``confluent``, ``pika``, ...)."""
+    return name_of(case).rpartition("_")[2]
+
+
 #: Callbacks that undo what a case connected process-wide (Celery's signals): the tests
 #: build several cases in one interpreter.
 _UNDO: list[Callable[[], object]] = []
@@ -1188,24 +1308,31 @@ def reset() -> None:
 
 
 def build(case: str, provider: Any = None) -> Callable[[], object]:
-    """The function one call of ``case`` runs: ``NAME[/send|/receive][:PROCESSOR]``.
+    """The function one call of ``case`` runs: ``NAME[/send|/receive][@SEED][:PROCESSOR]``.
 
     ``NAME`` alone sends one message and receives it; ``/send`` only sends, ``/receive`` only
     receives (the message of one send made here, again and again). ``PROCESSOR``: ``batch``
-    (the default), ``simple`` or ``drop`` (see :func:`encoding_provider`). Without
-    ``provider``, one is made and installed globally (as hoptrace's cases need); a given
-    ``provider`` must already be the global one.
+    (the default), ``simple`` or ``drop`` (see :func:`encoding_provider`). ``SEED``: the 1%
+    kinds' (:class:`SeededIds`; 1 without one). Without ``provider``, one is made and
+    installed globally (as hoptrace's cases need); a given ``provider`` must already be the
+    global one (for the 1% kinds, made with :func:`sampled_setup`). ``s_prop`` installs none.
     """
     spec, _, processor = case.partition(":")
+    spec, _, seed = spec.partition("@")
     name, _, half = spec.partition("/")
     if name.startswith("proc_"):
         return _proc_case(name)
-    if provider is None:
+    kind = name.rpartition("_")[0]
+    sampled = kind in ("s_hop", "s_otel")
+    if provider is None and kind != "s_prop":
         from opentelemetry import trace
 
-        provider = encoding_provider(processor or "batch")
+        provider = encoding_provider(processor or "batch",
+                                     int(seed or 1) if sampled else None)
         trace.set_tracer_provider(provider)
     send, receive = _hop(name, provider)
+    if sampled and not half:
+        return _exporting(send, receive, provider.force_flush)
     if half == "receive":
         elsewhere().run(send)
         return receive
@@ -1221,6 +1348,37 @@ def build(case: str, provider: Any = None) -> Callable[[], object]:
     return one
 
 
+def _exporting(send: Callable[[], None], receive: Callable[[], None],
+               flush: Callable[[], object]) -> Callable[[], None]:
+    """A 1% case's call: one message, and every ``BATCH`` messages from the end of the
+    warm-up on, the export of what is queued (a BatchSpanProcessor's timer)."""
+    calls = itertools.count(1 - WARMUP)
+
+    def one() -> None:
+        elsewhere().run(send)
+        receive()
+        if next(calls) % BATCH == 0:
+            flush()
+
+    return one
+
+
+class _MessageRoot:
+    """A scope that opens a message's root (``scope``), its trace ID from the messages'
+    stream of ``ids`` (:class:`SeededIds`)."""
+
+    def __init__(self, ids: SeededIds, scope: Any) -> None:
+        self._root_next, self._enter, self._exit = (
+            ids.message_root, scope.__enter__, scope.__exit__)
+
+    def __enter__(self) -> None:
+        self._root_next()
+        self._enter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._exit(*exc)
+
+
 def _hop(name: str, provider: Any) -> Hop:
     kind, _, client = name.rpartition("_")
     if client not in CLIENTS or name not in client_cases(client):
@@ -1230,6 +1388,22 @@ def _hop(name: str, provider: Any) -> Hop:
         return stand_ins.floor(_Floor(provider, promise=kind == "floor_promise"))
     if kind == "otel":
         return stand_ins.otel(provider)
+    if kind in SAMPLED_KINDS:
+        from hop_bench import HoptraceTransaction, OtelRoot
+
+        if kind == "s_otel":
+            ids = provider.id_generator
+            stand_ins.otel_scope = (  # type: ignore[method-assign]
+                lambda: _MessageRoot(ids, OtelRoot()))
+            return stand_ins.otel(provider)
+        send, receive = stand_ins.hop()
+        if kind == "s_prop":  # no SDK, as hop_bench's s_hop_prop
+            import hoptrace
+
+            hoptrace.configure(propagation_only=True)
+            return _scoped(HoptraceTransaction(), send), receive
+        scope = _MessageRoot(provider.id_generator, HoptraceTransaction())
+        return _scoped(scope, send), receive
     method: Callable[[], Hop] = getattr(stand_ins, kind)
     return method()
 
@@ -1238,11 +1412,46 @@ def _overheads(counts: dict[str, int]) -> dict[str, int]:
     """Each traced case's instructions per message over its client's plain case."""
     out = {}
     for case, count in counts.items():
-        kind, _, client = case.rpartition("_")
+        kind, _, client = name_of(case).rpartition("_")
         plain = f"plain_{client}"
         if kind != "plain" and plain in counts:
             out[case] = count - counts[plain]
     return out
+
+
+def calls_of(case: str) -> int:
+    """Messages counted for ``case``: more for the 1% kinds (:data:`SAMPLED_CALLS`)."""
+    return SAMPLED_CALLS if name_of(case).startswith("s_") else CALLS
+
+
+def _sampled(counts: dict[str, int]) -> dict[str, Any]:
+    """Target 2 (b) from the 1% cases' counts: per client, hoptrace's and contrib's
+    overheads at each seed and their mean, the ratio, and hoptrace propagation-only's."""
+    over = _overheads(counts)
+    clients: dict[str, Any] = {}
+    for client in CLIENTS:
+        seeds = [seed for seed in SEEDS
+                 if f"s_hop_{client}@{seed}" in over and f"s_otel_{client}@{seed}" in over]
+        if not seeds:
+            continue
+        hop = [over[f"s_hop_{client}@{seed}"] for seed in seeds]
+        otel = [over[f"s_otel_{client}@{seed}"] for seed in seeds]
+        ratios = [round(h / o, 3) for h, o in zip(hop, otel, strict=True)]
+        clients[client] = {
+            "s_hop": round(sum(hop) / len(hop)), "s_otel": round(sum(otel) / len(otel)),
+            "ratio": round(sum(hop) / sum(otel), 3), "ratios": ratios,
+            "s_prop": over.get(f"s_prop_{client}"),
+            "per_seed": {str(seed): {"s_hop": h, "s_otel": o}
+                         for seed, h, o in zip(seeds, hop, otel, strict=True)},
+        }
+    return {
+        "setup": f"ParentBased(TraceIdRatioBased({RATE})), a root span per message around "
+                 "the send; each message's root trace ID from random.Random(seed), the same "
+                 "on both sides (SeededIds)",
+        "calls": SAMPLED_CALLS, "seeds": list(SEEDS),
+        "recorded_messages": {str(seed): recorded(seed) for seed in SEEDS},
+        "instructions_per_message": counts, "over_plain": over, "clients": clients,
+    }
 
 
 def _ratios(overheads: dict[str, int]) -> dict[str, float]:
@@ -1265,7 +1474,7 @@ PRELOAD = ("hoptrace", "hoptrace.confluent_kafka", "hoptrace.kafka_python", "hop
            "hop_bench", "aio_pika", "celery", "kombu.entity", "wrapt")
 
 
-def count(cases: list[str]) -> dict[str, int]:
+def count(cases: list[str], calls: int = CALLS) -> dict[str, int]:
     """Instructions per message of ``cases``: those ddtrace runs each in an interpreter of
     its own (:func:`callgrind_cases.count_in`), the others a client at a time in children of
     one interpreter (:func:`callgrind_cases.count_many`: the imports paid once per client).
@@ -1276,11 +1485,11 @@ def count(cases: list[str]) -> dict[str, int]:
     """
     counts: dict[str, int] = {}
     for client in CLIENTS:
-        mine = [case for case in cases if case.rpartition("_")[2] == client]
+        mine = [case for case in cases if client_of(case) == client]
         shared = [case for case in mine if not case.startswith("ddtrace_")]
         for attempt in (1, 2):
             try:
-                counts.update(callgrind_cases.count_many(__file__, shared, CALLS, PRELOAD)
+                counts.update(callgrind_cases.count_many(__file__, shared, calls, PRELOAD)
                               if shared else {})
                 break
             except RuntimeError as failed:
@@ -1290,7 +1499,7 @@ def count(cases: list[str]) -> dict[str, int]:
                       file=sys.stderr, flush=True)
         for case in mine:
             if case not in counts:
-                counts[case] = callgrind_cases.count_in(__file__, case, CALLS)
+                counts[case] = callgrind_cases.count_in(__file__, case, calls)
     return {case: counts[case] for case in cases}
 
 
@@ -1299,23 +1508,41 @@ def main(argv: list[str]) -> int:
         return callgrind_cases.cli(argv, __file__, CASES, build)
     started = time.monotonic()
     counts: dict[str, int] = {}
-    if argv:
+    sampled: dict[str, int] = {}
+    only_sampled = argv == ["--sampled"]
+    if argv and not only_sampled:
         for case in argv:
-            counts[case] = callgrind_cases.count_in(__file__, case, CALLS)
+            found = sampled if name_of(case).startswith("s_") else counts
+            found[case] = callgrind_cases.count_in(__file__, case, calls_of(case))
     else:
-        counts = count(list(CASES))
-    for case, value in counts.items():
+        if not only_sampled:
+            counts = count([case for case in CASES if not name_of(case).startswith("s_")])
+        sampled = count(list(SAMPLED_CASES), SAMPLED_CALLS)
+    for case, value in {**counts, **sampled}.items():
         print(f"{case:28} {value / 1000:8.1f}k instructions per message", flush=True)
     overheads = _overheads(counts)
     ratios = _ratios(overheads)
     print("\nover plain, per message (produce + consume):")
-    for case, value in overheads.items():
+    for case, value in {**overheads, **_overheads(sampled)}.items():
         print(f"{case:28} {value / 1000:8.1f}k")
     for name, ratio in ratios.items():
         print(f"{name:40} {ratio:8.3f}")
+    target2 = _sampled(sampled) if sampled else None
+    if target2:
+        print(f"\n1% sampled, {SAMPLED_CALLS} messages, recorded per seed: "
+              f"{target2['recorded_messages']}")
+        for client, entry in target2["clients"].items():
+            print(f"{client:12} s_hop {entry['s_hop'] / 1000:6.1f}k  s_otel "
+                  f"{entry['s_otel'] / 1000:6.1f}k  ratio {entry['ratio']:.3f} "
+                  f"(per seed {entry['ratios']})  s_prop "
+                  f"{(entry['s_prop'] or 0) / 1000:6.1f}k")
     elapsed = time.monotonic() - started
-    print(f"\n{len(counts)} cases in {elapsed / 60:.1f} minutes")
-    if not argv:
+    print(f"\n{len(counts) + len(sampled)} cases in {elapsed / 60:.1f} minutes")
+    if only_sampled and RESULTS.exists():
+        data = json.loads(RESULTS.read_text())
+        data["sampled"] = target2
+        RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+    elif not argv:
         RESULTS.write_text(json.dumps({
             "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "method": "callgrind instructions per message (produce + consume), counted in "
@@ -1325,6 +1552,7 @@ def main(argv: list[str]) -> int:
             "calls": CALLS, "minutes": round(elapsed / 60, 1), "clients": CLIENT_NAMES,
             "instructions_per_message": counts,
             "over_plain": overheads, "ratios_over_plain": ratios,
+            "sampled": target2,
         }, indent=2) + "\n")
     return 0
 

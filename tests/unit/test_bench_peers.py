@@ -262,3 +262,241 @@ def test_the_ratios_are_over_each_client_s_peers() -> None:
     assert callgrind_peers._ratios(over) == {
         "hop_pika/otel_pika": 0.6, "hop_kombu/ddtrace_kombu": 0.8,
         "floor_kombu/ddtrace_kombu": 0.5}
+
+
+# ------------------------------------------------------- target 2 (b): 1% sampled ---
+
+#: The seed and message count of the 1% tests: messages 59, 108, 168 and 186 (from 0) are
+#: sampled, the last one is not (so no recorded process span is still held at the end).
+SEED, MESSAGES = 2, 300
+SAMPLED_CLIENTS = [c for c, stand_ins in callgrind_peers.CLIENTS.items()
+                   if "otel" in stand_ins.peers]
+
+
+@pytest.fixture
+def sampled_spans() -> Any:
+    """The 1% kinds' provider (their sampler and seeded IDs), recording into memory."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(**callgrind_peers.sampled_setup(SEED))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    previous = trace._TRACER_PROVIDER
+    trace._TRACER_PROVIDER = provider
+    try:
+        yield exporter
+    finally:
+        trace._TRACER_PROVIDER = previous
+        provider.shutdown()
+
+
+def _run_sampled(case: str, monkeypatch: pytest.MonkeyPatch, provider: Any = None,
+                 messages: int = MESSAGES) -> list[tuple[int, int, str | None]]:
+    """``messages`` calls of ``case``; what the handler saw each time: the current trace
+    and span IDs and the ``transaction.id`` baggage entry."""
+    seen: list[tuple[int, int, str | None]] = []
+    handler = callgrind_peers._handler
+
+    def watched() -> None:
+        handler()
+        current = trace.get_current_span().get_span_context()
+        seen.append((current.trace_id, current.span_id,
+                     baggage.get_baggage("transaction.id")))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(callgrind_peers, "_handler", watched)
+    try:
+        one = callgrind_peers.build(case, provider)
+        contextvars.Context().run(lambda: [one() for _ in range(messages)])
+    finally:
+        callgrind_peers.reset()
+    return seen
+
+
+def _sampled_roots() -> tuple[list[int], set[int]]:
+    """Each message's root trace ID, and those the sampler keeps."""
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+
+    ratio = TraceIdRatioBased(callgrind_peers.RATE)
+    roots = callgrind_peers.message_roots(SEED, MESSAGES, skip=0)
+    kept = {t for t in roots if t & ratio.TRACE_ID_LIMIT < ratio.bound}
+    assert len(kept) == 4  # see SEED
+    return roots, kept
+
+
+def _check_recorded_messages(exporter: Any) -> dict[int, tuple[ReadableSpan, ReadableSpan]]:
+    """The 1% recorded: one root ``job`` span per sampled message, nothing else; each root
+    parents the message's send span. Returns each recorded trace's root and send."""
+    _, kept = _sampled_roots()
+    finished = exporter.get_finished_spans()
+    jobs = [s for s in finished if s.name == "job"]
+    assert all(s.parent is None for s in jobs)
+    # The same messages as on the other side, decided by the seeded roots alone.
+    assert sorted(s.context.trace_id for s in jobs) == sorted(kept)
+    sends = {}
+    for job in jobs:
+        (send,) = [s for s in finished if s.kind is SpanKind.PRODUCER
+                   and s.context.trace_id == job.context.trace_id]
+        assert send.parent.span_id == job.context.span_id
+        sends[job.context.trace_id] = (job, send)
+    return sends
+
+
+@pytest.mark.parametrize("client", SAMPLED_CLIENTS)
+def test_hoptrace_1pct_records_the_sampled_messages_and_carries_every_one(
+    sampled_spans: Any, client: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _run_sampled(f"s_hop_{client}@{SEED}", monkeypatch, trace.get_tracer_provider())
+    roots, kept = _sampled_roots()
+    sends = _check_recorded_messages(sampled_spans)
+    finished = sampled_spans.get_finished_spans()
+    # Every message, sampled or not, is handled in its root's trace, its transaction ID in
+    # the baggage (a new one per message).
+    assert [trace_id for trace_id, _, _ in seen] == roots
+    assert len({tx for _, _, tx in seen}) == MESSAGES and all(
+        tx and len(tx) == 32 for _, _, tx in seen)
+    for trace_id, span_id, tx in seen:
+        processes = [s for s in finished if s.kind is SpanKind.CONSUMER
+                     and s.context.trace_id == trace_id]
+        if trace_id not in kept:
+            assert processes == []
+            continue
+        job, send = sends[trace_id]
+        (process,) = processes
+        assert process.parent.span_id == send.context.span_id
+        assert span_id == process.context.span_id  # the handler runs in the process span
+        # The transaction's root carries its ID, and so does the process span (the send
+        # span in the transaction's trace need not repeat it).
+        for span in (job, process):
+            assert span.attributes["hoptrace.transaction.id"] == tx  # type: ignore[index]
+    assert len(finished) == 3 * len(kept)
+
+
+@pytest.mark.parametrize("client", SAMPLED_CLIENTS)
+def test_contrib_1pct_records_the_same_messages(
+    sampled_spans: Any, client: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if client in ("confluent", "aiokafka"):
+        pytest.importorskip("opentelemetry.instrumentation."
+                            + {"confluent": "confluent_kafka"}.get(client, client))
+    seen = _run_sampled(f"s_otel_{client}@{SEED}", monkeypatch, trace.get_tracer_provider())
+    roots, kept = _sampled_roots()
+    sends = _check_recorded_messages(sampled_spans)
+    finished = sampled_spans.get_finished_spans()
+    consumers = [s for s in finished if s.kind is SpanKind.CONSUMER]
+    if client == "confluent":
+        # Contrib's recv span is a root of its own (sampled at 1% on its own: its trace IDs
+        # come from the other stream), its process span a child of it, linked to the send.
+        assert {s.name for s in consumers} <= {"recv", "orders process"}
+        for process in (s for s in consumers if s.name == "orders process"):
+            assert next(link.context.trace_id for link in process.links) in roots
+        assert len(seen) == MESSAGES
+        return
+    # Elsewhere contrib's consumer span continues the send's trace.
+    assert sorted(s.parent.span_id for s in consumers) == sorted(
+        send.context.span_id for _, send in sends.values())
+    if client in ("kafkapython", "aiokafka"):
+        # Contrib ends its receive span and detaches before the record is returned.
+        assert seen == [(0, 0, None)] * MESSAGES
+        return
+    # The handler runs in the message's trace, the business ID in its baggage.
+    assert [trace_id for trace_id, _, _ in seen] == roots
+    assert len({tx for _, _, tx in seen}) == MESSAGES and all(tx for _, _, tx in seen)
+    by_trace = {s.context.trace_id: s for s in consumers}
+    for trace_id, span_id, _ in seen:
+        if trace_id in kept:
+            assert span_id == by_trace[trace_id].context.span_id
+
+
+@pytest.mark.parametrize("client", SAMPLED_CLIENTS)
+def test_propagation_only_1pct_carries_a_new_transaction_per_message(
+    no_sdk: None, client: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _run_sampled(f"s_prop_{client}", monkeypatch, messages=5)
+    assert len({trace_id for trace_id, _, _ in seen}) == 5 and all(t for t, _, _ in seen)
+    assert len({tx for _, _, tx in seen}) == 5 and all(
+        tx and len(tx) == 32 for _, _, tx in seen)
+
+
+def test_the_1pct_cases_export_every_batch_of_counted_messages(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a 1% case records in the counted loop is exported in it: a flush at the end of
+    the warm-up (``callgrind_cases.repeat_calls``'s) and every BATCH messages after."""
+    import callgrind_cases
+
+    handled: list[int] = []
+    flushed: list[int] = []
+    exporter = callgrind_peers.OtlpEncoder()
+
+    class Flushes(callgrind_peers.ForegroundBatchProcessor):
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            flushed.append(len(handled))
+            return super().force_flush(timeout_millis)
+
+    provider = TracerProvider(**callgrind_peers.sampled_setup(1))
+    processor = Flushes(exporter)
+    provider.add_span_processor(processor)
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
+    monkeypatch.setattr(callgrind_peers, "_handler", lambda: handled.append(1))
+    try:
+        one = callgrind_peers.build("s_hop_pika@1", provider)
+        contextvars.Context().run(callgrind_cases.repeat_calls, one, callgrind_peers.BATCH)
+    finally:
+        callgrind_peers.reset()
+    warmup, batch = callgrind_peers.WARMUP, callgrind_peers.BATCH
+    assert flushed == [warmup, warmup + batch]
+    assert processor._queue == []
+    sampled = callgrind_peers.recorded(1, warmup + batch, skip=0)
+    assert sampled > 0 and exporter.spans == 3 * sampled  # root, send, process
+
+
+def test_the_seeded_roots_decide_the_recorded_share() -> None:
+    counted = callgrind_peers.SAMPLED_CALLS
+    assert counted % callgrind_peers.BATCH == 0
+    for seed in callgrind_peers.SEEDS:
+        # Enough messages that the 1% is represented: within 0.5x..2x of the rate.
+        assert 0.5 * counted / 100 <= callgrind_peers.recorded(seed) <= 2 * counted / 100
+    ids = callgrind_peers.SeededIds(7)
+    ids.generate_trace_id(), ids.generate_span_id()  # the other stream: not the roots'
+    ids.message_root()
+    assert ids.generate_trace_id() == callgrind_peers.message_roots(7, 1, skip=0)[0]
+
+
+def test_the_sampled_summary_is_per_client_and_seed() -> None:
+    counts = {"plain_pika": 100, "s_hop_pika@1": 1100, "s_otel_pika@1": 3100,
+              "s_hop_pika@2": 1300, "s_otel_pika@2": 2900, "s_prop_pika": 900}
+    assert callgrind_peers.SEEDS == (1, 2)
+    entry = callgrind_peers._sampled(counts)["clients"]["pika"]
+    assert entry["s_hop"] == 1100 and entry["s_otel"] == 2900 and entry["s_prop"] == 800
+    assert entry["ratios"] == [0.333, 0.429] and entry["ratio"] == round(2200 / 5800, 3)
+
+
+def test_make_bench_reads_target_2b_per_client(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import run
+
+    counts = {"plain_pika": 100, "s_hop_pika@1": 1100, "s_otel_pika@1": 3100,
+              "s_hop_pika@2": 1300, "s_otel_pika@2": 2900, "s_prop_pika": 900,
+              "plain_celery": 0, "s_hop_celery@1": 2000, "s_otel_celery@1": 3000,
+              "s_hop_celery@2": 2000, "s_otel_celery@2": 3000}
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    (tmp_path / "peers_instructions.json").write_text(json.dumps({
+        "over_plain": {}, "clients": callgrind_peers.CLIENT_NAMES,
+        "sampled": callgrind_peers._sampled(counts)}))
+    rows = {name: (met, figure) for name, met, figure in run.peer_targets()}
+    met, figure = rows[f"2 pika, in instructions: 1% sampled spans ≤ 0.5{run.TIMES} "
+                       "OTel contrib's"]
+    seeds = callgrind_peers._sampled(counts)["recorded_messages"]
+    assert met is True and "1.1k vs otel 2.9k" in figure and f"= 0.38{run.TIMES}" in figure
+    assert (f"0.333{run.TIMES} ({seeds['1']} recorded), 0.429{run.TIMES} ({seeds['2']} "
+            "recorded)") in figure
+    met, figure = rows[f"2 pika, in instructions: 1% sampled spans ≤ 1.25{run.TIMES} its "
+                       "propagation-only"]
+    assert met is False and "hoptrace 1.1k vs propagation-only 0.8k" in figure
+    assert f"= 1.38{run.TIMES}, the recorded 1% encoded" in figure
+    assert f"2 celery, in instructions: 1% sampled spans ≤ 1.25{run.TIMES} its " \
+        "propagation-only" not in rows  # (no s_prop counted for it here)
+    met, figure = rows[f"2 celery, in instructions: 1% sampled spans ≤ 0.5{run.TIMES} "
+                       "OTel contrib's"]
+    assert met is False and f"= 0.67{run.TIMES}" in figure and "propagation-only" not in figure
