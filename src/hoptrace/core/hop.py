@@ -933,8 +933,9 @@ class consume_scope(_Scope):
         """:meth:`_open` with spans on, first trying the shortcut for a dropped span.
 
         When the message carries a span context, is trusted, parent mode is on, and there is
-        no ambient span, extra link or redelivery flag, the producer's span is the parent,
-        with no links (:func:`incoming_parent`'s answer). When the sampler is known to drop
+        no ambient span, extra link or redelivery (a first delivery's flag, ``False``, gives
+        the span its fixed ID), the producer's span is the parent, with no links
+        (:func:`incoming_parent`'s answer). When the sampler is known to drop
         its child, that child is all the span work: no parent span object, attributes or
         links (test_sdk_spans_dropped.py). A carrier of valid context is read in one C call
         (:attr:`incoming` is built from it only when asked for), else by :func:`read`;
@@ -976,10 +977,13 @@ class consume_scope(_Scope):
         ambient = get_current()
         tx = None
         if (remote is not None and settings.trust_incoming and settings.link_mode != "link"
-                and ambient.get(SPAN_KEY) is None and self._redelivered is None
+                and ambient.get(SPAN_KEY) is None and (
+                    self._redelivered is None or self._redelivered is False)
                 and not self._links):
             tx = carried or generate_transaction_id()  # (incoming_transaction)
-            span: Any = _dropped_child(remote, None, "consume_scope.span")
+            # (A first delivery's span gets its fixed ID, as _span_id gives it.)
+            span: Any = _dropped_child(remote, None if self._redelivered is None else (
+                first_attempt_span_id(remote, self._destination)), "consume_scope.span")
             if span is not None:
                 self.transaction_id = tx
                 if span is _FAILED:  # counted: no span, the producer's context goes on
