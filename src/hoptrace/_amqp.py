@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from typing import Any, Final, TypeVar
 
+from opentelemetry.trace import NonRecordingSpan
+
 from ._client import names_active_span
 from ._redelivery import (
     MEMORY_SIZE,
@@ -27,10 +29,24 @@ from ._redelivery import (
     message_key,
 )
 from .core import diagnostics, metrics, semconv
+from .core import propagation as _propagation
 from .core import settings as _settings
-from .core.hop import AttachedSend, consume_scope, produce_scope, spans_active, unrecorded_send
+from .core import spans as _spans
+from .core.carriers import write_headers
+from .core.context import BAGGAGE_KEY, SPAN_KEY, TRANSACTION_KEY, get_current
+from .core.hop import (
+    _FAILED,
+    AttachedSend,
+    _dropped_child,
+    _new_tuple,
+    _send_values,
+    consume_scope,
+    produce_scope,
+    spans_active,
+    unrecorded_send,
+)
 from .core.otel_shims import sdk_installed
-from .core.propagation import inject
+from .core.propagation import holds_transaction_header, inject, render
 from .core.settings import get_settings
 
 __all__ = [
@@ -42,10 +58,12 @@ __all__ = [
     "DeliveryScope",
     "Processing",
     "SendScope",
+    "begin_dropped",
     "broker_sent_ns",
     "dead_lettered",
     "delivery_attributes",
     "destination",
+    "end_dropped",
     "headers_only_now",
     "memory",
     "message_id_text",
@@ -311,7 +329,7 @@ class SendScope(produce_scope):
 #: What :func:`_begin` gives a publish: the headers to send (None: the caller's message goes
 #: out unchanged), the open send scope (or the context attached in its place), the guard to
 #: reset.
-_Begun = tuple[Any, "produce_scope | AttachedSend | None", "Token[bool] | None"]
+_Begun = tuple[Any, "produce_scope | AttachedSend | DroppedSend | None", "Token[bool] | None"]
 _UNTRACED: Final[_Begun] = (None, None, None)
 
 
@@ -371,6 +389,8 @@ def begin_unrecorded(
     The same steps in one frame, and without what only a span uses (the messaging system,
     the destination, the correlation ID), so a client works those out only when None comes
     back: then nothing was done (the guard is down again) and :func:`_begin` must run.
+    A send span the sampler is known to drop is answered here too (:func:`_attach_dropped`:
+    the scope's carrier and attached context, and its span, without the scope).
     """
     if not (_unrecorded_fast and (routing_key is None or type(routing_key) is str) and (
             message_id is None or type(message_id) is str)):
@@ -385,14 +405,146 @@ def begin_unrecorded(
     except Exception as exc:
         diagnostics.internal_error(label, exc)
         return None, None, guard
-    if attached is None:  # a span or a metric to make, or hoptrace off: _begin decides
-        _publishing.reset(guard)
+    if attached is None:  # a span or a metric to make, or hoptrace off
+        dropped = _attach_dropped(headers, routing_key, message_id)
+        if dropped is not None:
+            return dropped[0], dropped[1], guard
+        _publishing.reset(guard)  # (_begin decides)
         return None
     return attached[0], attached[1], guard
 
 
+class DroppedSend(tuple):  # type: ignore[type-arg]
+    """``(token, context, span)``: a send scope's attached context and its dropped span."""
+
+    __slots__ = ()
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """End the span and detach the context, as the send scope's ``close(exc)`` does."""
+        token, attached, span = self
+        if span is not None and (exc is not None or type(span) is not NonRecordingSpan or (
+                NonRecordingSpan.end is not _spans.NRS_END)):
+            _spans.end_span(span, exc, "SendScope.close")
+        if token is not None and attached is not None:
+            AttachedSend((token, attached)).close(exc)
+
+
+def _attach_dropped(
+    headers: Any, routing_key: object, message_id: object
+) -> tuple[Any, DroppedSend] | None:
+    """:func:`begin_unrecorded`'s second try, its guard up: for a send span the sampler is
+    known to drop, the scope's carrier and context (attached, as the client's call may run
+    user code) without the scope. None, with nothing done: :func:`_begin` must run (see
+    :func:`begin_dropped` for when)."""
+    if headers is not None and type(headers) is not dict:
+        return None
+    settings = _settings._current or get_settings()
+    parent = _dropped_parent(settings, routing_key, message_id)
+    if parent is None:
+        return None
+    span: Any = _dropped_child(parent.get(SPAN_KEY), None, "produce_scope.span")
+    if span is None:  # the child may record: the scope makes it
+        return None
+    if span is _FAILED:  # counted: no send span, as the scope goes on without one
+        span = None
+    carrier, ctx, token = _send_values(
+        parent, span, parent.get(TRANSACTION_KEY), headers, settings, True, True)
+    return carrier, _new_tuple(DroppedSend, (token, ctx, span))
+
+
+#: Whether pika's publish tries :func:`begin_dropped` first (the tests turn it off to compare
+#: it with :func:`publish`'s general steps).
+_dropped_fast: bool = True
+
+
+def begin_dropped(
+    headers: Any, routing_key: object, message_id: object
+) -> tuple[Any, Any, Token[bool] | None] | None:
+    """:func:`_begin`'s answer for a ``headers_only`` publish whose send span the sampler is
+    known to drop, without the scope: ``(carrier, span, guard)``, to end with
+    :func:`end_dropped` once the call returns or raises.
+
+    ``headers_only``: the call runs no user code, so the scope's context, attached only to
+    be detached when the call returns, is left out; the headers carry what the scope's
+    would: its dropped span (the same draws, in the same order: the transaction is the
+    current one, so only the span ID), the current transaction and baggage. None, with
+    nothing done: :func:`publish` must run (the span may record, metrics are on, no
+    transaction or baggage entry of its own is current, a propagator other than the W3C set,
+    headers of another type, a routing key or message ID that is not text).
+    """
+    if type(headers) is dict:
+        if not headers:
+            headers = None  # (as in _begin)
+    elif headers is not None:
+        return None
+    settings = _settings._current or get_settings()
+    parent = _dropped_parent(settings, routing_key, message_id)
+    if parent is None:
+        return None
+    if _publishing.get() or (headers is not None and traced_already(headers)):
+        return _UNTRACED
+    span: Any = _dropped_child(parent.get(SPAN_KEY), None, "produce_scope.span")
+    if span is None:  # the child may record: the scope makes it
+        return None
+    if span is _FAILED:  # counted: no send span, as the scope goes on without one
+        span = None
+    guard = _publishing.set(True)
+    carrier: Any
+    try:  # (_send_values' rendering, the send span written as the context's)
+        if headers is None:
+            carrier = render(parent, settings, None, True, False, span)
+        else:
+            carrier = write_headers(headers, render(
+                parent, settings, None, True, holds_transaction_header(headers), span),
+                copy=True)
+    except Exception as exc:
+        diagnostics.internal_error("produce_scope.open", exc)
+        carrier = {} if headers is None else headers
+    return carrier, span, guard
+
+
+def _dropped_parent(settings: Any, routing_key: object, message_id: object) -> Any:
+    """The current context, if :func:`begin_dropped` may write a send's headers from it: a
+    span and a transaction current, the baggage the scope's own (its ``bind_transaction``
+    would change nothing the headers carry), spans on, metrics off, the W3C propagators, an
+    SDK, a routing key and message ID of text (or None: other types take ``_begin``'s path)."""
+    if not (_dropped_fast and settings.enabled and not settings.propagation_only
+            and (routing_key is None or type(routing_key) is str)
+            and (message_id is None or type(message_id) is str)):
+        return None
+    if metrics.provider_source._METER_PROVIDER is not metrics.off_provider and (
+            metrics.enabled()):
+        return None
+    now = _propagation._propagate_now
+    if now is None or now._HTTP_TEXT_FORMAT is not _propagation._w3c_now:
+        return None  # (a propagator of another kind may read the attached context)
+    parent = get_current()
+    tx = parent.get(TRANSACTION_KEY)
+    if type(tx) is not str or parent.get(SPAN_KEY) is None:
+        return None
+    baggage: Any = parent.get(BAGGAGE_KEY)
+    if baggage is not None and settings.baggage_mirror:
+        if type(baggage) is not dict:
+            return None  # (bind_transaction's own steps, with their errors, for others)
+        entry = baggage.get(settings.baggage_key)
+        if baggage and entry is not tx and (type(entry) is not str or entry != tx):
+            return None
+    return parent if sdk_installed() else None
+
+
+def end_dropped(span: Any, guard: Token[bool] | None, exc: BaseException | None = None) -> None:
+    """End a publish :func:`begin_dropped` began, as the scope's ``close(exc)`` ends it."""
+    try:
+        if span is not None and (exc is not None or type(span) is not NonRecordingSpan or (
+                NonRecordingSpan.end is not _spans.NRS_END)):
+            _spans.end_span(span, exc, "SendScope.close")
+    finally:
+        if guard is not None:
+            _publishing.reset(guard)
+
+
 def _finish(
-    scope: produce_scope | AttachedSend | None, guard: Token[bool] | None,
+    scope: produce_scope | AttachedSend | DroppedSend | None, guard: Token[bool] | None,
     exc: BaseException | None = None,
 ) -> None:
     """End the send span (with ``exc`` as its error) and drop the guard."""

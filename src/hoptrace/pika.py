@@ -119,6 +119,20 @@ def _wrap_basic_publish(original: Callable[..., Any]) -> Callable[..., Any]:
                 _send, getattr(properties, "headers", None), "pika.basic_publish",
                 properties, original, self, exchange, routing_key, body, mandatory,
             )
+        # A send span the sampler drops (most messages at a low sampling rate): its headers
+        # without the scope.
+        begun = _amqp.begin_dropped(getattr(properties, "headers", None), routing_key,
+                                    getattr(properties, "message_id", None))
+        if begun is not None:
+            carrier, span, guard = begun
+            try:
+                result = _send(carrier, properties, original, self, exchange, routing_key, body,
+                               mandatory)
+            except BaseException as exc:
+                _amqp.end_dropped(span, guard, exc)
+                raise
+            _amqp.end_dropped(span, guard)
+            return result
         return _traced_call(
             exchange,
             routing_key,
