@@ -22,26 +22,37 @@ from opentelemetry.util.types import AttributeValue
 
 from .core import diagnostics, held, metrics, semconv
 from .core import propagation as _propagation
+from .core import settings as _settings
+from .core import spans as _spans
 from .core.carriers import write_headers
 from .core.context import (
     BAGGAGE_KEY,
     SPAN_KEY,
     TRANSACTION_KEY,
+    bind_transaction,
     current_transaction_id,
     generate_transaction_id,
     get_current,
     sdk_installed,
 )
+from .core.context import (
+    attach as _attach,
+)
 from .core.hop import (
     _FAILED,
+    HOP_SPAN_KEY,
     AttachedSend,
+    _check_carrier,
     _dropped_child,
+    _new_tuple,
+    _send_values,
     consume_scope,
     produce_scope,
     receive_scope,
     spans_active,
     unrecorded_send,
 )
+from .core.ids import TUPLE_LAYOUT as _TUPLE_LAYOUT
 from .core.propagation import (
     carried_transaction_id,
     holds_transaction_header,
@@ -345,13 +356,149 @@ def attached_send(
         # The scope's new list, [] with the values written in: the same pairs as those of
         # the new dict the values make (a failure's empty dict is that empty list).
         attached = unrecorded_send(None, timestamp_given, True, True)
-        if attached is None or type(attached[0]) is list:  # (the pairs, from the C writer)
+        if attached is None:  # (with spans on: a send span the sampler drops, if so)
+            return dropped_send(None, timestamp_given) if _dropped_fast else None
+        if type(attached[0]) is list:  # (the pairs, from the C writer)
             return attached
         return _new_pairs(attached[0]), attached[1]  # (else the dict)
     try:
-        return unrecorded_send(headers, timestamp_given, True)  # type: ignore[arg-type]
+        attached = unrecorded_send(headers, timestamp_given, True)  # type: ignore[arg-type]
     except TypeError:  # (as open_send: the send goes untraced)
         return headers, None
+    return attached if attached is not None else _dropped(headers, timestamp_given)
+
+
+def _dropped(headers: object, timestamp_given: bool) -> tuple[Any, AttachedSend | None] | None:
+    """:func:`dropped_send` where it is on (asked after ``unrecorded_send``, so that
+    propagation-only sends pay nothing for it); the caller's headers when they are of a type
+    the client rejects. (No headers, never rejected, call ``dropped_send`` directly.)"""
+    if not _dropped_fast:
+        return None
+    try:
+        return dropped_send(headers, timestamp_given)
+    except TypeError:  # (as open_send: the send goes untraced)
+        return headers, None
+
+
+#: Whether :func:`attached_send` tries :func:`dropped_send` (the tests turn it off to compare
+#: it with the send scope).
+_dropped_fast: bool = True
+#: ``NonRecordingSpan.is_recording`` as the API defines it (a scope's error on a dropped span
+#: is then recorded nowhere: see :func:`dropped_send`).
+_NRS_IS_RECORDING: Final = NonRecordingSpan.is_recording
+
+
+def dropped_send(
+    headers: object, timestamp_given: bool
+) -> tuple[Any, AttachedSend | None] | None:
+    """:func:`attached_send` for a send whose span the sampler is known to drop, no scope.
+
+    With spans on and metrics off, inside a transaction and under a current span whose child
+    the sampler drops (:func:`hoptrace.core.hop._dropped_child`), the send scope
+    (:func:`open_send`) would attach its context (that dropped span current, the transaction
+    bound), render the headers from it, and at the ack or the client's error only detach it:
+    ending a ``NonRecordingSpan`` with or without an error does nothing while the API's
+    ``end`` and ``is_recording`` are its own, and nothing awaits the ack
+    (:func:`detach_for_ack`). The same here without the scope: the same span (the same
+    random draws), context and headers. None: the send needs its scope (hoptrace disabled,
+    metrics on, no SDK or propagation-only, no current span, a child that may record, no
+    transaction in force and none the headers carry, so one would be drawn before the
+    span). Raises TypeError as the scope does.
+
+    Asked only once ``unrecorded_send`` declined the send: enabled, spans on and metrics
+    off, that means an SDK is installed (without one it takes the send), so that is not
+    asked again; a span is made only through the SDK tracer's own shortcut anyway.
+    """
+    settings = _settings._current or get_settings()
+    parent = get_current()
+    active = parent.get(SPAN_KEY)
+    if active is None or not _may_drop(settings):
+        return None
+    if headers is not None and type(headers) is not dict and type(headers) is not list:
+        _check_carrier(headers)
+    tx = _drawn_already(parent, headers)
+    if not tx:
+        return None
+    span: Any = _dropped_child(active, None, "produce_scope.span")  # type: ignore[arg-type]
+    if span is None:
+        return None
+    if span is _FAILED:  # counted: no span, as the scope then makes none
+        span = None
+    elif headers is None and tx is parent.get(TRANSACTION_KEY):
+        fresh = _dropped_pairs(parent, span, tx, settings, timestamp_given)
+        if fresh is not None:
+            return fresh
+    carrier, ctx, token = _send_values(
+        parent, span, tx, headers, settings, timestamp_given, headers is not None)
+    if headers is None and type(carrier) is dict:
+        carrier = _new_pairs(carrier)  # (what write_headers makes of the scope's new list)
+    if ctx is None:
+        return carrier, None
+    return carrier, _new_tuple(AttachedSend, (token, ctx))
+
+
+def _may_drop(settings: Any) -> bool:
+    """Whether a send scope may make a dropped span whose end records nothing (see
+    :func:`dropped_send`): spans on, metrics off, ``NonRecordingSpan`` the API's own."""
+    return (settings.enabled and not settings.propagation_only
+            and metrics.provider_source._METER_PROVIDER is metrics.off_provider
+            and NonRecordingSpan.end is _spans.NRS_END
+            and NonRecordingSpan.is_recording is _NRS_IS_RECORDING)
+
+
+def _drawn_already(parent: Context, headers: object) -> str | None:
+    """produce_scope.open's transaction, unless it would draw a new one (it draws that before
+    the span's ID: such a send goes through the scope)."""
+    tx = parent.get(TRANSACTION_KEY)
+    if type(tx) is not str:
+        tx = current_transaction_id(parent)
+    return tx or produce_scope._carried([] if headers is None else headers)  # type: ignore[arg-type]
+
+
+def _dropped_pairs(
+    parent: Context, span: Any, tx: str, settings: Any, sent_time: bool
+) -> tuple[list[tuple[str, bytes]], AttachedSend] | None:
+    """:func:`dropped_send`'s new header list and attached context, for no headers and the
+    transaction ``parent`` binds: ``_send_values`` and ``render``'s common case in one step
+    (the C writer's pairs straight into the new list), else None (the general steps).
+
+    The same context (``parent`` with ``span`` current), attached before the headers are
+    written; the same headers: W3C propagation alone, a baggage of at most the transaction's
+    own entry, the writer's header choice needing no look at the carrier, and ``span``'s
+    valid span context of no trace state (tests/unit/test_kafka_sampled_dropped_send.py
+    compares it with the scope).
+    """
+    names = _propagation._names
+    now = _propagation._propagate_now
+    if not (
+        now is not None and now._HTTP_TEXT_FORMAT is _propagation._w3c_now
+        and _propagation._write_common is not None and names.settings is settings
+        and (names.written is not None or not names.tight) and _TUPLE_LAYOUT
+    ):
+        return None
+    trace_id, span_id, _, flags, state, valid = span.get_span_context()
+    if not valid or not (state is None or state is _propagation._DEFAULT_STATE or not state):
+        return None
+    scoped: dict[str, object] = {**parent}
+    scoped[SPAN_KEY] = scoped[HOP_SPAN_KEY] = span
+    bind_transaction(scoped, tx, parent.get(BAGGAGE_KEY), settings)
+    entries: Any = scoped.get(BAGGAGE_KEY)
+    if entries and (len(entries) != 1 or entries.get(names.baggage_key) != tx):
+        return None  # (other entries: render's general case)
+    ctx = Context(scoped)
+    attached: AttachedSend = _new_tuple(AttachedSend, (_attach(ctx), ctx))
+    pairs: list[tuple[str, bytes]] = []
+    try:
+        if _propagation._write_common(
+            pairs, trace_id, span_id, bool(flags & 1), semconv.TRACEPARENT, names.written, tx,
+            semconv.BAGGAGE, names.mirror_prefix if settings.baggage_mirror else None,
+            names.sent if sent_time else None, None,
+        ):
+            return pairs, attached
+        return _new_pairs(render(ctx, settings, None, sent_time)), attached
+    except Exception as exc:
+        diagnostics.internal_error("produce_scope.open", exc)
+        return [], attached
 
 
 def _new_pairs(values: Mapping[str, str]) -> list[tuple[str, bytes]]:
