@@ -1366,6 +1366,7 @@ static PyObject *dc_trace_id_max = NULL;  /* _TRACE_ID_MAX */
 static size_t dc_trace_bits = 0;          /* 128 when _TRACE_ID_MAX is 2**128 - 1 */
 
 static size_t dc_ones(PyObject *most);
+static PyObject *ri_call(PyObject *generator, int which);
 /* Set by configure_spans(): */
 static PyObject *dc_spans_module = NULL;  /* hoptrace.core.spans (its _fast_cache, fast_starter) */
 static PyObject *dc_settings_module = NULL; /* hoptrace.core.settings (its _current) */
@@ -1705,7 +1706,7 @@ dc_random(PyObject *state, PyObject *flags, PyObject *id_generator)
     if (random_flag != 1) {
         return 0;
     }
-    PyObject *answer = DC_CALL0(id_generator, is_trace_id_random);
+    PyObject *answer = ri_call(id_generator, 2);
     if (answer == NULL) {
         return -1;
     }
@@ -1782,6 +1783,190 @@ dc_generator(PyObject *tracer)
     return id_generator;
 }
 
+/* ---- the SDK's RandomIdGenerator and the API's NonRecordingSpan.get_span_context, inline --
+ *
+ * Set by configure_ids() (from _sdk_spans, once it has checked each function's code): where
+ * a generator is exactly the SDK's RandomIdGenerator and the method about to be called is
+ * still that class's own (not replaced on the class nor on the instance), its body runs
+ * here: random.getrandbits(bits), drawn again while it gives the invalid ID (0), from the
+ * ``random`` its module reads at that moment: the same draws, in the same order. Likewise a
+ * span that is exactly the API's NonRecordingSpan, whose get_span_context is the API's own,
+ * gives its _context without the call.
+ */
+static PyObject *ri_type = NULL;       /* RandomIdGenerator (NULL: never inline) */
+static PyObject *ri_span = NULL;       /* RandomIdGenerator.generate_span_id */
+static PyObject *ri_trace = NULL;      /* RandomIdGenerator.generate_trace_id */
+static PyObject *ri_is_random = NULL;  /* RandomIdGenerator.is_trace_id_random (returns True) */
+static PyObject *ri_globals = NULL;    /* the functions' module dict (their __globals__) */
+static PyObject *ri_bits[2] = {NULL, NULL};  /* 64, 128 */
+static PyObject *ri_nrs = NULL;        /* the API's NonRecordingSpan (NULL: always call) */
+static PyObject *ri_get_context = NULL; /* its get_span_context (returns self._context) */
+DC_NAME(random) DC_NAME(getrandbits) DC_NAME(trace) DC_NAME(INVALID_SPAN_ID)
+DC_NAME(INVALID_TRACE_ID)
+
+/* configure_ids(RandomIdGenerator or None, generate_span_id, generate_trace_id,
+ * is_trace_id_random or None, their globals, NonRecordingSpan or None, its
+ * get_span_context): the functions whose bodies the fast paths below stand for. */
+static PyObject *
+configure_ids(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7 || (args[0] != Py_None && !PyType_Check(args[0]))
+            || !PyDict_Check(args[4]) || (args[5] != Py_None && !PyType_Check(args[5]))) {
+        PyErr_SetString(PyExc_TypeError, "configure_ids() takes the generator class or None, "
+                        "its 3 methods, their globals, the span class or None and its method");
+        return NULL;
+    }
+    if (ri_bits[0] == NULL && (ri_bits[0] = PyLong_FromLong(64)) == NULL) {
+        return NULL;
+    }
+    if (ri_bits[1] == NULL && (ri_bits[1] = PyLong_FromLong(128)) == NULL) {
+        return NULL;
+    }
+    PyObject **slots[7] = {&ri_type, &ri_span, &ri_trace, &ri_is_random, &ri_globals, &ri_nrs,
+                           &ri_get_context};
+    for (int i = 0; i < 7; i++) {
+        PyObject *value = args[i] == Py_None ? NULL : args[i];
+        Py_XINCREF(value);
+        Py_XSETREF(*slots[i], value);
+    }
+    Py_RETURN_NONE;
+}
+
+/* What obj.name would call: 1 with *method the type's own function (unbound, the instance
+ * not overriding it), 0 with *method the attribute itself (bound); -1 on an error. */
+static int
+ri_method(PyObject *obj, PyObject *name, PyObject **method)
+{
+#if PY_VERSION_HEX < 0x030D0000
+    *method = NULL;
+    int unbound = _PyObject_GetMethod(obj, name, method);
+    return *method == NULL ? -1 : unbound;
+#else
+    *method = PyObject_GetAttr(obj, name);
+    if (*method == NULL) {
+        return -1;
+    }
+    if (PyMethod_Check(*method) && PyMethod_GET_SELF(*method) == obj) {
+        PyObject *function = Py_NewRef(PyMethod_GET_FUNCTION(*method));
+        Py_SETREF(*method, function);
+        return 1;
+    }
+    return 0;
+#endif
+}
+
+/* The body of RandomIdGenerator.generate_span_id (which 0) or generate_trace_id (1) for
+ * ``generator``: random.getrandbits(bits) until it is not trace.INVALID_*_ID. */
+static PyObject *
+ri_draw(PyObject *generator, PyObject *function, int which)
+{
+    PyObject *name = dc_intern("random", &dc_name_random);
+    PyObject *random = name == NULL ? NULL : PyDict_GetItemWithError(ri_globals, name);
+    if (random == NULL || !PyModule_CheckExact(random)) {  /* (the function decides) */
+        return PyErr_Occurred() ? NULL : PyObject_CallOneArg(function, generator);
+    }
+    Py_INCREF(random);
+    PyObject *draw = DC_MODULE_ATTR(random, getrandbits);
+    Py_DECREF(random);
+    if (draw == NULL) {
+        return NULL;
+    }
+    PyObject *id = NULL;
+    for (;;) {
+        id = PyObject_CallOneArg(draw, ri_bits[which]);
+        if (id == NULL) {
+            break;
+        }
+        int invalid;
+        if (PyLong_CheckExact(id)) {  /* == trace.INVALID_*_ID, which is 0 (checked) */
+            invalid = _PyLong_Sign(id) == 0;
+        }
+        else {  /* an int subclass or another type: its own == decides */
+            name = dc_intern("trace", &dc_name_trace);
+            PyObject *trace = name == NULL ? NULL : PyDict_GetItemWithError(ri_globals, name);
+            PyObject *zero = trace == NULL ? NULL : which == 0
+                ? DC_MODULE_ATTR(trace, INVALID_SPAN_ID) : DC_MODULE_ATTR(trace, INVALID_TRACE_ID);
+            PyObject *same = zero == NULL ? NULL : PyObject_RichCompare(id, zero, Py_EQ);
+            invalid = same == NULL ? -1 : PyObject_IsTrue(same);
+            Py_XDECREF(zero);
+            Py_XDECREF(same);
+            if (trace == NULL && !PyErr_Occurred()) {
+                PyErr_SetString(PyExc_NameError, "name 'trace' is not defined");
+            }
+        }
+        if (invalid == 0) {
+            break;
+        }
+        Py_CLEAR(id);
+        if (invalid < 0) {
+            break;
+        }
+    }
+    Py_DECREF(draw);
+    return id;
+}
+
+/* generator.generate_span_id() (which 0), generator.generate_trace_id() (1), or
+ * generator.is_trace_id_random() (2) (new reference), the RandomIdGenerator's own inline. */
+static PyObject *
+ri_call(PyObject *generator, int which)
+{
+    static PyObject **names[3] = {&dc_name_generate_span_id, &dc_name_generate_trace_id,
+                                  &dc_name_is_trace_id_random};
+    static const char *texts[3] = {"generate_span_id", "generate_trace_id",
+                                   "is_trace_id_random"};
+    PyObject *name = dc_intern(texts[which], names[which]);
+    if (name == NULL) {
+        return NULL;
+    }
+    PyObject *own = which == 0 ? ri_span : which == 1 ? ri_trace : ri_is_random;
+    if (ri_type == NULL || (PyObject *)Py_TYPE(generator) != ri_type || own == NULL) {
+        return PyObject_CallMethodNoArgs(generator, name);
+    }
+    PyObject *method;
+    int unbound = ri_method(generator, name, &method);
+    if (unbound < 0) {
+        return NULL;
+    }
+    PyObject *result;
+    if (unbound && method == own) {
+        result = which == 2 ? Py_NewRef(Py_True) : ri_draw(generator, own, which);
+    }
+    else {
+        result = unbound ? PyObject_CallOneArg(method, generator) : PyObject_CallNoArgs(method);
+    }
+    Py_DECREF(method);
+    return result;
+}
+
+/* span.get_span_context() (new reference); span._context itself when the span is exactly
+ * the API's NonRecordingSpan and the method the API's own. */
+static PyObject *
+ri_span_context(PyObject *span)
+{
+    PyObject *name = dc_intern("get_span_context", &dc_name_get_span_context);
+    if (name == NULL) {
+        return NULL;
+    }
+    if (ri_nrs == NULL || (PyObject *)Py_TYPE(span) != ri_nrs) {
+        return PyObject_CallMethodNoArgs(span, name);
+    }
+    PyObject *method;
+    int unbound = ri_method(span, name, &method);
+    if (unbound < 0) {
+        return NULL;
+    }
+    PyObject *result;
+    if (unbound && method == ri_get_context) {
+        result = DC_ATTR(span, _context);
+    }
+    else {
+        result = unbound ? PyObject_CallOneArg(method, span) : PyObject_CallNoArgs(method);
+    }
+    Py_DECREF(method);
+    return result;
+}
+
 /* The span from the tracer's ID generator onward (the drop is decided). */
 static PyObject *
 dc_made(PyObject *state, PyObject *tracer, PyObject *parent, PyObject *span_id, int gated)
@@ -1807,7 +1992,7 @@ dc_made(PyObject *state, PyObject *tracer, PyObject *parent, PyObject *span_id, 
         Py_INCREF(span_id);
     }
     else {
-        span_id = DC_CALL0(id_generator, generate_span_id);
+        span_id = ri_call(id_generator, 0);
     }
     Py_DECREF(id_generator);
     if (span_id == NULL) {
@@ -1998,7 +2183,7 @@ dc_root_dropped(PyObject *state, PyObject *tracer, PyObject *id_generator, PyObj
     }
     PyObject *random;  /* random_flag != 0 and id_generator.is_trace_id_random() */
     if (random_flag != 0) {
-        random = DC_CALL0(id_generator, is_trace_id_random);
+        random = ri_call(id_generator, 2);
         if (random == NULL) {
             return NULL;
         }
@@ -2006,7 +2191,7 @@ dc_root_dropped(PyObject *state, PyObject *tracer, PyObject *id_generator, PyObj
     else {
         random = Py_NewRef(Py_False);
     }
-    PyObject *span_id = DC_CALL0(id_generator, generate_span_id);
+    PyObject *span_id = ri_call(id_generator, 0);
     int truth = span_id == NULL ? -1 : PyObject_IsTrue(random);
     Py_DECREF(random);
     PyObject *valid = truth < 0 ? NULL : dc_both_valid(trace_id, span_id);
@@ -2045,7 +2230,7 @@ dc_root(PyObject *state, PyObject *starter, PyObject *const *args, PyObject *par
     if (id_generator == NULL) {
         return NULL;
     }
-    PyObject *trace_id = DC_CALL0(id_generator, generate_trace_id);
+    PyObject *trace_id = ri_call(id_generator, 1);
     int keeps = trace_id == NULL ? -1 : dc_ratio_keeps(ST(state, ST_RATIO), trace_id);
     PyObject *span = NULL;
     if (keeps == 0) {
@@ -2166,7 +2351,7 @@ dc_span_context_of(PyObject *parent)
     if ((PyObject *)Py_TYPE(parent) == dc_sp_span_context) {
         return Py_NewRef(parent);
     }
-    return DC_CALL0(parent, get_span_context);
+    return ri_span_context(parent);
 }
 
 /* dropped_span(parent, span_id): spans.dropped_child(parent, span_id), where parent is a span
@@ -2459,10 +2644,10 @@ ou_ambient(void)
  * counted), the scope's span in *kept (None then) and the active span context in *active;
  * 1 when the sampler may keep the child (Python goes on), 0, or -1 with an error set. */
 static int
-ou_dropped(PyObject *remote, PyObject *where, PyObject **span, PyObject **kept,
-           PyObject **active)
+ou_dropped(PyObject *remote, PyObject *span_id, PyObject *where, PyObject **span,
+           PyObject **kept, PyObject **active)
 {
-    PyObject *call_args[3] = {remote, Py_None, where};
+    PyObject *call_args[3] = {remote, span_id, where};
     PyObject *child = dropped_hop(NULL, call_args, 3);
     if (child == NULL) {
         return -1;
@@ -2477,7 +2662,7 @@ ou_dropped(PyObject *remote, PyObject *where, PyObject **span, PyObject **kept,
         *active = Py_NewRef(remote);
         return 0;  /* (*span: ou_span_and_hop's NonRecordingSpan(remote)) */
     }
-    *active = DC_CALL0(child, get_span_context);
+    *active = ri_span_context(child);
     if (*active == NULL) {
         Py_DECREF(child);
         return -1;
@@ -2487,14 +2672,49 @@ ou_dropped(PyObject *remote, PyObject *where, PyObject **span, PyObject **kept,
     return 0;
 }
 
+/* hop.first_attempt_span_id(remote, destination) (new reference), ``function`` being that
+ * function: its steps here when ``salts`` (hop._destination_salts) holds the destination's
+ * salt as an exact int and the IDs are exact ints (what the function computes then, in
+ * 64-bit arithmetic: its ``& _MASK_64`` after each step), else the call. */
+static PyObject *
+ou_first_attempt(PyObject *function, PyObject *salts, PyObject *remote, PyObject *destination)
+{
+    if (PyDict_CheckExact(salts) && (PyObject *)Py_TYPE(remote) == dc_sp_span_context
+            && PyTuple_GET_SIZE(remote) == 6) {
+        PyObject *salt = PyDict_GetItemWithError(salts, destination);  /* salts.get(...) */
+        if (salt == NULL && PyErr_Occurred()) {
+            return NULL;
+        }
+        PyObject *trace_id = PyTuple_GET_ITEM(remote, 0), *span_id = PyTuple_GET_ITEM(remote, 1);
+        if (salt != NULL && PyLong_CheckExact(salt) && PyLong_CheckExact(trace_id)
+                && PyLong_CheckExact(span_id)) {
+            /* (the low 64 bits of each: two's complement, as Python's & gives them) */
+            unsigned long long mixed = (PyLong_AsUnsignedLongLongMask(span_id)
+                                        ^ PyLong_AsUnsignedLongLongMask(salt)
+                                        ^ PyLong_AsUnsignedLongLongMask(trace_id))
+                * 0x9E3779B97F4A7C15ULL;
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            mixed ^= mixed >> 31;
+            return PyLong_FromUnsignedLongLong(mixed ? mixed : 1);
+        }
+    }
+    PyObject *call_args[2] = {remote, destination};
+    return PyObject_Vectorcall(function, call_args, 2, NULL);
+}
+
 /* The scope opened (what hop.py stores on it): (incoming, transaction ID, queue wait or None,
  * active span context, token, Context), and the scope's span when ``where`` is given (the
  * dropped child, see ou_dropped); Py_None: Python goes on with ``found``; ``(found,)``: the
  * sampler was asked and may keep the child; NULL: an error. ``rest``: now_ns, the scope's
  * sent_ns, system, destination, message_id. ``where``: NULL for open_unrecorded's
- * NonRecordingSpan(remote). */
+ * NonRecordingSpan(remote). ``fixed``: NULL, or (hop.first_attempt_span_id, its salts) when
+ * the dropped child gets the first attempt's span ID (a first delivery's), see
+ * ou_first_attempt. */
 static PyObject *
-ou_open(PyObject *found, PyObject *baggage_key, PyObject *const *rest, PyObject *where)
+ou_open(PyObject *found, PyObject *baggage_key, PyObject *const *rest, PyObject *where,
+        PyObject *const *fixed)
 {
     PyObject *remote = PyTuple_GET_ITEM(found, 0), *tx = PyTuple_GET_ITEM(found, 1);
     PyObject *baggage = PyTuple_GET_ITEM(found, 2), *sent = PyTuple_GET_ITEM(found, 3);
@@ -2518,7 +2738,11 @@ ou_open(PyObject *found, PyObject *baggage_key, PyObject *const *rest, PyObject 
     PyObject *span = NULL, *hop = NULL, *ctx = NULL, *token = NULL, *result = NULL;
     PyObject *kept = NULL, *active = NULL;
     if (where != NULL) {
-        int asked = ou_dropped(remote, where, &span, &kept, &active);
+        PyObject *span_id = fixed == NULL ? Py_NewRef(Py_None)
+            : ou_first_attempt(fixed[0], fixed[1], remote, rest[3]);
+        int asked = span_id == NULL ? -1 : ou_dropped(remote, span_id, where, &span, &kept,
+                                                       &active);
+        Py_XDECREF(span_id);
         if (asked != 0) {
             Py_DECREF(ambient);
             return asked < 0 ? NULL : PyTuple_Pack(1, found);
@@ -2549,7 +2773,8 @@ ou_open(PyObject *found, PyObject *baggage_key, PyObject *const *rest, PyObject 
 /* open_unrecorded(carrier, spec, baggage_key, now_ns, sent_ns, system, destination,
  * message_id): the 6-tuple of ou_open when the scope opened; else what read_incoming gives
  * (None also when it raised an Exception), for Python to go on with. */
-static PyObject *ou_entry(PyObject *module, PyObject *const *args, PyObject *where);
+static PyObject *ou_entry(PyObject *module, PyObject *const *args, PyObject *where,
+                          PyObject *const *fixed);
 
 static PyObject *
 open_unrecorded(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -2563,12 +2788,12 @@ open_unrecorded(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "open_unrecorded: configure_consume was not called");
         return NULL;
     }
-    return ou_entry(module, args, NULL);
+    return ou_entry(module, args, NULL, NULL);
 }
 
 /* open_unrecorded's steps; ``where``: open_dropped's (NULL for open_unrecorded). */
 static PyObject *
-ou_entry(PyObject *module, PyObject *const *args, PyObject *where)
+ou_entry(PyObject *module, PyObject *const *args, PyObject *where, PyObject *const *fixed)
 {
     PyObject *found = read_incoming(module, args, 2);
     if (found == NULL) {
@@ -2581,7 +2806,7 @@ ou_entry(PyObject *module, PyObject *const *args, PyObject *where)
     if (found == Py_None) {
         return found;
     }
-    PyObject *opened = ou_open(found, args[2], args + 3, where);
+    PyObject *opened = ou_open(found, args[2], args + 3, where, fixed);
     if (opened == Py_None) {
         Py_DECREF(opened);
         return found;
@@ -2596,13 +2821,17 @@ ou_entry(PyObject *module, PyObject *const *args, PyObject *where)
  * spans.dropped_child in force): the 7-tuple of ou_open when the scope opened; ``(found,)``
  * when the sampler may keep the child (Python goes on without asking again); else what
  * read_incoming gives (None also when it raised an Exception). configure_spans must have
- * been called (hop.py calls this only when hop._dropped_child is dropped_hop). */
+ * been called (hop.py calls this only when hop._dropped_child is dropped_hop). Two more
+ * arguments, hop.first_attempt_span_id and hop._destination_salts, give the dropped child
+ * the first attempt's span ID (a first delivery's, redelivered=False) instead of a drawn
+ * one; a first argument of None there draws it as without them. */
 static PyObject *
 open_dropped(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "open_dropped() takes open_unrecorded's 8 arguments "
-                        "and where a failure is counted");
+    if (nargs != 9 && nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "open_dropped() takes open_unrecorded's 8 arguments, "
+                        "where a failure is counted, and optionally how a fixed span ID is "
+                        "made");
         return NULL;
     }
     if (dc_spans_module == NULL || dc_failed == NULL) {
@@ -2617,7 +2846,7 @@ open_dropped(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "open_dropped: configure_consume was not called");
         return NULL;
     }
-    return ou_entry(module, args, args[8]);
+    return ou_entry(module, args, args[8], nargs == 11 && args[9] != Py_None ? args + 9 : NULL);
 }
 
 static PyMethodDef speedups_methods[] = {
@@ -2650,6 +2879,9 @@ static PyMethodDef speedups_methods[] = {
      "spans.dropped_child(parent, span_id) for a span or span context, in one call."},
     {"dropped_hop", (PyCFunction)(void (*)(void))dropped_hop, METH_FASTCALL,
      "hop._dropped_child(parent, span_id, where), in one call."},
+    {"configure_ids", (PyCFunction)(void (*)(void))configure_ids, METH_FASTCALL,
+     "Give the span entries the SDK's RandomIdGenerator and the API's NonRecordingSpan "
+     "methods whose bodies they run inline (once)."},
     {"open_dropped", (PyCFunction)(void (*)(void))open_dropped, METH_FASTCALL,
      "consume_scope._open_dropped's common case (a sampler-dropped span) in one call."},
     {"lazy_span", (PyCFunction)(void (*)(void))lazy_span, METH_FASTCALL,

@@ -19,7 +19,9 @@ things around it, for the SDK's ``Tracer`` of the versions it knows (SDK 1.20 to
   decides it as that sampler does, before the caller's attributes are built; a root it keeps
   goes to ``tracer.start_span`` with that same trace ID. Built, the C module runs both
   (:data:`dropped_child_of`, :data:`start_lazy_of`: the same steps in one call, the
-  starter's own fields read from its ``_state`` tuple).
+  starter's own fields read from its ``_state`` tuple). Where the ID generator is exactly
+  the SDK's ``RandomIdGenerator`` with its own methods, the C module runs their bodies
+  itself (:func:`_inline_ids`: the same ``random.getrandbits`` draws, in the same order).
 
 At first use for a tracer, :func:`starter_for` checks that the SDK has the shape this module
 knows. When it does not, hoptrace uses ``tracer.start_span`` alone and says why once, at
@@ -33,13 +35,13 @@ import re
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from types import FunctionType
+from types import FunctionType, SimpleNamespace
 from typing import Any, Final, NamedTuple
 
 from opentelemetry import trace as trace_api
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Tracer
-from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     Decision,
     ParentBased,
@@ -535,9 +537,97 @@ class Starter:
         self._refresh()
 
 
+class _Draws:
+    """A stand-in for the ``random`` module: hands out ``values`` and notes what was asked."""
+
+    def __init__(self, values: list[int]) -> None:
+        self.values = values
+        self.asked: list[int] = []
+
+    def getrandbits(self, bits: int) -> int:
+        self.asked.append(bits)
+        return self.values.pop(0)
+
+
+def _draws_like(function: object, bits: int, invalid: str) -> bool:
+    """Whether ``function`` (a method of ``RandomIdGenerator``) is, as in SDK 1.20 to 1.45,
+    ``random.getrandbits(bits)`` drawn again while it equals ``trace.<invalid>`` (0), reading
+    nothing else: its code, run on stand-in globals, draws 0, 0 and 7 and returns 7."""
+    if (type(function) is not FunctionType or function.__closure__
+            or set(function.__code__.co_names) != {"random", "getrandbits", "trace", invalid}
+            or function.__globals__.get("trace") is not trace_api
+            or type(getattr(trace_api, invalid, None)) is not int or getattr(trace_api, invalid)):
+        return False
+    draws = _Draws([0, 0, 7])
+    probe = FunctionType(function.__code__, {"random": draws, "trace": trace_api})
+    try:
+        return probe(None) == 7 and draws.asked == [bits] * 3 and not draws.values
+    except Exception:
+        return False
+
+
+def _returns_true(function: object) -> bool:
+    """Whether ``function(self)`` reads no name and returns True (``is_trace_id_random``)."""
+    if (type(function) is not FunctionType or function.__closure__
+            or function.__code__.co_names or function.__code__.co_argcount != 1):
+        return False
+    try:
+        return FunctionType(function.__code__, {})(None) is True
+    except Exception:
+        return False
+
+
+class _Opaque:
+    """A value that can be neither told true or false nor compared: returned as it is."""
+
+    def __bool__(self) -> bool:
+        raise TypeError("opaque")
+
+    def __eq__(self, other: object) -> bool:
+        raise TypeError("opaque")
+
+    __hash__ = object.__hash__
+
+
+def _returns_context(function: object) -> bool:
+    """Whether ``function(self)`` returns ``self._context`` and reads nothing else
+    (``NonRecordingSpan.get_span_context``)."""
+    if (type(function) is not FunctionType or function.__closure__
+            or function.__code__.co_names != ("_context",)
+            or function.__code__.co_argcount != 1):
+        return False
+    marker = _Opaque()
+    try:
+        return FunctionType(function.__code__, {})(SimpleNamespace(_context=marker)) is marker
+    except Exception:
+        return False
+
+
+def _inline_ids() -> tuple[Any, ...]:
+    """configure_ids' arguments: ``RandomIdGenerator`` and its methods where the C module may
+    run their bodies itself (:func:`_draws_like`), the API's ``NonRecordingSpan`` and its
+    ``get_span_context`` where it may read ``_context`` (:func:`_returns_context`); None
+    for either that it may not."""
+    own = RandomIdGenerator.__dict__
+    span, trace, random_ = (own.get("generate_span_id"), own.get("generate_trace_id"),
+                            own.get("is_trace_id_random"))
+    known = (_draws_like(span, 64, "INVALID_SPAN_ID")
+             and _draws_like(trace, 128, "INVALID_TRACE_ID")
+             and span.__globals__ is trace.__globals__  # type: ignore[union-attr]
+             and (random_ is None or _returns_true(random_)))
+    get_context = _NRS.__dict__.get("get_span_context")
+    nrs = _NRS if _returns_context(get_context) else None
+    if not known:
+        return None, None, None, None, {}, nrs, get_context
+    return (RandomIdGenerator, span, trace, random_, span.__globals__,  # type: ignore[union-attr]
+            nrs, get_context)
+
+
 def _c_dropped_child() -> Callable[..., trace_api.Span | None] | None:
     """``Starter.dropped_child`` in the C module (the same steps in one call), when it is built
-    and allowed (not ``HOPTRACE_PURE_PYTHON``) and ``SpanContext`` is the 6-tuple."""
+    and allowed (not ``HOPTRACE_PURE_PYTHON``) and ``SpanContext`` is the 6-tuple. The C
+    entries ask the SDK's ``RandomIdGenerator`` for IDs by running its methods' bodies
+    themselves, and read a ``NonRecordingSpan``'s context, where :func:`_inline_ids` allows."""
     from .propagation import _speedups
 
     entry = getattr(_speedups, "dropped_child", None)
@@ -546,6 +636,9 @@ def _c_dropped_child() -> Callable[..., trace_api.Span | None] | None:
     _speedups.configure_dropped(
         SpanContext, PendingIds, _FLAGS, DEFAULT_TRACE_STATE, trace_api, _NRS, _NRS_INIT,
         _RANDOM_FLAG, Decision.DROP, _SPAN_ID_MAX, Starter.dropped_child)
+    configure_ids = getattr(_speedups, "configure_ids", None)
+    if configure_ids is not None:
+        configure_ids(*_inline_ids())
     return entry  # type: ignore[no-any-return]
 
 

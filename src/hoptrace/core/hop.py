@@ -259,6 +259,10 @@ def first_attempt_span_id(producer: SpanContext, destination: str) -> int:
     return (mixed ^ (mixed >> 31)) or 1
 
 
+#: :func:`first_attempt_span_id` itself (a replaced one is called, never computed in C).
+_first_attempt_span_id: Final = first_attempt_span_id
+
+
 def incoming_transaction(
     incoming: Incoming, trusted: bool, inherited: str | None = None
 ) -> tuple[str, str | None]:
@@ -332,7 +336,11 @@ def _read_valid(
         # (outside the try: once the sampler was asked, an error is the open's, counted there)
         return _open_dropped_c(  # type: ignore[no-any-return]
             carrier, spec, settings.baggage_key, now_ns, opening._sent_ns, opening._system,
-            opening._destination, opening._message_id, "consume_scope.span")
+            opening._destination, opening._message_id, "consume_scope.span",
+            # (a first delivery's child gets the first attempt's span ID, as _span_id gives it;
+            # the C module computes it from the salts only for this module's own function)
+            None if opening._redelivered is None else first_attempt_span_id,
+            _destination_salts if first_attempt_span_id is _first_attempt_span_id else None)
     return None
 
 
@@ -942,15 +950,16 @@ class consume_scope(_Scope):
         everything else goes on through :meth:`_open_general`
         (test_consume_dropped_fast_path.py compares the two). Where :data:`_open_dropped_c`
         applies (as :data:`_open_c` does, and ``_dropped_child`` is the C module's), that C
-        call also asks for the dropped child and attaches the handler's context when the
-        message carries all of its context and no span is current (the same test compares it
-        with these steps).
+        call also asks for the dropped child (a first delivery's with its fixed ID) and
+        attaches the handler's context when the message carries all of its context and no
+        span is current (the same test and test_speedups_random_ids.py compare it with
+        these steps).
         """
         now_ns = time.time_ns()
         found = _read_valid(self._carrier, settings, self if (
             _open_dropped_c is not None and _dropped_child is _c_dropped_hop
             and settings.trust_incoming and settings.link_mode != "link"
-            and self._redelivered is None and not self._links
+            and (self._redelivered is None or self._redelivered is False) and not self._links
             and NonRecordingSpan.__init__ is _NRS_INIT
             and metrics.provider_source._METER_PROVIDER is metrics.off_provider
         ) else None, now_ns)
