@@ -23,7 +23,6 @@ from opentelemetry.util.types import AttributeValue
 from .core import diagnostics, held, metrics, semconv
 from .core import propagation as _propagation
 from .core import settings as _settings
-from .core import spans as _spans
 from .core.carriers import write_headers
 from .core.context import (
     BAGGAGE_KEY,
@@ -47,9 +46,11 @@ from .core.hop import (
     _new_tuple,
     _send_values,
     consume_scope,
+    drops_send_spans,
     produce_scope,
     receive_scope,
     spans_active,
+    transaction_drawn,
     unrecorded_send,
 )
 from .core.ids import TUPLE_LAYOUT as _TUPLE_LAYOUT
@@ -383,9 +384,6 @@ def _dropped(headers: object, timestamp_given: bool) -> tuple[Any, AttachedSend 
 #: Whether :func:`attached_send` tries :func:`dropped_send` (the tests turn it off to compare
 #: it with the send scope).
 _dropped_fast: bool = True
-#: ``NonRecordingSpan.is_recording`` as the API defines it (a scope's error on a dropped span
-#: is then recorded nowhere: see :func:`dropped_send`).
-_NRS_IS_RECORDING: Final = NonRecordingSpan.is_recording
 
 
 def dropped_send(
@@ -412,11 +410,11 @@ def dropped_send(
     settings = _settings._current or get_settings()
     parent = get_current()
     active = parent.get(SPAN_KEY)
-    if active is None or not _may_drop(settings):
+    if active is None or not drops_send_spans(settings):
         return None
     if headers is not None and type(headers) is not dict and type(headers) is not list:
         _check_carrier(headers)
-    tx = _drawn_already(parent, headers)
+    tx = transaction_drawn(parent, headers)  # type: ignore[arg-type]
     if not tx:
         return None
     span: Any = _dropped_child(active, None, "produce_scope.span")  # type: ignore[arg-type]
@@ -435,24 +433,6 @@ def dropped_send(
     if ctx is None:
         return carrier, None
     return carrier, _new_tuple(AttachedSend, (token, ctx))
-
-
-def _may_drop(settings: Any) -> bool:
-    """Whether a send scope may make a dropped span whose end records nothing (see
-    :func:`dropped_send`): spans on, metrics off, ``NonRecordingSpan`` the API's own."""
-    return (settings.enabled and not settings.propagation_only
-            and metrics.provider_source._METER_PROVIDER is metrics.off_provider
-            and NonRecordingSpan.end is _spans.NRS_END
-            and NonRecordingSpan.is_recording is _NRS_IS_RECORDING)
-
-
-def _drawn_already(parent: Context, headers: object) -> str | None:
-    """produce_scope.open's transaction, unless it would draw a new one (it draws that before
-    the span's ID: such a send goes through the scope)."""
-    tx = parent.get(TRANSACTION_KEY)
-    if type(tx) is not str:
-        tx = current_transaction_id(parent)
-    return tx or produce_scope._carried([] if headers is None else headers)  # type: ignore[arg-type]
 
 
 def _dropped_pairs(

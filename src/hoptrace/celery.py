@@ -42,7 +42,7 @@ from ._config import ConfigurationError, get_settings
 from .core import diagnostics, metrics, semconv
 from .core import settings as _settings
 from .core.context import get_current, sdk_installed, transaction
-from .core.hop import produce_scope
+from .core.hop import AttachedSend, dropped_send, produce_scope
 from .core.instrumentor import ClientInstrumentor, Contrib, take_over
 from .core.patching import Patcher
 from .core.propagation import inject, render
@@ -84,7 +84,7 @@ def _wrap_sender(send: Callable[..., Any]) -> Callable[..., Any]:
         settings = _settings._current or get_settings()  # (get_settings' common case inline)
         if not settings.enabled:
             return send(producer, name, message, *args, **kwargs)
-        scope: produce_scope | None = None
+        scope: produce_scope | AttachedSend | None = None
         try:
             headers = message[0]
             if type(headers) is not dict or type(message[2]) is dict:
@@ -108,6 +108,12 @@ def _wrap_sender(send: Callable[..., Any]) -> Callable[..., Any]:
                 ):
                     # The common propagation-only publish: headers only, no span.
                     render(get_current(), settings, headers)
+                elif (not headers.get("retries") and RETRY_OF_HEADER not in headers
+                      and (extra := dropped_send(headers)) is not None):
+                    # A send span the sampler drops: the scope's headers and context (the
+                    # publish runs the app's signal receivers), without the scope. (``extra``
+                    # reused: a local of its own would cost every publish its frame slot.)
+                    scope = extra[1]
                 else:
                     scope = _prepare_message(headers, name, settings, kwargs)
         except Exception as exc:

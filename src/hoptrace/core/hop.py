@@ -701,6 +701,133 @@ def unrecorded_send(
     return carrier, _new_tuple(AttachedSend, (token, ctx))
 
 
+#: ``NonRecordingSpan.is_recording`` as the API defines it (see :func:`drops_send_spans`).
+_NRS_IS_RECORDING: Final = NonRecordingSpan.is_recording
+
+
+def drops_send_spans(settings: Any) -> bool:
+    """Whether a send scope whose span the sampler drops would do nothing but attach its
+    context and render the carrier (see :func:`dropped_send`): hoptrace enabled, spans on,
+    metrics off (the scope's hooks' own check), and ``NonRecordingSpan``'s ``end`` and
+    ``is_recording`` the API's own, so that ending the dropped span, with or without an
+    error, does nothing."""
+    return (settings.enabled and not settings.propagation_only
+            and metrics.provider_source._METER_PROVIDER is metrics.off_provider
+            and NonRecordingSpan.end is _spans.NRS_END
+            and NonRecordingSpan.is_recording is _NRS_IS_RECORDING)
+
+
+def dropped_send(
+    carrier: Carrier, sent_time: bool = True, copy: bool = False
+) -> tuple[Any, AttachedSend | None] | None:
+    """A send's carrier, its context attached, when the sampler is known to drop its span.
+
+    :func:`unrecorded_send`'s counterpart with spans on: under a current span whose child
+    the sampler drops (:func:`_dropped_child`), with :func:`drops_send_spans`, and in a
+    transaction already in force or carried by ``carrier`` (else the scope draws one before
+    the span's ID), ``produce_scope(carrier, ..., copy=copy, sent_time=sent_time).open()``
+    would make that dropped child (the same random draws: its span ID alone), attach it
+    current with the transaction bound, and render the carrier from that context; its
+    ``close(exc)`` would only detach it (ending the API's ``NonRecordingSpan`` does nothing).
+    The same here, without the scope, its attributes or its message ID, which a dropped span
+    never keeps. Returns the carrier to send and the attached context, to
+    :meth:`~AttachedSend.close` once the client's call returns or raises (None: nothing
+    attached). None, with nothing done: the send needs its scope. Raises TypeError as the
+    scope does (tests/unit/test_celery_dropped_send.py compares the two).
+    """
+    settings = _settings._current or get_settings()
+    if not drops_send_spans(settings):
+        return None
+    parent = get_current()
+    active = parent.get(SPAN_KEY)
+    if active is None or not (  # (the scope asks _dropped_child only with an SDK)
+        _provider_seen[1] if PROVIDER_GLOBAL and _trace_api._TRACER_PROVIDER is _provider_seen[0]
+        else sdk_installed()  # (its cached answer inline, as consume_scope.open reads it)
+    ):
+        return None
+    if carrier is not None and type(carrier) is not dict and type(carrier) is not list:
+        _check_carrier(carrier)
+    try:  # (produce_scope.open's steps, its failures counted as its own)
+        tx = transaction_drawn(parent, carrier)
+        if not tx:
+            return None
+        span: Any = _dropped_child(active, None, "produce_scope.span")  # type: ignore[arg-type]
+        if span is None:  # the child may record: the scope makes it
+            return None
+        if span is _FAILED:  # counted: no send span, as the scope then makes none
+            span = None
+        elif type(carrier) is dict and not copy:
+            attached = _dropped_into(carrier, parent, span, tx, settings, sent_time)
+            if attached is not None:
+                return carrier, attached
+        carrier, ctx, token = _send_values(parent, span, tx, carrier, settings, sent_time, copy)
+    except Exception as exc:
+        diagnostics.internal_error("produce_scope.open", exc)
+        return ({} if carrier is None else carrier), None
+    if ctx is None:
+        return carrier, None
+    return carrier, _new_tuple(AttachedSend, (token, ctx))
+
+
+def transaction_drawn(parent: Context, carrier: Carrier) -> str | None:
+    """``produce_scope.open``'s transaction for ``carrier`` under ``parent``, unless it would
+    draw a new one (it draws that before the span's ID: such a send needs its scope)."""
+    tx = parent.get(TRANSACTION_KEY)  # (current_transaction_id's common case, inline)
+    if type(tx) is not str:
+        tx = current_transaction_id(parent)
+    return tx or produce_scope._carried(carrier)
+
+
+def _dropped_into(
+    values: Any, parent: Context, span: Any, tx: str, settings: Any, sent_time: bool
+) -> AttachedSend | None:
+    """:func:`dropped_send`'s ``_send_values`` for a dict carrier written in place: with
+    ``render``'s common case inline, the C writer straight into ``values``; else None, with
+    nothing done (the general steps).
+
+    The same context (``parent`` with ``span`` current, ``tx`` bound), attached before the
+    headers are written; the same headers: W3C propagation alone, a baggage of at most the
+    transaction's own entry, the writer's header choice needing no look at ``values``
+    beyond whether it holds the transaction header, and ``span``'s valid span context of
+    no trace state (tests/unit/test_celery_dropped_send.py compares it with the scope).
+    """
+    names = _propagation._names
+    now = _propagation._propagate_now
+    header = names.written
+    if not (
+        now is not None and now._HTTP_TEXT_FORMAT is _propagation._w3c_now
+        and _propagation._write_common is not None and names.settings is settings
+        and (header is not None or not (names.tight or names.transaction in values))
+        and _ids.TUPLE_LAYOUT
+    ):
+        return None
+    trace_id, span_id, _, flags, state, valid = span.get_span_context()
+    if not valid or not (state is None or state is _propagation._DEFAULT_STATE or not state):
+        return None
+    scoped: dict[str, object] = {**parent}
+    scoped[SPAN_KEY] = scoped[HOP_SPAN_KEY] = span
+    entries: Any = parent.get(BAGGAGE_KEY)
+    if (tx is not parent.get(TRANSACTION_KEY) or not settings.baggage_mirror or not entries
+            or entries.get(settings.baggage_key) != tx):  # (else it would change nothing)
+        bind_transaction(scoped, tx, entries, settings)
+        entries = scoped.get(BAGGAGE_KEY)
+    if entries and (len(entries) != 1 or entries.get(names.baggage_key) != tx):
+        return None  # (other entries: render's general case)
+    ctx = Context(scoped)
+    attached: AttachedSend = _new_tuple(AttachedSend, (attach(ctx), ctx))
+    try:
+        if not _propagation._write_common(
+            values, trace_id, span_id, bool(flags & 1), semconv.TRACEPARENT, header, tx,
+            semconv.BAGGAGE, names.mirror_prefix if settings.baggage_mirror else None,
+            names.sent if sent_time else None, None,
+        ):
+            _propagation._write_text(values, trace_id, span_id, flags & 1, state, tx,
+                                     None if entries else entries, settings, sent_time, header)
+    except Exception as exc:
+        diagnostics.internal_error("produce_scope.open", exc)
+    return attached
+
+
 class produce_scope(_Scope):
     """A ``send {destination}`` PRODUCER span, current while open, injected into the carrier.
 
