@@ -20,6 +20,7 @@ from opentelemetry.trace import NonRecordingSpan
 
 from ._client import names_active_span
 from ._redelivery import (
+    _DEATH_HEADER,
     MEMORY_SIZE,
     REASON_DEAD_LETTER,
     REASON_REDELIVERY,
@@ -246,6 +247,36 @@ def open_delivery(
                                 delivery_tag, correlation_id, timestamp, redelivered)
 
 
+def _remembered(
+    headers: object, text_id: str | None, redelivered: object, settings: Any
+) -> tuple[int | None, Sequence[Any] | None]:
+    """``(message_key(headers, text_id), memory.links(key, headers, redelivered is not
+    False))``: a delivery's key in the memory and its link to an earlier delivery.
+
+    For a dict of headers (the clients' own), ``message_key``'s reads inline and, for a first
+    delivery (``redelivered`` False) the broker never dead-lettered (no ``x-death``), no
+    lookup: ``links`` answers None for it. Anything else takes the two calls
+    (test_amqp_remembered.py compares the two).
+    """
+    if type(headers) is not dict:
+        key = message_key(headers, text_id)
+    else:
+        traceparent = headers.get(semconv.TRACEPARENT)
+        sent = headers.get(settings.sent_time_header)
+        if type(traceparent) is not str:
+            traceparent = None
+        if type(sent) is not str:
+            sent = None
+        if traceparent is None and text_id is None:
+            return None, None
+        key = hash((traceparent, sent, text_id))
+        if redelivered is False and headers.get(_DEATH_HEADER) is None:
+            return key, None
+    if key is None:
+        return None, None
+    return key, memory.links(key, headers, redelivered is not False)
+
+
 def open_delivery_fields(
     headers: object, system: str, exchange: object, routing_key: object, queue: object,
     message_id: object, delivery_tag: object, correlation_id: object, timestamp: object,
@@ -260,7 +291,9 @@ def open_delivery_fields(
         settings = _settings._current or get_settings()
         recording = (not settings.propagation_only and settings.enabled
                      and sdk_installed())  # (spans_active(), inlined)
-        key = message_key(headers, text_id) if recording else None
+        key = links = None
+        if recording:
+            key, links = _remembered(headers, text_id, redelivered, settings)
         place = (
             exchange if type(exchange) is str else None,
             routing_key if type(routing_key) is str else "",
@@ -276,12 +309,12 @@ def open_delivery_fields(
                 delivery_attributes, routing_key, delivery_tag, correlation_id
             ) if recording else None,
             broker_sent_ns(timestamp) if timestamp is not None else None,
-            memory.links(key, headers, redelivered is not False) if key is not None else None,
+            links,
             redelivered if type(redelivered) is bool else None,
         )
         scope.open()
         if key is not None and scope.span is not None:
-            memory.remember(key, scope.span_context)
+            memory.remember(key, scope._active)  # (its span_context, without the property)
         return scope
     except Exception as exc:
         diagnostics.internal_error("amqp.open_delivery", exc)
