@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from typing import Any, Final, TypeVar
 
+from opentelemetry import trace as _trace_api
 from opentelemetry.trace import NonRecordingSpan
 
 from ._client import names_active_span
@@ -46,7 +47,7 @@ from .core.hop import (
     spans_active,
     unrecorded_send,
 )
-from .core.otel_shims import sdk_installed
+from .core.otel_shims import PROVIDER_GLOBAL, _provider_seen, sdk_installed
 from .core.propagation import holds_transaction_header, inject, render
 from .core.settings import get_settings
 
@@ -621,8 +622,11 @@ def headers_only_now() -> bool:
     A failure says False: :func:`_begin` then asks again, and counts the error.
     """
     try:
-        settings = get_settings()
-        if settings.enabled and not settings.propagation_only and sdk_installed():
+        settings = _settings._current or get_settings()
+        if settings.enabled and not settings.propagation_only and (
+            _provider_seen[1] if PROVIDER_GLOBAL and _trace_api._TRACER_PROVIDER is (
+                _provider_seen[0]) else sdk_installed()  # (its cached answer inline)
+        ):
             return False  # (spans_active(), inlined)
         return not metrics.enabled()
     except Exception:
