@@ -28,21 +28,17 @@ from .core.context import (
     BAGGAGE_KEY,
     SPAN_KEY,
     TRANSACTION_KEY,
-    bind_transaction,
     current_transaction_id,
     generate_transaction_id,
     get_current,
     sdk_installed,
 )
-from .core.context import (
-    attach as _attach,
-)
 from .core.hop import (
     _FAILED,
-    HOP_SPAN_KEY,
     AttachedSend,
     _check_carrier,
     _dropped_child,
+    _dropped_into,
     _new_tuple,
     _send_values,
     consume_scope,
@@ -53,7 +49,6 @@ from .core.hop import (
     transaction_drawn,
     unrecorded_send,
 )
-from .core.ids import TUPLE_LAYOUT as _TUPLE_LAYOUT
 from .core.propagation import (
     carried_transaction_id,
     holds_transaction_header,
@@ -423,9 +418,10 @@ def dropped_send(
     if span is _FAILED:  # counted: no span, as the scope then makes none
         span = None
     elif headers is None and tx is parent.get(TRANSACTION_KEY):
-        fresh = _dropped_pairs(parent, span, tx, settings, timestamp_given)
-        if fresh is not None:
-            return fresh
+        pairs: list[tuple[str, bytes]] = []
+        attached = _dropped_into(pairs, parent, span, tx, settings, timestamp_given)
+        if attached is not None:
+            return pairs, attached
     carrier, ctx, token = _send_values(
         parent, span, tx, headers, settings, timestamp_given, headers is not None)
     if headers is None and type(carrier) is dict:
@@ -433,52 +429,6 @@ def dropped_send(
     if ctx is None:
         return carrier, None
     return carrier, _new_tuple(AttachedSend, (token, ctx))
-
-
-def _dropped_pairs(
-    parent: Context, span: Any, tx: str, settings: Any, sent_time: bool
-) -> tuple[list[tuple[str, bytes]], AttachedSend] | None:
-    """:func:`dropped_send`'s new header list and attached context, for no headers and the
-    transaction ``parent`` binds: ``_send_values`` and ``render``'s common case in one step
-    (the C writer's pairs straight into the new list), else None (the general steps).
-
-    The same context (``parent`` with ``span`` current), attached before the headers are
-    written; the same headers: W3C propagation alone, a baggage of at most the transaction's
-    own entry, the writer's header choice needing no look at the carrier, and ``span``'s
-    valid span context of no trace state (tests/unit/test_kafka_sampled_dropped_send.py
-    compares it with the scope).
-    """
-    names = _propagation._names
-    now = _propagation._propagate_now
-    if not (
-        now is not None and now._HTTP_TEXT_FORMAT is _propagation._w3c_now
-        and _propagation._write_common is not None and names.settings is settings
-        and (names.written is not None or not names.tight) and _TUPLE_LAYOUT
-    ):
-        return None
-    trace_id, span_id, _, flags, state, valid = span.get_span_context()
-    if not valid or not (state is None or state is _propagation._DEFAULT_STATE or not state):
-        return None
-    scoped: dict[str, object] = {**parent}
-    scoped[SPAN_KEY] = scoped[HOP_SPAN_KEY] = span
-    bind_transaction(scoped, tx, parent.get(BAGGAGE_KEY), settings)
-    entries: Any = scoped.get(BAGGAGE_KEY)
-    if entries and (len(entries) != 1 or entries.get(names.baggage_key) != tx):
-        return None  # (other entries: render's general case)
-    ctx = Context(scoped)
-    attached: AttachedSend = _new_tuple(AttachedSend, (_attach(ctx), ctx))
-    pairs: list[tuple[str, bytes]] = []
-    try:
-        if _propagation._write_common(
-            pairs, trace_id, span_id, bool(flags & 1), semconv.TRACEPARENT, names.written, tx,
-            semconv.BAGGAGE, names.mirror_prefix if settings.baggage_mirror else None,
-            names.sent if sent_time else None, None,
-        ):
-            return pairs, attached
-        return _new_pairs(render(ctx, settings, None, sent_time)), attached
-    except Exception as exc:
-        diagnostics.internal_error("produce_scope.open", exc)
-        return [], attached
 
 
 def _new_pairs(values: Mapping[str, str]) -> list[tuple[str, bytes]]:

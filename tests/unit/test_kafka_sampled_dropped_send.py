@@ -88,6 +88,9 @@ def contexts() -> list[dict[Any, Any]]:
         {SPAN_KEY: NonRecordingSpan(REMOTE_UNSAMPLED), TRANSACTION_KEY: TX},
         {SPAN_KEY: NonRecordingSpan(SAMPLED), TRANSACTION_KEY: TX},  # a child that records
         {SPAN_KEY: NonRecordingSpan(SpanContext(0, 0, False)), TRANSACTION_KEY: TX},
+        # Not ASCII: the C writer leaves the headers to Python (render's, as pairs). (Last:
+        # test_celery_dropped_send.py picks some of these by index.)
+        {SPAN_KEY: unsampled, TRANSACTION_KEY: "caf\u00e9-" + "d" * 27},
     ]
 
 

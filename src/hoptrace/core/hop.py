@@ -781,15 +781,16 @@ def transaction_drawn(parent: Context, carrier: Carrier) -> str | None:
 def _dropped_into(
     values: Any, parent: Context, span: Any, tx: str, settings: Any, sent_time: bool
 ) -> AttachedSend | None:
-    """:func:`dropped_send`'s ``_send_values`` for a dict carrier written in place: with
-    ``render``'s common case inline, the C writer straight into ``values``; else None, with
-    nothing done (the general steps).
+    """:func:`dropped_send`'s ``_send_values`` for a dict carrier written in place, or a new
+    empty list of pairs (Kafka's send without headers): with ``render``'s common case inline,
+    the C writer straight into ``values``; else None, with nothing done (the general steps).
 
     The same context (``parent`` with ``span`` current, ``tx`` bound), attached before the
     headers are written; the same headers: W3C propagation alone, a baggage of at most the
     transaction's own entry, the writer's header choice needing no look at ``values``
     beyond whether it holds the transaction header, and ``span``'s valid span context of
-    no trace state (tests/unit/test_celery_dropped_send.py compares it with the scope).
+    no trace state (tests/unit/test_celery_dropped_send.py and
+    test_kafka_sampled_dropped_send.py compare it with the scope).
     """
     names = _propagation._names
     now = _propagation._propagate_now
@@ -821,10 +822,16 @@ def _dropped_into(
             semconv.BAGGAGE, names.mirror_prefix if settings.baggage_mirror else None,
             names.sent if sent_time else None, None,
         ):
-            _propagation._write_text(values, trace_id, span_id, flags & 1, state, tx,
-                                     None if entries else entries, settings, sent_time, header)
+            if type(values) is list:  # (a new list of pairs: render's, as the scope writes it)
+                write_headers(values, render(ctx, settings, None, sent_time))
+            else:
+                _propagation._write_text(values, trace_id, span_id, flags & 1, state, tx,
+                                         None if entries else entries, settings, sent_time,
+                                         header)
     except Exception as exc:
         diagnostics.internal_error("produce_scope.open", exc)
+        if type(values) is list:
+            values.clear()  # (a new list: sent with no headers rather than half of them)
     return attached
 
 
