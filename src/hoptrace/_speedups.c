@@ -891,11 +891,19 @@ now_ns_text(void)
 #if defined(CLOCK_REALTIME) && !defined(_WIN32)
     struct timespec now;
     if (clock_gettime(CLOCK_REALTIME, &now) == 0) {
-        char text[32];
+        char digits[24];  /* (the decimal digits of ns, written backwards: no snprintf) */
+        char *end = digits + sizeof(digits), *start = end;
         unsigned long long ns =
             (unsigned long long)now.tv_sec * 1000000000ULL + (unsigned long long)now.tv_nsec;
-        int size = snprintf(text, sizeof(text), "%llu", ns);
-        return PyUnicode_FromStringAndSize(text, size);
+        do {
+            *--start = (char)('0' + ns % 10);
+            ns /= 10;
+        } while (ns != 0);
+        PyObject *text = PyUnicode_New(end - start, 127);
+        if (text != NULL) {
+            memcpy(PyUnicode_DATA(text), start, (size_t)(end - start));
+        }
+        return text;
     }
 #endif
     if (time_ns_func == NULL) {
@@ -2849,6 +2857,746 @@ open_dropped(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return ou_entry(module, args, args[8], nargs == 11 && args[9] != Py_None ? args + 9 : NULL);
 }
 
+/*
+ * hop.dropped_send's common case in one call (core/hop.py): a send under a current span
+ * whose child the sampler drops, inside a transaction, with spans on and metrics off. The
+ * dropped child (dropped_hop(active, None, "produce_scope.span"), the path hop._dropped_child
+ * takes, so a patched spans.dropped_child still takes effect), the send's Context (the
+ * current one with that child current, the transaction bound), set on the runtime context's
+ * ContextVar, an AttachedSend(token, context), and the headers, written by write_common into
+ * the carrier (a dict written in place, or Kafka's new empty list of pairs). Every guard of
+ * the Python steps is asked before the child is: what they would treat differently returns
+ * NotImplemented with nothing done.
+ */
+static PyObject *ds_hop = NULL;          /* hop module (its _dropped_child) */
+static PyObject *ds_settings = NULL;     /* settings module (its _current) */
+static PyObject *ds_metrics = NULL;      /* metrics module (its off_provider) */
+static PyObject *ds_source = NULL;       /* metrics.provider_source (its _METER_PROVIDER) */
+static PyObject *ds_nrs = NULL;          /* opentelemetry.trace.NonRecordingSpan */
+static PyObject *ds_nrs_end = NULL;      /* spans.NRS_END */
+static PyObject *ds_nrs_recording = NULL; /* NonRecordingSpan.is_recording, the API's own */
+static PyObject *ds_trace_api = NULL;    /* opentelemetry.trace (its _TRACER_PROVIDER) */
+static PyObject *ds_seen = NULL;         /* otel_shims._provider_seen: [provider, is an SDK] */
+static PyObject *ds_propagation = NULL;  /* propagation module (_propagate_now, _w3c_now, ...) */
+static PyObject *ds_var = NULL;          /* the runtime context's ContextVar */
+static PyObject *ds_context = NULL;      /* opentelemetry.context.Context */
+static PyObject *ds_attached = NULL;     /* hop.AttachedSend */
+static PyObject *ds_keys = NULL;  /* (SPAN_KEY, HOP_SPAN_KEY, TRANSACTION_KEY, BAGGAGE_KEY) */
+static PyObject *ds_texts = NULL; /* (TRACEPARENT, BAGGAGE, "produce_scope.span",
+                                     "produce_scope.open", DEFAULT_TRACE_STATE) */
+DC_NAME(off_provider) DC_NAME(_METER_PROVIDER) DC_NAME(end) DC_NAME(is_recording)
+DC_NAME(_propagate_now) DC_NAME(_w3c_now) DC_NAME(_write_common) DC_NAME(_names)
+DC_NAME(_HTTP_TEXT_FORMAT) DC_NAME(enabled) DC_NAME(propagation_only)
+DC_NAME(baggage_mirror) DC_NAME(baggage_key) DC_NAME(settings) DC_NAME(written)
+DC_NAME(tight) DC_NAME(transaction) DC_NAME(mirror_prefix) DC_NAME(sent)
+DC_NAME(_dropped_child)
+
+/* What dropped_send reads of the settings in force and of propagation._names, kept for the
+ * pair it read them from (both held, so neither identity is reused while kept): a Settings
+ * is frozen (configure() makes a new one) and _names is rebuilt for each new Settings. */
+static PyObject *ds_seen_settings = NULL, *ds_seen_names = NULL;
+static struct {
+    int usable;          /* enabled, spans on, names.settings is the settings */
+    int mirror;          /* settings.baggage_mirror */
+    int tight;           /* names.tight */
+    PyObject *header;    /* names.written */
+    PyObject *read_name; /* names.transaction */
+    PyObject *sent;      /* names.sent */
+    PyObject *key;       /* settings.baggage_key, when it is names.baggage_key, an exact str */
+    PyObject *prefix;    /* names.mirror_prefix (an exact str), or NULL */
+} ds_cached;
+
+/* configure_send(hop, settings, metrics, provider_source, NonRecordingSpan, NRS_END,
+ * is_recording, opentelemetry.trace, _provider_seen, propagation, ContextVar, Context,
+ * AttachedSend, keys, texts): what dropped_send needs (once, by hop.py). */
+static PyObject *
+configure_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 15) {
+        PyErr_SetString(PyExc_TypeError, "configure_send takes 15 arguments");
+        return NULL;
+    }
+    if (!PyModule_CheckExact(args[0]) || !PyModule_CheckExact(args[1])
+            || !PyModule_CheckExact(args[2]) || !PyType_Check(args[4])
+            || !PyModule_CheckExact(args[7]) || !PyList_CheckExact(args[8])
+            || PyList_GET_SIZE(args[8]) != 2 || !PyModule_CheckExact(args[9])
+            || !PyContextVar_CheckExact(args[10]) || !PyType_Check(args[11])
+            || !PyType_IsSubtype((PyTypeObject *)args[11], &PyDict_Type)
+            || !PyType_Check(args[12])
+            || !PyType_IsSubtype((PyTypeObject *)args[12], &PyTuple_Type)
+            || !PyTuple_CheckExact(args[13]) || PyTuple_GET_SIZE(args[13]) != 4
+            || !PyTuple_CheckExact(args[14]) || PyTuple_GET_SIZE(args[14]) != 5) {
+        PyErr_SetString(PyExc_TypeError, "configure_send: unexpected argument types");
+        return NULL;
+    }
+    PyObject **slots[15] = {&ds_hop, &ds_settings, &ds_metrics, &ds_source, &ds_nrs,
+                            &ds_nrs_end, &ds_nrs_recording, &ds_trace_api, &ds_seen,
+                            &ds_propagation, &ds_var, &ds_context, &ds_attached, &ds_keys,
+                            &ds_texts};
+    for (int i = 0; i < 15; i++) {
+        Py_INCREF(args[i]);
+        Py_XSETREF(*slots[i], args[i]);
+    }
+    Py_RETURN_NONE;
+}
+
+/* The truth of getattr(obj, name): 1, 0, or -1 with an error set. */
+static int
+ds_truth(PyObject *obj, const char *text, PyObject **cache)
+{
+    PyObject *value = dc_attr(obj, text, cache);
+    if (value == NULL) {
+        return -1;
+    }
+    int truth = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return truth;
+}
+
+#define DS_TRUTH(obj, name) ds_truth((obj), #name, &dc_name_##name)
+
+/* 1 when the class attribute ``name`` of NonRecordingSpan is ``expected`` (what
+ * ``NonRecordingSpan.name is expected`` gives for a plain function), 0 if not, -1. */
+static int
+ds_nrs_has(const char *text, PyObject **cache, PyObject *expected)
+{
+    PyObject *name = dc_intern(text, cache);
+    if (name == NULL) {
+        return -1;
+    }
+    PyObject *found = _PyType_Lookup((PyTypeObject *)ds_nrs, name);  /* borrowed */
+    return found != NULL && found == expected && PyFunction_Check(found);
+}
+
+/* The guards of hop.dropped_send and hop._dropped_into that come before the child: 1 when
+ * all hold (the borrowed/new values in the out-arguments), 0 when Python must decide, -1. */
+typedef struct {
+    PyObject *settings, *parent, *active, *tx, *entries, *bag;  /* new references (bag: to bind) */
+    PyObject *header, *prefix, *sent, *key;                     /* new references (or None) */
+} DsGuards;
+
+static void
+ds_release(DsGuards *g)
+{
+    Py_CLEAR(g->settings);
+    Py_CLEAR(g->parent);
+    Py_CLEAR(g->active);
+    Py_CLEAR(g->tx);
+    Py_CLEAR(g->entries);
+    Py_CLEAR(g->bag);
+    Py_CLEAR(g->header);
+    Py_CLEAR(g->prefix);
+    Py_CLEAR(g->sent);
+    Py_CLEAR(g->key);
+}
+
+/* 1 when the value of ``key`` in the exact dict ``d`` is exactly ``tx`` by equality, with both
+ * exact str (0 otherwise, -1 on error). */
+static int
+ds_same_text(PyObject *d, PyObject *key, PyObject *tx)
+{
+    PyObject *value = PyDict_GetItemWithError(d, key);
+    if (value == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    if (value == tx) {
+        return 1;
+    }
+    if (!PyUnicode_CheckExact(value)) {
+        return 0;
+    }
+    return PyUnicode_Compare(value, tx) == 0 ? 1 : (PyErr_Occurred() ? -1 : 0);
+}
+
+/* ds_cached for ``settings`` and ``names`` (read again only when either is another object);
+ * 0, or -1 with an error set (then nothing is kept). */
+static int
+ds_settings_of(PyObject *settings, PyObject *names)
+{
+    if (settings == ds_seen_settings && names == ds_seen_names) {
+        return 0;
+    }
+    Py_CLEAR(ds_seen_settings);
+    Py_CLEAR(ds_seen_names);
+    Py_CLEAR(ds_cached.header);
+    Py_CLEAR(ds_cached.read_name);
+    Py_CLEAR(ds_cached.sent);
+    Py_CLEAR(ds_cached.key);
+    Py_CLEAR(ds_cached.prefix);
+    ds_cached.usable = 0;
+    int enabled = DS_TRUTH(settings, enabled);
+    int only = enabled < 0 ? -1 : DS_TRUTH(settings, propagation_only);
+    int mirror = only < 0 ? -1 : DS_TRUTH(settings, baggage_mirror);
+    int tight = mirror < 0 ? -1 : DS_TRUTH(names, tight);
+    PyObject *own = tight < 0 ? NULL : DC_ATTR(names, settings);
+    PyObject *header = own == NULL ? NULL : DC_ATTR(names, written);
+    PyObject *read_name = header == NULL ? NULL : DC_ATTR(names, transaction);
+    PyObject *sent = read_name == NULL ? NULL : DC_ATTR(names, sent);
+    PyObject *key = sent == NULL ? NULL : DC_ATTR(settings, baggage_key);
+    PyObject *names_key = key == NULL ? NULL : DC_ATTR(names, baggage_key);
+    PyObject *prefix = names_key == NULL ? NULL : DC_ATTR(names, mirror_prefix);
+    if (prefix == NULL) {
+        Py_XDECREF(own);
+        Py_XDECREF(header);
+        Py_XDECREF(read_name);
+        Py_XDECREF(sent);
+        Py_XDECREF(key);
+        Py_XDECREF(names_key);
+        return -1;
+    }
+    ds_cached.usable = enabled && !only && own == settings
+        && (header == Py_None || PyUnicode_CheckExact(header));
+    ds_cached.mirror = mirror;
+    ds_cached.tight = tight;
+    ds_cached.header = header;
+    ds_cached.read_name = read_name;
+    ds_cached.sent = sent;
+    if (key == names_key && PyUnicode_CheckExact(key) && PyUnicode_CheckExact(prefix)) {
+        ds_cached.key = key;
+        ds_cached.prefix = prefix;
+    }
+    else {  /* (a mirror then goes the Python way) */
+        Py_DECREF(key);
+        Py_DECREF(prefix);
+    }
+    Py_DECREF(own);
+    Py_DECREF(names_key);
+    ds_seen_settings = Py_NewRef(settings);
+    ds_seen_names = Py_NewRef(names);
+    return 0;
+}
+
+static int
+ds_guards(PyObject *carrier, int sent_time, DsGuards *g)
+{
+    int truth;
+    /* settings = _settings._current (or get_settings(): Python's) */
+    g->settings = DC_MODULE_ATTR(ds_settings, _current);
+    if (g->settings == NULL || g->settings == Py_None) {
+        return g->settings == NULL ? -1 : 0;
+    }
+    /* drops_send_spans(settings): enabled, spans on (ds_settings_of), metrics off, ... */
+    PyObject *names = DC_MODULE_ATTR(ds_propagation, _names);
+    if (names == NULL) {
+        return -1;
+    }
+    truth = ds_settings_of(g->settings, names);
+    Py_DECREF(names);  /* (ds_seen_names holds it) */
+    if (truth < 0 || !ds_cached.usable) {
+        return truth;
+    }
+    PyObject *meter = DC_MODULE_ATTR(ds_source, _METER_PROVIDER);
+    PyObject *off = meter == NULL ? NULL : DC_MODULE_ATTR(ds_metrics, off_provider);
+    Py_XDECREF(meter);  /* (compared by identity only) */
+    Py_XDECREF(off);
+    if (off == NULL) {
+        return -1;
+    }
+    if (meter != off) {
+        return 0;
+    }
+    if ((truth = ds_nrs_has("end", &dc_name_end, ds_nrs_end)) <= 0
+            || (truth = ds_nrs_has("is_recording", &dc_name_is_recording,
+                                   ds_nrs_recording)) <= 0) {
+        return truth;
+    }
+    /* the SDK check's cached answer: _provider_seen[1] while _provider_seen[0] is in force */
+    PyObject *provider = DC_MODULE_ATTR(ds_trace_api, _TRACER_PROVIDER);
+    if (provider == NULL) {
+        return -1;
+    }
+    Py_DECREF(provider);
+    if (provider != PyList_GET_ITEM(ds_seen, 0)
+            || (truth = PyObject_IsTrue(PyList_GET_ITEM(ds_seen, 1))) <= 0) {
+        return provider != PyList_GET_ITEM(ds_seen, 0) ? 0 : truth;
+    }
+    /* hop._dropped_child is this module's dropped_hop */
+    PyObject *child_entry = DC_MODULE_ATTR(ds_hop, _dropped_child);
+    if (child_entry == NULL) {
+        return -1;
+    }
+    Py_DECREF(child_entry);
+    if (!PyCFunction_Check(child_entry)
+            || PyCFunction_GET_FUNCTION(child_entry) != (PyCFunction)(void (*)(void))dropped_hop) {
+        return 0;
+    }
+    /* parent = get_current(): an exact Context; its current span, its transaction (an exact,
+     * non-empty str: the one transaction_drawn gives, with no carrier read) */
+    if (PyContextVar_Get(ds_var, NULL, &g->parent) < 0) {
+        return -1;
+    }
+    if (g->parent == NULL || Py_TYPE(g->parent) != (PyTypeObject *)ds_context) {
+        return 0;
+    }
+    PyObject *found = PyDict_GetItemWithError(g->parent, PyTuple_GET_ITEM(ds_keys, 0));
+    if (found == NULL || found == Py_None) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    g->active = Py_NewRef(found);
+    found = PyDict_GetItemWithError(g->parent, PyTuple_GET_ITEM(ds_keys, 2));
+    if (found == NULL || !PyUnicode_CheckExact(found) || PyUnicode_GET_LENGTH(found) == 0) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    g->tx = Py_NewRef(found);
+    /* the writer: W3C propagation, the C writer (the names of these settings: above) */
+    PyObject *now = DC_MODULE_ATTR(ds_propagation, _propagate_now);
+    if (now == NULL || now == Py_None) {
+        Py_XDECREF(now);
+        return now == NULL ? -1 : 0;
+    }
+    PyObject *format = DC_MODULE_ATTR(now, _HTTP_TEXT_FORMAT);
+    Py_DECREF(now);
+    PyObject *w3c = format == NULL ? NULL : DC_MODULE_ATTR(ds_propagation, _w3c_now);
+    PyObject *writer = w3c == NULL ? NULL : DC_MODULE_ATTR(ds_propagation, _write_common);
+    int ok = writer != NULL && format == w3c && PyCFunction_Check(writer)
+        && PyCFunction_GET_FUNCTION(writer) == (PyCFunction)(void (*)(void))write_common;
+    Py_XDECREF(format);
+    Py_XDECREF(w3c);
+    Py_XDECREF(writer);
+    if (!ok) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    g->header = Py_NewRef(ds_cached.header);
+    if (g->header == Py_None) {
+        /* header is not None or not (names.tight or names.transaction in values) */
+        if (ds_cached.tight) {
+            return 0;
+        }
+        if (PyDict_CheckExact(carrier)) {
+            /* (held: a key's __eq__ may run code that changes ds_cached) */
+            PyObject *read_name = Py_NewRef(ds_cached.read_name);
+            truth = PyDict_Contains(carrier, read_name);
+            Py_DECREF(read_name);
+            if (truth != 0) {
+                return truth < 0 ? -1 : 0;
+            }
+        }
+    }
+    g->sent = Py_NewRef(sent_time ? ds_cached.sent : Py_None);
+    /* the baggage: bind_transaction's, then at most the transaction's own entry */
+    found = PyDict_GetItemWithError(g->parent, PyTuple_GET_ITEM(ds_keys, 3));
+    if (found == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    int empty = found == NULL || found == Py_None
+        || (PyDict_CheckExact(found) && PyDict_GET_SIZE(found) == 0);
+    if (!empty && !PyDict_CheckExact(found)) {
+        return 0;
+    }
+    int status = -1;
+    PyObject *key = ds_cached.key;
+    if (ds_cached.mirror) {
+        if (key == NULL) {
+            return 0;
+        }
+        g->key = Py_NewRef(key);  /* (held, as read_name above) */
+        key = g->key;
+        g->prefix = Py_NewRef(ds_cached.prefix);
+        if (empty) {  /* bind_transaction: {key: tx} */
+            g->bag = PyDict_New();
+            if (g->bag == NULL || PyDict_SetItem(g->bag, key, g->tx) < 0) {
+                goto done;
+            }
+        }
+        else {  /* only the transaction's own entry: kept as it is */
+            truth = PyDict_GET_SIZE(found) == 1 ? ds_same_text(found, key, g->tx) : 0;
+            if (truth <= 0) {
+                status = truth;
+                goto done;
+            }
+        }
+    }
+    else {
+        g->prefix = Py_NewRef(Py_None);
+        if (!empty) {  /* other entries: render's general case */
+            status = 0;
+            goto done;
+        }
+    }
+    g->entries = found == NULL ? NULL : Py_NewRef(found);
+    if (!PyDict_CheckExact(carrier)) {  /* a new list of pairs: what write_common takes */
+        Py_ssize_t size = 0;
+        PyObject *written[4];
+        int count = 0;
+        written[count++] = PyTuple_GET_ITEM(ds_texts, 0);
+        if (g->header != Py_None) {
+            written[count++] = g->header;
+        }
+        if (g->prefix != Py_None) {
+            written[count++] = PyTuple_GET_ITEM(ds_texts, 1);
+        }
+        if (g->sent != Py_None) {
+            written[count++] = g->sent;
+        }
+        if (ascii_of(g->tx, &size) == NULL
+                || (g->prefix != Py_None && ascii_of(g->prefix, &size) == NULL)
+                || !distinct_names(written, count)) {
+            status = 0;
+            goto done;
+        }
+    }
+    status = 1;
+done:
+    return status;
+}
+
+/* diagnostics.internal_error(where, exc) for the Exception raised (0), or -1 when what was
+ * raised is no Exception (it stays raised) or the call fails. */
+static int
+ds_count(PyObject *where)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        return -1;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc = PyErr_GetRaisedException();
+#else
+    PyObject *type, *exc, *traceback;
+    PyErr_Fetch(&type, &exc, &traceback);
+    PyErr_NormalizeException(&type, &exc, &traceback);
+    if (traceback != NULL && exc != NULL) {
+        PyException_SetTraceback(exc, traceback);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    if (exc == NULL) {
+        return -1;
+    }
+#endif
+    PyObject *call_args[2] = {where, exc};
+    PyObject *result = PyObject_Vectorcall(dc_internal_error, call_args, 2, NULL);
+    Py_DECREF(exc);
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+/* The send's Context: the current one's values, the child current (SPAN_KEY, HOP_SPAN_KEY),
+ * the transaction bound (its key set again; the baggage when bind_transaction makes one),
+ * as {**parent}, the stores and Context(scoped) make it (new reference). */
+static PyObject *
+ds_context_of(DsGuards *g, PyObject *span)
+{
+    PyObject *ctx = PyObject_CallNoArgs(ds_context);
+    if (ctx == NULL) {
+        return NULL;
+    }
+    if (!PyDict_Check(ctx) || PyDict_Update(ctx, g->parent) < 0
+            || PyDict_SetItem(ctx, PyTuple_GET_ITEM(ds_keys, 0), span) < 0
+            || PyDict_SetItem(ctx, PyTuple_GET_ITEM(ds_keys, 1), span) < 0
+            || PyDict_SetItem(ctx, PyTuple_GET_ITEM(ds_keys, 2), g->tx) < 0
+            || (g->bag != NULL && PyDict_SetItem(ctx, PyTuple_GET_ITEM(ds_keys, 3), g->bag) < 0)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "Context() is no dict");
+        }
+        Py_DECREF(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+/* The child's span context when the C writer takes it as _dropped_into would: an exact
+ * 6-tuple SpanContext, valid, of no trace state (None, the default or falsy without a call),
+ * IDs the writer formats and int flags; its sampled bit in *sampled (new reference). NULL
+ * with no error set: Python decides. */
+static PyObject *
+ds_child_context(PyObject *span, int *sampled)
+{
+    PyObject *sc = ri_span_context(span);
+    if (sc == NULL) {
+        return NULL;
+    }
+    if ((PyObject *)Py_TYPE(sc) != dc_sp_span_context || PyTuple_GET_SIZE(sc) != 6
+            || PyTuple_GET_ITEM(sc, 5) != Py_True) {
+        Py_DECREF(sc);
+        return NULL;
+    }
+    PyObject *state = PyTuple_GET_ITEM(sc, 4), *flags = PyTuple_GET_ITEM(sc, 3);
+    unsigned long long high, low;
+    if ((state != Py_None && state != PyTuple_GET_ITEM(ds_texts, 4))
+            || halves_of(PyTuple_GET_ITEM(sc, 0), 128, &high, &low) < 0
+            || halves_of(PyTuple_GET_ITEM(sc, 1), 64, &high, &low) < 0
+            || !PyLong_Check(flags)
+            || Py_TYPE(flags)->tp_as_number == NULL
+            || Py_TYPE(flags)->tp_as_number->nb_and != PyLong_Type.tp_as_number->nb_and) {
+        Py_DECREF(sc);
+        return NULL;
+    }
+    int overflow = 0;
+    long long value = PyLong_AsLongLongAndOverflow(flags, &overflow);
+    if (value == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_DECREF(sc);
+        return NULL;
+    }
+    /* (flags & 1 of a value over 64 bits: its lowest bit, as the mask gives it) */
+    *sampled = overflow ? (int)(PyLong_AsUnsignedLongLongMask(flags) & 1) : (int)(value & 1);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_DECREF(sc);
+        return NULL;
+    }
+    return sc;
+}
+
+/* dropped_send(carrier, sent_time, copy): hop.dropped_send's common case. Returns
+ * NotImplemented with nothing done (Python's steps decide); None when the sampler may keep
+ * the child (the send needs its scope; nothing drawn); (carrier, AttachedSend) when done;
+ * or (span, parent, transaction, settings) when the child was asked for (made, or
+ * hop._FAILED) but what follows is Python's (_dropped_into's other cases). */
+static PyObject *
+dropped_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "dropped_send takes 3 arguments");
+        return NULL;
+    }
+    if (ds_hop == NULL || dc_spans_module == NULL || dc_failed == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "dropped_send: configure_send was not called");
+        return NULL;
+    }
+    PyObject *carrier = args[0];
+    int sent_time = PyObject_IsTrue(args[1]);
+    int copy = sent_time < 0 ? -1 : PyObject_IsTrue(args[2]);
+    if (copy < 0) {
+        return NULL;
+    }
+    if (copy || !(PyDict_CheckExact(carrier)
+                  || (PyList_CheckExact(carrier) && PyList_GET_SIZE(carrier) == 0))) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    DsGuards g = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    int ready = ds_guards(carrier, sent_time, &g);
+    if (ready <= 0) {
+        ds_release(&g);
+        if (ready == 0 || PyErr_ExceptionMatches(PyExc_Exception)) {
+            PyErr_Clear();  /* (Python's steps meet it again, as they would have) */
+            Py_RETURN_NOTIMPLEMENTED;
+        }
+        return NULL;
+    }
+    PyObject *call_args[3] = {g.active, Py_None, PyTuple_GET_ITEM(ds_texts, 2)};
+    PyObject *span = dropped_hop(NULL, call_args, 3);
+    PyObject *result = NULL, *sc = NULL, *ctx = NULL, *token = NULL, *attached = NULL;
+    int sampled = 0;
+    if (span == NULL || span == Py_None) {
+        result = Py_XNewRef(span);  /* (None: the child may record, the send needs its scope) */
+        goto done;
+    }
+    if (span != dc_failed) {
+        sc = ds_child_context(span, &sampled);
+        if (sc == NULL && PyErr_Occurred()) {
+            if (ds_count(PyTuple_GET_ITEM(ds_texts, 3)) == 0) {  /* as Python's try counts it */
+                result = PyTuple_Pack(2, carrier, Py_None);
+            }
+            goto done;
+        }
+    }
+    if (sc == NULL) {  /* hop._FAILED, or a span context the rest of Python's steps handle */
+        result = PyTuple_Pack(4, span, g.parent, g.tx, g.settings);
+        goto done;
+    }
+    ctx = ds_context_of(&g, span);
+    token = ctx == NULL ? NULL : PyContextVar_Set(ds_var, ctx);
+    if (token == NULL) {
+        if (ds_count(PyTuple_GET_ITEM(ds_texts, 3)) == 0) {
+            result = PyTuple_Pack(2, carrier, Py_None);
+        }
+        goto done;
+    }
+    /* AttachedSend((token, ctx)) as tuple.__new__ makes it */
+    attached = ((PyTypeObject *)ds_attached)->tp_alloc((PyTypeObject *)ds_attached, 2);
+    if (attached == NULL) {
+        if (ds_count(PyTuple_GET_ITEM(ds_texts, 3)) == 0) {  /* (attached, as Python leaves it) */
+            result = PyTuple_Pack(2, carrier, Py_None);
+        }
+        goto done;
+    }
+    PyTuple_SET_ITEM(attached, 0, Py_NewRef(token));
+    PyTuple_SET_ITEM(attached, 1, Py_NewRef(ctx));
+    PyObject *write_args[11] = {
+        carrier, PyTuple_GET_ITEM(sc, 0), PyTuple_GET_ITEM(sc, 1), sampled ? Py_True : Py_False,
+        PyTuple_GET_ITEM(ds_texts, 0), g.header, g.tx, PyTuple_GET_ITEM(ds_texts, 1), g.prefix,
+        g.sent, Py_None,
+    };
+    PyObject *wrote = write_common(NULL, write_args, 11);
+    if (wrote == Py_False) {  /* (the guards rule this out) */
+        PyErr_SetString(PyExc_SystemError, "hoptrace._speedups: dropped_send unchecked");
+    }
+    if (wrote != Py_True) {
+        Py_XDECREF(wrote);
+        if (ds_count(PyTuple_GET_ITEM(ds_texts, 3)) < 0) {
+            goto done;  /* (no Exception: raised, the context left attached as Python's) */
+        }
+        if (PyList_CheckExact(carrier) && PyList_SetSlice(carrier, 0, PY_SSIZE_T_MAX, NULL) < 0) {
+            goto done;  /* (sent with no headers rather than half of them) */
+        }
+    }
+    else {
+        Py_DECREF(wrote);
+    }
+    result = PyTuple_Pack(2, carrier, attached);
+done:
+    Py_XDECREF(span);
+    Py_XDECREF(sc);
+    Py_XDECREF(ctx);
+    Py_XDECREF(token);
+    Py_XDECREF(attached);
+    ds_release(&g);
+    return result;
+}
+
+/* send_dropped(carrier, sent_time=True, copy=False): hop.dropped_send in one call, where
+ * the C entry covers the send; else the Python steps it hands the call to, as hop.dropped_send
+ * hands it to them: hop._dropped_rest once the child was asked for, else hop._dropped_send
+ * (both given by configure_steps). */
+static PyObject *ds_steps = NULL, *ds_rest = NULL;
+DC_NAME(carrier) DC_NAME(sent_time) DC_NAME(copy)
+
+static PyObject *
+configure_steps(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyCallable_Check(args[0]) || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "configure_steps takes hop._dropped_send and "
+                        "hop._dropped_rest");
+        return NULL;
+    }
+    Py_INCREF(args[0]);
+    Py_XSETREF(ds_steps, args[0]);
+    Py_INCREF(args[1]);
+    Py_XSETREF(ds_rest, args[1]);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+send_dropped(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *full[3] = {NULL, Py_True, Py_False};
+    PyObject **names[3] = {&dc_name_carrier, &dc_name_sent_time, &dc_name_copy};
+    const char *texts[3] = {"carrier", "sent_time", "copy"};
+    if (nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "dropped_send() takes at most 3 arguments");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        full[i] = args[i];
+    }
+    Py_ssize_t keywords = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t k = 0; k < keywords; k++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
+        int at = -1;
+        for (int i = 0; i < 3 && at < 0; i++) {
+            PyObject *known = dc_intern(texts[i], names[i]);
+            if (known == NULL) {
+                return NULL;
+            }
+            if (PyUnicode_Compare(name, known) == 0) {
+                at = i;
+            }
+        }
+        if (at < 0 || at < nargs) {
+            PyErr_Format(PyExc_TypeError, "dropped_send() got an unexpected or repeated "
+                         "keyword argument %R", name);
+            return NULL;
+        }
+        full[at] = args[nargs + k];
+    }
+    if (full[0] == NULL) {
+        PyErr_SetString(PyExc_TypeError, "dropped_send() missing its carrier");
+        return NULL;
+    }
+    if (ds_steps == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "send_dropped: configure_steps was not called");
+        return NULL;
+    }
+    PyObject *done = dropped_send(module, full, 3);
+    if (done == NULL || done == Py_None) {
+        return done;
+    }
+    if (done == Py_NotImplemented) {
+        Py_DECREF(done);
+        return PyObject_Vectorcall(ds_steps, full, 3, NULL);
+    }
+    if (PyTuple_GET_SIZE(done) == 2) {
+        return done;
+    }
+    PyObject *rest_args[7] = {full[0], full[1], full[2], PyTuple_GET_ITEM(done, 0),
+                              PyTuple_GET_ITEM(done, 1), PyTuple_GET_ITEM(done, 2),
+                              PyTuple_GET_ITEM(done, 3)};
+    PyObject *result = PyObject_Vectorcall(ds_rest, rest_args, 7, NULL);
+    Py_DECREF(done);
+    return result;
+}
+
+/* AttachedSend.close(exc=None) (core/hop.py), installed on the class by configure_close:
+ * ContextVar.reset(token) while the attached context is still the current one; anything
+ * else (another current context, a token that does not reset, other arguments) is the
+ * Python method's, called as it would have been. */
+static PyObject *ds_close_python = NULL;  /* the Python AttachedSend.close */
+
+static PyObject *
+attached_close(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (kwnames == NULL && nargs <= 1 && PyTuple_Check(self) && PyTuple_GET_SIZE(self) == 2
+            && ds_var != NULL) {
+        PyObject *token = PyTuple_GET_ITEM(self, 0), *current = NULL;
+        if (PyContextVar_Get(ds_var, NULL, &current) < 0) {
+            return NULL;
+        }
+        Py_XDECREF(current);  /* (compared by identity only) */
+        if (current == PyTuple_GET_ITEM(self, 1) && PyContextToken_CheckExact(token)) {
+            if (PyContextVar_Reset(ds_var, token) == 0) {
+                Py_RETURN_NONE;
+            }
+            if (!PyErr_ExceptionMatches(PyExc_ValueError)
+                    && !PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+                return NULL;
+            }
+            PyErr_Clear();  /* (reset changed nothing: the Python method counts it) */
+        }
+    }
+    /* the Python method, called as close(self, *args, **kwargs) */
+    Py_ssize_t total = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames));
+    PyObject *small[4];
+    PyObject **all = total <= 2 ? small : PyMem_New(PyObject *, total + 2);
+    if (all == NULL) {
+        return PyErr_NoMemory();
+    }
+    all[0] = NULL;
+    all[1] = self;
+    for (Py_ssize_t i = 0; i < total; i++) {
+        all[i + 2] = args[i];
+    }
+    PyObject *result = PyObject_Vectorcall(ds_close_python, all + 1,
+                                           (size_t)(nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                           kwnames);
+    if (all != small) {
+        PyMem_Free(all);
+    }
+    return result;
+}
+
+static PyMethodDef ds_close_def = {
+    "close", (PyCFunction)(void (*)(void))attached_close, METH_FASTCALL | METH_KEYWORDS,
+    "Detach the context, as the send scope's close() would (exc is ignored)."};
+
+/* configure_close(AttachedSend, its Python close): the method to put on the class in its
+ * place (configure_send first). */
+static PyObject *
+configure_close(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || args[0] != ds_attached || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "configure_close takes AttachedSend (as given to "
+                        "configure_send) and its close");
+        return NULL;
+    }
+    Py_INCREF(args[1]);
+    Py_XSETREF(ds_close_python, args[1]);
+    return PyDescr_NewMethod((PyTypeObject *)args[0], &ds_close_def);
+}
+
 static PyMethodDef speedups_methods[] = {
     {"read_common", (PyCFunction)(void (*)(void))read_common, METH_FASTCALL,
      "The common case of reading hoptrace's headers from a dict, or None."},
@@ -2888,6 +3636,16 @@ static PyMethodDef speedups_methods[] = {
      "spans.lazy_span(name, context, kind, attributes), in one call."},
     {"configure_consume", (PyCFunction)(void (*)(void))configure_consume, METH_FASTCALL, "Give open_unrecorded what it needs from hoptrace.core.hop (once)."},
     {"open_unrecorded", (PyCFunction)(void (*)(void))open_unrecorded, METH_FASTCALL, "consume_scope._open_unrecorded's common case in one call: the scope's fields, else what read_incoming gives."},
+    {"configure_send", (PyCFunction)(void (*)(void))configure_send, METH_FASTCALL,
+     "Give dropped_send what it needs from hoptrace.core.hop (once)."},
+    {"configure_steps", (PyCFunction)(void (*)(void))configure_steps, METH_FASTCALL,
+     "Give send_dropped the Python steps it hands calls to (once)."},
+    {"send_dropped", (PyCFunction)(void (*)(void))send_dropped, METH_FASTCALL | METH_KEYWORDS,
+     "hop.dropped_send(carrier, sent_time=True, copy=False) in one call."},
+    {"configure_close", (PyCFunction)(void (*)(void))configure_close, METH_FASTCALL,
+     "AttachedSend.close's common case, as a method for the class (once)."},
+    {"dropped_send", (PyCFunction)(void (*)(void))dropped_send, METH_FASTCALL,
+     "hop.dropped_send's common case in one call; NotImplemented, having done nothing, else."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -13,6 +13,7 @@ Errors inside hoptrace are counted and logged; the user's own exceptions propaga
 
 from __future__ import annotations
 
+import sys
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -584,6 +585,11 @@ class AttachedSend(tuple):  # type: ignore[type-arg]
             diagnostics.count("scope.closed_elsewhere")
 
 
+#: :meth:`AttachedSend.close` as written above: the C module's method stands in for it where
+#: :data:`_send_c` is built (see :func:`_send_entry`), and calls it for what it leaves.
+_attached_close_py: Final = AttachedSend.__dict__["close"]
+
+
 #: Whether :func:`unrecorded_send` takes :func:`_fresh_send` where it may (the tests turn it
 #: off to compare the two).
 _fresh_fast: bool = True
@@ -717,6 +723,43 @@ def drops_send_spans(settings: Any) -> bool:
             and NonRecordingSpan.is_recording is _NRS_IS_RECORDING)
 
 
+def _send_entry() -> Any:
+    """The C module's ``dropped_send``, configured, when it may stand in for
+    :func:`dropped_send`'s common case; else None (pure Python, a stale build, or an OTel
+    whose internals it does not read: the current Context in a ContextVar, ``Context`` made
+    as ``dict`` makes its instances, the global provider in ``trace._TRACER_PROVIDER``, the
+    6-tuple ``SpanContext``, ``NonRecordingSpan.end`` the API's own, and the C module's
+    ``dropped_hop`` built).
+
+    It reads at every call what :func:`dropped_send`'s steps read (the settings and header
+    names in force, metrics, ``NonRecordingSpan``'s methods, the SDK check's cached answer,
+    :data:`_dropped_child`, the propagator), so that a change to any of them sends the call
+    back to those steps; what it needs of the settings and names it keeps for the pair it
+    read it from (a Settings is frozen, and the names are rebuilt for each new one).
+    """
+    module = _propagation._speedups
+    entry = getattr(module, "dropped_send", None)
+    if (entry is None or _CONTEXT_VAR is None or not PROVIDER_GLOBAL or not _ids.TUPLE_LAYOUT
+            or _spans.NRS_END is None or _c_dropped_hop is None
+            or Context.__init__ is not dict.__init__ or Context.__new__ is not dict.__new__):
+        return None
+    module.configure_send(
+        sys.modules[__name__], _settings, metrics, metrics.provider_source, NonRecordingSpan,
+        _spans.NRS_END, _NRS_IS_RECORDING, _trace_api, _provider_seen, _propagation,
+        _CONTEXT_VAR, Context, AttachedSend, (SPAN_KEY, HOP_SPAN_KEY, TRANSACTION_KEY, BAGGAGE_KEY),
+        (semconv.TRACEPARENT, semconv.BAGGAGE, "produce_scope.span", "produce_scope.open",
+         DEFAULT_TRACE_STATE))
+    # AttachedSend.close's common case (the context still current: its token reset) in C,
+    # the Python method for the rest (test_speedups_dropped_send.py compares the two).
+    AttachedSend.close = module.configure_close(  # type: ignore[method-assign]
+        AttachedSend, _attached_close_py)
+    return entry
+
+
+#: ``_speedups.dropped_send`` (see :func:`_send_entry`), or None: the Python steps.
+_send_c: Any = _send_entry()
+
+
 def dropped_send(
     carrier: Carrier, sent_time: bool = True, copy: bool = False
 ) -> tuple[Any, AttachedSend | None] | None:
@@ -734,7 +777,25 @@ def dropped_send(
     :meth:`~AttachedSend.close` once the client's call returns or raises (None: nothing
     attached). None, with nothing done: the send needs its scope. Raises TypeError as the
     scope does (tests/unit/test_celery_dropped_send.py compares the two).
+
+    The common case (a dict written in place, or a Kafka send's new empty list of pairs,
+    under W3C propagation, in a transaction the current context binds) is one C call,
+    :data:`_send_c`, which declines with nothing done whatever these steps would treat
+    otherwise (tests/unit/test_speedups_dropped_send.py compares it with them).
     """
+    if _send_c is not None:
+        done = _send_c(carrier, sent_time, copy)
+        if done is not NotImplemented:
+            if done is None or len(done) == 2:
+                return done  # type: ignore[no-any-return]
+            return _dropped_rest(carrier, sent_time, copy, *done)  # (the child asked for)
+    return _dropped_send(carrier, sent_time, copy)
+
+
+def _dropped_send(
+    carrier: Carrier, sent_time: bool, copy: bool
+) -> tuple[Any, AttachedSend | None] | None:
+    """:func:`dropped_send`'s Python steps."""
     settings = _settings._current or get_settings()
     if not drops_send_spans(settings):
         return None
@@ -754,9 +815,21 @@ def dropped_send(
         span: Any = _dropped_child(active, None, "produce_scope.span")  # type: ignore[arg-type]
         if span is None:  # the child may record: the scope makes it
             return None
+    except Exception as exc:
+        diagnostics.internal_error("produce_scope.open", exc)
+        return ({} if carrier is None else carrier), None
+    return _dropped_rest(carrier, sent_time, copy, span, parent, tx, settings)
+
+
+def _dropped_rest(
+    carrier: Carrier, sent_time: bool, copy: bool, span: Any, parent: Context, tx: str,
+    settings: Any,
+) -> tuple[Any, AttachedSend | None]:
+    """:func:`dropped_send` once it has the dropped child ``span`` (or :data:`_FAILED`)."""
+    try:
         if span is _FAILED:  # counted: no send span, as the scope then makes none
             span = None
-        elif type(carrier) is dict and not copy:
+        elif not copy and (type(carrier) is dict or (type(carrier) is list and not carrier)):
             attached = _dropped_into(carrier, parent, span, tx, settings, sent_time)
             if attached is not None:
                 return carrier, attached
@@ -767,6 +840,21 @@ def dropped_send(
     if ctx is None:
         return carrier, None
     return carrier, _new_tuple(AttachedSend, (token, ctx))
+
+
+def _send_entry_steps() -> Callable[..., tuple[Any, AttachedSend | None] | None]:
+    """:func:`dropped_send` as one C call (the C module's ``send_dropped``: :data:`_send_c`,
+    then the same Python steps where it hands the send to them) where :data:`_send_c` is
+    built, else :func:`dropped_send` itself."""
+    if _send_c is None:
+        return dropped_send
+    _propagation._speedups.configure_steps(_dropped_send, _dropped_rest)
+    return _propagation._speedups.send_dropped  # type: ignore[no-any-return]
+
+
+#: What the clients call for :func:`dropped_send` (see :func:`_send_entry_steps`): no Python
+#: frame of its own for the sends the C entry covers.
+dropped_send_entry: Final = _send_entry_steps()
 
 
 def transaction_drawn(parent: Context, carrier: Carrier) -> str | None:
