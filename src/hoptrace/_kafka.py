@@ -36,19 +36,14 @@ from .core.context import (
 from .core.hop import (
     _FAILED,
     AttachedSend,
-    _check_carrier,
     _dropped_child,
-    _dropped_into,
-    _new_tuple,
-    _send_values,
     consume_scope,
-    drops_send_spans,
     produce_scope,
     receive_scope,
     spans_active,
-    transaction_drawn,
     unrecorded_send,
 )
+from .core.hop import dropped_send_entry as _hop_dropped_send
 from .core.propagation import (
     carried_transaction_id,
     holds_transaction_header,
@@ -386,49 +381,19 @@ def dropped_send(
 ) -> tuple[Any, AttachedSend | None] | None:
     """:func:`attached_send` for a send whose span the sampler is known to drop, no scope.
 
-    With spans on and metrics off, inside a transaction and under a current span whose child
-    the sampler drops (:func:`hoptrace.core.hop._dropped_child`), the send scope
-    (:func:`open_send`) would attach its context (that dropped span current, the transaction
-    bound), render the headers from it, and at the ack or the client's error only detach it:
-    ending a ``NonRecordingSpan`` with or without an error does nothing while the API's
-    ``end`` and ``is_recording`` are its own, and nothing awaits the ack
-    (:func:`detach_for_ack`). The same here without the scope: the same span (the same
-    random draws), context and headers. None: the send needs its scope (hoptrace disabled,
-    metrics on, no SDK or propagation-only, no current span, a child that may record, no
-    transaction in force and none the headers carry, so one would be drawn before the
-    span). Raises TypeError as the scope does.
-
-    Asked only once ``unrecorded_send`` declined the send: enabled, spans on and metrics
-    off, that means an SDK is installed (without one it takes the send), so that is not
-    asked again; a span is made only through the SDK tracer's own shortcut anyway.
+    :func:`hoptrace.core.hop.dropped_send` of the carrier and copy flag :func:`send_scope`
+    gives the scope (a new empty list of pairs for no headers, else a copy of ``headers``):
+    with spans on and metrics off, inside a transaction and under a current span whose child
+    the sampler drops, the send scope (:func:`open_send`) would attach its context (that
+    dropped span current, the transaction bound), render the headers from it, and at the ack
+    or the client's error only detach it: ending a ``NonRecordingSpan`` with or without an
+    error does nothing while the API's ``end`` and ``is_recording`` are its own, and nothing
+    awaits the ack (:func:`detach_for_ack`). The same here without the scope: the same span
+    (the same random draws), context and headers. None: the send needs its scope. Raises
+    TypeError as the scope does.
     """
-    settings = _settings._current or get_settings()
-    parent = get_current()
-    active = parent.get(SPAN_KEY)
-    if active is None or not drops_send_spans(settings):
-        return None
-    if headers is not None and type(headers) is not dict and type(headers) is not list:
-        _check_carrier(headers)
-    tx = transaction_drawn(parent, headers)  # type: ignore[arg-type]
-    if not tx:
-        return None
-    span: Any = _dropped_child(active, None, "produce_scope.span")  # type: ignore[arg-type]
-    if span is None:
-        return None
-    if span is _FAILED:  # counted: no span, as the scope then makes none
-        span = None
-    elif headers is None and tx is parent.get(TRANSACTION_KEY):
-        pairs: list[tuple[str, bytes]] = []
-        attached = _dropped_into(pairs, parent, span, tx, settings, timestamp_given)
-        if attached is not None:
-            return pairs, attached
-    carrier, ctx, token = _send_values(
-        parent, span, tx, headers, settings, timestamp_given, headers is not None)
-    if headers is None and type(carrier) is dict:
-        carrier = _new_pairs(carrier)  # (what write_headers makes of the scope's new list)
-    if ctx is None:
-        return carrier, None
-    return carrier, _new_tuple(AttachedSend, (token, ctx))
+    return _hop_dropped_send(
+        [] if headers is None else headers, timestamp_given, headers is not None)
 
 
 def _new_pairs(values: Mapping[str, str]) -> list[tuple[str, bytes]]:
