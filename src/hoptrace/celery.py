@@ -42,7 +42,8 @@ from ._config import ConfigurationError, get_settings
 from .core import diagnostics, metrics, semconv
 from .core import settings as _settings
 from .core.context import get_current, sdk_installed, transaction
-from .core.hop import AttachedSend, dropped_send, produce_scope
+from .core.hop import AttachedSend, produce_scope
+from .core.hop import dropped_send_entry as dropped_send
 from .core.instrumentor import ClientInstrumentor, Contrib, take_over
 from .core.patching import Patcher
 from .core.propagation import inject, render
@@ -101,19 +102,18 @@ def _wrap_sender(send: Callable[..., Any]) -> Callable[..., Any]:
                     # context written below wins over one copied from an earlier attempt.
                     headers.update(extra)
                     kwargs["headers"] = None
-                if (
-                    (settings.propagation_only or not sdk_installed()) and not metrics.enabled()
-                    and not headers.get("retries")
-                    and RETRY_OF_HEADER not in headers
-                ):
-                    # The common propagation-only publish: headers only, no span.
-                    render(get_current(), settings, headers)
-                elif (not headers.get("retries") and RETRY_OF_HEADER not in headers
-                      and (extra := dropped_send(headers)) is not None):
+                if headers.get("retries") or RETRY_OF_HEADER in headers:
+                    scope = _prepare_message(headers, name, settings, kwargs)  # a retry's steps
+                elif not settings.propagation_only and (extra := dropped_send(headers)) is not None:
                     # A send span the sampler drops: the scope's headers and context (the
                     # publish runs the app's signal receivers), without the scope. (``extra``
                     # reused: a local of its own would cost every publish its frame slot.)
+                    # Asked first with spans on: it answers None, having done nothing, with
+                    # no SDK or metrics on, so the SDK check below is made only then.
                     scope = extra[1]
+                elif (settings.propagation_only or not sdk_installed()) and not metrics.enabled():
+                    # The common propagation-only publish: headers only, no span.
+                    render(get_current(), settings, headers)
                 else:
                     scope = _prepare_message(headers, name, settings, kwargs)
         except Exception as exc:
