@@ -17,7 +17,7 @@ from contextvars import ContextVar, Token
 from typing import Any, Final, TypeVar
 
 from opentelemetry import trace as _trace_api
-from opentelemetry.trace import NonRecordingSpan
+from opentelemetry.trace import NonRecordingSpan, SpanContext
 
 from ._client import names_active_span
 from ._redelivery import (
@@ -43,10 +43,12 @@ from .core.hop import (
     _new_tuple,
     _send_values,
     consume_scope,
+    dropped_send,
     produce_scope,
     spans_active,
     unrecorded_send,
 )
+from .core.ids import TUPLE_LAYOUT
 from .core.otel_shims import PROVIDER_GLOBAL, _provider_seen, sdk_installed
 from .core.propagation import holds_transaction_header, inject, render
 from .core.settings import get_settings
@@ -83,6 +85,15 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+
+#: Whether a ``SpanContext`` is the API's 6-tuple whose ``trace_id``, ``span_id``,
+#: ``trace_flags`` and ``is_valid`` read its items 0, 1, 3 and 5 (then a delivery's span
+#: context is remembered by index, without four property calls).
+_SC_TUPLE: Final = TUPLE_LAYOUT and all(
+    type(SpanContext.__dict__.get(name)) is property
+    and SpanContext.__dict__[name].fget.__code__.co_names == ()
+    and index in SpanContext.__dict__[name].fget.__code__.co_consts
+    for name, index in (("trace_id", 0), ("span_id", 1), ("trace_flags", 3), ("is_valid", 5)))
 
 
 def delivery_attributes(
@@ -315,7 +326,12 @@ def open_delivery_fields(
         )
         scope.open()
         if key is not None and scope.span is not None:
-            memory.remember(key, scope._active)  # (its span_context, without the property)
+            active = scope._active  # (its span_context, without the property)
+            if _SC_TUPLE and type(active) is SpanContext:  # memory.remember's steps, by index
+                if active[5]:  # is_valid
+                    memory.keep(key, (active[0], active[1], int(active[3])))
+            else:
+                memory.remember(key, active)
         return scope
     except Exception as exc:
         diagnostics.internal_error("amqp.open_delivery", exc)

@@ -11,6 +11,7 @@ survives both paths; the consumer never has to write to the broker's copy.
 
 from __future__ import annotations
 
+import sysconfig
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -60,6 +61,14 @@ def dead_lettered(headers: object) -> bool:
         return False
 
 
+#: Whether the memory's ``OrderedDict`` steps run without its lock: on an interpreter with a
+#: GIL, each of them (``setdefault``, ``pop``, ``__setitem__``, ``popitem``, ``get``, all C
+#: with int keys and tuples of ints, so no Python code runs inside one) is atomic, and
+#: :meth:`DeliveryMemory.keep` is written so that no interleaving of them raises. A
+#: free-threaded build (``Py_GIL_DISABLED``) takes the lock.
+_LOCK_FREE: Final = not sysconfig.get_config_var("Py_GIL_DISABLED")
+
+
 class DeliveryMemory:
     """A bounded LRU: message identity → the span its last delivery was processed in.
 
@@ -84,8 +93,11 @@ class DeliveryMemory:
         dead = dead_lettered(headers)
         if not (redelivered or dead):
             return None
-        with self._lock:
+        if _LOCK_FREE:
             earlier = self._seen.get(key)
+        else:
+            with self._lock:
+                earlier = self._seen.get(key)
         if earlier is None:
             return None
         reason = REASON_DEAD_LETTER if dead else REASON_REDELIVERY
@@ -97,13 +109,36 @@ class DeliveryMemory:
         """Record that message ``key`` is being processed in ``span_context``."""
         if key is None or span_context is None or not span_context.is_valid:
             return
-        entry = (span_context.trace_id, span_context.span_id, int(span_context.trace_flags))
-        with self._lock:
-            seen = self._seen
+        self.keep(
+            key, (span_context.trace_id, span_context.span_id, int(span_context.trace_flags)))
+
+    def keep(self, key: int, entry: tuple[int, int, int]) -> None:
+        """:meth:`remember` of a valid span context's ``(trace_id, span_id, int(flags))``.
+
+        The newest entry goes last and the oldest beyond the size is forgotten. Without the
+        lock (:data:`_LOCK_FREE`), two threads may both forget an oldest entry at once (the
+        memory then holds one less for a while); nothing raises and no entry is half-made.
+        """
+        if not _LOCK_FREE:
+            with self._lock:
+                self._keep(key, entry)
+            return
+        seen = self._seen
+        if seen.setdefault(key, entry) is not entry:  # (a new key: one step, already last)
+            seen.pop(key, None)  # (not move_to_end: another thread may have forgotten it)
             seen[key] = entry
-            seen.move_to_end(key)
-            if len(seen) > self._size:
+        if len(seen) > self._size:
+            try:
                 seen.popitem(last=False)
+            except KeyError:  # another thread emptied it first
+                pass
+
+    def _keep(self, key: int, entry: tuple[int, int, int]) -> None:
+        seen = self._seen
+        seen[key] = entry
+        seen.move_to_end(key)
+        if len(seen) > self._size:
+            seen.popitem(last=False)
 
     def forget_all(self) -> None:
         """Forget every recorded delivery."""

@@ -1,0 +1,194 @@
+"""The redelivery memory's per-delivery write: ``DeliveryMemory.keep`` and ``_amqp``'s inline
+``remember``.
+
+Every AMQP delivery that makes a span is remembered (its message key → the span context it
+ran in), so that a later redelivery or dead-lettered copy links to it. ``_amqp`` reads that
+span context by index (``_SC_TUPLE``) and hands the entry to ``DeliveryMemory.keep``, which
+on an interpreter with a GIL runs its ``OrderedDict`` steps without the lock. Compared here:
+
+* a delivery through pika's consumer callback with the index read on and off
+  (``memory.remember``'s property reads), over carriers (hostile ones too), ambient contexts,
+  the broker's flag, ``x-death`` headers and samplers that drop, keep or that hoptrace does
+  not know: everything the handler saw and the memory left, in order, entry types included;
+* ``keep`` without the lock against the locked steps over random key sequences (a key seen
+  again moves last; the oldest beyond the size goes first);
+* ``keep`` from many threads at once: nothing raises, the size bound holds;
+* the end-to-end promise: a redelivery processed under a sampled ambient span still links
+  to its dropped first delivery's span, through the memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from test_amqp_sampled_delivery import _delivered
+from test_consume_dropped_fast_path import SAMPLERS, install  # noqa: F401
+from test_consume_fast_path import AMBIENTS, CARRIERS, _ambient, _fuzzed
+
+import hoptrace
+from hoptrace import _amqp, _redelivery
+from hoptrace import pika as hop_pika
+from hoptrace.core import hop
+from hoptrace.core.context import get_current
+
+TP = "00-" + "a" * 32 + "-" + "b" * 16 + "-00"
+DEATH = [{"queue": "q", "reason": "rejected", "count": 1}]
+HEADERS: list[Any] = [
+    *CARRIERS, *_fuzzed(8),
+    {"traceparent": TP, "baggage": "transaction.id=" + "c" * 32},
+    {"traceparent": TP, "x-death": DEATH},
+    {"traceparent": TP.replace("-00", "-01")},
+    {"traceparent": TP, "x-hoptrace-sent-ns": "1700000000000000000"},
+    {"x-death": DEATH},
+]
+
+
+def _memory() -> list[Any]:
+    """The memory's entries in order, with the type of each entry's fields."""
+    return [(key, entry, tuple(type(field) for field in entry))
+            for key, entry in _amqp.memory._seen.items()]
+
+
+def _one(index_read: bool, headers: Any, redelivered: Any, ambient: str, ids: Any,
+         exporter: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.setattr(_amqp, "_SC_TUPLE", index_read)
+    with _ambient(ambient):
+        got = _delivered(True, headers, redelivered, ids, exporter, monkeypatch)
+    got["memory in order"] = _memory()
+    return got
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_the_inline_remember_keeps_what_remember_keeps(
+    sampler: str, install: Any, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    assert _amqp._SC_TUPLE  # (else the comparison compares one path with itself)
+    exporter, ids = install(SAMPLERS[sampler]())
+    hoptrace.configure(fast_spans=True)
+    remembered = 0
+    for headers, redelivered, ambient in itertools.product(
+        HEADERS, (False, True, None), AMBIENTS
+    ):
+        fast = _one(True, headers, redelivered, ambient, ids, exporter, monkeypatch)
+        general = _one(False, headers, redelivered, ambient, ids, exporter, monkeypatch)
+        assert fast == general, (headers, redelivered, ambient)
+        remembered += len(fast["memory in order"]) > 1  # (one is _delivered's own entry)
+    assert remembered > 0
+
+
+def _locked(size: int, keys: list[int]) -> list[Any]:
+    memory = _redelivery.DeliveryMemory(size)
+    for n, key in enumerate(keys):
+        memory._keep(key, (key, n + 1, n & 1))
+    return list(memory._seen.items())
+
+
+def _lock_free(size: int, keys: list[int]) -> list[Any]:
+    memory = _redelivery.DeliveryMemory(size)
+    for n, key in enumerate(keys):
+        memory.keep(key, (key, n + 1, n & 1))
+    return list(memory._seen.items())
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 5, 50])
+def test_keep_without_the_lock_keeps_what_the_locked_steps_keep(size: int) -> None:
+    assert _redelivery._LOCK_FREE  # (this interpreter has a GIL)
+    rng = random.Random(size)
+    for _ in range(200):
+        keys = [rng.randrange(12) for _ in range(rng.randrange(40))]
+        assert _lock_free(size, keys) == _locked(size, keys), keys
+
+
+def test_keep_with_the_lock_on_a_free_threaded_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_redelivery, "_LOCK_FREE", False)
+    rng = random.Random(7)
+    for _ in range(50):
+        keys = [rng.randrange(8) for _ in range(30)]
+        assert _lock_free(4, keys) == _locked(4, keys)
+        memory = _redelivery.DeliveryMemory(4)
+        memory.keep(3, (3, 4, 0))
+        assert memory.links(3, None, True)[0].context.span_id == 4  # type: ignore[index]
+
+
+def test_keep_from_many_threads_never_raises_and_stays_bounded() -> None:
+    memory = _redelivery.DeliveryMemory(50)
+    failures: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        start.wait()
+        try:
+            for n in range(4000):
+                key = rng.randrange(120)
+                memory.keep(key, (key, n + 1, 0))
+                memory.links(rng.randrange(120), None, True)
+        except BaseException as exc:  # (what the test looks for)
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert 0 < len(memory) <= 50
+    assert all(entry[0] == key for key, entry in memory._seen.items())
+
+
+class _Method:
+    def __init__(self, redelivered: Any) -> None:
+        self.exchange, self.routing_key, self.delivery_tag = "orders", "k", 7
+        self.redelivered = redelivered
+
+
+class _Properties:
+    def __init__(self, headers: Any) -> None:
+        self.headers, self.message_id, self.correlation_id = headers, "m-9", None
+        self.timestamp = None
+
+
+def test_a_redelivery_under_a_sampled_span_links_to_its_dropped_first_delivery(
+    install: Any  # noqa: F811
+) -> None:
+    """The first delivery's span is a dropped child with the fixed first-attempt ID; its
+    redelivery, processed under a sampled ambient span (so its span records, the producer a
+    link), links to that first attempt only through the memory."""
+    exporter, _ = install(ParentBased(TraceIdRatioBased(0.01)))
+    _amqp.memory.forget_all()
+    headers = {"traceparent": TP, "baggage": "transaction.id=" + "c" * 32}
+    seen: list[Any] = []
+
+    def handler(channel: Any, method: Any, properties: Any, body: Any) -> None:
+        seen.append(trace.get_current_span().get_span_context())
+
+    callback = hop_pika._wrap_callback("q", handler)
+    callback(object(), _Method(False), _Properties(dict(headers)), b"body")
+    first = seen[-1]
+    remote = SpanContext(int("a" * 32, 16), int("b" * 16, 16), True, TraceFlags(0))
+    assert first.span_id == hop.first_attempt_span_id(remote, "orders:k:q")
+    assert exporter.get_finished_spans() == ()
+    sampled = NonRecordingSpan(SpanContext(0x99, 0x98, False, TraceFlags(1)))
+    with trace.use_span(sampled):  # (a request's sampled span, current)
+        before = get_current()
+        callback(object(), _Method(True), _Properties(dict(headers)), b"body")
+        assert get_current() is before
+    process, = (s for s in exporter.get_finished_spans() if s.name.startswith("process"))
+    redelivery = [link for link in process.links
+                  if dict(link.attributes or {}).get("hoptrace.link.reason") == "redelivery"]
+    assert [(link.context.trace_id, link.context.span_id) for link in redelivery] == [
+        (first.trace_id, first.span_id)]
+    assert seen[-1].trace_id == 0x99 and process.context.trace_id == 0x99
+
+
+def test_an_ordered_dict_is_what_keep_orders() -> None:
+    """(What the comparison above leans on: the locked steps are an LRU.)"""
+    assert _locked(2, [1, 2, 1, 3]) == list(OrderedDict([(1, (1, 3, 0)), (3, (3, 4, 1))]).items())
