@@ -119,9 +119,27 @@ def _wrap_basic_publish(original: Callable[..., Any]) -> Callable[..., Any]:
                 _send, getattr(properties, "headers", None), "pika.basic_publish",
                 properties, original, self, exchange, routing_key, body, mandatory,
             )
+        headers = getattr(properties, "headers", None)
+        if headers is None or (type(headers) is dict and not headers):
+            # No headers of the caller's: a send span the sampler drops (most messages at a
+            # low sampling rate) has its new headers written and its context attached in one
+            # C call (hop.dropped_send, through begin_unrecorded), as kombu's and aio-pika's.
+            attached = _amqp.begin_unrecorded(None, routing_key,
+                                              getattr(properties, "message_id", None),
+                                              "pika.basic_publish")
+            if attached is not None:
+                carrier, scope, guard = attached
+                try:
+                    result = _send(carrier, properties, original, self, exchange, routing_key,
+                                   body, mandatory)
+                except BaseException as exc:
+                    _amqp._finish(scope, guard, exc)
+                    raise
+                _amqp._finish(scope, guard)
+                return result
         # A send span the sampler drops (most messages at a low sampling rate): its headers
         # without the scope.
-        begun = _amqp.begin_dropped(getattr(properties, "headers", None), routing_key,
+        begun = _amqp.begin_dropped(headers, routing_key,
                                     getattr(properties, "message_id", None))
         if begun is not None:
             carrier, span, guard = begun

@@ -171,6 +171,14 @@ def one_publish(
     def original(channel: Any, exchange: Any, routing_key: Any, body: Any, properties: Any,
                  mandatory: Any) -> Any:
         sent = getattr(properties, "headers", None)
+        if not given.headers and type(given.headers) in (dict, type(None)):
+            # (no headers of the caller's: the shortcut attaches the send's context, as the
+            # scope does; with headers it writes them only, the context not compared)
+            current = get_current()
+            span = current.get(SPAN_KEY)
+            seen.append(("in the call", span.get_span_context() if isinstance(
+                span, trace.Span) else span, current.get(TRANSACTION_KEY),
+                current.get(BAGGAGE_KEY)))
         seen.append((_untimed(sent),
                      properties is given, exchange, routing_key, body, mandatory,
                      {k: v for k, v in vars(properties).items() if k != "headers"}
@@ -212,18 +220,28 @@ def one_publish(
 
 
 def compare(cases: Any, ids: SeededIds, exporter: InMemorySpanExporter,
-            monkeypatch: pytest.MonkeyPatch, nested: bool = False) -> int:
+            monkeypatch: pytest.MonkeyPatch, nested: bool = False,
+            sent: list[bool] | None = None) -> int:
     """Publish each case both ways; assert the same; return how many took the shortcut
-    with a dropped span."""
+    with a dropped span (those of no headers, ``hop.dropped_send``'s, go to ``sent`` when
+    given)."""
     taken: list[bool] = []
     real = _amqp.begin_dropped
+    real_send = _amqp.dropped_send
 
     def counted(*args: Any) -> Any:
         result = real(*args)
         taken.append(result is not None and result[1] is not None and _amqp._dropped_fast)
         return result
 
+    def counted_send(*args: Any) -> Any:  # (no headers of the caller's: hop.dropped_send)
+        result = real_send(*args)
+        (taken if sent is None else sent).append(
+            result is not None and result[1] is not None and _amqp._dropped_fast)
+        return result
+
     monkeypatch.setattr(_amqp, "begin_dropped", counted)
+    monkeypatch.setattr(_amqp, "dropped_send", counted_send)
     try:
         for parent_at, headers, key, message_id, behaviour in cases:
             fast = one_publish(True, parents()[parent_at], headers, key, message_id,
@@ -279,6 +297,26 @@ def test_a_dropped_send_carries_the_dropped_span(
     assert got["exported"] == [] and got["context restored"] and got["guard"] is False
 
 
+def test_a_dropped_send_without_headers_runs_in_its_span(
+    install: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No headers of the caller's: hop.dropped_send writes the new headers and attaches the
+    dropped send span's context around the call (the scope's context), restored after."""
+    exporter, ids = install(ParentBased(TraceIdRatioBased(0.01)))
+    hoptrace.inject({})
+    metrics.enabled()  # (the meter provider in force seen once, as any earlier send sees it)
+    taken: list[Any] = []
+    real = _amqp.dropped_send
+    monkeypatch.setattr(_amqp, "dropped_send", lambda *a: taken.append(real(*a)) or taken[-1])
+    got = one_publish(True, parents()[0], None, "k", "m-1", "return", ids, exporter)
+    assert taken[0] is not None and taken[0][1] is not None
+    (_, sc, tx, baggage), (sent, same, *_) = got["seen"]
+    assert not same and sent["traceparent"] == f"00-{sc.trace_id:032x}-{sc.span_id:016x}-00"
+    assert sc.trace_id == UNSAMPLED.trace_id and sc.span_id != UNSAMPLED.span_id
+    assert tx == TX and baggage == {"transaction.id": TX}
+    assert got["exported"] == [] and got["context restored"] and got["guard"] is False
+
+
 def test_other_routing_keys_and_message_ids(
     install: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -311,7 +349,9 @@ def test_b3_and_metrics_take_the_scope(
     propagate.set_global_textmap(B3MultiFormat())
     try:
         hoptrace.inject({})
-        assert compare(_all_cases(), ids, exporter, monkeypatch) == 0
+        # (A publish of no headers may take hop.dropped_send, which renders through B3 with
+        # the send's context attached, as the scope does: compared all the same.)
+        assert compare(_all_cases(), ids, exporter, monkeypatch, sent=[]) == 0
     finally:
         propagate.set_global_textmap(previous)
     hoptrace.reset()
@@ -321,7 +361,9 @@ def test_b3_and_metrics_take_the_scope(
     metrics.use_meter_provider(provider)
     try:
         assert metrics.enabled()
-        assert compare(_all_cases(), ids, exporter, monkeypatch) == 0
+        sent: list[bool] = []
+        assert compare(_all_cases(), ids, exporter, monkeypatch, sent=sent) == 0
+        assert not any(sent)  # metrics on: the scope's path
     finally:
         metrics.use_meter_provider(None)
         provider.shutdown()
@@ -371,18 +413,29 @@ def one_client_publish(client: str, fast: bool, parent: dict[Any, Any], headers:
 
 
 def compare_clients(client: str, ids: SeededIds, exporter: InMemorySpanExporter,
-                    monkeypatch: pytest.MonkeyPatch) -> int:
+                    monkeypatch: pytest.MonkeyPatch, into_new: list[bool] | None = None) -> int:
     """Each parent, headers and behaviour both ways; return how many took the shortcut
-    with a dropped span."""
+    with a dropped span (``into_new`` gets one entry per publish of no headers of the
+    caller's that ``hop.dropped_send`` answered, a dict written in place)."""
     taken: list[bool] = []
     real = _amqp._attach_dropped
+    real_send = _amqp.dropped_send
 
     def counted(*args: Any) -> Any:
         result = real(*args)
         taken.append(result is not None and result[1][2] is not None)
         return result
 
+    def counted_send(*args: Any) -> Any:
+        result = real_send(*args)
+        if result is not None and result[1] is not None:
+            taken.append(True)
+            if into_new is not None:
+                into_new.append(True)
+        return result
+
     monkeypatch.setattr(_amqp, "_attach_dropped", counted)
+    monkeypatch.setattr(_amqp, "dropped_send", counted_send)
     try:
         for parent_at, headers, behaviour in itertools.product(
                 range(len(parents())), [h for h in HEADERS if h != [("k", "v")]],
@@ -413,8 +466,11 @@ def test_kombu_and_aio_pika_attach_what_the_scope_attaches(
     exporter, ids = install(SAMPLERS[sampler]())
     hoptrace.configure(**options)
     hoptrace.inject({})
-    taken = compare_clients(client, ids, exporter, monkeypatch)
+    into_new: list[bool] = []
+    taken = compare_clients(client, ids, exporter, monkeypatch, into_new)
     assert (taken > 0) == (sampler == "ratio" and options.get("fast_spans", True))
+    # No headers of the caller's (None, {}): hop.dropped_send writes a new dict in place.
+    assert bool(into_new) == (sampler == "ratio" and options.get("fast_spans", True))
 
 
 def test_a_dropped_kombu_send_runs_in_its_span(
