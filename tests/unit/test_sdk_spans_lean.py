@@ -33,8 +33,9 @@ from test_sdk_spans_dropped import SeededIds
 
 import hoptrace
 from hoptrace.core import _sdk_spans, ids
+from hoptrace.core import transaction as transaction_module
 from hoptrace.core._sdk_spans import Starter
-from hoptrace.core.otel_shims import tracer
+from hoptrace.core.otel_shims import get_current, tracer
 
 MAX = (1 << 128) - 1
 
@@ -281,14 +282,17 @@ def test_a_transaction_opened_twice_still_says_so_and_disabled_does_nothing() ->
 def test_a_failing_open_is_counted_and_the_block_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     hoptrace.configure(propagation_only=True)
 
-    def broken(self: Any, settings: Any) -> None:
+    def broken() -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(hoptrace.transaction, "_open", broken)
+    # (the open's own steps fail: reading the current context, after the ID is drawn)
+    monkeypatch.setattr(transaction_module, "get_current", broken)
+    before = get_current()
     ran = []
-    with hoptrace.transaction("job"):
-        ran.append(1)
-    assert ran == [1] and hoptrace.diagnostics() == {"internal_error.transaction.open": 1}
+    with hoptrace.transaction("job") as scope:
+        ran.append(get_current() is before)
+    assert ran == [True] and hoptrace.diagnostics() == {"internal_error.transaction.open": 1}
+    assert scope.span is None and get_current() is before
 
 
 
