@@ -63,7 +63,6 @@ _claimed = _client.claimed  # a client hoptrace.faststream traces itself is left
 _CLAIM_ATTRIBUTE: Final = _client.CLAIM_ATTRIBUTE  # (what _claimed reads)
 # Per-message calls, bound once (one global read each instead of a module attribute's).
 _attached_send: Final = _kafka.attached_send
-_hold_record: Final = _kafka.hold_record
 _record_scope: Final = _kafka.consumer_record_scope
 _release: Final = held.release
 
@@ -321,9 +320,11 @@ async def _getone(
     if getattr(consumer, _CLAIM_ATTRIBUTE, None) is not None:
         return record
     group = getattr(consumer, "_group_id", None)
-    if not isinstance(group, str):
-        group = None
-    return _hold_record(consumer, record, _record_scope, group)
+    try:  # _kafka.hold_record, inline: once per record
+        held.hold(consumer, _record_scope(record, group if isinstance(group, str) else None))
+    except Exception as exc:
+        diagnostics.internal_error("kafka.consume", exc)
+    return record
 
 
 async def _getmany(

@@ -250,7 +250,10 @@ def _poll(
     held.release(owner)
     message = original(*args, **kwargs)
     if message is not None:
-        _kafka.hold_record(owner, message, _scope_of, group)
+        try:  # _kafka.hold_record, inline: once per message
+            held.hold(owner, _scope_of(message, group))
+        except Exception as exc:
+            diagnostics.internal_error("kafka.consume", exc)
     return message
 
 

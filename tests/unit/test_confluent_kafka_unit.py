@@ -214,3 +214,56 @@ def test_with_spans_the_delivery_report_still_ends_the_send_span(spans: Any) -> 
 def _no_context_left_behind() -> Iterator[None]:
     yield
     assert hoptrace.current_transaction_id() is None
+
+
+class _Record:
+    """A consumed message as confluent-kafka hands it over (its accessors are methods)."""
+
+    def __init__(self, headers: Any, offset: int = 7) -> None:
+        self._headers, self._offset = headers, offset
+
+    def error(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return 1, 1_700_000_000_000
+
+    def topic(self) -> str:
+        return "orders"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def headers(self) -> Any:
+        if self._headers == "raises":
+            raise RuntimeError("headers down")
+        return self._headers
+
+
+@pytest.mark.parametrize("mode", ["spans", "no_sdk"])
+def test_poll_holds_each_records_scope_and_survives_a_broken_record(
+    mode: str, request: pytest.FixtureRequest
+) -> None:
+    """poll() returns every record; a record's transaction is current until the next poll;
+    a record whose scope cannot be made is returned all the same, counted, nothing held."""
+    request.getfixturevalue(mode)
+    with hoptrace.transaction(transaction_id="a" * 32):
+        sent = hoptrace.inject([])
+    records = [_Record(sent), _Record("raises", 8), _Record(None, 9)]
+    owner = object()
+    polled = iter(records)
+    seen = []
+    for _ in records:
+        record = ck._poll(lambda: next(polled), owner, "grp", (), {})
+        seen.append((record.offset(), hoptrace.current_transaction_id()))
+    ck._poll(lambda: None, owner, "grp", (), {})  # the next poll releases the last one
+    assert seen[0] == (7, "a" * 32)
+    assert seen[1] == (8, None)
+    assert seen[2][0] == 9 and seen[2][1] is not None and seen[2][1] != "a" * 32
+    assert hoptrace.diagnostics().get("internal_error.kafka.consume") == 1
