@@ -269,7 +269,7 @@ def headers_only() -> bool | Span:
     scope's would. False otherwise (a span that may record, metrics on, a sampler hoptrace
     cannot reason about): the send needs its scope.
     """
-    settings = get_settings()
+    settings = _settings._current or get_settings()  # (no call once they are made)
     if not settings.enabled or (  # (metrics known off: enabled()'s first check, inline)
         metrics.provider_source._METER_PROVIDER is not metrics.off_provider and metrics.enabled()
     ):
@@ -319,10 +319,11 @@ def send_headers(headers: object, timestamp_given: bool = False, span: Span | No
             if chosen is not None:
                 ctx = Context({**ctx, TRANSACTION_KEY: chosen})
         # The scope's context: its send span (if any) current, without a copy to hold it.
-        values = render(ctx, get_settings(), None, timestamp_given,
+        values = render(ctx, _settings._current or get_settings(), None, timestamp_given,
                         headers is not None and holds_transaction_header(headers), span)
         if headers is None:  # what write_headers makes of a new list (the values are str)
-            return _new_pairs(values)
+            pairs = _pairs_of(values) if _pairs_of is not None else None  # (_new_pairs' C step)
+            return pairs if pairs is not None else _new_pairs(values)
         return write_headers(carrier, values, copy=True)
     except Exception as exc:
         diagnostics.internal_error("kafka.send_headers", exc)
