@@ -345,11 +345,18 @@ def attached_send(
             and type(key) is not bytearray):
         return None  # (key_text runs a subclass's own code: send_scope's errors and counts)
     if headers is None:
+        if _dropped_fast and not (_settings._current or get_settings()).propagation_only:
+            # With spans on, a send span the sampler drops first (most sends at a low
+            # sampling rate): None, with nothing done, where it does not apply, and always
+            # without an SDK, so the SDK check in unrecorded_send is made only then.
+            done = _hop_dropped_send([], timestamp_given, False)
+            if done is not None:
+                return done
         # The scope's new list, [] with the values written in: the same pairs as those of
         # the new dict the values make (a failure's empty dict is that empty list).
         attached = unrecorded_send(None, timestamp_given, True, True)
-        if attached is None:  # (with spans on: a send span the sampler drops, if so)
-            return dropped_send(None, timestamp_given) if _dropped_fast else None
+        if attached is None:  # (spans on and a span that may record: the scope)
+            return None
         if type(attached[0]) is list:  # (the pairs, from the C writer)
             return attached
         return _new_pairs(attached[0]), attached[1]  # (else the dict)

@@ -132,19 +132,20 @@ def one_pct() -> Iterator[Provider]:
 
 
 class Shortcut:
-    """Counts the sends :func:`_kafka.dropped_send` took; ``off()`` sends through the scope."""
+    """Counts the sends hop's dropped send took (``_kafka.dropped_send`` for the caller's
+    headers, called directly for none); ``off()`` sends through the scope."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.monkeypatch = monkeypatch
         self.taken = 0
-        real = _kafka.dropped_send
+        real = _kafka._hop_dropped_send
 
         def counted(*args: Any) -> Any:
             result = real(*args)
             self.taken += result is not None
             return result
 
-        monkeypatch.setattr(_kafka, "dropped_send", counted)
+        monkeypatch.setattr(_kafka, "_hop_dropped_send", counted)
 
     def off(self) -> None:
         self.monkeypatch.setattr(_kafka, "_dropped_fast", False)
