@@ -76,6 +76,16 @@ around it, so 99% of messages record nothing:
 ``s_hop``
     hoptrace's wrappers (``fast_spans=True``), each send inside ``hoptrace.transaction``
     (``hop_bench.HoptraceTransaction``: the root span and a new transaction ID).
+``s_hopd``
+    The same with the SDK's default ``RandomIdGenerator`` in place of :class:`SeededIds`
+    (informational: not the verdict). hoptrace's C paths draw a span's IDs themselves only
+    from that generator (``random.getrandbits``, the draws the SDK makes, in its order); from
+    :class:`SeededIds` each of a message's three spans calls a Python method instead (about
+    4-5k instructions per message on confluent-kafka once the recorded messages' share is
+    set apart), which production does not pay and ``s_prop`` does not either. The global
+    ``random`` is seeded with the case's seed as the warm-up begins, so the count repeats,
+    but the messages recorded are not :class:`SeededIds`' (nor contrib's): :func:`recorded_in`
+    counts them, in a run of the case outside valgrind.
 ``s_otel``
     OTel contrib's wrappers, each send inside a root span with the business ID a baggage
     entry attached on it (``hop_bench.OtelRoot``).
@@ -87,11 +97,11 @@ ddtrace has no such kind: target 2 (b) compares with OTel contrib alone, and ddt
 rule could not sample the same messages (its trace IDs come from its own generator, which
 no seed here reaches).
 
-Which 1% are recorded is decided by the root's trace ID, so the two SDK kinds draw it from
-the same seeded stream (:class:`SeededIds`): the n-th message's root gets the n-th trace ID
-of ``random.Random(seed)`` on both sides, whatever else each side draws (span IDs, contrib's
-own ``recv`` roots on confluent-kafka: another stream), so both record exactly the same
-messages. A case ``NAME@SEED`` uses that seed (1 without one); the full run counts
+Which 1% are recorded is decided by the root's trace ID, so ``s_hop`` and ``s_otel`` draw
+it from the same seeded stream (:class:`SeededIds`): the n-th message's root gets the n-th
+trace ID of ``random.Random(seed)`` on both sides, whatever else each side draws (span IDs,
+contrib's own ``recv`` roots on confluent-kafka: another stream), so both record exactly
+the same messages. A case ``NAME@SEED`` uses that seed (1 without one); the full run counts
 ``SAMPLED_CALLS`` messages at each of ``SEEDS`` (:func:`recorded`: how many of them are
 sampled). At 1% a queue of ``BATCH`` spans fills only every ~17,000 messages, so these
 cases export what is queued every ``BATCH`` messages instead (as a BatchSpanProcessor's
@@ -105,6 +115,7 @@ and the ddtrace cases each in an interpreter of its own (see :func:`count`).
     python bench/callgrind_peers.py           # every case; writes peers_instructions.json
     python bench/callgrind_peers.py --sampled # only target 2 (b)'s cases, into the same file
     python bench/callgrind_peers.py s_hop_pika@2 s_otel_pika@2     # printed
+    python bench/callgrind_peers.py s_hopd_pika@2   # printed, with the messages it recorded
     python bench/callgrind_peers.py floor_confluent hop_pika/send otel_celery:drop  # printed
     python bench/callgrind_peers.py --run CASE 1024                 # what valgrind runs
 """
@@ -145,8 +156,11 @@ PROC_CASES = ("proc_none", "proc_batch", "proc_bsp", "proc_simple")
 BATCH = 512
 #: A multiple of BATCH: every span a case ends in the counted loop is encoded in it.
 CALLS = 2 * BATCH
-#: Target 2 (b)'s kinds (the module doc): hoptrace's and contrib's, then hoptrace's reference.
-SAMPLED_KINDS = ("s_hop", "s_otel", "s_prop")
+#: Target 2 (b)'s kinds (the module doc): hoptrace's and contrib's, then hoptrace's reference,
+#: then hoptrace's with the SDK's default ID generator.
+SAMPLED_KINDS = ("s_hop", "s_otel", "s_prop", "s_hopd")
+#: The 1% kinds whose provider the case's seed reaches (``s_hopd``: through ``random``).
+SEEDED_KINDS = ("s_hop", "s_otel", "s_hopd")
 #: The sampler's ratio, as ``hop_bench``'s 1% variants set it.
 RATE = 0.01
 #: Messages counted per sampled case: a multiple of BATCH (see the module doc), about 40
@@ -253,11 +267,14 @@ class SeededIds(IdGenerator):
         return True
 
 
-def sampled_setup(seed: int) -> dict[str, Any]:
-    """The tracer provider's arguments of the 1% kinds: the sampler, the seeded IDs."""
+def sampled_setup(seed: int, default_ids: bool = False) -> dict[str, Any]:
+    """The tracer provider's arguments of the 1% kinds: the sampler, the seeded IDs (with
+    ``default_ids``, none: the SDK's ``RandomIdGenerator``, as ``s_hopd`` has it)."""
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-    return {"sampler": ParentBased(TraceIdRatioBased(RATE)), "id_generator": SeededIds(seed)}
+    sampler = ParentBased(TraceIdRatioBased(RATE))
+    return {"sampler": sampler} if default_ids else {
+        "sampler": sampler, "id_generator": SeededIds(seed)}
 
 
 def message_roots(seed: int, calls: int, skip: int = WARMUP) -> list[int]:
@@ -276,17 +293,56 @@ def recorded(seed: int, calls: int = SAMPLED_CALLS, skip: int = WARMUP) -> int:
                if t & ratio.TRACE_ID_LIMIT < ratio.bound)
 
 
-def encoding_provider(processor: str = "batch", seed: int | None = None) -> Any:
+def recorded_run(case: str, calls: int = SAMPLED_CALLS) -> int:
+    """How many of the ``calls`` counted messages of the 1% ``case`` are recorded: the root
+    ``job`` spans its sink receives after the warm-up, the case built, warmed up and called
+    as under valgrind (what every case imports imported first, as there), here natively.
+
+    The sink's class is wrapped, not the provider's processors: the spans' path is the
+    counted one. Run in an interpreter of its own (:func:`recorded_in`).
+    """
+    roots = [0]
+    export = OtlpEncoder.export
+
+    def counting(self: OtlpEncoder, spans: Any) -> SpanExportResult:
+        roots[0] += sum(1 for span in spans if span.name == "job" and span.parent is None)
+        return export(self, spans)
+
+    OtlpEncoder.export = counting  # type: ignore[method-assign]
+    for module in PRELOAD:
+        importlib.import_module(module)
+    one = build(case)
+    for _ in range(WARMUP):  # callgrind_cases.repeat_calls' warm-up
+        one()
+    before = roots[0]
+    for _ in range(calls):
+        one()
+    return roots[0] - before
+
+
+def recorded_in(case: str, calls: int = SAMPLED_CALLS) -> int:
+    """:func:`recorded_run` in an interpreter of its own (``script --recorded CASE N``), the
+    environment the count's (``PYTHONHASHSEED=0``)."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, __file__, "--recorded", case, str(calls)], capture_output=True,
+        text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+    return int(out.stdout.split()[-1])
+
+
+def encoding_provider(processor: str = "batch", seed: int | None = None,
+                      default_ids: bool = False) -> Any:
     """A tracer provider whose spans end into an OTLP encoder.
 
     ``batch``: through :class:`ForegroundBatchProcessor`; ``simple``: through a
     SimpleSpanProcessor (one export per span); ``drop``: the first, with nothing encoded.
-    With ``seed``, the 1% kinds' provider (:func:`sampled_setup`).
+    With ``seed``, the 1% kinds' provider (:func:`sampled_setup`, ``default_ids`` passed on).
     """
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    provider = TracerProvider(**({} if seed is None else sampled_setup(seed)))
+    provider = TracerProvider(**({} if seed is None else sampled_setup(seed, default_ids)))
     exporter = OtlpEncoder()
     if processor == "simple":
         provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -1313,9 +1369,11 @@ def build(case: str, provider: Any = None) -> Callable[[], object]:
     ``NAME`` alone sends one message and receives it; ``/send`` only sends, ``/receive`` only
     receives (the message of one send made here, again and again). ``PROCESSOR``: ``batch``
     (the default), ``simple`` or ``drop`` (see :func:`encoding_provider`). ``SEED``: the 1%
-    kinds' (:class:`SeededIds`; 1 without one). Without ``provider``, one is made and
-    installed globally (as hoptrace's cases need); a given ``provider`` must already be the
-    global one (for the 1% kinds, made with :func:`sampled_setup`). ``s_prop`` installs none.
+    kinds' (:class:`SeededIds`; 1 without one; ``s_hopd``'s seeds the global ``random``, as
+    the built case is returned: the warm-up and the count make the same draws every run).
+    Without ``provider``, one is made and installed globally (as hoptrace's cases need); a
+    given ``provider`` must already be the global one (for the 1% kinds, made with
+    :func:`sampled_setup`). ``s_prop`` installs none.
     """
     spec, _, processor = case.partition(":")
     spec, _, seed = spec.partition("@")
@@ -1323,14 +1381,17 @@ def build(case: str, provider: Any = None) -> Callable[[], object]:
     if name.startswith("proc_"):
         return _proc_case(name)
     kind = name.rpartition("_")[0]
-    sampled = kind in ("s_hop", "s_otel")
+    sampled = kind in SEEDED_KINDS
     if provider is None and kind != "s_prop":
         from opentelemetry import trace
 
         provider = encoding_provider(processor or "batch",
-                                     int(seed or 1) if sampled else None)
+                                     int(seed or 1) if sampled else None,
+                                     default_ids=kind == "s_hopd")
         trace.set_tracer_provider(provider)
     send, receive = _hop(name, provider)
+    if kind == "s_hopd":  # the SDK's RandomIdGenerator draws from the global random
+        random.seed(int(seed or 1))
     if sampled and not half:
         return _exporting(send, receive, provider.force_flush)
     if half == "receive":
@@ -1402,6 +1463,8 @@ def _hop(name: str, provider: Any) -> Hop:
 
             hoptrace.configure(propagation_only=True)
             return _scoped(HoptraceTransaction(), send), receive
+        if kind == "s_hopd":  # the SDK's own generator: the root's trace ID as in production
+            return _scoped(HoptraceTransaction(), send), receive
         scope = _MessageRoot(provider.id_generator, HoptraceTransaction())
         return _scoped(scope, send), receive
     method: Callable[[], Hop] = getattr(stand_ins, kind)
@@ -1424,9 +1487,31 @@ def calls_of(case: str) -> int:
     return SAMPLED_CALLS if name_of(case).startswith("s_") else CALLS
 
 
-def _sampled(counts: dict[str, int]) -> dict[str, Any]:
+def _with_default_ids(entry: dict[str, Any], client: str, over: dict[str, int],
+                      recorded_by: dict[str, int]) -> None:
+    """Add ``s_hopd`` to ``client``'s ``entry`` of :func:`_sampled` where it was counted at
+    each of the entry's seeds: its overhead at each, their mean, the messages it recorded
+    (``recorded_by``, :func:`recorded_in`) and the mean over propagation-only's."""
+    cases = {seed: f"s_hopd_{client}@{seed}" for seed in entry["per_seed"]}
+    if not all(case in over for case in cases.values()):
+        return
+    for seed, case in cases.items():
+        entry["per_seed"][seed]["s_hopd"] = over[case]
+    hopd = round(sum(over[case] for case in cases.values()) / len(cases))
+    prop = entry["s_prop"]
+    entry.update({
+        "s_hopd": hopd,
+        "s_hopd_recorded": {seed: recorded_by.get(case) for seed, case in cases.items()},
+        "s_hopd_over_s_prop": round(hopd / prop, 3) if prop else None,
+    })
+
+
+def _sampled(counts: dict[str, int],
+             recorded_by: dict[str, int] | None = None) -> dict[str, Any]:
     """Target 2 (b) from the 1% cases' counts: per client, hoptrace's and contrib's
-    overheads at each seed and their mean, the ratio, and hoptrace propagation-only's."""
+    overheads at each seed and their mean, the ratio, hoptrace propagation-only's and the
+    mean over it; beside them ``s_hopd``'s (:func:`_with_default_ids`), with the messages it
+    recorded at each seed (``recorded_by``: per case)."""
     over = _overheads(counts)
     clients: dict[str, Any] = {}
     for client in CLIENTS:
@@ -1437,17 +1522,21 @@ def _sampled(counts: dict[str, int]) -> dict[str, Any]:
         hop = [over[f"s_hop_{client}@{seed}"] for seed in seeds]
         otel = [over[f"s_otel_{client}@{seed}"] for seed in seeds]
         ratios = [round(h / o, 3) for h, o in zip(hop, otel, strict=True)]
+        mean, prop = round(sum(hop) / len(hop)), over.get(f"s_prop_{client}")
         clients[client] = {
-            "s_hop": round(sum(hop) / len(hop)), "s_otel": round(sum(otel) / len(otel)),
+            "s_hop": mean, "s_otel": round(sum(otel) / len(otel)),
             "ratio": round(sum(hop) / sum(otel), 3), "ratios": ratios,
-            "s_prop": over.get(f"s_prop_{client}"),
+            "s_prop": prop, "s_hop_over_s_prop": round(mean / prop, 3) if prop else None,
             "per_seed": {str(seed): {"s_hop": h, "s_otel": o}
                          for seed, h, o in zip(seeds, hop, otel, strict=True)},
         }
+        _with_default_ids(clients[client], client, over, recorded_by or {})
     return {
         "setup": f"ParentBased(TraceIdRatioBased({RATE})), a root span per message around "
                  "the send; each message's root trace ID from random.Random(seed), the same "
-                 "on both sides (SeededIds)",
+                 "on both sides (SeededIds); s_hopd: hoptrace with the SDK's default "
+                 "RandomIdGenerator, the global random seeded with the seed (its own "
+                 "messages recorded: s_hopd_recorded)",
         "calls": SAMPLED_CALLS, "seeds": list(SEEDS),
         "recorded_messages": {str(seed): recorded(seed) for seed in SEEDS},
         "instructions_per_message": counts, "over_plain": over, "clients": clients,
@@ -1503,9 +1592,39 @@ def count(cases: list[str], calls: int = CALLS) -> dict[str, int]:
     return {case: counts[case] for case in cases}
 
 
+def _recorded_by(sampled: dict[str, int]) -> dict[str, int]:
+    """The messages each whole ``s_hopd`` case of ``sampled`` recorded (:func:`recorded_in`),
+    printed as they come."""
+    out = {}
+    for case in sampled:
+        if name_of(case).startswith("s_hopd_") and "/" not in case and ":" not in case:
+            out[case] = recorded_in(case, SAMPLED_CALLS)
+            print(f"{case:28} {out[case]} of {SAMPLED_CALLS} messages recorded", flush=True)
+    return out
+
+
+def _print_sampled(target2: dict[str, Any]) -> None:
+    """The 1% summary: per client, the overheads and ratios of :func:`_sampled`."""
+    print(f"\n1% sampled, {SAMPLED_CALLS} messages, recorded per seed: "
+          f"{target2['recorded_messages']}")
+    for client, entry in target2["clients"].items():
+        print(f"{client:12} s_hop {entry['s_hop'] / 1000:6.1f}k  s_otel "
+              f"{entry['s_otel'] / 1000:6.1f}k  ratio {entry['ratio']:.3f} "
+              f"(per seed {entry['ratios']})  s_prop "
+              f"{(entry['s_prop'] or 0) / 1000:6.1f}k  s_hop/s_prop "
+              f"{entry['s_hop_over_s_prop'] or 0:.3f}")
+        if "s_hopd" in entry:
+            print(f"{'':12} s_hopd (the SDK's default IDs) {entry['s_hopd'] / 1000:6.1f}k  "
+                  f"s_hopd/s_prop {entry['s_hopd_over_s_prop'] or 0:.3f}  recorded per "
+                  f"seed {entry['s_hopd_recorded']}")
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] in (["--run"], ["--run-many"]):
         return callgrind_cases.cli(argv, __file__, CASES, build)
+    if argv[:1] == ["--recorded"]:
+        print(recorded_run(argv[1], int(argv[2])))
+        return 0
     started = time.monotonic()
     counts: dict[str, int] = {}
     sampled: dict[str, int] = {}
@@ -1520,6 +1639,7 @@ def main(argv: list[str]) -> int:
         sampled = count(list(SAMPLED_CASES), SAMPLED_CALLS)
     for case, value in {**counts, **sampled}.items():
         print(f"{case:28} {value / 1000:8.1f}k instructions per message", flush=True)
+    recorded_by = _recorded_by(sampled)
     overheads = _overheads(counts)
     ratios = _ratios(overheads)
     print("\nover plain, per message (produce + consume):")
@@ -1527,15 +1647,9 @@ def main(argv: list[str]) -> int:
         print(f"{case:28} {value / 1000:8.1f}k")
     for name, ratio in ratios.items():
         print(f"{name:40} {ratio:8.3f}")
-    target2 = _sampled(sampled) if sampled else None
+    target2 = _sampled(sampled, recorded_by) if sampled else None
     if target2:
-        print(f"\n1% sampled, {SAMPLED_CALLS} messages, recorded per seed: "
-              f"{target2['recorded_messages']}")
-        for client, entry in target2["clients"].items():
-            print(f"{client:12} s_hop {entry['s_hop'] / 1000:6.1f}k  s_otel "
-                  f"{entry['s_otel'] / 1000:6.1f}k  ratio {entry['ratio']:.3f} "
-                  f"(per seed {entry['ratios']})  s_prop "
-                  f"{(entry['s_prop'] or 0) / 1000:6.1f}k")
+        _print_sampled(target2)
     elapsed = time.monotonic() - started
     print(f"\n{len(counts) + len(sampled)} cases in {elapsed / 60:.1f} minutes")
     if only_sampled and RESULTS.exists():

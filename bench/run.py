@@ -698,7 +698,9 @@ def sampled_peer_targets(data: dict[str, Any]) -> list[Target]:
 
     One row per client OTel contrib instruments: hoptrace's 1% setup over contrib's, both
     recording the same messages (the same seeded root trace IDs), the mean over the seeds
-    with each seed's ratio, and hoptrace propagation-only in the same setup beside it.
+    with each seed's ratio, and hoptrace propagation-only in the same setup beside it; then,
+    without a verdict, hoptrace with the SDK's default ID generator over propagation-only
+    (:func:`_default_ids_row`).
     """
     sampled = data.get("sampled") or {}
     names = data.get("clients", {})
@@ -722,7 +724,29 @@ def sampled_peer_targets(data: dict[str, Any]) -> list[Target]:
                 f"hoptrace {hop / 1000:.1f}k vs propagation-only {prop / 1000:.1f}k instructions "
                 f"per message over plain = {hop / prop:.2f}{TIMES}, the recorded 1% encoded "
                 f"(OTLP) in the count, the mean over the seeds"))
+        if prop and entry.get("s_hopd"):
+            out.append(_default_ids_row(names.get(key, key), entry, sampled["calls"]))
     return out
+
+
+def _default_ids_row(client: str, entry: dict[str, Any], calls: int) -> Target:
+    """Target 2 (a)'s figure with the SDK's default ``RandomIdGenerator`` (``s_hopd``), no
+    verdict: hoptrace's C paths draw the IDs from it as production does, but the messages it
+    records are its own, not the seeded ones contrib records too (the verdict rows')."""
+    hopd, prop = entry["s_hopd"], entry["s_prop"]
+    got = entry.get("s_hopd_recorded") or {}
+    per_seed = "; ".join(
+        f"seed {seed} {figures['s_hopd'] / 1000:.1f}k, {got.get(seed, '?')} recorded"
+        for seed, figures in entry["per_seed"].items() if "s_hopd" in figures)
+    recorded = "/".join(str(got.get(seed, "?")) for seed in entry["per_seed"])
+    return (
+        f"2 {client}, in instructions, the SDK's default ID generator: 1% sampled spans "
+        "over its propagation-only", None,
+        f"hoptrace {hopd / 1000:.1f}k vs propagation-only {prop / 1000:.1f}k instructions per "
+        f"message over plain = {hopd / prop:.2f}{TIMES}, {recorded} of {calls} messages "
+        f"recorded per seed (its own: the global random seeded, not the seeded IDs; the "
+        f"mean over the seeds; per seed: {per_seed}; with the seeded IDs "
+        f"{entry['s_hop'] / prop:.2f}{TIMES})")
 
 
 def run_script(name: str, args: list[str]) -> bool:
