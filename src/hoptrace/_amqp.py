@@ -43,11 +43,11 @@ from .core.hop import (
     _new_tuple,
     _send_values,
     consume_scope,
-    dropped_send,
     produce_scope,
     spans_active,
     unrecorded_send,
 )
+from .core.hop import dropped_send_entry as dropped_send
 from .core.ids import TUPLE_LAYOUT
 from .core.otel_shims import PROVIDER_GLOBAL, _provider_seen, sdk_installed
 from .core.propagation import holds_transaction_header, inject, render
