@@ -96,6 +96,13 @@ _SC_TUPLE: Final = TUPLE_LAYOUT and all(
     for name, index in (("trace_id", 0), ("span_id", 1), ("trace_flags", 3), ("is_valid", 5)))
 
 
+#: ``_speedups.keep_delivery``: a first delivery's key and :meth:`DeliveryMemory.keep` in one
+#: call (test_redelivery_keep.py compares it with the Python steps); None where the span
+#: context's tuple layout is not the one it reads, or without the C module.
+_keep_c: Any = getattr(_propagation._speedups, "keep_delivery", None) if (
+    _SC_TUPLE and semconv.TRACEPARENT == "traceparent") else None
+
+
 def delivery_attributes(
     routing_key: object, delivery_tag: object, correlation_id: object
 ) -> dict[str, Any]:
@@ -304,7 +311,11 @@ def open_delivery_fields(
         recording = (not settings.propagation_only and settings.enabled
                      and sdk_installed())  # (spans_active(), inlined)
         key = links = None
-        if recording:
+        # A first delivery (the broker's flag False, no x-death) has no earlier attempt to
+        # look up: its key is needed only to remember it, after the open.
+        first = (recording and redelivered is False and type(headers) is dict
+                 and headers.get(_DEATH_HEADER) is None)
+        if recording and not first:
             key, links = _remembered(headers, text_id, redelivered, settings)
         place = (
             exchange if type(exchange) is str else None,
@@ -325,9 +336,15 @@ def open_delivery_fields(
             redelivered if type(redelivered) is bool else None,
         )
         scope.open()
-        if key is not None and scope.span is not None:
+        if scope.span is not None and (first or key is not None):
             active = scope._active  # (its span_context, without the property)
-            if _SC_TUPLE and type(active) is SpanContext:  # memory.remember's steps, by index
+            if first and (_keep_c is None or not _keep_c(
+                    memory._seen, memory._size, headers, text_id, settings.sent_time_header,
+                    active, SpanContext)):
+                key = _remembered(headers, text_id, False, settings)[0]
+            if key is None:
+                pass  # (kept by _keep_c, or a message without identity)
+            elif _SC_TUPLE and type(active) is SpanContext:  # memory.remember's, by index
                 if active[5]:  # is_valid
                     memory.keep(key, (active[0], active[1], int(active[3])))
             else:

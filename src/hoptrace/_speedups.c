@@ -3597,6 +3597,117 @@ configure_close(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyDescr_NewMethod((PyTypeObject *)args[0], &ds_close_def);
 }
 
+/* keep_delivery(seen, size, headers, text_id, sent_header, active, span_context_type):
+ * hoptrace/_amqp.py's remembering of a first delivery, in one call: the key
+ * hash((traceparent, sent, text_id)) that _remembered computes for a dict of headers, then
+ * DeliveryMemory.keep(key, (active[0], active[1], int(active[3]))) if active[5] (is_valid),
+ * on the memory's OrderedDict ``seen`` of at most ``size`` entries. Returns True when done
+ * (a message without identity, or a span context that is not valid, has nothing to keep);
+ * False, having changed nothing the Python steps would not change the same way, for anything
+ * else: headers not an exact dict, a text_id not None or str, ``active`` not an exact
+ * span_context_type tuple, ``seen`` not an exact OrderedDict, a failure inside. A
+ * free-threaded build always answers False (its memory takes the lock). With the GIL held
+ * for the whole call and only str, int and tuple keys and values, no Python code runs in it,
+ * so the steps are one atomic change to the memory, as keep's lock-free steps allow. */
+static PyObject *kd_traceparent = NULL;
+static PyObject *kd_popitem = NULL;
+
+static int
+kd_text(PyObject *headers, PyObject *name, PyObject **out)
+{
+    PyObject *value = PyDict_GetItemWithError(headers, name);
+    if (value == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = value != NULL && PyUnicode_CheckExact(value) ? value : Py_None;
+    return 0;
+}
+
+static int
+kd_keep(PyObject *seen, Py_ssize_t size, PyObject *key, PyObject *entry)
+{
+    int present = PyDict_Contains(seen, key);
+    if (present < 0 || (present && PyODict_DelItem(seen, key) < 0)
+            || PyODict_SetItem(seen, key, entry) < 0) {
+        return -1;
+    }
+    if (PyDict_GET_SIZE(seen) > size) {
+        PyObject *args[2] = {seen, Py_False};
+        PyObject *oldest = PyObject_VectorcallMethod(
+            kd_popitem, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (oldest == NULL) {
+            return -1;
+        }
+        Py_DECREF(oldest);
+    }
+    return 0;
+}
+
+static PyObject *
+keep_delivery(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "keep_delivery(seen, size, headers, text_id, "
+                        "sent_header, active, span_context_type) takes 7 arguments");
+        return NULL;
+    }
+#ifdef Py_GIL_DISABLED
+    Py_RETURN_FALSE;
+#else
+    PyObject *seen = args[0], *headers = args[2], *text_id = args[3], *sent_name = args[4];
+    PyObject *active = args[5];
+    if (!PyODict_CheckExact(seen) || !PyLong_CheckExact(args[1]) || !PyDict_CheckExact(headers)
+            || (text_id != Py_None && !PyUnicode_CheckExact(text_id))
+            || !PyUnicode_CheckExact(sent_name) || !PyType_Check(args[6])
+            || Py_TYPE(active) != (PyTypeObject *)args[6] || !PyTuple_Check(active)
+            || PyTuple_GET_SIZE(active) < 6) {
+        Py_RETURN_FALSE;
+    }
+    if (dc_intern("traceparent", &kd_traceparent) == NULL
+            || dc_intern("popitem", &kd_popitem) == NULL) {
+        return NULL;
+    }
+    Py_ssize_t size = PyLong_AsSsize_t(args[1]);
+    PyObject *traceparent, *sent;
+    if (size < 0 || kd_text(headers, kd_traceparent, &traceparent) < 0
+            || kd_text(headers, sent_name, &sent) < 0) {
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
+    if (traceparent == Py_None && text_id == Py_None) {
+        Py_RETURN_TRUE;  /* no identity: _remembered's key is None */
+    }
+    int valid = PyObject_IsTrue(PyTuple_GET_ITEM(active, 5));
+    if (valid <= 0) {
+        if (valid < 0) {
+            PyErr_Clear();
+            Py_RETURN_FALSE;
+        }
+        Py_RETURN_TRUE;
+    }
+    PyObject *parts = PyTuple_Pack(3, traceparent, sent, text_id);
+    if (parts == NULL) {
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
+    Py_hash_t hash = PyObject_Hash(parts);
+    Py_DECREF(parts);
+    PyObject *key = hash == -1 ? NULL : PyLong_FromSsize_t(hash);
+    PyObject *flags = key == NULL ? NULL : PyNumber_Long(PyTuple_GET_ITEM(active, 3));
+    PyObject *entry = flags == NULL ? NULL : PyTuple_Pack(
+        3, PyTuple_GET_ITEM(active, 0), PyTuple_GET_ITEM(active, 1), flags);
+    int failed = entry == NULL || kd_keep(seen, size, key, entry) < 0;
+    Py_XDECREF(key);
+    Py_XDECREF(flags);
+    Py_XDECREF(entry);
+    if (failed) {
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+#endif
+}
+
 static PyMethodDef speedups_methods[] = {
     {"read_common", (PyCFunction)(void (*)(void))read_common, METH_FASTCALL,
      "The common case of reading hoptrace's headers from a dict, or None."},
@@ -3646,6 +3757,9 @@ static PyMethodDef speedups_methods[] = {
      "AttachedSend.close's common case, as a method for the class (once)."},
     {"dropped_send", (PyCFunction)(void (*)(void))dropped_send, METH_FASTCALL,
      "hop.dropped_send's common case in one call; NotImplemented, having done nothing, else."},
+    {"keep_delivery", (PyCFunction)(void (*)(void))keep_delivery, METH_FASTCALL,
+     "_amqp's remembering of a first delivery (key and DeliveryMemory.keep) in one call; "
+     "False, having done nothing, where it does not apply."},
     {NULL, NULL, 0, NULL},
 };
 

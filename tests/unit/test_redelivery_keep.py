@@ -6,10 +6,14 @@ ran in), so that a later redelivery or dead-lettered copy links to it. ``_amqp``
 span context by index (``_SC_TUPLE``) and hands the entry to ``DeliveryMemory.keep``, which
 on an interpreter with a GIL runs its ``OrderedDict`` steps without the lock. Compared here:
 
-* a delivery through pika's consumer callback with the index read on and off
-  (``memory.remember``'s property reads), over carriers (hostile ones too), ambient contexts,
+* a delivery through pika's consumer callback three ways: a first delivery kept by
+  ``_speedups.keep_delivery`` (its key and ``keep`` in one C call), by the index read, and by
+  ``memory.remember``'s property reads, over carriers (hostile ones too), ambient contexts,
   the broker's flag, ``x-death`` headers and samplers that drop, keep or that hoptrace does
   not know: everything the handler saw and the memory left, in order, entry types included;
+* ``keep_delivery`` alone against ``message_key`` and ``keep`` over random headers, message
+  IDs, span contexts and memory sizes (it declines, changing nothing, exactly where the types
+  are not the ones it reads);
 * ``keep`` without the lock against the locked steps over random key sequences (a key seen
   again moves last; the oldest beyond the size goes first);
 * ``keep`` from many threads at once: nothing raises, the size bound holds;
@@ -57,9 +61,16 @@ def _memory() -> list[Any]:
             for key, entry in _amqp.memory._seen.items()]
 
 
-def _one(index_read: bool, headers: Any, redelivered: Any, ambient: str, ids: Any,
+#: How a delivery is remembered: ``_speedups.keep_delivery`` for a first delivery (else the
+#: index read), the index read alone, or ``memory.remember``'s property reads.
+MODES = ("c", "index", "general")
+KEEP_C = _amqp._keep_c
+
+
+def _one(mode: str, headers: Any, redelivered: Any, ambient: str, ids: Any,
          exporter: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    monkeypatch.setattr(_amqp, "_SC_TUPLE", index_read)
+    monkeypatch.setattr(_amqp, "_SC_TUPLE", mode != "general")
+    monkeypatch.setattr(_amqp, "_keep_c", KEEP_C if mode == "c" else None)
     with _ambient(ambient):
         got = _delivered(True, headers, redelivered, ids, exporter, monkeypatch)
     got["memory in order"] = _memory()
@@ -71,17 +82,111 @@ def test_the_inline_remember_keeps_what_remember_keeps(
     sampler: str, install: Any, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     assert _amqp._SC_TUPLE  # (else the comparison compares one path with itself)
+    assert KEEP_C is not None or _amqp._propagation._speedups is None
     exporter, ids = install(SAMPLERS[sampler]())
     hoptrace.configure(fast_spans=True)
     remembered = 0
     for headers, redelivered, ambient in itertools.product(
         HEADERS, (False, True, None), AMBIENTS
     ):
-        fast = _one(True, headers, redelivered, ambient, ids, exporter, monkeypatch)
-        general = _one(False, headers, redelivered, ambient, ids, exporter, monkeypatch)
-        assert fast == general, (headers, redelivered, ambient)
-        remembered += len(fast["memory in order"]) > 1  # (one is _delivered's own entry)
+        got = [_one(mode, headers, redelivered, ambient, ids, exporter, monkeypatch)
+               for mode in MODES]
+        assert got[0] == got[2], (headers, redelivered, ambient)
+        assert got[1] == got[2], (headers, redelivered, ambient)
+        remembered += len(got[0]["memory in order"]) > 1  # (one is _delivered's own entry)
     assert remembered > 0
+
+
+# ------------------------------ _speedups.keep_delivery against the Python steps ---
+
+_SENT = "x-hoptrace-sent-ns"
+
+
+class _SubContext(SpanContext):
+    """A SpanContext subclass: not the exact type keep_delivery reads by index."""
+
+
+def _texts(rng: random.Random) -> Any:
+    return rng.choice((None, TP, TP.replace("a", "d"), "", b"bytes", 7, "é" * 3))
+
+
+def _random_headers(rng: random.Random) -> Any:
+    headers: dict[Any, Any] = {}
+    for name in ("traceparent", _SENT, "x-death", b"traceparent", "other"):
+        if rng.random() < 0.6:
+            headers[name] = _texts(rng)
+    roll = rng.random()
+    if roll < 0.05:
+        return type("Sub", (dict,), {})(headers)
+    if roll < 0.08:
+        return list(headers.items())
+    if roll < 0.1:
+        return None
+    return headers
+
+
+def _random_active(rng: random.Random) -> Any:
+    trace_id = rng.choice((0, 1, 2**128 - 1, rng.getrandbits(128)))
+    span_id = rng.choice((0, 1, 2**64 - 1, rng.getrandbits(64)))
+    flags = TraceFlags(rng.choice((0, 1, 3)))
+    roll = rng.random()
+    if roll < 0.05:
+        return _SubContext(trace_id, span_id, False, flags)
+    if roll < 0.07:
+        return None
+    return SpanContext(trace_id, span_id, rng.random() < 0.5, flags)
+
+
+def _python_keep(memory: Any, headers: Any, text_id: Any, sent_header: str, active: Any) -> None:
+    """What open_delivery_fields does for a first delivery without keep_delivery."""
+    key = _redelivery.message_key(headers, text_id)
+    if key is not None and active is not None and active.is_valid:
+        memory.keep(key, (active.trace_id, active.span_id, int(active.trace_flags)))
+
+
+@pytest.mark.skipif(KEEP_C is None, reason="the C module is not built (HOPTRACE_PURE_PYTHON)")
+@pytest.mark.parametrize("size", [0, 1, 3, 40])
+def test_keep_delivery_keeps_what_the_python_steps_keep(size: int) -> None:
+    from hoptrace.core import settings as _settings
+
+    assert _settings.get_settings().sent_time_header == _SENT  # (what message_key reads)
+    rng = random.Random(size)
+    c_memory, py_memory = _redelivery.DeliveryMemory(size), _redelivery.DeliveryMemory(size)
+    declined = kept = 0
+    for _ in range(3000):
+        headers, active = _random_headers(rng), _random_active(rng)
+        text_id = rng.choice((None, "m-1", "m-2", "", b"m-1"))
+        done = KEEP_C(c_memory._seen, c_memory._size, headers, text_id, _SENT, active,
+                      SpanContext)
+        exact = (type(headers) is dict and type(active) is SpanContext
+                 and (text_id is None or type(text_id) is str))
+        assert done is exact, (headers, text_id, active)  # declines all else, and only that
+        if not done:
+            declined += 1
+            _python_keep(c_memory, headers, text_id, _SENT, active)
+        _python_keep(py_memory, headers, text_id, _SENT, active)
+        assert list(c_memory._seen.items()) == list(py_memory._seen.items()), (headers, active)
+        assert all(type(f) is int for e in c_memory._seen.values() for f in e)
+        kept += len(c_memory._seen) > 0
+    assert declined > 100 and (kept > 1000 or size == 0)
+
+
+@pytest.mark.skipif(KEEP_C is None, reason="the C module is not built (HOPTRACE_PURE_PYTHON)")
+def test_keep_delivery_declines_what_it_does_not_know() -> None:
+    memory = _redelivery.DeliveryMemory(4)
+    active = SpanContext(5, 6, False, TraceFlags(1))
+    headers = {"traceparent": TP}
+    for seen, size in ((dict(), 4), (type("O", (OrderedDict,), {})(), 4),
+                       (memory._seen, 4.0), (memory._seen, -1)):
+        assert KEEP_C(seen, size, headers, None, _SENT, active, SpanContext) is False
+        assert len(seen) == 0
+    assert KEEP_C(memory._seen, 4, headers, None, 7, active, SpanContext) is False
+    assert KEEP_C(memory._seen, 4, headers, None, _SENT, active, int) is False
+    assert len(memory._seen) == 0
+    with pytest.raises(TypeError):
+        KEEP_C(memory._seen, 4, headers)
+    assert KEEP_C(memory._seen, 4, headers, None, _SENT, active, SpanContext) is True
+    assert memory.links(hash((TP, None, None)), headers, True)[0].context.span_id == 6  # type: ignore[index]
 
 
 def _locked(size: int, keys: list[int]) -> list[Any]:
