@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import datetime
-import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from typing import Any, Final, TypeVar
@@ -108,8 +107,8 @@ def delivery_attributes(
 ) -> dict[str, Any]:
     """Return the RabbitMQ attributes of one delivery, skipping values that are missing.
 
-    :func:`open_delivery` passes it to the scope as a partial, so it runs only when a span
-    records.
+    :class:`DeliveryScope` calls it only when its attributes are read: when a span records,
+    or metrics read them.
     """
     attrs: dict[str, Any] = {}
     if type(routing_key) is str and routing_key:  # the conventions: only if not empty
@@ -203,14 +202,24 @@ class DeliveryScope(consume_scope):
     and its base class's would cost two more frames and a keyword dictionary. The fields
     are the ones ``consume_scope(headers, destination, system, message_id=...,
     attributes=..., sent_ns=..., links=..., redelivered=...)`` sets
-    (tests/unit/test_amqp_fast_paths.py compares every slot).
+    (tests/unit/test_amqp_fast_paths.py compares every slot), but for the attributes: the
+    delivery's ``(routing_key, delivery_tag, correlation_id)`` are kept as they are (or None
+    where no span can record), and :func:`delivery_attributes` runs only when
+    ``_attributes`` is read.
     """
 
-    __slots__ = ()
+    __slots__ = ("_delivery",)
     # The same for every delivery: read from the class (a class attribute hides the base's
     # slot of the name), two stores less per message.
     _operation = semconv.OP_PROCESS
     _name = None
+
+    @property
+    def _attributes(self) -> dict[str, Any] | None:  # type: ignore[override]
+        """consume_scope's ``attributes``: the delivery's RabbitMQ attributes, built only
+        when read (a span that records, metrics), from the fields kept in ``_delivery``."""
+        fields = self._delivery
+        return None if fields is None else delivery_attributes(*fields)
 
     def __init__(
         self,
@@ -218,7 +227,7 @@ class DeliveryScope(consume_scope):
         destination: str,
         system: str,
         message_id: str | None,
-        attributes: Callable[[], dict[str, Any]] | None,
+        delivery: tuple[object, object, object] | None,
         sent_ns: int | None,
         links: Sequence[Any] | None,
         redelivered: bool | None,
@@ -233,7 +242,7 @@ class DeliveryScope(consume_scope):
         self._destination = destination
         self._system = system
         self._message_id = message_id
-        self._attributes = attributes
+        self._delivery = delivery
         self._sent_ns = sent_ns
         self._links = links
         self._incoming = None
@@ -328,9 +337,7 @@ def open_delivery_fields(
             name if name is not None else destination(*place),
             system,
             text_id,
-            functools.partial(
-                delivery_attributes, routing_key, delivery_tag, correlation_id
-            ) if recording else None,
+            (routing_key, delivery_tag, correlation_id) if recording else None,
             broker_sent_ns(timestamp) if timestamp is not None else None,
             links,
             redelivered if type(redelivered) is bool else None,
