@@ -475,22 +475,20 @@ def begin_unrecorded(
         return _UNTRACED
     guard = _publishing.set(True)
     try:
+        if headers is None and _dropped_fast:
+            # No headers of the caller's to copy: the scope's new dict is written in place,
+            # and its dropped span's context attached, by hop.dropped_send (one C call in
+            # its common case; None with nothing done where the send needs more). Asked
+            # first: where it answers (spans on, the sampler dropping) unrecorded_send
+            # would not, and the other way round.
+            done = dropped_send({}, True, False)
+            if done is not None:
+                return done[0], done[1], guard
         attached = unrecorded_send(headers, True, True)
     except Exception as exc:
         diagnostics.internal_error(label, exc)
         return None, None, guard
     if attached is None:  # a span or a metric to make, or hoptrace off
-        if headers is None and _dropped_fast:
-            # No headers of the caller's to copy: the scope's new dict is written in place,
-            # and its dropped span's context attached, by hop.dropped_send (one C call in
-            # its common case; None with nothing done where the send needs more).
-            try:
-                done = dropped_send({}, True, False)
-            except Exception as exc:
-                diagnostics.internal_error(label, exc)
-                return None, None, guard
-            if done is not None:
-                return done[0], done[1], guard
         dropped = _attach_dropped(headers, routing_key, message_id)
         if dropped is not None:
             return dropped[0], dropped[1], guard
