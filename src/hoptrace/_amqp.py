@@ -317,8 +317,10 @@ def open_delivery_fields(
             else _text(message_id) if message_id is not None else None)
         # Deliveries are remembered only to link spans: none without a span to link.
         settings = _settings._current or get_settings()
-        recording = (not settings.propagation_only and settings.enabled
-                     and sdk_installed())  # (spans_active(), inlined)
+        recording = (not settings.propagation_only and settings.enabled and (
+            _provider_seen[1] if PROVIDER_GLOBAL and _trace_api._TRACER_PROVIDER is (
+                _provider_seen[0]) else sdk_installed()  # (its cached answer inline)
+        ))  # (spans_active(), inlined)
         key = links = None
         # A first delivery (the broker's flag False, no x-death) has no earlier attempt to
         # look up: its key is needed only to remember it, after the open.

@@ -117,3 +117,31 @@ def test_headers_only_now_follows_the_global_provider_as_sdk_installed_does() ->
     finally:
         trace._TRACER_PROVIDER = previous
         hoptrace.configure()
+
+
+def test_a_delivery_follows_the_global_provider_as_sdk_installed_does() -> None:
+    """open_delivery_fields reads sdk_installed's cached answer inline: a provider swapped in
+    (or out) since the last question decides whether the delivery may record."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from hoptrace.core.otel_shims import sdk_installed
+
+    previous = trace._TRACER_PROVIDER
+    sdk = TracerProvider()
+    try:
+        for provider in (sdk, None, sdk, trace.NoOpTracerProvider(), sdk, None):
+            trace._TRACER_PROVIDER = provider  # (sdk_installed not asked since the swap)
+            scope = _amqp.open_delivery_fields(
+                {"traceparent": TP}, "rabbitmq", "ex", "k", "q", "m-1", 7, None, None, False)
+            assert scope is not None
+            try:
+                spans = sdk_installed()
+                assert (scope._delivery is not None) is spans, provider
+                assert spans is isinstance(provider, TracerProvider)
+                assert (len(memory._seen) == 1) is spans, provider  # (remembered only then)
+            finally:
+                scope.close()
+                memory.forget_all()
+    finally:
+        trace._TRACER_PROVIDER = previous
