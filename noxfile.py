@@ -66,7 +66,7 @@ nox.options.error_on_missing_interpreters = CI
 # The integration subset every cell runs (about 50 s here): each client against its real
 # broker (RabbitMQ: pika, aio-pika, kombu; Kafka: aiokafka, confluent-kafka, kafka-python;
 # Redis: Celery's broker and FastStream's), Celery with a real prefork worker, the contrib
-# instrumentations beside ours, and `opentelemetry-instrument` loading our entry points.
+# instrumentations beside ours (always-on and sampled), and `opentelemetry-instrument` loading our entry points.
 # The rest of tests/integration (fault injection, pools, concurrency, the demo across brokers,
 # the HTML report in Chromium) runs in `make test` on Python 3.11.
 FAST_INTEGRATION = [
@@ -81,6 +81,7 @@ FAST_INTEGRATION = [
     "tests/integration/test_celery_worker.py",
     "tests/integration/test_faststream.py",
     "tests/integration/test_contrib_coexistence.py",
+    "tests/integration/test_sampled_contrib.py",
     "tests/integration/test_opentelemetry_instrument.py",
 ]
 UNIT = ["tests/unit"]
@@ -107,6 +108,9 @@ _SDK_IDS_NOT_INLINE = (
 DESELECT: dict[str, list[tuple[str, str]]] = {
     "oldest": [
         ("tests/integration/test_contrib_coexistence.py::test_aiokafka[*", _NO_CONTRIB_AIOKAFKA),
+        ("tests/integration/test_sampled_contrib.py::test_aiokafka[*", _NO_CONTRIB_AIOKAFKA),
+        ("tests/integration/test_sampled_contrib.py::test_confluent_kafka[*",
+         _NO_CONTRIB_CONFLUENT),
         # The benchmark's peer cases run contrib's confluent-kafka instrumentation, and its
         # metrics floor makes the exemplar reservoir's steps (exemplars came in SDK 1.22).
         (
