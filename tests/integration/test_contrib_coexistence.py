@@ -76,6 +76,19 @@ def contrib_class(module: str, name: str) -> Any:
     return getattr(pytest.importorskip(module), name)
 
 
+def confluent_consumer(confluent_kafka: Any, bootstrap: str, topic: str) -> Any:
+    """A confluent-kafka consumer of ``topic``'s partition 0 from its beginning (made now: it
+    is whichever Consumer class is in force), in a group of its own, no auto-commit."""
+    consumer = confluent_kafka.Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"g-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+    })
+    consumer.assign([confluent_kafka.TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)])
+    return consumer
+
+
 def entry_point_name(cls: type) -> str:
     """The ``opentelemetry_instrumentor`` entry point contrib registers ``cls`` under: the name
     ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` takes (read from the installed metadata)."""
@@ -367,13 +380,7 @@ def test_confluent_kafka(order: str, kafka_bootstrap: str, spans: Any, both: Bot
     with hoptrace.transaction("edge") as tx:
         producer.produce(topic, b"v", headers=[("x-app", b"1")])
     assert producer.flush(15) == 0
-    consumer = confluent_kafka.Consumer({
-        "bootstrap.servers": kafka_bootstrap,
-        "group.id": f"g-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-    })
-    consumer.assign([confluent_kafka.TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)])
+    consumer = confluent_consumer(confluent_kafka, kafka_bootstrap, topic)
     try:
         deadline = time.monotonic() + 15
         while not seen and time.monotonic() < deadline:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -48,14 +47,18 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
-from test_contrib_coexistence import (  # noqa: F401  (both: a fixture)
+from test_contrib_coexistence import (  # noqa: F401  (both, _delete_topics: fixtures)
     ORDERS,
     Both,
+    _delete_topics,
     assert_one_warning,
     both,
     carried_transaction_ids,
+    confluent_consumer,
     contrib_class,
     header_values,
+    new_topic,
+    unique,
 )
 
 import hoptrace
@@ -66,29 +69,6 @@ pytestmark = pytest.mark.integration
 MESSAGES = 40
 #: The sampler's ratio: half the transactions are sampled.
 RATIO = 0.5
-
-#: Kafka topics this module created, deleted at the end.
-CREATED: list[str] = []
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _delete_topics() -> Iterator[None]:
-    yield
-    if CREATED:
-        location = brokers.locate("kafka")
-        if location is not None:
-            brokers.delete_kafka_topics(location.url, CREATED)
-
-
-def unique(client: str, order: str) -> str:
-    return f"hoptrace-sampled-{client}-{order}-{uuid.uuid4().hex[:10]}"
-
-
-def new_topic(client: str, order: str) -> str:
-    topic = unique(client, order)
-    CREATED.append(topic)
-    return topic
-
 
 # ------------------------------------------------------------------------ the sampled SDK ---
 
@@ -383,13 +363,7 @@ def test_confluent_kafka(
         # Half the sends with headers of the caller's, half with none.
         producer.produce(topic, key.encode(), headers=[("x-app", b"1")] if i % 2 else None)
     assert producer.flush(15) == 0
-    consumer = confluent_kafka.Consumer({
-        "bootstrap.servers": kafka_bootstrap,
-        "group.id": f"g-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-    })
-    consumer.assign([confluent_kafka.TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)])
+    consumer = confluent_consumer(confluent_kafka, kafka_bootstrap, topic)
     try:
         deadline = time.monotonic() + 15
         while len(handled) < MESSAGES and time.monotonic() < deadline:
