@@ -345,8 +345,15 @@ def open_delivery_fields(
             redelivered if type(redelivered) is bool else None,
         )
         scope.open()
-        if scope.span is not None and (first or key is not None):
-            active = scope._active  # (its span_context, without the property)
+    except Exception as exc:
+        diagnostics.internal_error("amqp.open_delivery", exc)
+        return None
+    if scope.span is not None and (first or key is not None):
+        # memory.remember of the span context it opened in; for a first delivery (no key
+        # yet) _keep_c's one call, else its key and the steps. The scope is open: a failure
+        # here is counted, and the scope still returned.
+        active = scope._active  # (its span_context, without the property)
+        try:
             if first and (_keep_c is None or not _keep_c(
                     memory._seen, memory._size, headers, text_id, settings.sent_time_header,
                     active, SpanContext)):
@@ -358,10 +365,9 @@ def open_delivery_fields(
                     memory.keep(key, (active[0], active[1], int(active[3])))
             else:
                 memory.remember(key, active)
-        return scope
-    except Exception as exc:
-        diagnostics.internal_error("amqp.open_delivery", exc)
-        return None
+        except Exception as exc:
+            diagnostics.internal_error("amqp.open_delivery", exc)
+    return scope
 
 
 # ----------------------------------------------------------------- publish ---

@@ -3605,22 +3605,26 @@ configure_close(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * (a message without identity, or a span context that is not valid, has nothing to keep);
  * False, having changed nothing the Python steps would not change the same way, for anything
  * else: headers not an exact dict, a text_id not None or str, ``active`` not an exact
- * span_context_type tuple, ``seen`` not an exact OrderedDict, a failure inside. A
- * free-threaded build always answers False (its memory takes the lock). With the GIL held
- * for the whole call and only str, int and tuple keys and values, no Python code runs in it,
- * so the steps are one atomic change to the memory, as keep's lock-free steps allow. */
+ * span_context_type tuple, ``seen`` not an exact OrderedDict, a failure inside (then the
+ * Python steps run and keep the same entry). A free-threaded build always answers False (its
+ * memory takes the lock). The header lookups may run Python code, as headers.get does (a key
+ * of a str subclass compared with the names), so the values they find are held as strong
+ * references; the memory's steps, on int keys and tuples of ints with the GIL held, run none
+ * and are one atomic change to the memory, as keep's lock-free steps allow. */
 static PyObject *kd_traceparent = NULL;
 static PyObject *kd_popitem = NULL;
 
-static int
-kd_text(PyObject *headers, PyObject *name, PyObject **out)
+/* headers[name] if it is an exact str, else None: a new reference (NULL on an error). */
+static PyObject *
+kd_text(PyObject *headers, PyObject *name)
 {
     PyObject *value = PyDict_GetItemWithError(headers, name);
     if (value == NULL && PyErr_Occurred()) {
-        return -1;
+        return NULL;
     }
-    *out = value != NULL && PyUnicode_CheckExact(value) ? value : Py_None;
-    return 0;
+    value = value != NULL && PyUnicode_CheckExact(value) ? value : Py_None;
+    Py_INCREF(value);
+    return value;
 }
 
 static int
@@ -3663,30 +3667,29 @@ keep_delivery(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             || PyTuple_GET_SIZE(active) < 6) {
         Py_RETURN_FALSE;
     }
-    if (dc_intern("traceparent", &kd_traceparent) == NULL
-            || dc_intern("popitem", &kd_popitem) == NULL) {
-        return NULL;
-    }
     Py_ssize_t size = PyLong_AsSsize_t(args[1]);
-    PyObject *traceparent, *sent;
-    if (size < 0 || kd_text(headers, kd_traceparent, &traceparent) < 0
-            || kd_text(headers, sent_name, &sent) < 0) {
+    if (size < 0 || dc_intern("traceparent", &kd_traceparent) == NULL
+            || dc_intern("popitem", &kd_popitem) == NULL) {
         PyErr_Clear();
         Py_RETURN_FALSE;
     }
-    if (traceparent == Py_None && text_id == Py_None) {
-        Py_RETURN_TRUE;  /* no identity: _remembered's key is None */
+    PyObject *traceparent = kd_text(headers, kd_traceparent);
+    PyObject *sent = traceparent == NULL ? NULL : kd_text(headers, sent_name);
+    if (sent == NULL) {
+        Py_XDECREF(traceparent);
+        PyErr_Clear();
+        Py_RETURN_FALSE;
     }
-    int valid = PyObject_IsTrue(PyTuple_GET_ITEM(active, 5));
-    if (valid <= 0) {
-        if (valid < 0) {
-            PyErr_Clear();
-            Py_RETURN_FALSE;
-        }
-        Py_RETURN_TRUE;
-    }
-    PyObject *parts = PyTuple_Pack(3, traceparent, sent, text_id);
+    /* no identity (_remembered's key is None), or a span context that is not valid: done */
+    int valid = traceparent == Py_None && text_id == Py_None ? 0
+        : PyObject_IsTrue(PyTuple_GET_ITEM(active, 5));
+    PyObject *parts = valid <= 0 ? NULL : PyTuple_Pack(3, traceparent, sent, text_id);
+    Py_DECREF(traceparent);
+    Py_DECREF(sent);
     if (parts == NULL) {
+        if (valid == 0) {
+            Py_RETURN_TRUE;
+        }
         PyErr_Clear();
         Py_RETURN_FALSE;
     }

@@ -297,3 +297,62 @@ def test_a_redelivery_under_a_sampled_span_links_to_its_dropped_first_delivery(
 def test_an_ordered_dict_is_what_keep_orders() -> None:
     """(What the comparison above leans on: the locked steps are an LRU.)"""
     assert _locked(2, [1, 2, 1, 3]) == list(OrderedDict([(1, (1, 3, 0)), (3, (3, 4, 1))]).items())
+
+
+class _Hostile(str):
+    """A header name equal to another, whose comparison runs Python code (here, taking the
+    traceparent out of the headers while keep_delivery looks up the send-time header)."""
+
+    headers: dict[Any, Any] = {}
+    reuse: list[str] = []
+
+    def __hash__(self) -> int:
+        return hash(_SENT)
+
+    def __eq__(self, other: object) -> bool:
+        gone = type(self).headers.pop("traceparent", None)
+        if gone is not None:  # (its memory reused at once, were it freed)
+            size = len(gone)
+            del gone
+            type(self).reuse = ["".join(["z"] * size) for _ in range(8)]
+        return str.__eq__(self, other)
+
+
+@pytest.mark.skipif(KEEP_C is None, reason="the C module is not built (HOPTRACE_PURE_PYTHON)")
+def test_keep_delivery_holds_what_it_found_while_python_code_runs() -> None:
+    """A header key of a str subclass makes the lookups run Python code: the value found
+    first must stay alive (it is hashed into the key afterwards)."""
+    memory = _redelivery.DeliveryMemory(4)
+    active = SpanContext(5, 6, False, TraceFlags(1))
+    for _ in range(50):
+        headers: dict[Any, Any] = {"traceparent": "".join(["00-", "a" * 32, "-", "b" * 16, "-01"])}
+        headers[_Hostile("x-other")] = "v"  # (same hash as the send-time header's name)
+        _Hostile.headers = headers
+        expected = hash((headers["traceparent"], None, "m-1"))
+        assert KEEP_C(memory._seen, 4, headers, "m-1", _SENT, active, SpanContext) is True
+        assert "traceparent" not in headers  # (the comparison ran)
+        assert list(memory._seen.items())[-1] == (expected, (5, 6, 1))
+
+
+def test_a_failure_remembering_an_opened_delivery_keeps_the_scope(
+    install: Any, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """Remembering runs after the scope opened (its context attached): a failure there is
+    counted and the scope still returned, so its caller closes it and the context goes."""
+    install(ParentBased(TraceIdRatioBased(0.01)))
+
+    def fails(*args: Any) -> Any:
+        raise RuntimeError("memory failed")
+
+    for keep, remembered in ((fails, _amqp._remembered), (None, fails)):
+        monkeypatch.setattr(_amqp, "_keep_c", keep)
+        monkeypatch.setattr(_amqp, "_remembered", remembered)
+        hoptrace.reset_diagnostics()
+        before = get_current()
+        scope = _amqp.open_delivery_fields(
+            {"traceparent": TP}, "rabbitmq", "ex", "k", "q", "m-1", 7, None, None, False)
+        assert scope is not None and scope.span is not None
+        assert get_current() is not before  # (open: the handler's context attached)
+        scope.close()
+        assert get_current() is before
+        assert hoptrace.diagnostics().get("internal_error.amqp.open_delivery") == 1
