@@ -483,12 +483,13 @@ def begin_unrecorded(
         return _UNTRACED
     guard = _publishing.set(True)
     try:
-        if headers is None and _dropped_fast:
+        if headers is None and _dropped_fast and not (
+                _settings._current or get_settings()).propagation_only:
             # No headers of the caller's to copy: the scope's new dict is written in place,
             # and its dropped span's context attached, by hop.dropped_send (one C call in
-            # its common case; None with nothing done where the send needs more). Asked
-            # first: where it answers (spans on, the sampler dropping) unrecorded_send
-            # would not, and the other way round.
+            # its common case; None with nothing done where the send needs more). With spans
+            # on, asked first: where it answers (the sampler dropping) unrecorded_send would
+            # not, and the other way round (as Kafka's attached_send asks).
             done = dropped_send({}, True, False)
             if done is not None:
                 return done[0], done[1], guard
