@@ -89,6 +89,15 @@ def confluent_consumer(confluent_kafka: Any, bootstrap: str, topic: str) -> Any:
     return consumer
 
 
+def kafka_python_consumer(kafka: Any, bootstrap: str, topic: str) -> Any:
+    """A kafka-python consumer of ``topic``'s partition 0 from its beginning, no group, no
+    auto-commit, its iteration ending after 15 s without a record."""
+    consumer = kafka.KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                   enable_auto_commit=False, consumer_timeout_ms=15000)
+    consumer.assign([kafka.TopicPartition(topic, 0)])
+    return consumer
+
+
 def entry_point_name(cls: type) -> str:
     """The ``opentelemetry_instrumentor`` entry point contrib registers ``cls`` under: the name
     ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` takes (read from the installed metadata)."""
@@ -417,10 +426,7 @@ def test_kafka_python(order: str, kafka_bootstrap: str, spans: Any, both: Both,
         producer.flush(15)
     finally:
         producer.close(5)
-    consumer = kafka.KafkaConsumer(bootstrap_servers=kafka_bootstrap,
-                                   auto_offset_reset="earliest", enable_auto_commit=False,
-                                   consumer_timeout_ms=15000)
-    consumer.assign([kafka.TopicPartition(topic, 0)])
+    consumer = kafka_python_consumer(kafka, kafka_bootstrap, topic)
     try:
         for msg in consumer:
             seen.append(Seen.now(list(msg.headers or [])))

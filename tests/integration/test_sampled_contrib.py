@@ -57,6 +57,7 @@ from test_contrib_coexistence import (  # noqa: F401  (both, _delete_topics: fix
     confluent_consumer,
     contrib_class,
     header_values,
+    kafka_python_consumer,
     new_topic,
     unique,
 )
@@ -404,10 +405,7 @@ def test_kafka_python(
         producer.flush(15)
     finally:
         producer.close(5)
-    consumer = kafka.KafkaConsumer(bootstrap_servers=kafka_bootstrap,
-                                   auto_offset_reset="earliest", enable_auto_commit=False,
-                                   consumer_timeout_ms=15000)
-    consumer.assign([kafka.TopicPartition(topic, 0)])
+    consumer = kafka_python_consumer(kafka, kafka_bootstrap, topic)
     try:
         for msg in consumer:
             handled.append(Handled.now(msg.value, list(msg.headers or [])))
