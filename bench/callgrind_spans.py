@@ -17,7 +17,9 @@ Cases:
   sampler dropped (the send span is dropped too), the transaction opened once outside.
 - ``piece_mint``: ``mint_span_context()``; ``piece_gen_tx``: ``generate_transaction_id()``;
   ``piece_mint_span``: ``NonRecordingSpan(mint_span_context())``, what propagation-only gives
-  a transaction.
+  a transaction; ``piece_mint_inline``: the same span as ``transaction.open`` builds it
+  inline in propagation-only (its two draws, the ``SpanContext`` and the
+  ``NonRecordingSpan`` without a call), what propagation-only pays for it.
 - ``piece_dropped_root``: what a transaction's root costs under
   ``ParentBased(TraceIdRatioBased(0.01))`` (``spans.lazy_span``: the IDs, the ratio's
   decision, the ``NonRecordingSpan`` for the 99% dropped, ``tracer.start_span`` for the 1%);
@@ -29,7 +31,7 @@ Cases:
   ``TraceIdRatioBased`` decision (a child's decision, a table lookup, is left out). What the
   sampled setup (``ParentBased(TraceIdRatioBased(0.01))``) cannot avoid per message is
   ``floor_root + 2 * floor_child`` (the transaction's root, the send, the process span) less
-  ``piece_mint_span``, which propagation-only pays instead of the root.
+  ``piece_mint_inline``, which propagation-only pays instead of the root.
 - ``floor_sampled``: a message the 1% ratio keeps, as ``tx_fast`` records it with a send span
   under it (root and send recorded and exported): one in 100 messages pays it.
 """
@@ -46,8 +48,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import callgrind_cases  # the shared stand-ins and SDK set-up
 
 CASES = ("tx_prop", "tx_sfast", "tx_sexact", "tx_fast", "sendunder_sfast", "piece_mint",
-         "piece_gen_tx", "piece_mint_span", "piece_dropped_root", "piece_dropped_child",
-         "floor_child", "floor_root", "floor_sampled")
+         "piece_gen_tx", "piece_mint_span", "piece_mint_inline", "piece_dropped_root",
+         "piece_dropped_child", "floor_child", "floor_root", "floor_sampled")
 
 
 def _floor(case: str) -> Callable[[], object]:
@@ -90,6 +92,23 @@ def _floor(case: str) -> Callable[[], object]:
         return span
 
     return child if case == "floor_child" else root
+
+
+def _inline_mint() -> Callable[[], object]:
+    """``piece_mint_inline``: propagation-only's span as ``transaction.open`` builds it."""
+    from opentelemetry.trace import DEFAULT_TRACE_STATE, NonRecordingSpan, SpanContext
+
+    from hoptrace.core import transaction
+
+    new_object, new_tuple = object.__new__, tuple.__new__
+    draw, sampled_off = transaction._getrandbits, transaction._SAMPLED_OFF
+
+    def mint() -> object:
+        span = new_object(NonRecordingSpan)
+        span._context = new_tuple(SpanContext, (draw(128) or 1, draw(64) or 1, False,
+                                                sampled_off, DEFAULT_TRACE_STATE, True))
+        return span
+    return mint
 
 
 def _dropped_root() -> object:
@@ -139,7 +158,8 @@ def build(case: str) -> Callable[[], object]:
         hoptrace.configure(propagation_only=True)
         pieces: dict[str, Callable[[], object]] = {
             "piece_mint": ids.mint_span_context, "piece_gen_tx": ids.generate_transaction_id,
-            "piece_mint_span": lambda: NonRecordingSpan(ids.mint_span_context())}
+            "piece_mint_span": lambda: NonRecordingSpan(ids.mint_span_context()),
+            "piece_mint_inline": _inline_mint()}
         return pieces[case]
     if case == "floor_sampled":  # every root kept: a recorded root and a recorded send
         import hoptrace.confluent_kafka as ck

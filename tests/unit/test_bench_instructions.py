@@ -188,3 +188,29 @@ def test_target_1_in_instructions_is_absent_without_the_peers_file(
 ) -> None:
     monkeypatch.setattr(run, "RESULTS", tmp_path)
     assert run.peer_targets() == []
+
+
+def test_inline_mint_piece_builds_the_span_a_propagation_only_transaction_gets() -> None:
+    """The 2 (a) floor subtracts ``piece_mint_inline`` as what propagation-only pays for its
+    transaction's span: it must build that span, as ``transaction.open`` does, not another."""
+    import callgrind_spans
+    from opentelemetry.trace import NonRecordingSpan, SpanContext
+
+    import hoptrace
+
+    def spans() -> tuple[Any, Any]:
+        minted = callgrind_spans.build("piece_mint_inline")()
+        hoptrace.configure(propagation_only=True)
+        with hoptrace.transaction("job") as tx:
+            opened = tx.span
+        return minted, opened
+
+    minted, opened = contextvars.Context().run(spans)
+    for span in (minted, opened):
+        assert type(span) is NonRecordingSpan
+        assert type(span.get_span_context()) is SpanContext
+    got, want = minted.get_span_context(), opened.get_span_context()
+    assert got.is_valid and want.is_valid
+    assert (got.is_remote, got.trace_flags, got.trace_state) == (
+        want.is_remote, want.trace_flags, want.trace_state)
+    assert got.trace_id != want.trace_id and got.span_id != want.span_id  # drawn, not fixed
