@@ -464,7 +464,7 @@ _unrecorded_fast: bool = True
 
 
 def begin_unrecorded(
-    headers: Any, routing_key: object, message_id: object, label: str
+    headers: Any, routing_key: object, message_id: object, label: str, attach: bool = True
 ) -> _Begun | None:
     """:func:`_begin`'s answer when it takes ``unrecorded_send`` (no span, no metric to make).
 
@@ -473,6 +473,9 @@ def begin_unrecorded(
     back: then nothing was done (the guard is down again) and :func:`_begin` must run.
     A send span the sampler is known to drop is answered here too (:func:`_attach_dropped`:
     the scope's carrier and attached context, and its span, without the scope).
+    ``attach=False``: the client's call runs no user code (pika's ``basic_publish``), so a
+    dropped send span's context, written into the new headers, need not be attached around
+    it (``hop.dropped_send``'s ``attach``).
     """
     if not (_unrecorded_fast and (routing_key is None or type(routing_key) is str) and (
             message_id is None or type(message_id) is str)):
@@ -490,7 +493,7 @@ def begin_unrecorded(
             # its common case; None with nothing done where the send needs more). With spans
             # on, asked first: where it answers (the sampler dropping) unrecorded_send would
             # not, and the other way round (as Kafka's attached_send asks).
-            done = dropped_send({}, True, False)
+            done = dropped_send({}, True, False, attach)
             if done is not None:
                 return done[0], done[1], guard
         attached = unrecorded_send(headers, True, True)

@@ -3341,16 +3341,17 @@ ds_child_context(PyObject *span, int *sampled)
     return sc;
 }
 
-/* dropped_send(carrier, sent_time, copy): hop.dropped_send's common case. Returns
- * NotImplemented with nothing done (Python's steps decide); None when the sampler may keep
- * the child (the send needs its scope; nothing drawn); (carrier, AttachedSend) when done;
- * or (span, parent, transaction, settings) when the child was asked for (made, or
- * hop._FAILED) but what follows is Python's (_dropped_into's other cases). */
+/* dropped_send(carrier, sent_time, copy[, attach]): hop.dropped_send's common case.
+ * Returns NotImplemented with nothing done (Python's steps decide); None when the sampler
+ * may keep the child (the send needs its scope; nothing drawn); (carrier, AttachedSend)
+ * when done, or (carrier, None) when done with attach false (the headers written, nothing
+ * attached); or (span, parent, transaction, settings) when the child was asked for (made,
+ * or hop._FAILED) but what follows is Python's (_dropped_into's other cases). */
 static PyObject *
 dropped_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "dropped_send takes 3 arguments");
+    if (nargs != 3 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "dropped_send takes 3 or 4 arguments");
         return NULL;
     }
     if (ds_hop == NULL || dc_spans_module == NULL || dc_failed == NULL) {
@@ -3360,7 +3361,8 @@ dropped_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *carrier = args[0];
     int sent_time = PyObject_IsTrue(args[1]);
     int copy = sent_time < 0 ? -1 : PyObject_IsTrue(args[2]);
-    if (copy < 0) {
+    int attach = copy < 0 ? -1 : nargs == 4 ? PyObject_IsTrue(args[3]) : 1;
+    if (attach < 0) {
         return NULL;
     }
     if (copy || !(PyDict_CheckExact(carrier)
@@ -3398,24 +3400,30 @@ dropped_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         result = PyTuple_Pack(4, span, g.parent, g.tx, g.settings);
         goto done;
     }
-    ctx = ds_context_of(&g, span);
-    token = ctx == NULL ? NULL : PyContextVar_Set(ds_var, ctx);
-    if (token == NULL) {
-        if (ds_count(PyTuple_GET_ITEM(ds_texts, 3)) == 0) {
-            result = PyTuple_Pack(2, carrier, Py_None);
+    /* attach false: the caller's call runs no user code, and the headers are written from
+     * the span context and the guards' values alone (no propagator reads a current
+     * context here), so the send's context is neither built nor attached. */
+    if (attach) {
+        ctx = ds_context_of(&g, span);
+        token = ctx == NULL ? NULL : PyContextVar_Set(ds_var, ctx);
+        if (token == NULL) {
+            if (ds_count(PyTuple_GET_ITEM(ds_texts, 3)) == 0) {
+                result = PyTuple_Pack(2, carrier, Py_None);
+            }
+            goto done;
         }
-        goto done;
-    }
-    /* AttachedSend((token, ctx)) as tuple.__new__ makes it */
-    attached = ((PyTypeObject *)ds_attached)->tp_alloc((PyTypeObject *)ds_attached, 2);
-    if (attached == NULL) {
-        if (ds_count(PyTuple_GET_ITEM(ds_texts, 3)) == 0) {  /* (attached, as Python leaves it) */
-            result = PyTuple_Pack(2, carrier, Py_None);
+        /* AttachedSend((token, ctx)) as tuple.__new__ makes it */
+        attached = ((PyTypeObject *)ds_attached)->tp_alloc((PyTypeObject *)ds_attached, 2);
+        if (attached == NULL) {
+            /* (attached, as Python leaves it) */
+            if (ds_count(PyTuple_GET_ITEM(ds_texts, 3)) == 0) {
+                result = PyTuple_Pack(2, carrier, Py_None);
+            }
+            goto done;
         }
-        goto done;
+        PyTuple_SET_ITEM(attached, 0, Py_NewRef(token));
+        PyTuple_SET_ITEM(attached, 1, Py_NewRef(ctx));
     }
-    PyTuple_SET_ITEM(attached, 0, Py_NewRef(token));
-    PyTuple_SET_ITEM(attached, 1, Py_NewRef(ctx));
     PyObject *write_args[11] = {
         carrier, PyTuple_GET_ITEM(sc, 0), PyTuple_GET_ITEM(sc, 1), sampled ? Py_True : Py_False,
         PyTuple_GET_ITEM(ds_texts, 0), g.header, g.tx, PyTuple_GET_ITEM(ds_texts, 1), g.prefix,
@@ -3437,7 +3445,7 @@ dropped_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     else {
         Py_DECREF(wrote);
     }
-    result = PyTuple_Pack(2, carrier, attached);
+    result = PyTuple_Pack(2, carrier, attached != NULL ? attached : Py_None);
 done:
     Py_XDECREF(span);
     Py_XDECREF(sc);
@@ -3448,12 +3456,12 @@ done:
     return result;
 }
 
-/* send_dropped(carrier, sent_time=True, copy=False): hop.dropped_send in one call, where
+/* send_dropped(carrier, sent_time=True, copy=False, attach=True): hop.dropped_send in one call, where
  * the C entry covers the send; else the Python steps it hands the call to, as hop.dropped_send
  * hands it to them: hop._dropped_rest once the child was asked for, else hop._dropped_send
  * (both given by configure_steps). */
 static PyObject *ds_steps = NULL, *ds_rest = NULL;
-DC_NAME(carrier) DC_NAME(sent_time) DC_NAME(copy)
+DC_NAME(carrier) DC_NAME(sent_time) DC_NAME(copy) DC_NAME(attach)
 
 static PyObject *
 configure_steps(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -3473,11 +3481,12 @@ configure_steps(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 send_dropped(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *full[3] = {NULL, Py_True, Py_False};
-    PyObject **names[3] = {&dc_name_carrier, &dc_name_sent_time, &dc_name_copy};
-    const char *texts[3] = {"carrier", "sent_time", "copy"};
-    if (nargs > 3) {
-        PyErr_SetString(PyExc_TypeError, "dropped_send() takes at most 3 arguments");
+    PyObject *full[4] = {NULL, Py_True, Py_False, Py_True};
+    PyObject **names[4] = {&dc_name_carrier, &dc_name_sent_time, &dc_name_copy,
+                           &dc_name_attach};
+    const char *texts[4] = {"carrier", "sent_time", "copy", "attach"};
+    if (nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "dropped_send() takes at most 4 arguments");
         return NULL;
     }
     for (Py_ssize_t i = 0; i < nargs; i++) {
@@ -3487,7 +3496,7 @@ send_dropped(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject
     for (Py_ssize_t k = 0; k < keywords; k++) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, k);
         int at = -1;
-        for (int i = 0; i < 3 && at < 0; i++) {
+        for (int i = 0; i < 4 && at < 0; i++) {
             PyObject *known = dc_intern(texts[i], names[i]);
             if (known == NULL) {
                 return NULL;
@@ -3511,21 +3520,21 @@ send_dropped(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject
         PyErr_SetString(PyExc_RuntimeError, "send_dropped: configure_steps was not called");
         return NULL;
     }
-    PyObject *done = dropped_send(module, full, 3);
+    PyObject *done = dropped_send(module, full, 4);
     if (done == NULL || done == Py_None) {
         return done;
     }
     if (done == Py_NotImplemented) {
         Py_DECREF(done);
-        return PyObject_Vectorcall(ds_steps, full, 3, NULL);
+        return PyObject_Vectorcall(ds_steps, full, 4, NULL);
     }
     if (PyTuple_GET_SIZE(done) == 2) {
         return done;
     }
-    PyObject *rest_args[7] = {full[0], full[1], full[2], PyTuple_GET_ITEM(done, 0),
+    PyObject *rest_args[8] = {full[0], full[1], full[2], PyTuple_GET_ITEM(done, 0),
                               PyTuple_GET_ITEM(done, 1), PyTuple_GET_ITEM(done, 2),
-                              PyTuple_GET_ITEM(done, 3)};
-    PyObject *result = PyObject_Vectorcall(ds_rest, rest_args, 7, NULL);
+                              PyTuple_GET_ITEM(done, 3), full[3]};
+    PyObject *result = PyObject_Vectorcall(ds_rest, rest_args, 8, NULL);
     Py_DECREF(done);
     return result;
 }
@@ -3755,7 +3764,7 @@ static PyMethodDef speedups_methods[] = {
     {"configure_steps", (PyCFunction)(void (*)(void))configure_steps, METH_FASTCALL,
      "Give send_dropped the Python steps it hands calls to (once)."},
     {"send_dropped", (PyCFunction)(void (*)(void))send_dropped, METH_FASTCALL | METH_KEYWORDS,
-     "hop.dropped_send(carrier, sent_time=True, copy=False) in one call."},
+     "hop.dropped_send(carrier, sent_time=True, copy=False, attach=True) in one call."},
     {"configure_close", (PyCFunction)(void (*)(void))configure_close, METH_FASTCALL,
      "AttachedSend.close's common case, as a method for the class (once)."},
     {"dropped_send", (PyCFunction)(void (*)(void))dropped_send, METH_FASTCALL,

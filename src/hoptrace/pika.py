@@ -122,11 +122,12 @@ def _wrap_basic_publish(original: Callable[..., Any]) -> Callable[..., Any]:
         headers = getattr(properties, "headers", None)
         if headers is None or (type(headers) is dict and not headers):
             # No headers of the caller's: a send span the sampler drops (most messages at a
-            # low sampling rate) has its new headers written and its context attached in one
-            # C call (hop.dropped_send, through begin_unrecorded), as kombu's and aio-pika's.
+            # low sampling rate) has its new headers written in one C call (hop.dropped_send,
+            # through begin_unrecorded), as kombu's and aio-pika's; its context is not
+            # attached, as basic_publish runs no user code (as begin_dropped below).
             attached = _amqp.begin_unrecorded(None, routing_key,
                                               getattr(properties, "message_id", None),
-                                              "pika.basic_publish")
+                                              "pika.basic_publish", False)
             if attached is not None:
                 carrier, scope, guard = attached
                 try:

@@ -159,8 +159,11 @@ def _untimed(headers: Any) -> Any:
 def one_publish(
     fast: bool, parent: dict[Any, Any], headers: Any, key: Any, message_id: Any,
     behaviour: str, ids: SeededIds, exporter: InMemorySpanExporter, nested: bool = False,
+    in_call: bool = False,
 ) -> dict[str, Any]:
-    """Publish once through pika's wrapper; return everything it left."""
+    """Publish once through pika's wrapper; return everything it left (``in_call``: and
+    what was current in the client's call, which the shortcut and the scope differ on:
+    ``basic_publish`` runs no user code, so the shortcut attaches nothing around it)."""
     _amqp._dropped_fast = fast
     ids.rng = random.Random(5)
     random.seed(9)
@@ -171,9 +174,7 @@ def one_publish(
     def original(channel: Any, exchange: Any, routing_key: Any, body: Any, properties: Any,
                  mandatory: Any) -> Any:
         sent = getattr(properties, "headers", None)
-        if not given.headers and type(given.headers) in (dict, type(None)):
-            # (no headers of the caller's: the shortcut attaches the send's context, as the
-            # scope does; with headers it writes them only, the context not compared)
+        if in_call:
             current = get_current()
             span = current.get(SPAN_KEY)
             seen.append(("in the call", span.get_span_context() if isinstance(
@@ -297,23 +298,28 @@ def test_a_dropped_send_carries_the_dropped_span(
     assert got["exported"] == [] and got["context restored"] and got["guard"] is False
 
 
-def test_a_dropped_send_without_headers_runs_in_its_span(
-    install: Any, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("headers", [None, {}])
+def test_a_dropped_send_without_headers_attaches_nothing(
+    headers: Any, install: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No headers of the caller's: hop.dropped_send writes the new headers and attaches the
-    dropped send span's context around the call (the scope's context), restored after."""
+    """No headers of the caller's: hop.dropped_send writes the new headers with the dropped
+    send span, and attaches nothing around the call (``basic_publish`` runs no user code):
+    the caller's context is current in it, and after."""
     exporter, ids = install(ParentBased(TraceIdRatioBased(0.01)))
     hoptrace.inject({})
     metrics.enabled()  # (the meter provider in force seen once, as any earlier send sees it)
     taken: list[Any] = []
     real = _amqp.dropped_send
     monkeypatch.setattr(_amqp, "dropped_send", lambda *a: taken.append(real(*a)) or taken[-1])
-    got = one_publish(True, parents()[0], None, "k", "m-1", "return", ids, exporter)
-    assert taken[0] is not None and taken[0][1] is not None
+    got = one_publish(True, parents()[0], headers, "k", "m-1", "return", ids, exporter,
+                      in_call=True)
+    assert taken[0] is not None and taken[0][0] is not None and taken[0][1] is None
     (_, sc, tx, baggage), (sent, same, *_) = got["seen"]
-    assert not same and sent["traceparent"] == f"00-{sc.trace_id:032x}-{sc.span_id:016x}-00"
-    assert sc.trace_id == UNSAMPLED.trace_id and sc.span_id != UNSAMPLED.span_id
-    assert tx == TX and baggage == {"transaction.id": TX}
+    assert sc == UNSAMPLED and tx == TX and baggage == {"transaction.id": TX}  # (the caller's)
+    version, trace_id, span_id, flags = sent["traceparent"].split("-")
+    assert (version, int(trace_id, 16), flags) == ("00", UNSAMPLED.trace_id, "00")
+    assert int(span_id, 16) not in (0, UNSAMPLED.span_id)  # the dropped send span's
+    assert not same and sent["baggage"] == "transaction.id=" + TX
     assert got["exported"] == [] and got["context restored"] and got["guard"] is False
 
 

@@ -134,11 +134,11 @@ class Paths:
         self.counts = {"done": 0, "declined": 0, "none": 0, "handed back": 0}
         real = hop._send_c
 
-        def counted(carrier: Any, sent_time: Any, copy: Any) -> Any:
+        def counted(carrier: Any, sent_time: Any, copy: Any, attach: Any = True) -> Any:
             state, before = random.getstate(), get_current()
             shown = carried(carrier if not isinstance(carrier, (dict, list)) else
                             type(carrier)(carrier))
-            result = real(carrier, sent_time, copy)
+            result = real(carrier, sent_time, copy, attach)
             if result is NotImplemented:
                 self.counts["declined"] += 1
                 # Nothing done: no draw, nothing attached, the carrier untouched.
@@ -149,6 +149,8 @@ class Paths:
                 assert random.getstate() == state and get_current() is before
             elif len(result) == 2:
                 self.counts["done"] += 1
+                if not attach:  # (nothing attached, nothing to close)
+                    assert result[1] is None and get_current() is before
             else:
                 self.counts["handed back"] += 1
                 assert get_current() is before  # (the child drawn, nothing attached)
@@ -163,7 +165,7 @@ class Paths:
 
 def one_send(make: Callable[[], tuple[Any, bool]], ambient: dict[Any, Any], sent_time: bool,
              state: Any, context_type: type[Context] = Context,
-             entry: Callable[..., Any] | None = None) -> dict[str, Any]:
+             entry: Callable[..., Any] | None = None, attaching: bool = True) -> dict[str, Any]:
     """``hop.dropped_send`` (or ``entry``) once in ``ambient`` from random ``state``; all it
     shows."""
     hoptrace.reset_diagnostics()
@@ -175,9 +177,10 @@ def one_send(make: Callable[[], tuple[Any, bool]], ambient: dict[Any, Any], sent
         before = get_current()
         try:
             if entry is not None:  # (keywords: as a caller may pass them)
-                result: Any = entry(carrier, sent_time=sent_time, copy=copy)
+                result: Any = (entry(carrier, sent_time=sent_time, copy=copy) if attaching
+                               else entry(carrier, sent_time=sent_time, copy=copy, attach=False))
             else:
-                result = hop.dropped_send(carrier, sent_time, copy)
+                result = hop.dropped_send(carrier, sent_time, copy, attaching)
         except TypeError as exc:
             result = ("raised", str(exc))
         out: dict[str, Any] = {"random": random.getstate()}
@@ -206,7 +209,7 @@ def one_send(make: Callable[[], tuple[Any, bool]], ambient: dict[Any, Any], sent
 
 def compare(provider: Provider, monkeypatch: pytest.MonkeyPatch,
             makers: list[Callable[[], tuple[Any, bool]]] = CARRIERS,
-            context_type: type[Context] = Context) -> dict[str, int]:
+            context_type: type[Context] = Context, attaching: bool = True) -> dict[str, int]:
     """Every case with the C entry, then with the Python steps alone; the same outcome.
     Return which ways the C calls went."""
     cases = list(itertools.product(range(len(makers)), range(len(contexts())), (True, False)))
@@ -219,19 +222,21 @@ def compare(provider: Provider, monkeypatch: pytest.MonkeyPatch,
     whole = []
     for (which, ambient, sent_time), state in zip(cases, states, strict=True):
         got = one_send(makers[which], contexts()[ambient], sent_time, state, context_type,
-                       hop.dropped_send_entry)
+                       hop.dropped_send_entry, attaching)
         got["spans"] = provider.take()
         whole.append(got)
     paths = Paths(monkeypatch)  # hop.dropped_send through the C entry, each call's way seen
     fast = []
     for (which, ambient, sent_time), state in zip(cases, states, strict=True):
-        got = one_send(makers[which], contexts()[ambient], sent_time, state, context_type)
+        got = one_send(makers[which], contexts()[ambient], sent_time, state, context_type,
+                       attaching=attaching)
         got["spans"] = provider.take()
         fast.append(got)
     paths.off()
     for (which, ambient, sent_time), state, got, entry in zip(
             cases, states, fast, whole, strict=True):
-        want = one_send(makers[which], contexts()[ambient], sent_time, state, context_type)
+        want = one_send(makers[which], contexts()[ambient], sent_time, state, context_type,
+                        attaching=attaching)
         want["spans"] = provider.take()
         assert got == want, (which, contexts()[ambient], sent_time)
         assert entry == want, (which, contexts()[ambient], sent_time)
@@ -277,6 +282,33 @@ def test_the_c_entry_does_what_the_steps_do(
     local_drops = request.node.callspec.params["provider"] in (
         "1%", "parent-based, all on", "remote unsampled kept")
     assert (counts["handed back"] > 0) == local_drops
+
+
+def test_without_attaching_the_same_carrier_and_nothing_left_attached(
+    provider: Provider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``attach=False`` (pika's publish): the C entry as the steps, and against
+    ``attach=True`` from the same random state, the same carrier, draws, counts and spans,
+    with nothing attached (None returned in its place, the ambient context current)."""
+    counts = compare(provider, monkeypatch, attaching=False)
+    sampler = trace.get_tracer_provider().sampler  # type: ignore[attr-defined]
+    assert (counts["done"] > 0) == (type(sampler).__name__ == "ParentBased")
+    monkeypatch.undo()
+    for which, ambient, sent_time in itertools.product(
+            range(len(CARRIERS)), range(len(contexts())), (True, False)):
+        state = random.getstate()
+        attached = one_send(CARRIERS[which], contexts()[ambient], sent_time, state)
+        attached["spans"] = provider.take()
+        alone = one_send(CARRIERS[which], contexts()[ambient], sent_time, state, attaching=False)
+        alone["spans"] = provider.take()
+        case = (which, contexts()[ambient], sent_time)
+        if "attached" in alone:
+            assert alone["attached"] is None and alone["current"], case
+            for key in ("attached", "attached type", "current", "after close"):
+                attached.pop(key, None)
+                alone.pop(key, None)
+        assert alone == attached, case
+        random.getrandbits(64)
 
 
 @pytest.mark.parametrize("options", [
@@ -443,6 +475,14 @@ def test_what_the_c_entry_sends(one_pct: Provider) -> None:
         assert sent is pairs and [name for name, _ in pairs] == [
             "traceparent", "baggage", "x-hoptrace-sent-ns"]
         attached.close()
+        # attach=False: the same headers of a new dropped child, nothing attached.
+        headers = {}
+        sent, attached = hop._send_c(headers, False, False, False)
+        assert sent is headers and attached is None and get_current() is ambient
+        version, trace_id, span_id, flags = headers.pop("traceparent").split("-")
+        assert (version, int(trace_id, 16), flags) == ("00", UNSAMPLED.trace_id, "00")
+        assert int(span_id, 16) not in (UNSAMPLED.span_id, sc.span_id)
+        assert headers == {"baggage": f"transaction.id={TX}"}
     finally:
         detach(token)
     assert not hoptrace.diagnostics()

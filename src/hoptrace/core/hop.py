@@ -761,7 +761,7 @@ _send_c: Any = _send_entry()
 
 
 def dropped_send(
-    carrier: Carrier, sent_time: bool = True, copy: bool = False
+    carrier: Carrier, sent_time: bool = True, copy: bool = False, attach: bool = True
 ) -> tuple[Any, AttachedSend | None] | None:
     """A send's carrier, its context attached, when the sampler is known to drop its span.
 
@@ -778,22 +778,28 @@ def dropped_send(
     attached). None, with nothing done: the send needs its scope. Raises TypeError as the
     scope does (tests/unit/test_celery_dropped_send.py compares the two).
 
+    ``attach=False``, for a client call that runs no user code (pika's ``basic_publish``):
+    the same carrier, and nothing left attached (None in the context's place). The C entry
+    then neither builds nor attaches the context; the Python steps attach it only while
+    they render (a propagator may read the current context) and detach it before returning.
+
     The common case (a dict written in place, or a Kafka send's new empty list of pairs,
     under W3C propagation, in a transaction the current context binds) is one C call,
     :data:`_send_c`, which declines with nothing done whatever these steps would treat
     otherwise (tests/unit/test_speedups_dropped_send.py compares it with them).
     """
     if _send_c is not None:
-        done = _send_c(carrier, sent_time, copy)
+        done = _send_c(carrier, sent_time, copy, attach)
         if done is not NotImplemented:
             if done is None or len(done) == 2:
                 return done  # type: ignore[no-any-return]
-            return _dropped_rest(carrier, sent_time, copy, *done)  # (the child asked for)
-    return _dropped_send(carrier, sent_time, copy)
+            span, parent, tx, settings = done  # (the child asked for)
+            return _dropped_rest(carrier, sent_time, copy, span, parent, tx, settings, attach)
+    return _dropped_send(carrier, sent_time, copy, attach)
 
 
 def _dropped_send(
-    carrier: Carrier, sent_time: bool, copy: bool
+    carrier: Carrier, sent_time: bool, copy: bool, attach: bool = True
 ) -> tuple[Any, AttachedSend | None] | None:
     """:func:`dropped_send`'s Python steps."""
     settings = _settings._current or get_settings()
@@ -818,14 +824,26 @@ def _dropped_send(
     except Exception as exc:
         diagnostics.internal_error("produce_scope.open", exc)
         return ({} if carrier is None else carrier), None
-    return _dropped_rest(carrier, sent_time, copy, span, parent, tx, settings)
+    return _dropped_rest(carrier, sent_time, copy, span, parent, tx, settings, attach)
 
 
 def _dropped_rest(
     carrier: Carrier, sent_time: bool, copy: bool, span: Any, parent: Context, tx: str,
-    settings: Any,
+    settings: Any, attach: bool = True,
 ) -> tuple[Any, AttachedSend | None]:
     """:func:`dropped_send` once it has the dropped child ``span`` (or :data:`_FAILED`)."""
+    sent = _dropped_attached(carrier, sent_time, copy, span, parent, tx, settings)
+    if attach or sent[1] is None:
+        return sent
+    sent[1].close()  # (current while the carrier was rendered, as a propagator may read it)
+    return sent[0], None
+
+
+def _dropped_attached(
+    carrier: Carrier, sent_time: bool, copy: bool, span: Any, parent: Context, tx: str,
+    settings: Any,
+) -> tuple[Any, AttachedSend | None]:
+    """:func:`_dropped_rest`'s steps: the carrier, and the send's context attached."""
     try:
         if span is _FAILED:  # counted: no send span, as the scope then makes none
             span = None
