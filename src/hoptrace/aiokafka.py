@@ -18,7 +18,7 @@ Then:
 * ``async for msg in consumer`` and ``await consumer.getone()`` return each record with its
   ``process {topic}`` scope open: the loop body (the handler) runs in the producer's trace and
   transaction. The scope is held until the next record is requested, the loop ends or
-  breaks, ``commit()`` settles it, ``consumer.stop()``, or :func:`close_scope`
+  breaks, ``commit()`` settles it, ``consumer.stop()`` (from any task), or :func:`close_scope`
   (``hold_consume_scope=False`` turns holding off; see ``docs/kafka.md``).
 * ``getmany()`` records one ``receive {topic}`` span linking to every record; handle each
   record inside :func:`processing` or iterate with :func:`iterate`.
@@ -378,8 +378,9 @@ class TracedConsumer(_kafka.Proxy):
         return await commit(self._client, *args, **kwargs)
 
     async def stop(self) -> None:
-        """Close this task's held scope for the consumer, then stop it."""
-        held.release(self._client)
+        """Close this task's held scope for the consumer and end any other task's held span
+        (a framework stopping it from its own task), then stop it."""
+        held.release_all(self._client)
         await original_of(type(self._client).stop)(self._client)
 
     async def __aenter__(self) -> TracedConsumer:

@@ -322,8 +322,9 @@ class _Consuming:
             held.settle(self._owner())
 
     def close(self, *args: Any, **kwargs: Any) -> Any:
-        """Close this thread's held scope, then the consumer."""
-        held.release(self._owner())
+        """Close this thread's held scope and end any other thread's held span (a shutdown
+        from another thread), then close the consumer."""
+        held.release_all(self._owner())
         return self._target().close(*args, **kwargs)
 
 

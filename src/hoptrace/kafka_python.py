@@ -209,7 +209,7 @@ def instrument() -> None:
         KafkaProducer: {"send": _wrap_send},
         KafkaConsumer: {
             "__next__": _wrap_next, "__iter__": _wrap_iter, "poll": _wrap_poll,
-            "close": held.releasing, "commit": held.settling, "commit_async": held.settling,
+            "close": held.releasing_all, "commit": held.settling, "commit_async": held.settling,
         },
     })
 

@@ -211,3 +211,34 @@ def test_two_consumers_in_one_task_never_nest(spans: Any) -> None:
     process_ids = {p.context.span_id for p in processes}
     assert not any(p.parent is not None and p.parent.span_id in process_ids for p in processes)
     assert not any(p.links for p in processes)
+
+
+def test_stop_from_another_task_ends_the_polling_task_s_held_span(
+    spans: Any, otel_errors: list[Any]
+) -> None:
+    """A framework stops the consumer from its own task at shutdown, while the polling task
+    still holds its last record's scope: that span ends then, not never."""
+    async def run() -> tuple[str | None, int]:
+        consumer = hk.TracedConsumer(FakeConsumer(2))
+        polled = asyncio.Event()
+        finish = asyncio.Event()
+
+        async def poll() -> str | None:
+            await consumer.getone()
+            polled.set()
+            await finish.wait()  # cancelled here at shutdown, before its next request
+            return hoptrace.current_transaction_id()
+
+        task = asyncio.create_task(poll())
+        await polled.wait()
+        await consumer.stop()  # from this task, not the polling one
+        ended = len(spans.named("process orders"))
+        finish.set()
+        return await task, ended
+
+    still, ended = asyncio.run(run())
+    assert ended == 1  # ended by stop(), in the other task
+    assert still == "tx-0"  # the polling task's own context is left to it
+    assert len(spans.named("process orders")) == 1  # once, not twice
+    assert otel_errors == []
+    assert not any(k.startswith("internal_error") for k in hoptrace.diagnostics())

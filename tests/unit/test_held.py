@@ -309,3 +309,37 @@ def test_an_owner_that_held_a_scope_can_be_collected(spans: Any) -> None:
     gc.collect()
     assert alive() is None
     assert not any(record[0]() is None for record in held._by_owner.values())
+
+
+def test_closing_from_another_thread_ends_the_polling_thread_s_span(spans: Any) -> None:
+    """``releasing_all`` (kafka-python's ``close``): a consumer closed from another thread at
+    shutdown ends the span the polling thread still holds; that thread's context is its own."""
+
+    class Closing(Consumer):
+        closed = False
+
+        @held.releasing_all
+        def close(self) -> None:
+            self.closed = True
+
+    consumer = Closing()
+    headers, tx = published()
+    polled, finish = threading.Event(), threading.Event()
+    seen: list[str | None] = []
+
+    def polling() -> None:
+        poll(consumer, headers)
+        polled.set()
+        finish.wait()
+        seen.append(hoptrace.current_transaction_id())
+
+    thread = threading.Thread(target=polling)
+    thread.start()
+    polled.wait()
+    consumer.close()
+    ended = [s for s in spans.named("process orders") if s.end_time is not None]
+    finish.set()
+    thread.join()
+    assert consumer.closed and len(ended) == 1
+    assert seen == [tx]  # left to the polling thread
+    assert len(spans.named("process orders")) == 1

@@ -52,6 +52,7 @@ __all__ = [
     "release",
     "release_all",
     "releasing",
+    "releasing_all",
     "releasing_async",
     "scoped",
     "settle",
@@ -299,10 +300,21 @@ def releasing(original: Callable[..., Any]) -> Callable[..., Any]:
     return release_first
 
 
+def releasing_all(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a method that ends the owner for good (a Kafka consumer's ``close``):
+    :func:`release_all` first. It may be called from another task or thread than the one
+    polling (a framework's shutdown), and that one's last scope must still end its span."""
+    def release_all_first(self: Any, *args: Any, **kwargs: Any) -> Any:
+        release_all(self)
+        return original(self, *args, **kwargs)
+
+    return release_all_first
+
+
 def releasing_async(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """:func:`releasing` for a coroutine method (aiokafka's ``stop``)."""
+    """:func:`releasing_all` for a coroutine method (aiokafka's ``stop``)."""
     async def release_first(self: Any, *args: Any, **kwargs: Any) -> Any:
-        release(self)
+        release_all(self)
         return await original(self, *args, **kwargs)
 
     return release_first
