@@ -831,25 +831,19 @@ def _dropped_rest(
     carrier: Carrier, sent_time: bool, copy: bool, span: Any, parent: Context, tx: str,
     settings: Any, attach: bool = True,
 ) -> tuple[Any, AttachedSend | None]:
-    """:func:`dropped_send` once it has the dropped child ``span`` (or :data:`_FAILED`)."""
-    sent = _dropped_attached(carrier, sent_time, copy, span, parent, tx, settings)
-    if attach or sent[1] is None:
-        return sent
-    sent[1].close()  # (current while the carrier was rendered, as a propagator may read it)
-    return sent[0], None
-
-
-def _dropped_attached(
-    carrier: Carrier, sent_time: bool, copy: bool, span: Any, parent: Context, tx: str,
-    settings: Any,
-) -> tuple[Any, AttachedSend | None]:
-    """:func:`_dropped_rest`'s steps: the carrier, and the send's context attached."""
+    """:func:`dropped_send` once it has the dropped child ``span`` (or :data:`_FAILED`).
+    ``attach`` False: the context attached while the carrier is rendered (a propagator may
+    read it) is closed before returning."""
+    attached: AttachedSend | None
     try:
         if span is _FAILED:  # counted: no send span, as the scope then makes none
             span = None
         elif not copy and (type(carrier) is dict or (type(carrier) is list and not carrier)):
             attached = _dropped_into(carrier, parent, span, tx, settings, sent_time)
             if attached is not None:
+                if not attach:
+                    attached.close()
+                    attached = None
                 return carrier, attached
         carrier, ctx, token = _send_values(parent, span, tx, carrier, settings, sent_time, copy)
     except Exception as exc:
@@ -857,7 +851,11 @@ def _dropped_attached(
         return ({} if carrier is None else carrier), None
     if ctx is None:
         return carrier, None
-    return carrier, _new_tuple(AttachedSend, (token, ctx))
+    attached = _new_tuple(AttachedSend, (token, ctx))
+    if not attach:
+        attached.close()
+        attached = None
+    return carrier, attached
 
 
 def _send_entry_steps() -> Callable[..., tuple[Any, AttachedSend | None] | None]:
