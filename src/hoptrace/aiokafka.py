@@ -452,7 +452,7 @@ def instrument() -> None:
         BatchBuilder: {"append": _wrap_append},
         AIOKafkaConsumer: {
             "getone": _wrap_getone, "getmany": _wrap_getmany, "__aiter__": _wrap_aiter,
-            "stop": held.releasing_async, "commit": held.settling_async,
+            "stop": held.releasing_all_async, "commit": held.settling_async,
         },
     })
 

@@ -53,7 +53,7 @@ __all__ = [
     "release_all",
     "releasing",
     "releasing_all",
-    "releasing_async",
+    "releasing_all_async",
     "scoped",
     "settle",
     "settling",
@@ -311,7 +311,7 @@ def releasing_all(original: Callable[..., Any]) -> Callable[..., Any]:
     return release_all_first
 
 
-def releasing_async(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def releasing_all_async(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """:func:`releasing_all` for a coroutine method (aiokafka's ``stop``)."""
     async def release_first(self: Any, *args: Any, **kwargs: Any) -> Any:
         release_all(self)
