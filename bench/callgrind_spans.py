@@ -32,6 +32,13 @@ Cases:
   sampled setup (``ParentBased(TraceIdRatioBased(0.01))``) cannot avoid per message is
   ``floor_root + 2 * floor_child`` (the transaction's root, the send, the process span) less
   ``piece_mint_inline``, which propagation-only pays instead of the root.
+- ``cfloor_child`` / ``cfloor_root``: the same steps built in C (``bench/cfloor.c``, compiled
+  on first use): ``random.getrandbits`` (what the SDK's ``RandomIdGenerator`` draws from),
+  the ``SpanContext`` tuple, the ``NonRecordingSpan`` made as ``object.__new__`` makes it,
+  for a root the ratio's decision; called with no Python frame around them (a
+  ``functools.partial``), where the Python floor's own frame is counted. hoptrace's C
+  entries build their dropped spans in C too, so this, not the Python floor, is the least
+  they can cost.
 - ``floor_sampled``: a message the 1% ratio keeps, as ``tx_fast`` records it with a send span
   under it (root and send recorded and exported): one in 100 messages pays it.
 """
@@ -49,7 +56,8 @@ import callgrind_cases  # the shared stand-ins and SDK set-up
 
 CASES = ("tx_prop", "tx_sfast", "tx_sexact", "tx_fast", "sendunder_sfast", "piece_mint",
          "piece_gen_tx", "piece_mint_span", "piece_mint_inline", "piece_dropped_root",
-         "piece_dropped_child", "floor_child", "floor_root", "floor_sampled")
+         "piece_dropped_child", "floor_child", "floor_root", "cfloor_child", "cfloor_root",
+         "floor_sampled")
 
 
 def _floor(case: str) -> Callable[[], object]:
@@ -92,6 +100,60 @@ def _floor(case: str) -> Callable[[], object]:
         return span
 
     return child if case == "floor_child" else root
+
+
+def cfloor_module() -> Any:
+    """``bench/cfloor.c`` built for this interpreter (once, into ``build/cfloor``) and imported.
+
+    Compiled with the interpreter's own compiler and flags (``sysconfig``), as setuptools
+    builds hoptrace's C module."""
+    import importlib.util
+    import shlex
+    import subprocess
+    import sysconfig
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    source = os.path.join(here, "cfloor.c")
+    out_dir = os.path.join(os.path.dirname(here), "build", "cfloor")
+    target = os.path.join(out_dir, "_cfloor" + str(sysconfig.get_config_var("EXT_SUFFIX")))
+    if not os.path.exists(target) or os.path.getmtime(target) < os.path.getmtime(source):
+        os.makedirs(out_dir, exist_ok=True)
+        config = sysconfig.get_config_var
+        command = [*shlex.split(config("CC") or "cc"), *shlex.split(config("CFLAGS") or ""),
+                   *shlex.split(config("CCSHARED") or ""), "-shared",
+                   "-I", sysconfig.get_paths()["include"], source, "-o", f"{target}.{os.getpid()}"]
+        subprocess.run(command, check=True)
+        os.replace(f"{target}.{os.getpid()}", target)
+    spec = importlib.util.spec_from_file_location("_cfloor", target)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cfloor(case: str) -> Callable[[], object]:
+    """``cfloor_child`` / ``cfloor_root``: see the module's docstring."""
+    import functools
+    import random
+
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+    from opentelemetry.trace import (
+        DEFAULT_TRACE_STATE,
+        NonRecordingSpan,
+        SpanContext,
+        TraceFlags,
+    )
+
+    callgrind_cases._install("sfast")
+    floor = cfloor_module()
+    unsampled = TraceFlags(0)
+    if case == "cfloor_child":
+        return functools.partial(floor.child, random.getrandbits, 64, 0xABC, unsampled,
+                                 DEFAULT_TRACE_STATE, SpanContext, NonRecordingSpan, "_context")
+    ratio = TraceIdRatioBased(0.01)
+    return functools.partial(floor.root, random.getrandbits, 64, 128, ratio.TRACE_ID_LIMIT,
+                             ratio.bound, unsampled, DEFAULT_TRACE_STATE, SpanContext,
+                             NonRecordingSpan, "_context")
 
 
 def _inline_mint() -> Callable[[], object]:
@@ -148,6 +210,8 @@ def build(case: str) -> Callable[[], object]:
     mode = case.partition("_")[2]
     if case in ("floor_child", "floor_root"):
         return _floor(case)
+    if case in ("cfloor_child", "cfloor_root"):
+        return _cfloor(case)
     if case in ("piece_dropped_root", "piece_dropped_child"):
         return _dropped_piece(case)
     if case.startswith("piece_"):

@@ -214,3 +214,48 @@ def test_inline_mint_piece_builds_the_span_a_propagation_only_transaction_gets()
     assert (got.is_remote, got.trace_flags, got.trace_state) == (
         want.is_remote, want.trace_flags, want.trace_state)
     assert got.trace_id != want.trace_id and got.span_id != want.span_id  # drawn, not fixed
+
+
+def test_c_floor_pieces_build_what_a_dropped_span_is_from_the_sdks_draws() -> None:
+    """The 2 (a) floor in C (``cfloor_child``, ``cfloor_root``, ``bench/cfloor.c``) must do
+    the steps it claims no implementation can leave out: the SDK's RandomIdGenerator's draws
+    from ``random`` in its order, the ratio's decision on the trace ID, and the same
+    ``NonRecordingSpan`` a dropped span is, else the floor would be too low."""
+    import random
+
+    import callgrind_spans
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+    from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
+    from opentelemetry.trace import DEFAULT_TRACE_STATE, NonRecordingSpan, SpanContext
+
+    def pieces() -> tuple[Any, Any]:
+        return callgrind_spans.build("cfloor_child"), callgrind_spans.build("cfloor_root")
+
+    child, root = contextvars.Context().run(pieces)
+    ids, ratio = RandomIdGenerator(), TraceIdRatioBased(0.01)
+
+    def same_span(span: Any, trace_id: int, span_id: int) -> None:
+        assert type(span) is NonRecordingSpan and type(span.get_span_context()) is SpanContext
+        got = span.get_span_context()
+        assert (got.trace_id, got.span_id) == (trace_id, span_id)
+        assert got.is_valid and not got.is_remote and not got.trace_flags.sampled
+        assert got.trace_state is DEFAULT_TRACE_STATE and not span.is_recording()
+
+    kept = dropped = 0
+    for seed in range(400):
+        random.seed(seed)
+        span = child()
+        random.seed(seed)
+        same_span(span, 0xABC, ids.generate_span_id())
+        random.seed(seed)
+        span = root()
+        random.seed(seed)
+        trace_id = ids.generate_trace_id()
+        decision = ratio.should_sample(None, trace_id, "job").decision
+        if decision is Decision.RECORD_AND_SAMPLE:
+            assert span is None
+            kept += 1
+        else:
+            same_span(span, trace_id, ids.generate_span_id())
+            dropped += 1
+    assert kept and dropped  # (both of the ratio's answers met)
