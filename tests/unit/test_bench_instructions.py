@@ -220,18 +220,19 @@ def test_c_floor_pieces_build_what_a_dropped_span_is_from_the_sdks_draws() -> No
     """The 2 (a) floor in C (``cfloor_child``, ``cfloor_root``, ``bench/cfloor.c``) must do
     the steps it claims no implementation can leave out: the SDK's RandomIdGenerator's draws
     from ``random`` in its order, the ratio's decision on the trace ID, and the same
-    ``NonRecordingSpan`` a dropped span is, else the floor would be too low."""
+    ``NonRecordingSpan`` a dropped span is, else the floor would be too low. (Building the
+    pieces installs no provider, and the global ``random`` is given back as it was.)"""
     import random
 
     import callgrind_spans
+    from opentelemetry import trace
     from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
     from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
     from opentelemetry.trace import DEFAULT_TRACE_STATE, NonRecordingSpan, SpanContext
 
-    def pieces() -> tuple[Any, Any]:
-        return callgrind_spans.build("cfloor_child"), callgrind_spans.build("cfloor_root")
-
-    child, root = contextvars.Context().run(pieces)
+    provider = trace._TRACER_PROVIDER
+    child, root = callgrind_spans.build("cfloor_child"), callgrind_spans.build("cfloor_root")
+    assert trace._TRACER_PROVIDER is provider  # (a provider left behind breaks later tests)
     ids, ratio = RandomIdGenerator(), TraceIdRatioBased(0.01)
 
     def same_span(span: Any, trace_id: int, span_id: int) -> None:
@@ -242,20 +243,23 @@ def test_c_floor_pieces_build_what_a_dropped_span_is_from_the_sdks_draws() -> No
         assert got.trace_state is DEFAULT_TRACE_STATE and not span.is_recording()
 
     kept = dropped = 0
-    for seed in range(400):
-        random.seed(seed)
-        span = child()
-        random.seed(seed)
-        same_span(span, 0xABC, ids.generate_span_id())
-        random.seed(seed)
-        span = root()
-        random.seed(seed)
-        trace_id = ids.generate_trace_id()
-        decision = ratio.should_sample(None, trace_id, "job").decision
-        if decision is Decision.RECORD_AND_SAMPLE:
-            assert span is None
-            kept += 1
-        else:
-            same_span(span, trace_id, ids.generate_span_id())
-            dropped += 1
+    state = random.getstate()
+    try:
+        for seed in range(400):
+            random.seed(seed)
+            span = child()
+            random.seed(seed)
+            same_span(span, 0xABC, ids.generate_span_id())
+            random.seed(seed)
+            span = root()
+            random.seed(seed)
+            trace_id = ids.generate_trace_id()
+            if ratio.should_sample(None, trace_id, "job").decision is Decision.RECORD_AND_SAMPLE:
+                assert span is None
+                kept += 1
+            else:
+                same_span(span, trace_id, ids.generate_span_id())
+                dropped += 1
+    finally:
+        random.setstate(state)
     assert kept and dropped  # (both of the ratio's answers met)
