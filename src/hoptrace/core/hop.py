@@ -308,43 +308,6 @@ def records_transaction(span: Span | None, tx: str) -> bool:
         return False
 
 
-def _read_valid(
-    carrier: object, settings: Any, opening: consume_scope | None = None, now_ns: int = 0
-) -> tuple[Any, ...] | None:
-    """:func:`read`'s C path for a consume scope: the C reader's result when ``carrier`` holds
-    only valid context (what :func:`read` returns, as :func:`incoming_from` builds it), else
-    None (then :func:`read` reads it, rejects what it must and counts a failure).
-
-    With ``opening`` (a scope :data:`_open_dropped_c` may open, at ``now_ns``), what that
-    call gives instead: the scope's fields when it opened the scope (7 items), ``(found,)``
-    when it asked the sampler, which may keep the child, or what was read."""
-    kind = type(carrier)
-    if (kind is list or kind is dict or kind is tuple) and (
-        _propagation._read_incoming is not None
-        and _propagation._propagate_now is not None
-        and _propagation._propagate_now._HTTP_TEXT_FORMAT is _propagation._w3c_now
-        and (_propagation._read_pairs if kind is not dict else _propagation._read_common)
-        is not None
-    ):
-        names = _propagation._names
-        try:
-            spec = (names.spec if settings is names.settings
-                    else _propagation._incoming_spec(names, settings))
-            if opening is None:
-                return _propagation._read_incoming(carrier, spec)  # type: ignore[no-any-return]
-        except Exception:  # read() counts it
-            return None
-        # (outside the try: once the sampler was asked, an error is the open's, counted there)
-        return _open_dropped_c(  # type: ignore[no-any-return]
-            carrier, spec, settings.baggage_key, now_ns, opening._sent_ns, opening._system,
-            opening._destination, opening._message_id, "consume_scope.span",
-            # (a first delivery's child gets the first attempt's span ID, as _span_id gives it;
-            # the C module computes it from the salts only for this module's own function)
-            None if opening._redelivered is None else first_attempt_span_id,
-            _destination_salts if first_attempt_span_id is _first_attempt_span_id else None)
-    return None
-
-
 def _ambient_parent(ambient: Context, span: Any, remote: SpanContext | None) -> Span | None:
     """``span``, the ambient one, if it may be the handler's parent: a valid span that is not
     another message's open scope when this message carries its own context (as
@@ -1194,13 +1157,44 @@ class consume_scope(_Scope):
         these steps).
         """
         now_ns = time.time_ns()
-        found = _read_valid(self._carrier, settings, self if (
-            _open_dropped_c is not None and _dropped_child is _c_dropped_hop
-            and settings.trust_incoming and settings.link_mode != "link"
-            and (self._redelivered is None or self._redelivered is False) and not self._links
-            and NonRecordingSpan.__init__ is _NRS_INIT
-            and metrics.provider_source._METER_PROVIDER is metrics.off_provider
-        ) else None, now_ns)
+        carrier = self._carrier
+        kind = type(carrier)
+        found: Any = None
+        if (kind is list or kind is dict or kind is tuple) and (
+            _propagation._read_incoming is not None
+            and _propagation._propagate_now is not None
+            and _propagation._propagate_now._HTTP_TEXT_FORMAT is _propagation._w3c_now
+            and (_propagation._read_pairs if kind is not dict else _propagation._read_common)
+            is not None
+        ):  # read()'s C path, inline; :attr:`incoming` is built from it only when asked for
+            names = _propagation._names
+            opens = (_open_dropped_c is not None and _dropped_child is _c_dropped_hop
+                     and settings.trust_incoming and settings.link_mode != "link"
+                     and (self._redelivered is None or self._redelivered is False)
+                     and not self._links and NonRecordingSpan.__init__ is _NRS_INIT
+                     and metrics.provider_source._METER_PROVIDER is metrics.off_provider)
+            try:
+                spec = (names.spec if settings is names.settings
+                        else _propagation._incoming_spec(names, settings))
+                if not opens:
+                    found = _propagation._read_incoming(carrier, spec)
+            except Exception:  # read() below counts it
+                found = opens = None
+            if opens:  # (outside the try: once the sampler was asked, an error is open()'s)
+                found = _open_dropped_c(
+                    carrier, spec, settings.baggage_key, now_ns, self._sent_ns, self._system,
+                    self._destination, self._message_id, "consume_scope.span",
+                    # (a first delivery's child gets the first attempt's span ID, as _span_id
+                    # gives it; the C module computes it from the salts only for this
+                    # module's own function)
+                    None if self._redelivered is None else first_attempt_span_id,
+                    _destination_salts if first_attempt_span_id is _first_attempt_span_id
+                    else None)
+        # found: the C reader's result when the carrier holds only valid context (what read()
+        # returns, as incoming_from builds it), else None (then read() reads it, rejects what
+        # it must and counts a failure); from _open_dropped_c, the scope's fields when it
+        # opened the scope (7 items), or (found,) when it asked the sampler, which may keep
+        # the child
         if found is not None and len(found) != 4:  # _open_dropped_c asked the sampler
             if len(found) == 7:  # and opened the scope: its fields
                 (self._incoming, self.transaction_id, wait, self._active, self._token,
