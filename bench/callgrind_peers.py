@@ -1499,11 +1499,40 @@ def _with_default_ids(entry: dict[str, Any], client: str, over: dict[str, int],
         entry["per_seed"][seed]["s_hopd"] = over[case]
     hopd = round(sum(over[case] for case in cases.values()) / len(cases))
     prop = entry["s_prop"]
+    got = {seed: recorded_by.get(case) for seed, case in cases.items()}
     entry.update({
         "s_hopd": hopd,
-        "s_hopd_recorded": {seed: recorded_by.get(case) for seed, case in cases.items()},
+        "s_hopd_recorded": got,
         "s_hopd_over_s_prop": round(hopd / prop, 3) if prop else None,
     })
+    # The default generator records messages of its own, more or fewer than the seeded
+    # cases': its mean is also read at their counts, so that both count the same recorded share.
+    per_recorded = recorded_cost({int(seed): figures["s_hop"]
+                                  for seed, figures in entry["per_seed"].items()})
+    if per_recorded is not None and all(isinstance(n, int) for n in got.values()):
+        at_seeded = round(sum(
+            over[case] + (recorded(int(seed)) - got[seed]) * per_recorded / SAMPLED_CALLS
+            for seed, case in cases.items()) / len(cases))
+        entry.update({
+            "recorded_cost": round(per_recorded),
+            "s_hopd_at_seeded": at_seeded,
+            "s_hopd_at_seeded_over_s_prop": round(at_seeded / prop, 3) if prop else None,
+        })
+
+
+def recorded_cost(hop_by_seed: dict[int, int]) -> float | None:
+    """What one recorded message adds to a 1% case's count, in instructions: the slope of
+    ``s_hop``'s overhead per message (``hop_by_seed``, per seed) over the messages each seed
+    records (:func:`recorded`), fitted by least squares, times the messages counted; None
+    when the seeds do not record at least two different numbers of messages."""
+    points = [(recorded(seed), count) for seed, count in hop_by_seed.items()]
+    if len({n for n, _ in points}) < 2:
+        return None
+    mean_n = sum(n for n, _ in points) / len(points)
+    mean_c = sum(c for _, c in points) / len(points)
+    slope = (sum((n - mean_n) * (c - mean_c) for n, c in points)
+             / sum((n - mean_n) ** 2 for n, _ in points))
+    return slope * SAMPLED_CALLS
 
 
 def _sampled(counts: dict[str, int],
@@ -1617,6 +1646,11 @@ def _print_sampled(target2: dict[str, Any]) -> None:
             print(f"{'':12} s_hopd (the SDK's default IDs) {entry['s_hopd'] / 1000:6.1f}k  "
                   f"s_hopd/s_prop {entry['s_hopd_over_s_prop'] or 0:.3f}  recorded per "
                   f"seed {entry['s_hopd_recorded']}")
+        if "s_hopd_at_seeded" in entry:
+            print(f"{'':12} s_hopd at the seeded cases' recorded counts "
+                  f"{entry['s_hopd_at_seeded'] / 1000:6.1f}k  s_hopd/s_prop "
+                  f"{entry['s_hopd_at_seeded_over_s_prop'] or 0:.3f}  (one recorded message "
+                  f"{entry['recorded_cost'] / 1000:.0f}k)")
 
 
 def main(argv: list[str]) -> int:

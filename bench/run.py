@@ -739,14 +739,21 @@ def _default_ids_row(client: str, entry: dict[str, Any], calls: int) -> Target:
         f"seed {seed} {figures['s_hopd'] / 1000:.1f}k, {got.get(seed, '?')} recorded"
         for seed, figures in entry["per_seed"].items() if "s_hopd" in figures)
     recorded = "/".join(str(got.get(seed, "?")) for seed in entry["per_seed"])
-    return (
-        f"2 {client}, in instructions, the SDK's default ID generator: 1% sampled spans "
-        "over its propagation-only", None,
+    figure = (
         f"hoptrace {hopd / 1000:.1f}k vs propagation-only {prop / 1000:.1f}k instructions per "
         f"message over plain = {hopd / prop:.2f}{TIMES}, {recorded} of {calls} messages "
         f"recorded per seed (its own: the global random seeded, not the seeded IDs; the "
         f"mean over the seeds; per seed: {per_seed}; with the seeded IDs "
         f"{entry['s_hop'] / prop:.2f}{TIMES})")
+    at_seeded = entry.get("s_hopd_at_seeded")
+    if at_seeded:  # the same recorded share as the seeded rows: the comparable figure
+        figure = (
+            f"hoptrace {at_seeded / 1000:.1f}k = {at_seeded / prop:.2f}{TIMES} at the seeded "
+            f"rows' recorded counts (one recorded message "
+            f"{entry['recorded_cost'] / 1000:.0f}k, from the seeded rows' counts); as counted, "
+            + figure)
+    return (f"2 {client}, in instructions, the SDK's default ID generator: 1% sampled spans "
+            "over its propagation-only", None, figure)
 
 
 def run_script(name: str, args: list[str]) -> bool:

@@ -472,6 +472,34 @@ def test_the_sampled_summary_is_per_client_and_seed() -> None:
     assert entry["ratios"] == [0.333, 0.429] and entry["ratio"] == round(2200 / 5800, 3)
 
 
+def test_the_default_ids_row_is_read_at_the_seeded_rows_recorded_counts() -> None:
+    # Built from a known cost: each message 1000 over plain, each recorded one 300,000 more.
+    # s_hopd records counts of its own (here 5 and 3 fewer than the seeded rows).
+    calls, base, each = callgrind_peers.SAMPLED_CALLS, 1000, 300_000
+    seeded = {seed: callgrind_peers.recorded(seed) for seed in callgrind_peers.SEEDS}
+    own = {1: seeded[1] - 5, 2: seeded[2] - 3}
+    assert seeded[1] != seeded[2]  # (the slope needs two counts)
+    counts = {"plain_pika": 0, "s_prop_pika": 800}
+    for seed in callgrind_peers.SEEDS:
+        counts[f"s_hop_pika@{seed}"] = round(base + seeded[seed] * each / calls)
+        counts[f"s_otel_pika@{seed}"] = 5000
+        counts[f"s_hopd_pika@{seed}"] = round(base - 100 + own[seed] * each / calls)
+    entry = callgrind_peers._sampled(counts, {
+        f"s_hopd_pika@{seed}": own[seed] for seed in callgrind_peers.SEEDS})["clients"]["pika"]
+    assert abs(entry["recorded_cost"] - each) < 2 * calls  # (the counts were rounded)
+    # At the seeded counts, s_hopd is the seeded rows' mean less the 100 it saves.
+    assert abs(entry["s_hopd_at_seeded"] - (entry["s_hop"] - 100)) <= 2
+    assert entry["s_hopd_at_seeded_over_s_prop"] == round(entry["s_hopd_at_seeded"] / 800, 3)
+    # As counted, its own counts flatter it by the 4 fewer messages it records on average.
+    assert abs(entry["s_hopd"] - (entry["s_hopd_at_seeded"] - 4 * each / calls)) <= 2
+    import run  # make bench's row leads with the comparable figure
+
+    _, met, figure = run._default_ids_row("pika", entry, calls)
+    assert met is None and figure.startswith(
+        f"hoptrace {entry['s_hopd_at_seeded'] / 1000:.1f}k = "
+        f"{entry['s_hopd_at_seeded'] / 800:.2f}{run.TIMES} at the seeded rows' recorded counts")
+
+
 def test_make_bench_reads_target_2b_per_client(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import run
