@@ -1498,28 +1498,134 @@ dc_attr(PyObject *obj, const char *text, PyObject **cache)
     return name == NULL ? NULL : PyObject_GetAttr(obj, name);
 }
 
-/* getattr(module, name), from the module's dict when the name is there (what the module's
- * getattr finds first, without the type lookups), else the getattr itself. */
-static PyObject *
-dc_module_attr(PyObject *module, const char *text, PyObject **cache)
+/* One module attribute's last read, kept while its module's dict is unchanged. PEP 509's
+ * version tag (CPython 3.10 to 3.13 with the GIL) changes with every change to a dict (a new
+ * value for any key, a key added or deleted) and is never given twice in an interpreter, so
+ * the same dict with the same tag holds the same value under the name: what the lookup would
+ * find, without it. The dict and the value are held, so neither identity is reused while
+ * kept. Other builds read the dict every time. */
+typedef struct {
+    PyObject *dict;
+    PyObject *name;   /* (not held: an interned name kept by its dc_name_ static) */
+    PyObject *value;
+    uint64_t tag;
+} DcSlot;
+
+#if PY_VERSION_HEX >= 0x030A0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+#define DC_TAGGED 1
+#if defined(__GNUC__) || defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"  /* (deprecated in 3.12, not gone) */
+#endif
+static inline uint64_t
+dc_tag(PyObject *dict)
 {
-    PyObject *name = dc_intern(text, cache);
-    if (name == NULL) {
+    return ((PyDictObject *)dict)->ma_version_tag;
+}
+#if defined(__GNUC__) || defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif
+
+/* dict[name] (new reference), NULL with no error set when the exact dict ``dict`` has no such
+ * key; ``slot`` (or NULL) keeps what it gave (above). */
+static PyObject *
+dc_dict_get(PyObject *dict, PyObject *name, DcSlot *slot)
+{
+#ifdef DC_TAGGED
+    /* (the tag before the lookup: a change during it, by a key's __eq__, leaves the slot
+     * behind the dict, so the next read looks again) */
+    uint64_t tag = dc_tag(dict);
+    if (slot != NULL && slot->dict == dict && slot->tag == tag && slot->name == name) {
+        return Py_NewRef(slot->value);
+    }
+#endif
+    PyObject *value = PyDict_GetItemWithError(dict, name);
+    if (value == NULL) {
         return NULL;
     }
+#ifdef DC_TAGGED
+    if (slot != NULL) {  /* (the old pair released last: its finalizers may run code) */
+        PyObject *old_dict = slot->dict, *old_value = slot->value;
+        slot->dict = Py_NewRef(dict);
+        slot->value = Py_NewRef(value);
+        slot->name = name;
+        slot->tag = tag;
+        Py_XDECREF(old_dict);
+        Py_XDECREF(old_value);
+        return Py_NewRef(slot->value);
+    }
+#endif
+    return Py_NewRef(value);
+}
+
+/* getattr(module, name), from the module's dict when the name is there (what the module's
+ * getattr finds first, without the type lookups), else the getattr itself; ``slot`` (or NULL)
+ * keeps what the dict gave. */
+static PyObject *
+dc_module_get(PyObject *module, PyObject *name, DcSlot *slot)
+{
     if (PyModule_CheckExact(module)) {
-        PyObject *value = PyDict_GetItemWithError(PyModule_GetDict(module), name);
-        if (value != NULL) {
-            return Py_NewRef(value);
-        }
-        if (PyErr_Occurred()) {
-            return NULL;
+        PyObject *value = dc_dict_get(PyModule_GetDict(module), name, slot);
+        if (value != NULL || PyErr_Occurred()) {
+            return value;
         }
     }
     return PyObject_GetAttr(module, name);
 }
 
-#define DC_MODULE_ATTR(module, name) dc_module_attr((module), #name, &dc_name_##name)
+static PyObject *
+dc_module_attr(PyObject *module, const char *text, PyObject **cache, DcSlot *slot)
+{
+    PyObject *name = dc_intern(text, cache);
+    return name == NULL ? NULL : dc_module_get(module, name, slot);
+}
+
+/* module_attr(module, name): getattr(module, name) through a slot of its own (the tests'
+ * view of the slots; the name is interned and held while it is the slot's). */
+static DcSlot dc_slot_probe;
+static PyObject *dc_probe_name = NULL;
+
+static PyObject *
+module_attr(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyUnicode_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "module_attr takes a module and a str");
+        return NULL;
+    }
+    PyObject *name = Py_NewRef(args[1]);
+    PyUnicode_InternInPlace(&name);
+    if (name == dc_probe_name) {
+        Py_DECREF(name);
+    }
+    else {  /* another name: the slot emptied first, so no freed name's address is compared */
+        PyObject *old_dict = dc_slot_probe.dict, *old_value = dc_slot_probe.value;
+        dc_slot_probe.dict = dc_slot_probe.value = dc_slot_probe.name = NULL;
+        Py_XSETREF(dc_probe_name, name);
+        Py_XDECREF(old_dict);
+        Py_XDECREF(old_value);
+    }
+    name = Py_NewRef(dc_probe_name);  /* (held through the read: a finalizer may rebind it) */
+    PyObject *value = dc_module_get(args[0], name, &dc_slot_probe);
+    Py_DECREF(name);
+    return value;
+}
+
+/* DC_MODULE_ATTR's slots, one per name (a name read from another module replaces it). */
+#if defined(__GNUC__) || defined(__clang__)
+#define DC_SLOT(name) static DcSlot dc_slot_##name __attribute__((unused));
+#else
+#define DC_SLOT(name) static DcSlot dc_slot_##name;
+#endif
+DC_SLOT(NonRecordingSpan) DC_SLOT(getrandbits) DC_SLOT(INVALID_SPAN_ID)
+DC_SLOT(INVALID_TRACE_ID) DC_SLOT(INVALID_SPAN_CONTEXT) DC_SLOT(_current)
+DC_SLOT(_TRACER_PROVIDER) DC_SLOT(dropped_child) DC_SLOT(_names) DC_SLOT(_METER_PROVIDER)
+DC_SLOT(off_provider) DC_SLOT(_dropped_child) DC_SLOT(_propagate_now)
+DC_SLOT(_HTTP_TEXT_FORMAT) DC_SLOT(_w3c_now) DC_SLOT(_write_common)
+DC_SLOT(dropped_child_of) DC_SLOT(start_lazy_of) DC_SLOT(__init__) DC_SLOT(random)
+
+#define DC_MODULE_ATTR(module, name) \
+    dc_module_attr((module), #name, &dc_name_##name, &dc_slot_##name)
 
 #define DC_CALL0(obj, name) dc_call0((obj), #name, &dc_name_##name)
 
@@ -1560,12 +1666,9 @@ dc_non_recording(PyObject *span_context, int plain_allowed)
          * descriptor), without the lookups through the metaclass and the MRO */
         PyObject *dict = ((PyTypeObject *)nrs)->tp_dict;
         PyObject *name = dc_intern("__init__", &dc_name___init__);
-        PyObject *init = dict == NULL || name == NULL ? NULL
-            : PyDict_GetItemWithError(dict, name);
-        if (init != NULL) {
-            Py_INCREF(init);
-        }
-        else if (!PyErr_Occurred()) {
+        PyObject *init = dict == NULL || name == NULL || !PyDict_CheckExact(dict) ? NULL
+            : dc_dict_get(dict, name, &dc_slot___init__);
+        if (init == NULL && !PyErr_Occurred()) {
             init = DC_ATTR(nrs, __init__);
         }
         if (init == NULL) {
@@ -1869,11 +1972,11 @@ static PyObject *
 ri_draw(PyObject *generator, PyObject *function, int which)
 {
     PyObject *name = dc_intern("random", &dc_name_random);
-    PyObject *random = name == NULL ? NULL : PyDict_GetItemWithError(ri_globals, name);
+    PyObject *random = name == NULL ? NULL : dc_dict_get(ri_globals, name, &dc_slot_random);
     if (random == NULL || !PyModule_CheckExact(random)) {  /* (the function decides) */
+        Py_XDECREF(random);
         return PyErr_Occurred() ? NULL : PyObject_CallOneArg(function, generator);
     }
-    Py_INCREF(random);
     PyObject *draw = DC_MODULE_ATTR(random, getrandbits);
     Py_DECREF(random);
     if (draw == NULL) {
@@ -2339,7 +2442,7 @@ dc_starter_now(void)
 /* _sdk_spans.<name> (new reference), the module spans.py keeps once imported; NULL with no
  * error set when it is not (then the caller uses the starter's own method). */
 static PyObject *
-dc_sdk_entry(const char *text, PyObject **cache)
+dc_sdk_entry(const char *text, PyObject **cache, DcSlot *slot)
 {
     PyObject *holder = dc_sdk_holder;  /* (the list object itself is never rebound) */
     PyObject *sdk = PyList_GET_SIZE(holder) == 1 ? PyList_GET_ITEM(holder, 0) : Py_None;
@@ -2347,7 +2450,7 @@ dc_sdk_entry(const char *text, PyObject **cache)
         return NULL;
     }
     Py_INCREF(sdk);  /* (the list may change during the lookup) */
-    PyObject *entry = dc_module_attr(sdk, text, cache);
+    PyObject *entry = dc_module_attr(sdk, text, cache, slot);
     Py_DECREF(sdk);
     return entry;
 }
@@ -2386,7 +2489,8 @@ dropped_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         span = Py_NewRef(Py_None);
     }
     else if (starter != NULL) {
-        PyObject *entry = dc_sdk_entry("dropped_child_of", &dc_name_dropped_child_of);
+        PyObject *entry = dc_sdk_entry("dropped_child_of", &dc_name_dropped_child_of,
+                                       &dc_slot_dropped_child_of);
         if (entry != NULL && PyCFunction_Check(entry)
                 && PyCFunction_GET_FUNCTION(entry) == (PyCFunction)(void (*)(void))dropped_child) {
             span = dc_dropped(starter, parent, span_id, 3);  /* ours: without the call */
@@ -2480,7 +2584,7 @@ lazy_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *span = NULL;
     PyObject *call_args[5] = {starter, args[0], args[1], args[2], args[3]};
-    PyObject *entry = dc_sdk_entry("start_lazy_of", &dc_name_start_lazy_of);
+    PyObject *entry = dc_sdk_entry("start_lazy_of", &dc_name_start_lazy_of, &dc_slot_start_lazy_of);
     if (entry != NULL && PyCFunction_Check(entry)
             && PyCFunction_GET_FUNCTION(entry) == (PyCFunction)(void (*)(void))start_lazy) {
         span = start_lazy(NULL, call_args, 5);  /* ours: without the call */
@@ -3753,6 +3857,8 @@ static PyMethodDef speedups_methods[] = {
     {"configure_ids", (PyCFunction)(void (*)(void))configure_ids, METH_FASTCALL,
      "Give the span entries the SDK's RandomIdGenerator and the API's NonRecordingSpan "
      "methods whose bodies they run inline (once)."},
+    {"module_attr", (PyCFunction)(void (*)(void))module_attr, METH_FASTCALL,
+     "getattr(module, name) as the entries read a module's globals (for the tests)."},
     {"open_dropped", (PyCFunction)(void (*)(void))open_dropped, METH_FASTCALL,
      "consume_scope._open_dropped's common case (a sampler-dropped span) in one call."},
     {"lazy_span", (PyCFunction)(void (*)(void))lazy_span, METH_FASTCALL,
