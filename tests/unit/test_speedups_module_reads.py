@@ -292,29 +292,29 @@ def test_settings_configured_after_a_send_rule_the_next(
     assert counts == {"done": 2, "declined": 0, "none": 0}
 
 
-def test_a_dropped_child_entry_patched_after_a_send_is_called(
-        one_pct: Provider, monkeypatch: pytest.MonkeyPatch) -> None:
-    send()
-    calls: list[Any] = []
-    real = hop._dropped_child
+def counting(real: Callable[..., Any], calls: list[Any]) -> Callable[..., Any]:
+    """``real``, each call's arguments appended to ``calls``."""
 
     def counted(*args: Any) -> Any:
         calls.append(args)
         return real(*args)
 
-    monkeypatch.setattr(hop, "_dropped_child", counted)
+    return counted
+
+
+def test_a_dropped_child_entry_patched_after_a_send_is_called(
+        one_pct: Provider, monkeypatch: pytest.MonkeyPatch) -> None:
+    send()
+    calls: list[Any] = []
+    real = hop._dropped_child
+    monkeypatch.setattr(hop, "_dropped_child", counting(real, calls))
     send()
     assert len(calls) == 1
     monkeypatch.setattr(hop, "_dropped_child", real)
     send()
     assert len(calls) == 1  # (restored: the C module's own entry again)
-    real_of = _sdk_spans.dropped_child_of
-
-    def counted_of(*args: Any) -> Any:
-        calls.append(args)
-        return real_of(*args)
-
-    monkeypatch.setattr(_sdk_spans, "dropped_child_of", counted_of)
+    monkeypatch.setattr(_sdk_spans, "dropped_child_of",
+                        counting(_sdk_spans.dropped_child_of, calls))
     send()
     assert len(calls) == 2  # _sdk_spans.dropped_child_of, through spans.dropped_child
     monkeypatch.setattr(spans, "dropped_child", lambda *args: calls.append(args) or None)
