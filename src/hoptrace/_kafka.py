@@ -404,6 +404,22 @@ def dropped_send(
         [] if headers is None else headers, timestamp_given, headers is not None)
 
 
+def dropped_headers(headers: object, timestamp_given: bool) -> Any:
+    """:func:`dropped_send`'s headers for a client call that runs no user code
+    (confluent-kafka's ``produce()``): the same headers, with nothing left attached (the
+    scope's context would be detached before the call anyway: see :func:`detach_for_ack`).
+    None, with nothing done: the send needs :func:`headers_only` or its scope (spans off,
+    a span that may record, metrics on, headers of a type the client rejects)."""
+    if not _dropped_fast or (_settings._current or get_settings()).propagation_only:
+        return None  # (propagation-only: headers_only's first answer, with no span asked)
+    try:
+        done = _hop_dropped_send(
+            [] if headers is None else headers, timestamp_given, headers is not None, False)
+    except TypeError:  # (send_headers and the scope decide what such headers get)
+        return None
+    return None if done is None else done[0]
+
+
 def _new_pairs(values: Mapping[str, str]) -> list[tuple[str, bytes]]:
     """What ``write_headers`` makes of a new pair list: each value as its UTF-8 bytes."""
     pairs = _pairs_of(values) if _pairs_of is not None else None

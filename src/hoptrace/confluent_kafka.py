@@ -127,6 +127,14 @@ def _produce(
     if len(args) > 3:  # on_delivery/timestamp/headers given by position: leave them alone
         original(topic, *args, **kwargs)
         return
+    given = kwargs.get("timestamp", 0) != 0
+    # A send span the sampler drops (most sends at a low sampling rate): its headers in one
+    # C call (hop.dropped_send), nothing attached, as produce() runs no user code.
+    carrier = _kafka.dropped_headers(kwargs.get("headers"), given)
+    if carrier is not None:
+        kwargs["headers"] = carrier
+        original(topic, *args, **kwargs)
+        return
     only = _kafka.headers_only()
     if only is not False:
         # No span would record (none, or one the sampler drops), and the scope's context
@@ -134,8 +142,7 @@ def _produce(
         # the headers, as the scope would; the caller's callbacks go to the client as given.
         try:
             kwargs["headers"] = _kafka.send_headers(
-                kwargs.get("headers"), kwargs.get("timestamp", 0) != 0,
-                None if only is True else only,
+                kwargs.get("headers"), given, None if only is True else only,
             )
         except TypeError:  # headers the client rejects: it raises its own error
             pass
@@ -143,9 +150,7 @@ def _produce(
         return
     key = kwargs.get("key", args[1] if len(args) > 1 else None)
     try:
-        scope = _kafka.send_scope(
-            topic, kwargs.get("headers"), key, kwargs.get("timestamp", 0) != 0
-        )
+        scope = _kafka.send_scope(topic, kwargs.get("headers"), key, given)
     except Exception as exc:
         if not isinstance(exc, TypeError):
             diagnostics.internal_error("confluent_kafka.produce", exc)

@@ -1,10 +1,12 @@
-"""kafka-python's and aiokafka's send when the sampler drops its span: no scope, as the scope did.
+"""Kafka sends when the sampler drops their span: no scope, the same outcome as the scope's.
 
 In the 1%-sampled production setup (``ParentBased(TraceIdRatioBased(0.01))``, a transaction
 per message) 99% of sends run under an unsampled root, so their send span is a dropped
 child. With metrics off, ``_kafka.dropped_send`` then attaches the send's context (that
 dropped span current, the transaction bound) and renders the headers in one step instead
-of opening a ``produce_scope``. Each case here sends twice from the same random state,
+of opening a ``produce_scope``; confluent-kafka's ``produce()``, which runs no user code,
+gets the same headers from ``_kafka.dropped_headers`` with nothing attached, where it took
+``headers_only``'s steps before. Each case here sends twice from the same random state,
 once that way and once through the scope (``_kafka._dropped_fast`` off), and compares what
 the client's stand-in got (headers) and saw (the whole current context, the span IDs
 drawn), what it returned or raised, what is current afterwards, hoptrace's diagnostic
@@ -15,6 +17,7 @@ leak a context, a B3 propagator, a patched ``NonRecordingSpan`` and metrics on.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import random
 from collections.abc import Callable, Iterator
@@ -160,19 +163,39 @@ def compare(client: str, provider: Provider, monkeypatch: pytest.MonkeyPatch,
     states, fast = [], []
     for headers, which, behaviour in cases:
         states.append(random.getstate())
-        got = one_send(client, headers, contexts()[which], behaviour, states[-1])
+        got = one_send(SENDS.get(client, client), headers, contexts()[which], behaviour, states[-1])
         got["spans"] = provider.take()
         fast.append(got)
     taken = shortcut.taken
     shortcut.off()
     for (headers, which, behaviour), state, got in zip(cases, states, fast, strict=True):
-        want = one_send(client, headers, contexts()[which], behaviour, state)
+        want = one_send(SENDS.get(client, client), headers, contexts()[which], behaviour, state)
         want["spans"] = provider.take()
         assert got == want, (client, headers, contexts()[which], behaviour)
     return taken
 
 
-CLIENTS = ("kafka-python", "aiokafka")
+def confluent_produce(headers: Any, behaviour: str, seen: list[Any]) -> Any:
+    """confluent-kafka's ``produce()`` through hoptrace's wrapper (``_produce``)."""
+    from test_send_attach import client_call
+
+    from hoptrace import confluent_kafka as hop_confluent
+
+    def produce(topic: str, *args: Any, **kwargs: Any) -> None:
+        client_call(behaviour, kwargs.get("headers"), seen)
+
+    kwargs: dict[str, Any] = {"key": b"k"}
+    if headers is not None:  # (as a caller that gives none: no headers argument at all)
+        kwargs["headers"] = headers
+    before = list(headers.items()) if isinstance(headers, dict) else copy.copy(headers)
+    hop_confluent._produce(produce, None, "orders", (b"v",), kwargs)
+    # The caller's headers are never changed: what is sent is a copy.
+    assert (list(headers.items()) if isinstance(headers, dict) else headers) == before
+
+
+#: The clients compared, and the stand-in send of each that test_send_attach has none for.
+CLIENTS = ("kafka-python", "aiokafka", "confluent-kafka")
+SENDS: dict[str, Callable[..., Any]] = {"confluent-kafka": confluent_produce}
 
 
 @pytest.mark.parametrize("client", CLIENTS)

@@ -276,10 +276,11 @@ def fresh(headers: Any) -> Any:
     return headers
 
 
-def one_send(client: str, headers: Any, ambient: dict[Any, Any], behaviour: str,
+def one_send(client: Any, headers: Any, ambient: dict[Any, Any], behaviour: str,
              state: Any) -> dict[str, Any]:
-    """Send once in ``ambient`` from random ``state``; return everything observable."""
-    send, _ = CLIENTS[client]
+    """Send once in ``ambient`` from random ``state``; return everything observable.
+    ``client``: a name in :data:`CLIENTS`, or a stand-in send of its own."""
+    send = CLIENTS[client][0] if isinstance(client, str) else client
     hoptrace.reset_diagnostics()
     random.setstate(state)
     seen: list[Any] = []
