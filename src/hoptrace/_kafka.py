@@ -409,9 +409,9 @@ def dropped_headers(headers: object, timestamp_given: bool) -> Any:
     (confluent-kafka's ``produce()``): the same headers, with nothing left attached (the
     scope's context would be detached before the call anyway: see :func:`detach_for_ack`).
     None, with nothing done: the send needs :func:`headers_only` or its scope (spans off,
-    a span that may record, metrics on, headers of a type the client rejects)."""
-    if not _dropped_fast or (_settings._current or get_settings()).propagation_only:
-        return None  # (propagation-only: headers_only's first answer, with no span asked)
+    a span that may record, metrics on, headers of a type the client rejects). The caller
+    asks it only with spans on and :data:`_dropped_fast` (propagation-only sends pay
+    nothing for it)."""
     try:
         done = _hop_dropped_send(
             [] if headers is None else headers, timestamp_given, headers is not None, False)

@@ -2970,7 +2970,8 @@ open_dropped(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * ContextVar, an AttachedSend(token, context), and the headers, written by write_common into
  * the carrier (a dict written in place, or Kafka's new empty list of pairs). Every guard of
  * the Python steps is asked before the child is: what they would treat differently returns
- * NotImplemented with nothing done.
+ * NotImplemented with nothing done, except a current Context with no span, for which the
+ * steps' own answer, None with nothing done, is given here.
  */
 static PyObject *ds_hop = NULL;          /* hop module (its _dropped_child) */
 static PyObject *ds_settings = NULL;     /* settings module (its _current) */
@@ -3170,6 +3171,9 @@ ds_settings_of(PyObject *settings, PyObject *names)
     return 0;
 }
 
+/* ds_guards' answer when the current Context (an exact one) has no current span. */
+#define DS_NO_SPAN 2
+
 static int
 ds_guards(PyObject *carrier, int sent_time, DsGuards *g)
 {
@@ -3234,7 +3238,9 @@ ds_guards(PyObject *carrier, int sent_time, DsGuards *g)
     }
     PyObject *found = PyDict_GetItemWithError(g->parent, PyTuple_GET_ITEM(ds_keys, 0));
     if (found == NULL || found == Py_None) {
-        return PyErr_Occurred() ? -1 : 0;
+        /* no current span: the steps' answer is None, with nothing done (whatever
+         * drops_send_spans says, which has no effect), so it is given here */
+        return PyErr_Occurred() ? -1 : DS_NO_SPAN;
     }
     g->active = Py_NewRef(found);
     found = PyDict_GetItemWithError(g->parent, PyTuple_GET_ITEM(ds_keys, 2));
@@ -3475,6 +3481,10 @@ dropped_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     DsGuards g = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     int ready = ds_guards(carrier, sent_time, &g);
+    if (ready == DS_NO_SPAN) {  /* (the steps' None: a send with no span to be a child of) */
+        ds_release(&g);
+        Py_RETURN_NONE;
+    }
     if (ready <= 0) {
         ds_release(&g);
         if (ready == 0 || PyErr_ExceptionMatches(PyExc_Exception)) {

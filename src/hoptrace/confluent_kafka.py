@@ -35,8 +35,10 @@ import confluent_kafka
 from . import _client, _kafka
 from ._kafka import close_scope
 from .core import diagnostics, held
+from .core import settings as _settings
 from .core.hop import consume_scope
 from .core.instrumentor import Contrib, take_over
+from .core.settings import get_settings
 
 __all__ = [
     "ConfluentKafkaInstrumentor",
@@ -128,13 +130,15 @@ def _produce(
         original(topic, *args, **kwargs)
         return
     given = kwargs.get("timestamp", 0) != 0
-    # A send span the sampler drops (most sends at a low sampling rate): its headers in one
-    # C call (hop.dropped_send), nothing attached, as produce() runs no user code.
-    carrier = _kafka.dropped_headers(kwargs.get("headers"), given)
-    if carrier is not None:
-        kwargs["headers"] = carrier
-        original(topic, *args, **kwargs)
-        return
+    if _kafka._dropped_fast and not (_settings._current or get_settings()).propagation_only:
+        # Spans on, and a send span the sampler drops (most sends at a low sampling rate):
+        # its headers in one C call (hop.dropped_send), nothing attached, as produce() runs
+        # no user code. (Propagation-only: headers_only's first answer, with no call here.)
+        carrier = _kafka.dropped_headers(kwargs.get("headers"), given)
+        if carrier is not None:
+            kwargs["headers"] = carrier
+            original(topic, *args, **kwargs)
+            return
     only = _kafka.headers_only()
     if only is not False:
         # No span would record (none, or one the sampler drops), and the scope's context

@@ -426,6 +426,29 @@ def test_metrics_on_go_the_steps_way(one_pct: Provider, monkeypatch: pytest.Monk
     assert counts["done"] == 0 and counts["declined"] > 0
 
 
+def test_a_send_with_no_current_span_is_answered_in_c(
+    one_pct: Provider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No span current (a send outside any transaction or span): there is no child to drop
+    and the steps answer None, having done nothing. The C entry gives that answer itself, so
+    that a client asking it first for every send (confluent-kafka's produce, a Kafka send
+    without headers) runs no Python steps for it."""
+    for ambient in ({}, {TRANSACTION_KEY: TX}, {SPAN_KEY: None, TRANSACTION_KEY: TX},
+                    {"user": USER_VALUE}):
+        for carrier, attach_it in (([], True), ([], False), ({}, True)):
+            token = attach(Context(ambient))
+            try:
+                state, before = random.getstate(), get_current()
+                assert hop._send_c(carrier, True, False, attach_it) is None, ambient
+                assert random.getstate() == state and get_current() is before
+                assert not carrier
+            finally:
+                detach(token)
+    counts = compare(one_pct, monkeypatch, CARRIERS[:6])
+    # (contexts()[0], no span: each carrier and send-time flag answered None in C)
+    assert counts["none"] >= 12
+
+
 def test_a_provider_swapped_under_the_cached_sdk_answer(monkeypatch: pytest.MonkeyPatch) -> None:
     """The SDK check's cached answer is for another provider: the C entry declines until
     the steps ask again; then it follows the new provider (a no-op one: no span)."""
