@@ -227,6 +227,34 @@ def test_opentelemetry_instrument_with_contrib_disabled(
         assert not any(state["contrib"].values()), state
 
 
+@pytest.mark.parametrize("propagators", ["tracecontext,baggage,hoptrace",
+                                         "b3multi,baggage,hoptrace"])
+def test_opentelemetry_instrument_with_every_span_dropped(
+    amqp_url: str, kafka_bootstrap: str, created_topics: list[str], propagators: str
+) -> None:
+    """A sampler that drops every root (``parentbased_always_off``), contrib loaded, under
+    W3C and B3 propagation: every send and process span is a dropped child. No span is
+    exported, and each handler still runs in its caller's trace and transaction.
+    (``opentelemetry-instrument`` installs an SDK meter provider even with no metrics
+    exporter, so hoptrace's metrics are on and each send goes through its scope: the
+    metrics-off shortcuts are compared with the scope in the unit tests.)"""
+    run = run_app(amqp_url, kafka_bootstrap, created_topics,
+                  OTEL_TRACES_SAMPLER="parentbased_always_off", OTEL_PROPAGATORS=propagators)
+    assert run.returncode == 0, run.explain()
+    for marker in ("Traceback", "Failed to auto initialize", "internal error"):
+        assert marker not in run.stderr, run.explain()
+    assert run.spans == [], run.explain()
+    hops = run.hops()
+    assert sorted(hops) == sorted(HOPS), run.explain()
+    for name, hop in hops.items():
+        assert "error" not in hop, f"{name}: {hop['error']}\n{run.explain()}"
+        assert hop["caller_trace_id"] and hop["handler_trace_id"] == hop["caller_trace_id"], (
+            name, run.explain())
+        assert hop["caller_tx"] and hop["handler_tx"] == hop["caller_tx"], name
+        # The handler runs in its own (dropped) span, not in the caller's root.
+        assert hop["handler_span_id"], name
+
+
 def test_parse_spans_splits_concatenated_objects() -> None:
     one = json.dumps({"name": "a", "context": {}, "kind": "SpanKind.PRODUCER"}, indent=4)
     two = json.dumps({"name": "b {", "context": {}, "kind": "SpanKind.CONSUMER"}, indent=4)
