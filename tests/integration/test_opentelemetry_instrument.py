@@ -227,20 +227,27 @@ def test_opentelemetry_instrument_with_contrib_disabled(
         assert not any(state["contrib"].values()), state
 
 
-@pytest.mark.parametrize("propagators", ["tracecontext,baggage,hoptrace",
-                                         "b3multi,baggage,hoptrace"])
+@pytest.mark.parametrize(("propagators", "metrics_exporter"), [
+    ("tracecontext,baggage,hoptrace", "none"), ("b3multi,baggage,hoptrace", "console")])
 def test_opentelemetry_instrument_with_every_span_dropped(
-    amqp_url: str, kafka_bootstrap: str, created_topics: list[str], propagators: str
+    amqp_url: str, kafka_bootstrap: str, created_topics: list[str], propagators: str,
+    metrics_exporter: str,
 ) -> None:
     """A sampler that drops every root (``parentbased_always_off``), contrib loaded, under
     W3C and B3 propagation: every send and process span is a dropped child. No span is
     exported, and each handler still runs in its caller's trace and transaction.
-    (``opentelemetry-instrument`` installs an SDK meter provider even with no metrics
-    exporter, so hoptrace's metrics are on and each send goes through its scope: the
-    metrics-off shortcuts are compared with the scope in the unit tests.)"""
+
+    ``opentelemetry-instrument`` installs an SDK meter provider whatever the metrics
+    exporter. With none, that provider has no reader, and hoptrace's metrics count as off:
+    the sends and opens take their metrics-off shortcuts (compared with the scope in the
+    unit tests). With one (B3's run), they are on and every message goes through its
+    scopes."""
     run = run_app(amqp_url, kafka_bootstrap, created_topics,
-                  OTEL_TRACES_SAMPLER="parentbased_always_off", OTEL_PROPAGATORS=propagators)
+                  OTEL_TRACES_SAMPLER="parentbased_always_off", OTEL_PROPAGATORS=propagators,
+                  OTEL_METRICS_EXPORTER=metrics_exporter)
     assert run.returncode == 0, run.explain()
+    assert run.record("metrics") == {
+        "meter_provider": "MeterProvider", "hoptrace_metrics": metrics_exporter != "none"}
     for marker in ("Traceback", "Failed to auto initialize", "internal error"):
         assert marker not in run.stderr, run.explain()
     assert run.spans == [], run.explain()

@@ -429,6 +429,7 @@ def _rebuild(seen: object) -> _Instruments | None:
             isinstance(provider, MeterProvider)
             and not isinstance(provider, NoOpMeterProvider)
             and "*" not in settings.disabled_metrics
+            and not _readerless(provider)
         ):
             try:
                 live = _Instruments(provider, settings)
@@ -438,6 +439,55 @@ def _rebuild(seen: object) -> _Instruments | None:
         _seen = seen
         off_provider = seen if live is None and _explicit is None and provider is seen else _UNSET
         return live
+
+
+def _readerless(provider: object) -> bool:
+    """Whether ``provider`` is an SDK ``MeterProvider`` with no metric reader, now and until
+    one is added: what it is given goes nowhere, so hoptrace records nothing into it.
+
+    ``opentelemetry-instrument`` sets such a provider with ``OTEL_METRICS_EXPORTER=none``.
+    Metrics count as off there, as with no provider, so that the hooks cost one comparison
+    and the unrecorded and dropped sends and opens keep their shortcuts. A reader added or
+    removed later (``add_metric_reader``, SDK 1.43+) goes through its measurement consumer,
+    which :func:`_watch` makes forget this answer; the next hook decides again. Always False
+    for a provider whose consumer is not that shape, or whose methods cannot be watched.
+    Called under ``_lock``.
+    """
+    consumer = getattr(provider, "_measurement_consumer", None)
+    if type(getattr(consumer, "_reader_storages", None)) is not dict or not _watch(consumer):
+        return False
+    return not consumer._reader_storages  # type: ignore[union-attr]  # (read once watched)
+
+
+def _watch(consumer: Any) -> bool:
+    """Make ``consumer``'s ``add_metric_reader`` and ``remove_metric_reader`` (where it has
+    them) forget the provider last seen once they return: True when both are watched (or
+    absent: the SDK fixes its readers when the provider is made)."""
+    for name in ("add_metric_reader", "remove_metric_reader"):
+        method = getattr(consumer, name, None)
+        if method is None or getattr(method, "_hoptrace_watched", False):
+            continue
+
+        def watched(reader: Any, _method: Any = method) -> Any:
+            try:
+                return _method(reader)
+            finally:
+                _forget_provider()
+
+        watched._hoptrace_watched = True  # type: ignore[attr-defined]
+        try:
+            setattr(consumer, name, watched)  # (on the instance: the class stays the SDK's)
+        except (AttributeError, TypeError):
+            return False
+    return True
+
+
+def _forget_provider() -> None:
+    """Decide again, at the next hook, whether the global provider records (its readers
+    changed)."""
+    global _seen, off_provider
+    with _lock:
+        _seen = off_provider = _UNSET
 
 
 def enabled() -> bool:

@@ -238,8 +238,18 @@ HOPS = {
 }
 
 
+def metrics_state() -> dict[str, Any]:
+    """Which meter provider is global, and whether hoptrace records its metrics into it."""
+    from opentelemetry import metrics
+
+    from hoptrace.core import metrics as hoptrace_metrics
+
+    return {"meter_provider": type(metrics.get_meter_provider()).__name__,
+            "hoptrace_metrics": hoptrace_metrics.enabled()}
+
+
 def main() -> int:
-    emit({"instrumentation": instrumentation_state()})
+    emit({"instrumentation": instrumentation_state(), "metrics": metrics_state()})
     wanted = [h for h in os.environ.get("APP_HOPS", ",".join(HOPS)).split(",") if h]
     for name in wanted:
         started = time.monotonic()
