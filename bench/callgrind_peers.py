@@ -118,6 +118,14 @@ and the ddtrace cases each in an interpreter of its own (see :func:`count`).
     python bench/callgrind_peers.py s_hopd_pika@2   # printed, with the messages it recorded
     python bench/callgrind_peers.py floor_confluent hop_pika/send otel_celery:drop  # printed
     python bench/callgrind_peers.py --run CASE 1024                 # what valgrind runs
+
+Every case runs with no meter provider (hoptrace's metrics off), as ``make bench`` counts
+them. ``BENCH_METER=readerless`` installs an SDK ``MeterProvider`` with no metric reader
+(what ``opentelemetry-instrument`` sets with ``OTEL_METRICS_EXPORTER=none``) and
+``BENCH_METER=reader`` one with an ``InMemoryMetricReader`` (its default OTLP metrics
+exporter's reader records the same way; nothing is collected in the count)::
+
+    BENCH_METER=reader python bench/callgrind_peers.py s_prop_pika s_hopd_pika@1  # printed
 """
 
 from __future__ import annotations
@@ -1378,6 +1386,7 @@ def build(case: str, provider: Any = None) -> Callable[[], object]:
     spec, _, processor = case.partition(":")
     spec, _, seed = spec.partition("@")
     name, _, half = spec.partition("/")
+    _install_meter(os.environ.get("BENCH_METER", ""))
     if name.startswith("proc_"):
         return _proc_case(name)
     kind = name.rpartition("_")[0]
@@ -1407,6 +1416,20 @@ def build(case: str, provider: Any = None) -> Callable[[], object]:
         receive()
 
     return one
+
+
+def _install_meter(kind: str) -> None:
+    """Set the global meter provider ``BENCH_METER`` names (see the module's docstring)."""
+    if not kind:
+        return
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    if kind not in ("readerless", "reader"):
+        raise ValueError(f"BENCH_METER={kind!r}: readerless or reader")
+    readers = [InMemoryMetricReader()] if kind == "reader" else []
+    metrics.set_meter_provider(MeterProvider(metric_readers=readers))
 
 
 def _exporting(send: Callable[[], None], receive: Callable[[], None],
