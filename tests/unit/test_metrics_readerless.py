@@ -134,3 +134,18 @@ def test_watching_the_readers_leaves_the_sdk_alone(install: Install) -> None:
     seen.add_metric_reader(reader)
     one_message("orders")
     assert consumed(reader) == {"orders": 1}
+
+
+def test_every_metric_off_keeps_the_shortcuts_under_a_provider_with_a_reader(
+    install: Install, spans: Any
+) -> None:
+    """``HOPTRACE_DISABLED_METRICS=*`` under a provider that exports other metrics (what
+    ``opentelemetry-instrument`` sets with a metrics exporter): the metrics-off shortcuts."""
+    reader = InMemoryMetricReader()
+    install(MeterProvider(metric_readers=[reader]))
+    hoptrace.configure(disabled_metrics={"*"})
+    assert metrics.enabled() is False
+    assert metrics.provider_source._METER_PROVIDER is metrics.off_provider
+    assert hop.drops_send_spans(get_settings()) is True
+    one_message("orders")
+    assert consumed(reader) == {}
