@@ -7,11 +7,15 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test unit bench lint typecheck brokers brokers-down clean
 
 # The install compiles the optional C module hoptrace._speedups; under CI=true a failed
-# compile is an error rather than a pure-Python install.
+# compile is an error rather than a pure-Python install. uv resolves the dev extra: when
+# OpenTelemetry contrib publishes a release for some of its packages and not yet for others,
+# pip's resolver gives up (ResolutionImpossible) where uv picks the newest consistent set.
+# --reinstall-package: uv would otherwise reuse its cached build of hoptrace and its C module.
 $(STAMP): pyproject.toml hatch_build.py src/hoptrace/_speedups.c
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	HOPTRACE_REQUIRE_SPEEDUPS=$${CI:-} $(PY) -m pip install -q -e '.[all,dev]'
+	$(PY) -m pip install -q --upgrade pip uv
+	HOPTRACE_REQUIRE_SPEEDUPS=$${CI:-} $(PY) -m uv pip install -q --python $(PY) \
+		--reinstall-package hoptrace -e '.[all,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
