@@ -1897,8 +1897,9 @@ dc_generator(PyObject *tracer)
 /* ---- the SDK's RandomIdGenerator and the API's NonRecordingSpan.get_span_context, inline --
  *
  * Set by configure_ids() (from _sdk_spans, once it has checked each function's code): where
- * a generator is exactly the SDK's RandomIdGenerator and the method about to be called is
- * still that class's own (not replaced on the class nor on the instance), its body runs
+ * a generator is the SDK's RandomIdGenerator or a subclass of it, and the method about to be
+ * called is still that class's own (not replaced on the class, overridden by the subclass
+ * nor set on the instance), its body runs
  * here: random.getrandbits(bits), drawn again while it gives the invalid ID (0), from the
  * ``random`` its module reads at that moment: the same draws, in the same order. Likewise a
  * span that is exactly the API's NonRecordingSpan, whose get_span_context is the API's own,
@@ -2031,7 +2032,10 @@ ri_call(PyObject *generator, int which)
         return NULL;
     }
     PyObject *own = which == 0 ? ri_span : which == 1 ? ri_trace : ri_is_random;
-    if (ri_type == NULL || (PyObject *)Py_TYPE(generator) != ri_type || own == NULL) {
+    /* (A subclass too: the method found below must still be the class's own function,
+     * inherited, neither overridden on the subclass nor set on the instance.) */
+    if (ri_type == NULL || own == NULL || ((PyObject *)Py_TYPE(generator) != ri_type
+            && !PyType_IsSubtype(Py_TYPE(generator), (PyTypeObject *)ri_type))) {
         return PyObject_CallMethodNoArgs(generator, name);
     }
     PyObject *method;

@@ -1,18 +1,19 @@
 """The C span entries with the SDK's own ``RandomIdGenerator``: the same draws as the SDK.
 
-Where the tracer's ID generator is exactly ``RandomIdGenerator`` and the method about to be
-called is still that class's own, the C module runs its body itself (``random.getrandbits``,
-drawn again while it gives the invalid 0); where a span is exactly the API's
-``NonRecordingSpan`` with the API's ``get_span_context``, it reads ``_context``. Each case
-here runs one entry twice from the same ``random.seed``: through the C module and through
-the Python steps (``Starter.dropped_child`` / ``Starter.start_lazy`` / the Python consume
-open), and compares the span (class, fields, span context field by field), or the exception,
-and the ``random`` module's state afterwards (so the same number of draws, in the same
-order). Hostile cases: a ``getrandbits`` that gives 0 first, an int subclass, a float, or
-raises; the generator's methods replaced on the instance or on the class, a subclass, a
-``PendingIds`` wrapper, the SDK module's ``random`` replaced or gone; ``get_span_context``
-replaced on the class or the instance, a span subclass. With ``HOPTRACE_PURE_PYTHON`` (no C
-entries) the consume comparison still runs, both ways in Python.
+Where the tracer's ID generator is ``RandomIdGenerator`` or a subclass of it and the method
+about to be called is still that class's own (inherited), the C module runs its body itself
+(``random.getrandbits``, drawn again while it gives the invalid 0); where a span is exactly
+the API's ``NonRecordingSpan`` with the API's ``get_span_context``, it reads ``_context``.
+Each case here runs one entry twice from the same ``random.seed``: through the C module and
+through the Python steps (``Starter.dropped_child`` / ``Starter.start_lazy`` / the Python
+consume open), and compares the span (class, fields, span context field by field), or the
+exception, and the ``random`` module's state afterwards (so the same number of draws, in the
+same order). Hostile cases: a ``getrandbits`` that gives 0 first, an int subclass, a float,
+or raises; the generator's methods replaced on the instance or on the class, subclasses that
+override one or neither, a ``PendingIds`` wrapper, the SDK module's ``random`` replaced or
+gone; ``get_span_context`` replaced on the class or the instance, a span subclass. With
+``HOPTRACE_PURE_PYTHON`` (no C entries) the consume comparison still runs, both ways in
+Python.
 """
 
 from __future__ import annotations
@@ -92,13 +93,30 @@ GENERATORS: dict[str, Callable[[pytest.MonkeyPatch, Any], Any]] = {
 
 
 class SubIds(RandomIdGenerator):
-    """A user's subclass: the C module calls its methods (the same ones here)."""
+    """A user's subclass that overrides nothing: the C module runs the inherited bodies."""
+
+
+class OwnSpanIds(RandomIdGenerator):
+    """A user's subclass with a span ID of its own: the C module calls it (and runs the
+    inherited ``generate_trace_id`` itself)."""
+
+    def generate_span_id(self) -> int:
+        return random.getrandbits(48) + 1
+
+
+class OwnTraceIds(RandomIdGenerator):
+    """A user's subclass with a trace ID of its own (an AWS X-Ray-like time prefix)."""
+
+    def generate_trace_id(self) -> int:
+        return (1_700_000_000 << 96) | random.getrandbits(96)
 
 
 WRAPPERS: dict[str, Callable[[], Any]] = {
     "plain": RandomIdGenerator,
     "pending": lambda: PendingIds(RandomIdGenerator()),
     "subclass": SubIds,
+    "own span IDs": OwnSpanIds,
+    "own trace IDs": OwnTraceIds,
 }
 
 
@@ -211,7 +229,10 @@ def test_a_dropped_child_draws_what_the_sdk_draws(
             assert fast == slow, (parent, seed)
             seen.append(fast[0])
     made = [s for s in seen if s is not None and s[0] != "raised"]
-    assert made if generator not in ("raising", "module random gone") else not made
+    # (A child's span ID only: OwnSpanIds draws it from ``random`` itself, not the SDK's.)
+    none = generator == "raising" or (
+        generator == "module random gone" and wrapper != "own span IDs")
+    assert not made if none else made
 
 
 @needs_c
@@ -261,6 +282,63 @@ def test_the_sdk_generator_is_inline_and_draws_the_sdk_s_ids(
     monkeypatch.setattr(RandomIdGenerator, "generate_span_id", spy)
     spans.dropped_child(root)
     assert calls == ["span"]
+
+
+def _python_calls(call: Callable[[], Any]) -> list[str]:
+    """The ID generator methods ``call`` runs as Python functions, by qualified name."""
+    seen: list[str] = []
+    names = {"generate_span_id", "generate_trace_id", "is_trace_id_random"}
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code.co_name in names:
+            seen.append(frame.f_code.co_qualname)
+
+    import sys
+
+    sys.setprofile(profile)
+    try:
+        call()
+    finally:
+        sys.setprofile(None)
+    return seen
+
+
+def _root_and_child() -> tuple[Any, Any]:
+    root: Any = spans.lazy_span("job", Context(), SpanKind.INTERNAL, dict)
+    return root, spans.dropped_child(root)
+
+
+@needs_c
+@pytest.mark.usefixtures("provider_restored")
+@pytest.mark.parametrize(("wrapper", "called"), [
+    ("plain", []),
+    ("subclass", []),
+    ("own span IDs", ["OwnSpanIds.generate_span_id"] * 2),
+    ("own trace IDs", ["OwnTraceIds.generate_trace_id"]),
+])
+def test_a_subclass_runs_inline_what_it_inherits(wrapper: str, called: list[str]) -> None:
+    """A ``RandomIdGenerator`` subclass gets the SDK's draws in C for every method it does
+    not override (no Python call), and its own method called for one it does; the IDs are
+    those the Python steps give from the same seed."""
+    ids = _install(wrapper, ParentBased(TraceIdRatioBased(0.0)))
+    _root_and_child()  # (the tracer's starter is made at its first use)
+    made: list[Any] = []
+    random.seed(11)
+    assert _python_calls(lambda: made.extend(_root_and_child())) == called
+    fast = [tuple(span.get_span_context()) for span in made]
+    assert all(type(span) is NonRecordingSpan for span in made)
+    with pytest.MonkeyPatch.context() as mp:
+        _python_steps(mp)
+        random.seed(11)
+        dropped, lazy = spans.python_entries
+        root = lazy("job", Context(), SpanKind.INTERNAL, dict)
+        slow = [tuple(root.get_span_context()), tuple(dropped(root).get_span_context())]
+    assert fast == slow
+    if wrapper == "own trace IDs":
+        assert fast[0][0] >> 96 == 1_700_000_000
+    if wrapper == "own span IDs":
+        assert all(context[1] <= 1 << 48 for context in fast)
+    assert type(ids) is WRAPPERS[wrapper]
 
 
 def test_inline_ids_refuse_other_code() -> None:

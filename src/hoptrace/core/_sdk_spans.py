@@ -19,9 +19,11 @@ things around it, for the SDK's ``Tracer`` of the versions it knows (SDK 1.20 to
   decides it as that sampler does, before the caller's attributes are built; a root it keeps
   goes to ``tracer.start_span`` with that same trace ID. Built, the C module runs both
   (:data:`dropped_child_of`, :data:`start_lazy_of`: the same steps in one call, the
-  starter's own fields read from its ``_state`` tuple). Where the ID generator is exactly
-  the SDK's ``RandomIdGenerator`` with its own methods, the C module runs their bodies
-  itself (:func:`_inline_ids`: the same ``random.getrandbits`` draws, in the same order).
+  starter's own fields read from its ``_state`` tuple). Where the ID generator is the SDK's
+  ``RandomIdGenerator`` or a subclass of it, and the method called is still that class's
+  own (inherited, not overridden nor set on the instance), the C module runs its body itself
+  (:func:`_inline_ids`: the same ``random.getrandbits`` draws, in the same order); an
+  overriding method is called.
 
 At first use for a tracer, :func:`starter_for` checks that the SDK has the shape this module
 knows. When it does not, hoptrace uses ``tracer.start_span`` alone and says why once, at
