@@ -78,14 +78,13 @@ around it, so 99% of messages record nothing:
     (``hop_bench.HoptraceTransaction``: the root span and a new transaction ID).
 ``s_hopd``
     The same with the SDK's default ``RandomIdGenerator`` in place of :class:`SeededIds`
-    (informational: not the verdict). hoptrace's C paths draw a span's IDs themselves only
-    from that generator (``random.getrandbits``, the draws the SDK makes, in its order); from
-    :class:`SeededIds` each of a message's three spans calls a Python method instead (about
-    4-5k instructions per message on confluent-kafka once the recorded messages' share is
-    set apart), which production does not pay and ``s_prop`` does not either. The global
-    ``random`` is seeded with the case's seed as the warm-up begins, so the count repeats,
-    but the messages recorded are not :class:`SeededIds`' (nor contrib's): :func:`recorded_in`
-    counts them, in a run of the case outside valgrind.
+    (informational: not the verdict). :class:`SeededIds` is that generator with the message
+    roots' trace IDs taken from a seeded stream: each message pays one Python call for its
+    root's trace ID and the wrapper that marks the root (:class:`_MessageRoot`), which
+    production does not pay and ``s_prop`` does not either. The global ``random`` is seeded
+    with the case's seed as the warm-up begins, so the count repeats, but the messages
+    recorded are not :class:`SeededIds`' (nor contrib's): :func:`recorded_in` counts them, in
+    a run of the case outside valgrind.
 ``s_otel``
     OTel contrib's wrappers, each send inside a root span with the business ID a baggage
     entry attached on it (``hop_bench.OtelRoot``).
@@ -148,7 +147,7 @@ import pika  # type: ignore[import-untyped]
 from opentelemetry.context import get_current
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from pika.adapters.blocking_connection import BlockingChannel  # type: ignore[import-untyped]
 from pika.spec import Basic  # type: ignore[import-untyped]
 from wrapt import wrap_function_wrapper
@@ -245,34 +244,32 @@ class _Drop(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-class SeededIds(IdGenerator):
-    """Trace and span IDs from two seeded streams (``RandomIdGenerator``'s draws otherwise).
+class SeededIds(RandomIdGenerator):
+    """The SDK's ``RandomIdGenerator`` whose message roots' trace IDs come from a seeded stream.
 
     A trace ID asked for right after :meth:`message_root` is the next of the messages'
-    stream, ``random.Random(seed)``; every other ID comes from a stream of its own. Each
-    message's root draws the same trace ID on every kind, so the same messages are sampled.
+    stream, ``random.Random(seed)``; every other ID is the SDK's own draw, from the global
+    ``random`` (seeded as each case is built, so the counts repeat). Each message's root
+    draws the same trace ID on every kind, so the same messages are sampled. The span IDs
+    are the SDK generator's inherited methods, as production's are: hoptrace's C entries run
+    that body themselves for any ``RandomIdGenerator`` that does not override it, and the
+    SDK calls it, on every kind alike. Only the roots' trace IDs take a Python method of
+    this class's own, on every kind.
     """
 
     def __init__(self, seed: int) -> None:
         self._roots = random.Random(seed).getrandbits
-        self._other = random.Random(f"other {seed}").getrandbits
         self._root_next = False
 
     def message_root(self) -> None:
         """The next trace ID asked for is a message's root's."""
         self._root_next = True
 
-    def generate_span_id(self) -> int:
-        return self._other(64) or 1
-
     def generate_trace_id(self) -> int:
         if self._root_next:
             self._root_next = False
             return self._roots(128) or 1
-        return self._other(128) or 1
-
-    def is_trace_id_random(self) -> bool:
-        return True
+        return super().generate_trace_id()
 
 
 def sampled_setup(seed: int, default_ids: bool = False) -> dict[str, Any]:
@@ -1399,7 +1396,7 @@ def build(case: str, provider: Any = None) -> Callable[[], object]:
                                      default_ids=kind == "s_hopd")
         trace.set_tracer_provider(provider)
     send, receive = _hop(name, provider)
-    if kind == "s_hopd":  # the SDK's RandomIdGenerator draws from the global random
+    if sampled:  # the SDK's RandomIdGenerator (and SeededIds' span IDs) draw from it
         random.seed(int(seed or 1))
     if sampled and not half:
         return _exporting(send, receive, provider.force_flush)

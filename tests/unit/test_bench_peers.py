@@ -458,9 +458,15 @@ def test_the_seeded_roots_decide_the_recorded_share() -> None:
         # Enough messages that the 1% is represented: within 0.5x..2x of the rate.
         assert 0.5 * counted / 100 <= callgrind_peers.recorded(seed) <= 2 * counted / 100
     ids = callgrind_peers.SeededIds(7)
-    ids.generate_trace_id(), ids.generate_span_id()  # the other stream: not the roots'
+    ids.generate_trace_id(), ids.generate_span_id()  # the global random: not the roots'
     ids.message_root()
     assert ids.generate_trace_id() == callgrind_peers.message_roots(7, 1, skip=0)[0]
+    # Only the roots' trace IDs are its own: every other ID is the SDK generator's inherited
+    # method, whose draws hoptrace's C paths make as they make production's.
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    assert issubclass(callgrind_peers.SeededIds, RandomIdGenerator)
+    assert not {"generate_span_id", "is_trace_id_random"} & set(vars(callgrind_peers.SeededIds))
 
 
 def test_the_sampled_summary_is_per_client_and_seed() -> None:
