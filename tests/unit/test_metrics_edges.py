@@ -29,7 +29,7 @@ from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMet
 from opentelemetry.sdk.metrics.view import DropAggregation, View
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
-from test_metrics_lean import snapshot
+from test_metrics_lean import DELTA_RESETS, snapshot
 
 from hoptrace.core import _sdk_metrics, metrics
 
@@ -254,7 +254,9 @@ def test_one_delta_reader_collected_midway_takes_the_shortcut(
         return MeterProvider(metric_readers=readers), readers
 
     got, want, bound = run_both(monkeypatch, make, seed=8, collect_midway=True)
-    assert repr(got) == repr(want) and bool(bound) == SHORTCUT
+    # (SDK 1.45.2+ drops a delta reader's aggregations at each collection: nothing is bound,
+    # every record takes the SDK's way; test_metrics_lean.DELTA_RESETS)
+    assert repr(got) == repr(want) and bool(bound) == (SHORTCUT and not DELTA_RESETS)
 
 
 @pytest.mark.parametrize("views", ["drop", "rename", "filter_attributes", "drop_one_edge"])

@@ -26,7 +26,10 @@ knows (opentelemetry-sdk 1.20 to 1.45; the names each step reads, as ``_sdk_span
 record goes the SDK's whole way when the shape is unknown, the value is not finite and
 non-negative, the instrument's meter is disabled, a reader was added or removed since the
 aggregations were found (a new storage mapping), the aggregations cannot be found exactly
-once each, or more attribute dicts come than this module keeps bindings for.
+once each (an attribute set past the SDK's cardinality limit shares the overflow point, which
+is not its own), a reader has delta temporality and the SDK drops the aggregations at each
+collection (1.45.2 and later), or more attribute dicts come than this module keeps bindings
+for.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ _new_measurement = tuple.__new__
 _UNBOUND: Final = (None, None, None, None, None)
 
 # The names each step of the SDK's record path reads (recursively through nested code), for
-# the versions this module knows. Read from opentelemetry-sdk 1.20.0 to 1.45.1's sources.
+# the versions this module knows. Read from opentelemetry-sdk 1.20.0 to 1.45.2's sources.
 _RECORD_NAMES: Final = (
     # 1.20-1.27: record(amount, attributes); no exemplars
     frozenset({"Measurement", "_logger", "_measurement_consumer", "consume_measurement",
@@ -114,10 +117,40 @@ _MATCH_NAMES: Final = (
     _MATCH_BASE | {"frozenset", "time_ns"},  # 1.27
     _MATCH_BASE | {"frozenset", "time_ns", "_exemplar_reservoir_factory"},  # 1.28-1.41
     _MATCH_BASE | {"frozenset", "time_ns", "_exemplar_reservoir_factory", "dict"},  # 1.42-1.44
-    _MATCH_BASE | {"_hash_attributes", "time_ns", "_exemplar_reservoir_factory", "dict"},  # 1.45
+    _MATCH_BASE | {"_hash_attributes", "time_ns", "_exemplar_reservoir_factory", "dict"},  # 1.45.0-1
 )
 _MATCH_COLLECT_NAMES: Final = frozenset({"_attributes_aggregation", "_lock", "append",
                                          "collect", "values"})
+
+# 1.45.2: a cardinality limit per View and instrument (attribute sets beyond it share one
+# overflow point), and, under a reader with delta temporality, a synchronous instrument's
+# aggregations dropped at each collection (``_reset_on_collect``). The storage makes its
+# matches in a method of its own, and the match finds or makes an aggregation in another.
+_GET_MATCHES_LIMITED: Final = frozenset({
+    "_DEFAULT_VIEW", "_handle_view_instrument_match", "_instrument_view_instrument_matches",
+    "_lock", "_new_view_instrument_match", "append",
+})
+_NEW_MATCH_NAMES: Final = frozenset({
+    "AggregationTemporality", "DELTA", "_Asynchronous", "_DEFAULT_CARDINALITY_LIMIT",
+    "_ViewInstrumentMatch", "__class__", "_aggregation_cardinality_limit",
+    "_instrument_class_aggregation", "_instrument_class_cardinality_limit",
+    "_instrument_class_temporality", "get", "isinstance",
+})
+_MATCH_LIMITED: Final = frozenset({
+    "_attribute_keys", "_attributes_aggregation", "_get_or_create_aggregation",
+    "_hash_attributes", "_lock", "_reset_on_collect", "_view", "aggregate", "attributes",
+    "dict", "get", "items",
+})
+_MAKE_AGGREGATION_LIMITED: Final = frozenset({
+    "DefaultAggregation", "_OVERFLOW_ATTRIBUTES", "_OVERFLOW_KEY", "__class__",
+    "_aggregation", "_attributes_aggregation", "_cardinality_limit", "_create_aggregation",
+    "_exemplar_reservoir_factory", "_instrument", "_instrument_class_aggregation",
+    "_previous_collection_start_nanos", "_view", "dict", "get", "isinstance", "len", "time_ns",
+})
+_MATCH_COLLECT_LIMITED: Final = frozenset({
+    "AggregationTemporality", "DELTA", "_attributes_aggregation", "_lock",
+    "_previous_collection_start_nanos", "_reset_on_collect", "append", "collect", "values",
+})
 
 
 def _names(function: object) -> frozenset[str] | None:
@@ -156,12 +189,19 @@ def _shape() -> tuple[str | None, bool]:
     if consumer not in _CONSUMER_NAMES:
         return "the measurement consumer has a shape it does not know", False
     storage = _storage.MetricReaderStorage.__dict__
+    get_matches = _names(storage.get("_get_or_init_view_instrument_match"))
+    limited = get_matches == _GET_MATCHES_LIMITED  # 1.45.2: see _GET_MATCHES_LIMITED
     if (_names(storage.get("consume_measurement")) != _STORAGE_NAMES
-            or _names(storage.get("_get_or_init_view_instrument_match")) != _GET_MATCHES_NAMES):
+            or (get_matches != _GET_MATCHES_NAMES and not limited)
+            or (limited and _names(storage.get("_new_view_instrument_match"))
+                != _NEW_MATCH_NAMES)):
         return "the reader storage has a shape it does not know", False
     match = _match._ViewInstrumentMatch.__dict__
-    if (_names(match.get("consume_measurement")) not in _MATCH_NAMES
-            or _names(match.get("collect")) != _MATCH_COLLECT_NAMES):
+    consume = _names(match.get("consume_measurement"))
+    collect = _names(match.get("collect"))
+    if not (consume in _MATCH_NAMES and collect == _MATCH_COLLECT_NAMES and not limited) and not (
+            limited and consume == _MATCH_LIMITED and collect == _MATCH_COLLECT_LIMITED
+            and _names(match.get("_get_or_create_aggregation")) == _MAKE_AGGREGATION_LIMITED):
         return "the view-instrument match has a shape it does not know", False
     exemplars = consumer == _CONSUMER_NAMES[1]
     if exemplars != (record != _RECORD_NAMES[0]):
@@ -323,6 +363,10 @@ class LeanHistogram:
             if type(matches) is not list:
                 return None
             for match in matches:
+                if getattr(match, "_reset_on_collect", False) is not False:
+                    # (SDK 1.45.2+, a delta reader: each collection drops the aggregations,
+                    # so none found now would still be the SDK's after the next one)
+                    return None
                 keys = match._view._attribute_keys
                 expected = (attributes if keys is None
                             else {k: v for k, v in attributes.items() if k in keys})
