@@ -1,8 +1,9 @@
 """The version matrix: hoptrace on every supported Python, at the oldest and the newest clients.
 
     make matrix        every session below (venvs reused between runs: nox -r)
-    make matrix-ci     the cells `make test` does not cover: tests-3.10, tests-3.12, tests-3.13
-                       and oldest (tag "ci"), in two shards side by side (CI_CELLS below);
+    make matrix-ci     the cells `make test` does not cover: tests-3.10, tests-3.12, tests-3.13,
+                       oldest and newest-core (tag "ci"), in two shards side by side
+                       (CI_CELLS below);
                        `make test` is Python 3.11 with the newest clients
     nox -l             list the sessions;  nox -s oldest -- -x   pass pytest arguments
 
@@ -15,6 +16,9 @@ Sessions:
     newest                    Python 3.13, `uv pip install --upgrade` (pip: with
                               --upgrade-strategy eager): the newest release of everything, even
                               in a reused venv
+    newest-core               Python 3.13, the newest OTel API and SDK without the contrib
+                              packages (which pin the SDK they were released with): the tests of
+                              the paths that read the SDK's internals (NEWEST_CORE_TESTS)
 
 Each session installs hoptrace from this checkout as a wheel (not editable), with
 HOPTRACE_REQUIRE_SPEEDUPS=1 so the C module must compile, checks that
@@ -316,7 +320,7 @@ OLDEST_LEAVE_OUT = {
 # The cells CI runs (`make matrix-ci`: all but tests-3.11, which `make test` covers in full),
 # slowest first. HOPTRACE_MATRIX_SHARD=i/n tags only every n-th of them, from the i-th (0-based),
 # "ci": `make matrix-ci` runs two shards side by side, one per core.
-CI_CELLS = ("oldest", "tests-3.12", "tests-3.13", "tests-3.10")
+CI_CELLS = ("oldest", "tests-3.12", "tests-3.13", "tests-3.10", "newest-core")
 
 
 def _ci_tags(name: str) -> list[str]:
@@ -626,6 +630,54 @@ def newest(session: nox.Session) -> None:
     _install(session, f"{ROOT}[all,dev]", upgrade=True)
     _report_versions(session, [r.name for r in _runtime_requirements()])
     _run_suite(session)
+
+
+# Each OTel contrib release pins the API and SDK it was released with, so every cell above
+# installs that SDK; `pip install hoptrace[sdk]` alone gets the SDK's newest release, which can
+# be later (SDK 1.45.2 came before a contrib release for it and changed the metrics path).
+# This cell installs hoptrace[all] with the dev requirements less the contrib packages, each
+# at its newest, and runs the tests of what reads the SDK's internals or mirrors its steps:
+# the lean metrics and span paths, the C entries, the propagators.
+NEWEST_CORE_TESTS = [
+    "tests/unit/test_metrics.py",
+    "tests/unit/test_metrics_bench.py",
+    "tests/unit/test_metrics_edges.py",
+    "tests/unit/test_metrics_lean.py",
+    "tests/unit/test_metrics_readerless.py",
+    "tests/unit/test_kafka_send_metrics.py",
+    "tests/unit/test_sdk_spans.py",
+    "tests/unit/test_sdk_spans_dropped.py",
+    "tests/unit/test_sdk_spans_lean.py",
+    "tests/unit/test_sdk_spans_root.py",
+    "tests/unit/test_consume_dropped_fast_path.py",
+    "tests/unit/test_speedups.py",
+    "tests/unit/test_speedups_dropped.py",
+    "tests/unit/test_speedups_dropped_send.py",
+    "tests/unit/test_speedups_module_reads.py",
+    "tests/unit/test_speedups_pairs.py",
+    "tests/unit/test_speedups_random_ids.py",
+    "tests/unit/test_speedups_root.py",
+    "tests/unit/test_propagation.py",
+    "tests/unit/test_fuzz_extract.py",
+]
+
+
+def _core_dev_requirements() -> list[str]:
+    """The dev requirements less OTel's contrib packages (which pin the SDK) and ddtrace."""
+    return [text for text in _project()["optional-dependencies"]["dev"]
+            if not Requirement(text).name.startswith((*CONTRIB_PREFIXES, "ddtrace"))]
+
+
+@nox.session(name="newest-core", python=INTERPRETERS["3.13"] or False,
+             tags=["matrix", *_ci_tags("newest-core")])
+def newest_core(session: nox.Session) -> None:
+    """Python 3.13, the newest OTel API and SDK (no contrib packages): the SDK-facing tests."""
+    if INTERPRETERS["3.13"] is None:
+        _missing(session, "3.13")
+    _install(session, f"{ROOT}[all]", *_core_dev_requirements(), upgrade=True)
+    _report_versions(session, ["opentelemetry-api", "opentelemetry-sdk"])
+    _check_accelerated(session)
+    _pytest(session, "unit", NEWEST_CORE_TESTS, "-m", UNIT_MARKERS)
 
 
 def _report_versions(session: nox.Session, names: list[str]) -> None:
