@@ -117,7 +117,7 @@ _MATCH_NAMES: Final = (
     _MATCH_BASE | {"frozenset", "time_ns"},  # 1.27
     _MATCH_BASE | {"frozenset", "time_ns", "_exemplar_reservoir_factory"},  # 1.28-1.41
     _MATCH_BASE | {"frozenset", "time_ns", "_exemplar_reservoir_factory", "dict"},  # 1.42-1.44
-    _MATCH_BASE | {"_hash_attributes", "time_ns", "_exemplar_reservoir_factory", "dict"},  # 1.45.0-1
+    _MATCH_BASE | {"_hash_attributes", "time_ns", "_exemplar_reservoir_factory", "dict"},  # 1.45
 )
 _MATCH_COLLECT_NAMES: Final = frozenset({"_attributes_aggregation", "_lock", "append",
                                          "collect", "values"})
