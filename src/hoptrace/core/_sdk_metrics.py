@@ -199,9 +199,12 @@ def _shape() -> tuple[str | None, bool]:
     match = _match._ViewInstrumentMatch.__dict__
     consume = _names(match.get("consume_measurement"))
     collect = _names(match.get("collect"))
-    if not (consume in _MATCH_NAMES and collect == _MATCH_COLLECT_NAMES and not limited) and not (
-            limited and consume == _MATCH_LIMITED and collect == _MATCH_COLLECT_LIMITED
-            and _names(match.get("_get_or_create_aggregation")) == _MAKE_AGGREGATION_LIMITED):
+    if limited:
+        known = (consume == _MATCH_LIMITED and collect == _MATCH_COLLECT_LIMITED
+                 and _names(match.get("_get_or_create_aggregation")) == _MAKE_AGGREGATION_LIMITED)
+    else:
+        known = consume in _MATCH_NAMES and collect == _MATCH_COLLECT_NAMES
+    if not known:
         return "the view-instrument match has a shape it does not know", False
     exemplars = consumer == _CONSUMER_NAMES[1]
     if exemplars != (record != _RECORD_NAMES[0]):
